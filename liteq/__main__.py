@@ -1,0 +1,7 @@
+"""`python -m liteq` runs the liteq command line."""
+
+import sys
+
+from liteq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The exceptions liteq raises: one root, each with a docstring that is its default message."""
+
+from __future__ import annotations
+
+
+class LiteqError(Exception):
+    """A liteq operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class JobNotFound(LiteqError, KeyError):
+    """No job has that id."""
+
+    def __str__(self) -> str:
+        # KeyError's __str__ would wrap the message in quotes.
+        return str(self.args[0])
+
+
+class JobLocked(LiteqError):
+    """Another holder has locked this job."""
+
+
+class InvalidStateChange(LiteqError):
+    """That status change is not allowed by the status machine."""
+
+
+class InvalidState(LiteqError):
+    """The job is not in a status that allows this operation."""
+
+
+class LeaseLost(LiteqError):
+    """This worker no longer owns the job: it was re-queued and may run elsewhere."""
+
+
+class UnknownJobType(LiteqError):
+    """The job's type is not a registered Job class in this process."""
+
+
+class PayloadError(LiteqError):
+    """The job's stored payload cannot be turned back into a Job."""
+
+
+class StoreError(LiteqError):
+    """The store cannot be opened or used."""

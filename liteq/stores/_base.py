@@ -1,0 +1,866 @@
+"""The Store contract and the base class that holds every store's semantics.
+
+A concrete store supplies a few primitives: a write transaction (`_transaction`, yielding
+a `Tx`), a claim, reads, and a way to wait for new jobs. Everything else — options,
+the status machine, retries, mulligans, coalescing, locks, hung-job rescue and hooks —
+lives here once, so every store behaves the same and runs the same contract suite.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
+
+import psutil
+
+from liteq.errors import (
+    InvalidState,
+    InvalidStateChange,
+    JobLocked,
+    JobNotFound,
+    LeaseLost,
+    LiteqError,
+)
+from liteq.job import Job, Task, backoff, decode, encode
+from liteq.managed import (
+    COALESCE_HOLDING,
+    MULLIGAN_CAP,
+    ManagedJob,
+    Record,
+    Status,
+    check_transition,
+)
+
+log = logging.getLogger("liteq.store")
+
+StatusHook = Callable[[ManagedJob, Status, str | None], None]
+#: A status change to report after commit: (new record, old status, message, decoded job).
+Event = tuple[Record, Status, str | None, Job | None]
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """Options of `store.enqueue`; see the README's options table."""
+
+    queue: str
+    priority: int
+    max_attempts: int
+    run_at: datetime | float | None
+    delay: float | timedelta | None
+    coalesce_id: str | None
+    max_runtime: float | None
+    delete_on_complete: bool
+
+
+_OPTION_NAMES = frozenset(EnqueueOptions.__annotations__)
+DEFAULT_QUEUE = "default"
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where ManagedJobs live; all claiming and locking happen here."""
+
+    def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob: ...
+    def enqueue_many(
+        self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
+    ) -> list[ManagedJob]: ...
+    def get(self, job_id: int) -> ManagedJob: ...
+    def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None: ...
+    def count(self, queue: str | None = None, status: Status | None = None) -> int: ...
+    def jobs(
+        self, queue: str | None = None, status: Status | None = None
+    ) -> Iterator[ManagedJob]: ...
+    def delete(self, job_id: int) -> None: ...
+    def locked(
+        self, job_id: int, lease: float = 60.0
+    ) -> contextlib.AbstractContextManager[ManagedJob]: ...
+    def detect_hung_jobs(self) -> list[ManagedJob]: ...
+    def claim(
+        self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
+    ) -> ManagedJob | None: ...
+    def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool: ...
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> None: ...
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
+    def wake(self) -> None: ...
+    def complete(self, mjob: ManagedJob) -> None: ...
+    def wait_async(self, mjob: ManagedJob) -> None: ...
+    def fail(
+        self,
+        mjob: ManagedJob,
+        error: str,
+        traceback: str | None = None,
+        *,
+        retry: bool = True,
+        mulligan: bool = False,
+    ) -> Status: ...
+    def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
+    def close(self) -> None: ...
+
+
+class Tx(abc.ABC):
+    """One write transaction of a store: the primitives the shared logic is built on."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.events: list[Event] = []
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> Record | None:
+        """The row with this id, or None."""
+
+    @abc.abstractmethod
+    def coalesce_holder(self, coalesce_id: str) -> Record | None:
+        """The row holding this coalesce id (its status is in COALESCE_HOLDING), or None."""
+
+    @abc.abstractmethod
+    def insert(self, record: Record) -> int | None:
+        """Insert (ignoring record.id); return the new id, or None if the coalesce id is held."""
+
+    @abc.abstractmethod
+    def update(self, record: Record) -> None:
+        """Write every field of the row with record.id."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: int) -> None:
+        """Delete the row if it exists."""
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def make_owner() -> str:
+    """A worker identity `host/pid/process-start-time/token`, unique even if the pid is reused."""
+    pid = os.getpid()
+    start = psutil.Process(pid).create_time()
+    return f"{_host()}/{pid}/{start:.2f}/{secrets.token_hex(4)}"
+
+
+def owner_process_state(owner: str) -> str:
+    """'alive', 'dead' (its process is gone from this host) or 'remote' (another host)."""
+    try:
+        host, pid_s, start_s, _ = owner.split("/")
+        pid, start = int(pid_s), float(start_s)
+    except ValueError:
+        return "remote"
+    if host != _host():
+        return "remote"
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - start) > 0.5 or proc.status() == psutil.STATUS_ZOMBIE:
+            return "dead"
+    except psutil.NoSuchProcess:
+        return "dead"
+    return "alive"
+
+
+def _epoch(value: datetime | float | int, name: str) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"{name} must be a timezone-aware datetime (e.g. datetime.now(UTC)); "
+                "a naive datetime is ambiguous"
+            )
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{name} must be an aware datetime or epoch seconds, not {value!r}")
+    return float(value)
+
+
+def _seconds(value: object, name: str, *, positive: bool) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(
+            f"{name} must be {'positive' if positive else 'zero or more'}, not {value!r}"
+        )
+    return float(value)
+
+
+class BaseStore(abc.ABC):
+    """Shared semantics of every store. Subclasses implement the primitives only."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_status_change: StatusHook | None = None,
+    ) -> None:
+        self.clock = clock
+        self.on_status_change = on_status_change
+        # Waking idle workers: commits made through this object bump a counter under a
+        # condition; a store whose other processes also write adds an external marker.
+        self._changed = threading.Condition()
+        self._local_version = 0
+        self._seen: tuple[int, object] = (-1, None)
+
+    # -- primitives --------------------------------------------------------
+    @abc.abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction; committed on exit, rolled back on an exception."""
+
+    @abc.abstractmethod
+    def _read(self, job_id: int) -> Record | None: ...
+
+    @abc.abstractmethod
+    def _read_coalesce(self, coalesce_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    def _count(self, queue: str | None, status: Status | None) -> int: ...
+
+    @abc.abstractmethod
+    def _page(
+        self, after_id: int, queue: str | None, status: Status | None, limit: int
+    ) -> list[Record]:
+        """Up to `limit` rows with id > after_id, by id."""
+
+    @abc.abstractmethod
+    def _claim(
+        self, queues: Sequence[str] | None, now: float, owner: str, lease_until: float
+    ) -> Record | None:
+        """Atomically move the best due QUEUED, unlocked row to RUNNING for `owner`."""
+
+    @abc.abstractmethod
+    def _read_active(self) -> list[Record]:
+        """Every RUNNING or WAIT_ASYNC row."""
+
+    @abc.abstractmethod
+    def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
+        """The earliest run_at among QUEUED rows in these queues, or None."""
+
+    #: How often wait_for_jobs checks the external marker; None: never (in-process only).
+    _poll_interval: float | None = None
+
+    def _external_marker(self) -> object:
+        """Something that changes when another process commits (None: nothing can)."""
+        return None
+
+    def _marker(self) -> tuple[int, object]:
+        return (self._local_version, self._external_marker())
+
+    def _bump(self) -> None:
+        with self._changed:
+            self._local_version += 1
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        """Make every wait_for_jobs in this process return now (Worker.stop uses it)."""
+        self._bump()
+
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> None:
+        """Block up to `timeout` seconds; return early once the queue may have changed
+        since this process's last claim (an enqueue here or a commit by another process)."""
+        deadline = time.monotonic() + timeout
+        while self._marker() == self._seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            step = remaining if self._poll_interval is None else min(remaining, self._poll_interval)
+            with self._changed:
+                if self._local_version == self._seen[0]:
+                    self._changed.wait(step)
+
+    def close(self) -> None:  # noqa: B027 - optional: a store may have nothing to release
+        """Release the store's resources."""
+
+    def __enter__(self) -> BaseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- hooks -------------------------------------------------------------
+    def status_did_change(self, job: ManagedJob, old_status: Status, message: str | None) -> None:
+        """Called after every status change; override in a subclass or pass `on_status_change`."""
+        if self.on_status_change is not None:
+            self.on_status_change(job, old_status, message)
+
+    def _fire(self, events: list[Event]) -> None:
+        for record, old, message, job in events:
+            mjob = self._managed(record, job)
+            if mjob.job is not None:
+                try:
+                    mjob.job.status_did_change(mjob, old, message)
+                except Exception:
+                    log.exception("status_did_change of job %d raised", record.id)
+            try:
+                self.status_did_change(mjob, old, message)
+            except Exception:
+                log.exception("the store's status hook raised for job %d", record.id)
+
+    def _managed(
+        self, record: Record, job: Job | None = None, lock_token: str | None = None
+    ) -> ManagedJob:
+        error = None
+        if job is None:
+            try:
+                job = decode(record.payload)
+            except LiteqError as exc:
+                error = str(exc)
+        return ManagedJob(self, record, job, error, lock_token)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
+        with self._transaction() as tx:
+            yield tx
+        self._bump()
+        self._fire(tx.events)
+
+    @staticmethod
+    def _change(
+        tx: Tx,
+        rec: Record,
+        new: Status,
+        message: str | None,
+        job: Job | None = None,
+        **fields: Any,
+    ) -> Record:
+        check_transition(rec.id, rec.status, new)
+        return BaseStore._apply(
+            tx, rec.status, dataclasses.replace(rec, status=new, **fields), message, job
+        )
+
+    @staticmethod
+    def _apply(
+        tx: Tx, old: Status, updated: Record, message: str | None, job: Job | None
+    ) -> Record:
+        new = updated.status
+        if (
+            updated.coalesce_id is not None
+            and new in COALESCE_HOLDING
+            and old not in COALESCE_HOLDING
+        ):
+            holder = tx.coalesce_holder(updated.coalesce_id)
+            if holder is not None and holder.id != updated.id:
+                raise InvalidState(
+                    f"job {updated.id} cannot be re-queued: job {holder.id} holds its "
+                    f"coalesce id {updated.coalesce_id!r}"
+                )
+        tx.update(updated)
+        if new is Status.COMPLETED and updated.delete_on_complete:
+            tx.delete(updated.id)
+        tx.events.append((updated, old, message, job))
+        return updated
+
+    # -- enqueue -----------------------------------------------------------
+    def _record(self, job: Job, options: EnqueueOptions, now: float) -> Record:
+        job_type, payload = encode(job)
+        unknown = set(options) - _OPTION_NAMES
+        defaults = job.enqueue_options()
+        unknown |= set(defaults) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(
+                f"unknown enqueue option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_OPTION_NAMES))}"
+            )
+        opts: dict[str, Any] = {**defaults, **options}
+
+        queue = opts.get("queue") or DEFAULT_QUEUE
+        if not isinstance(queue, str):
+            raise TypeError(f"queue must be a string, not {queue!r}")
+        priority = opts.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {priority!r}")
+        max_attempts = opts.get("max_attempts", 1)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int of at least 1, not {max_attempts!r}")
+        run_at, delay = opts.get("run_at"), opts.get("delay")
+        if "run_at" in options and "delay" in options and run_at is not None and delay is not None:
+            raise ValueError("give run_at or delay, not both")
+        if delay is not None and not ("run_at" in options and run_at is not None):
+            due = now + _seconds(delay, "delay", positive=False)
+        elif run_at is not None:
+            due = _epoch(run_at, "run_at")
+        else:
+            due = now
+        coalesce_id = opts["coalesce_id"] if "coalesce_id" in opts else job.coalesce_id()
+        if coalesce_id is not None and not isinstance(coalesce_id, str):
+            raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
+        max_runtime = opts.get("max_runtime")
+        if max_runtime is not None:
+            max_runtime = _seconds(max_runtime, "max_runtime", positive=True)
+        delete_on_complete = opts.get("delete_on_complete", True)
+        if not isinstance(delete_on_complete, bool):
+            raise TypeError(f"delete_on_complete must be a bool, not {delete_on_complete!r}")
+        return Record(
+            id=0,
+            job_type=job_type,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            status=Status.QUEUED,
+            attempts=0,
+            max_attempts=max_attempts,
+            run_at=due,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            coalesce_id=coalesce_id,
+            max_runtime=max_runtime,
+            delete_on_complete=delete_on_complete,
+            error=None,
+            traceback=None,
+            owner=None,
+            lease_until=None,
+            lock_token=None,
+            lock_until=None,
+        )
+
+    def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob:
+        """Enqueue a job and return its ManagedJob.
+
+        With a coalesce_id that a queued, running, waiting or failed job holds, return
+        that job and create nothing. Raises TypeError (unencodable state, bad option
+        type) or ValueError (bad option value) before anything is written.
+
+            mjob = store.enqueue(SendEmail("ann@example.com"), priority=5, delay=60)
+        """
+        return self.enqueue_many([job], **options)[0]
+
+    def enqueue_many(
+        self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
+    ) -> list[ManagedJob]:
+        """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
+        now = self.clock()
+        pending = [(job, self._record(job, options, now)) for job in jobs]
+        results: list[ManagedJob] = []
+        with self._write() as tx:
+            for job, record in pending:
+                new_id = tx.insert(record)
+                holder = None
+                if new_id is None and record.coalesce_id is not None:
+                    holder = tx.coalesce_holder(record.coalesce_id)
+                if new_id is None:
+                    if holder is None:
+                        raise LiteqError(
+                            f"job {record.job_type} was not inserted and no job holds its coalesce id"
+                        )
+                    results.append(self._managed(holder))
+                    continue
+                record.id = new_id
+                tx.events.append((record, Status.UNQUEUED, "enqueued", job))
+                results.append(ManagedJob(self, record, job, None))
+        return results
+
+    def task(
+        self, func: Callable[..., Any] | None = None, **options: Unpack[EnqueueOptions]
+    ) -> Any:
+        """Decorate a module-level function to make it a job type on this store.
+
+        @store.task(queue="mail", max_attempts=3)
+        def send_email(to: str) -> None: ...
+
+        send_email.enqueue("ann@example.com")
+        """
+        if func is not None:
+            return Task(self, func, options)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return Task(self, f, options)
+
+        return decorate
+
+    # -- reading -----------------------------------------------------------
+    def get(self, job_id: int) -> ManagedJob:
+        """Return the job with this id, or raise JobNotFound (works for undecodable rows too)."""
+        record = self._read(job_id)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return self._managed(record)
+
+    def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None:
+        """Return the job holding this coalesce id, or None."""
+        record = self._read_coalesce(coalesce_id)
+        return None if record is None else self._managed(record)
+
+    def count(self, queue: str | None = None, status: Status | None = None) -> int:
+        """Count jobs, over every status and queue unless one is given."""
+        return self._count(queue, None if status is None else Status(status))
+
+    def jobs(self, queue: str | None = None, status: Status | None = None) -> Iterator[ManagedJob]:
+        """Iterate jobs oldest first, streamed in pages (never the whole queue in memory)."""
+        status = None if status is None else Status(status)
+        after = 0
+        while True:
+            page = self._page(after, queue, status, 500)
+            for record in page:
+                yield self._managed(record)
+            if len(page) < 500:
+                return
+            after = page[-1].id
+
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
+        """Epoch seconds when the next queued job in these queues is due, or None."""
+        return self._next_run_at(queues)
+
+    # -- changes by users ----------------------------------------------------
+    def _unlocked(self, rec: Record, token: str | None, now: float) -> None:
+        if rec.lock_token is not None and rec.lock_token != token and (rec.lock_until or 0) > now:
+            raise JobLocked(f"job {rec.id} is locked by another holder")
+
+    def _current(self, tx: Tx, job_id: int, token: str | None) -> Record:
+        rec = tx.get(job_id)
+        if rec is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        self._unlocked(rec, token, tx.now)
+        return rec
+
+    def delete(self, job_id: int) -> None:
+        """Delete a job; raise JobNotFound if missing, JobLocked if another holder locked it."""
+        self._delete(job_id, None)
+
+    def _delete(self, job_id: int, token: str | None) -> None:
+        with self._write() as tx:
+            self._current(tx, job_id, token)
+            tx.delete(job_id)
+
+    def _retry(self, mjob: ManagedJob, *, mulligan: bool) -> bool:
+        with self._write() as tx:
+            rec = self._current(tx, mjob.id, mjob._lock_token)
+            if rec.status is Status.RUNNING and not self._owns(rec, mjob):
+                raise InvalidState(
+                    f"job {rec.id} is running in {rec.owner}; only that worker may retry it"
+                )
+            if rec.status is Status.FAILED and rec.attempts >= rec.max_attempts and not mulligan:
+                return False
+            check_transition(rec.id, rec.status, Status.QUEUED)
+            requeued = self._requeue_or_fail(
+                tx,
+                rec,
+                mulligan=mulligan,
+                delay=0.0,
+                job=mjob.job,
+                message="retried with a mulligan" if mulligan else "retried",
+            )
+        mjob._record = requeued
+        return requeued.status is Status.QUEUED
+
+    @staticmethod
+    def _owns(rec: Record, mjob: ManagedJob) -> bool:
+        return (
+            mjob._claimed
+            and rec.status is Status.RUNNING
+            and rec.owner == mjob.owner
+            and rec.attempts == mjob.attempts
+        )
+
+    def _requeue_or_fail(
+        self,
+        tx: Tx,
+        rec: Record,
+        *,
+        mulligan: bool,
+        delay: float,
+        job: Job | None,
+        message: str,
+        **fields: Any,
+    ) -> Record:
+        max_attempts = rec.max_attempts
+        if mulligan and max_attempts < MULLIGAN_CAP:
+            max_attempts += 1
+        if rec.attempts < max_attempts:
+            return self._change(
+                tx,
+                rec,
+                Status.QUEUED,
+                message,
+                job,
+                max_attempts=max_attempts,
+                run_at=tx.now + delay,
+                owner=None,
+                lease_until=None,
+                **fields,
+            )
+        if rec.status is Status.FAILED:
+            return rec
+        return self._change(
+            tx,
+            rec,
+            Status.FAILED,
+            message,
+            job,
+            max_attempts=max_attempts,
+            finished_at=tx.now,
+            owner=None,
+            lease_until=None,
+            **fields,
+        )
+
+    def _restart(self, mjob: ManagedJob) -> None:
+        with self._write() as tx:
+            rec = self._current(tx, mjob.id, mjob._lock_token)
+            if rec.status is Status.RUNNING:
+                raise InvalidState(
+                    f"job {rec.id} is running in {rec.owner}; restarting it would run "
+                    "it twice at once: stop its worker or wait for it"
+                )
+            # restart() bypasses the status machine on purpose.
+            fresh = dataclasses.replace(
+                rec,
+                status=Status.QUEUED,
+                attempts=0,
+                run_at=tx.now,
+                started_at=None,
+                finished_at=None,
+                error=None,
+                traceback=None,
+                owner=None,
+                lease_until=None,
+            )
+            mjob._record = self._apply(tx, rec.status, fresh, "restarted", mjob.job)
+
+    @contextlib.contextmanager
+    def locked(self, job_id: int, lease: float = 60.0) -> Iterator[ManagedJob]:
+        """Hold the job's mutex for the block and yield the job.
+
+        Raises JobLocked if another holder has it, JobNotFound if there is no such job.
+        While held, workers do not claim the job and other holders cannot change it.
+        The lock is released on leaving the block, whatever happens; a holder that dies
+        loses it after `lease` seconds.
+
+            with store.locked(job_id) as mjob:
+                mjob.retry()
+        """
+        token = secrets.token_hex(8)
+        with self._write() as tx:
+            rec = self._current(tx, job_id, None)
+            rec = dataclasses.replace(rec, lock_token=token, lock_until=tx.now + lease)
+            tx.update(rec)
+        try:
+            yield self._managed(rec, lock_token=token)
+        finally:
+            with self._write() as tx:
+                current = tx.get(job_id)
+                if current is not None and current.lock_token == token:
+                    tx.update(dataclasses.replace(current, lock_token=None, lock_until=None))
+
+    # -- the worker's side -------------------------------------------------
+    def claim(
+        self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
+    ) -> ManagedJob | None:
+        """Move the best due job in `queues` to RUNNING for `owner` and return it, or None.
+
+        Best: highest priority, then earliest run_at, then lowest id. The claim holds a
+        lease of `lease` seconds; renew it with `renew_lease` while the job runs.
+        """
+        now = self.clock()
+        self._seen = self._marker()
+        record = self._claim(queues, now, owner, now + lease)
+        if record is None:
+            return None
+        mjob = self._managed(record)
+        mjob._claimed = True
+        self._fire([(record, Status.QUEUED, "started", mjob.job)])
+        return mjob
+
+    def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool:
+        """Extend a claimed job's lease; False if this worker no longer owns it."""
+        with self._write() as tx:
+            rec = tx.get(job.id)
+            if rec is None or not self._owns(rec, job):
+                return False
+            tx.update(dataclasses.replace(rec, lease_until=tx.now + lease))
+        return True
+
+    def _owned(self, tx: Tx, mjob: ManagedJob) -> Record:
+        rec = tx.get(mjob.id)
+        if rec is None:
+            raise LeaseLost(f"job {mjob.id} was deleted while it ran")
+        if not self._owns(rec, mjob):
+            raise LeaseLost(
+                f"job {mjob.id} is no longer this worker's: it was re-queued "
+                f"(status {rec.status.value}, attempt {rec.attempts})"
+            )
+        return rec
+
+    def complete(self, mjob: ManagedJob) -> None:
+        """Mark a claimed job COMPLETED (deleted if delete_on_complete); LeaseLost if not ours."""
+        with self._write() as tx:
+            rec = self._owned(tx, mjob)
+            mjob._record = self._change(
+                tx,
+                rec,
+                Status.COMPLETED,
+                "completed",
+                mjob.job,
+                finished_at=tx.now,
+                owner=None,
+                lease_until=None,
+                error=None,
+                traceback=None,
+            )
+
+    def wait_async(self, mjob: ManagedJob) -> None:
+        """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""
+        with self._write() as tx:
+            rec = self._owned(tx, mjob)
+            mjob._record = self._change(
+                tx,
+                rec,
+                Status.WAIT_ASYNC,
+                "waiting for an async result",
+                mjob.job,
+                owner=None,
+                lease_until=None,
+            )
+
+    def fail(
+        self,
+        mjob: ManagedJob,
+        error: str,
+        traceback: str | None = None,
+        *,
+        retry: bool = True,
+        mulligan: bool = False,
+    ) -> Status:
+        """Record a failed attempt; re-queue with backoff while attempts remain, else FAILED.
+
+        With retry=False the failure is final. With mulligan=True the job is re-queued
+        at once without using up an attempt. Returns the job's new status.
+        """
+        with self._write() as tx:
+            if mjob.status is Status.WAIT_ASYNC and not mjob._claimed:
+                rec = self._current(tx, mjob.id, mjob._lock_token)
+                if rec.status is not Status.WAIT_ASYNC:
+                    raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
+            else:
+                rec = self._owned(tx, mjob)
+            if not retry:
+                rec = dataclasses.replace(rec, max_attempts=rec.attempts)
+            delay = 0.0
+            if not mulligan and rec.attempts < rec.max_attempts:
+                delay = mjob.job.retry_delay(rec.attempts) if mjob.job else backoff(rec.attempts)
+            mjob._record = self._requeue_or_fail(
+                tx,
+                rec,
+                mulligan=mulligan,
+                delay=delay,
+                job=mjob.job,
+                message=error,
+                error=error,
+                traceback=traceback,
+            )
+        return mjob.status
+
+    def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status:
+        """Apply the Status an async job's resolve_wait_async returned (see resolve_wait_async)."""
+        with self._write() as tx:
+            rec = self._current(tx, mjob.id, mjob._lock_token)
+            if rec.status is not Status.WAIT_ASYNC:
+                raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
+            if new is Status.COMPLETED:
+                mjob._record = self._change(
+                    tx,
+                    rec,
+                    new,
+                    "async result: completed",
+                    mjob.job,
+                    finished_at=tx.now,
+                    error=None,
+                    traceback=None,
+                )
+            elif new is Status.FAILED:
+                mjob._record = self._change(
+                    tx,
+                    rec,
+                    new,
+                    "async result: failed",
+                    mjob.job,
+                    finished_at=tx.now,
+                    error=rec.error or "the async result reported failure",
+                )
+            elif new is Status.QUEUED:
+                mjob._record = self._requeue_or_fail(
+                    tx,
+                    rec,
+                    mulligan=False,
+                    delay=0.0,
+                    job=mjob.job,
+                    message="async result: run again",
+                )
+            elif new is not Status.WAIT_ASYNC:
+                raise InvalidStateChange(
+                    f"resolve_wait_async of job {rec.id} returned {new!r}; return "
+                    "COMPLETED, FAILED, QUEUED (run again) or WAIT_ASYNC (keep waiting)"
+                )
+        return mjob.status
+
+    # -- hung jobs ---------------------------------------------------------
+    def detect_hung_jobs(self) -> list[ManagedJob]:
+        """Re-queue with a mulligan every hung job; return them.
+
+        Hung: RUNNING or WAIT_ASYNC past max_runtime, or RUNNING with an expired lease or
+        a worker process that is gone from this host. A hung job whose worker is still
+        alive on this host is stopped (SIGKILL) first, so it never runs twice at once;
+        one whose worker is alive on another host is left to that worker until its
+        lease expires.
+        """
+        now = self.clock()
+        candidates = self._read_active()
+        rescued: list[ManagedJob] = []
+        for rec in candidates:
+            reason = self._hung_reason(rec, now)
+            if reason is None:
+                continue
+            with self._write() as tx:
+                current = tx.get(rec.id)
+                if current is None or (current.status, current.owner, current.attempts) != (
+                    rec.status,
+                    rec.owner,
+                    rec.attempts,
+                ):
+                    continue  # it moved on meanwhile
+                updated = self._requeue_or_fail(
+                    tx,
+                    current,
+                    mulligan=True,
+                    delay=0.0,
+                    job=None,
+                    message=f"hung: {reason}",
+                    error=f"hung: {reason}",
+                )
+            log.warning("job %d was hung (%s): %s", rec.id, reason, updated.status.value)
+            rescued.append(self._managed(updated))
+        return rescued
+
+    def _hung_reason(self, rec: Record, now: float) -> str | None:
+        overdue = (
+            rec.max_runtime is not None
+            and rec.started_at is not None
+            and now > rec.started_at + rec.max_runtime
+        )
+        if rec.status is Status.WAIT_ASYNC:
+            return f"waited more than max_runtime={rec.max_runtime}s" if overdue else None
+        state = owner_process_state(rec.owner) if rec.owner else "dead"
+        if state == "dead":
+            return f"its worker {rec.owner} is gone"
+        if rec.lease_until is not None and rec.lease_until < now:
+            return f"the lease of {rec.owner} expired"
+        if overdue and state == "alive" and rec.owner is not None:
+            pid = int(rec.owner.split("/")[1])
+            if pid == os.getpid():
+                log.warning("job %d is past max_runtime in this very process", rec.id)
+                return None
+            _kill(pid)
+            return f"ran more than max_runtime={rec.max_runtime}s; its worker was killed"
+        return None
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        proc.kill()
+        with contextlib.suppress(psutil.TimeoutExpired):
+            proc.wait(timeout=5)

@@ -1,0 +1,350 @@
+"""SQLiteStore: the queue is one SQLite file shared by every process on the host."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import apsw
+
+from liteq.errors import StoreError
+from liteq.managed import COLUMNS, Record, Status
+from liteq.stores._base import BaseStore, StatusHook, Tx
+
+#: The schema version this code writes; older files are migrated on open.
+SCHEMA_VERSION: Final = 1
+#: Migrations from version N to N+1, applied in order inside one transaction.
+MIGRATIONS: Final[dict[int, str]] = {}
+
+_COLS = ", ".join(COLUMNS)
+_SELECT = f"SELECT {_COLS} FROM liteq_jobs"
+_INSERT = (
+    f"INSERT INTO liteq_jobs ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+_UPDATE = (
+    "UPDATE liteq_jobs SET " + ", ".join(f"{c} = ?" for c in COLUMNS if c != "id") + " WHERE id = ?"
+)
+_HOLDING = "('unqueued', 'queued', 'running', 'wait_async', 'failed')"
+
+# Stores to reset in a child after fork(): a connection is never used across fork.
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def schema_sql() -> str:
+    """The text of schema.sql (inside the wheel, or beside the package in a checkout)."""
+    packaged = importlib.resources.files("liteq").joinpath("schema.sql")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "schema.sql").read_text(encoding="utf-8")
+
+
+def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    if row is None:
+        raise StoreError(f"no row from {sql!r}")
+    return row[0]
+
+
+def _record(row: Sequence[Any]) -> Record:
+    record = Record(*row)
+    record.status = Status(record.status)
+    record.delete_on_complete = bool(record.delete_on_complete)
+    return record
+
+
+def _values(record: Record) -> tuple[Any, ...]:
+    return tuple(
+        (v.value if isinstance(v, Status) else v) for v in (getattr(record, c) for c in COLUMNS)
+    )
+
+
+class _SQLiteTx(Tx):
+    def __init__(self, conn: apsw.Connection, now: float) -> None:
+        super().__init__(now)
+        self._conn = conn
+
+    def get(self, job_id: int) -> Record | None:
+        row = self._conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def coalesce_holder(self, coalesce_id: str) -> Record | None:
+        row = self._conn.execute(
+            f"{_SELECT} WHERE coalesce_id = ? AND status IN {_HOLDING}", (coalesce_id,)
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    def insert(self, record: Record) -> int | None:
+        values = (None, *_values(record)[1:])
+        row = self._conn.execute(_INSERT, values).fetchone()
+        return None if row is None else int(row[0])
+
+    def update(self, record: Record) -> None:
+        values = _values(record)
+        self._conn.execute(_UPDATE, (*values[1:], values[0]))
+
+    def delete(self, job_id: int) -> None:
+        self._conn.execute("DELETE FROM liteq_jobs WHERE id = ?", (job_id,))
+
+
+class SQLiteStore(BaseStore):
+    """The default store: one SQLite file, many processes on one host.
+
+    Opens (creating with mode 0600 if needed) and migrates the file. WAL journal;
+    `durability="normal"` (synchronous=NORMAL: survives a crash of any process,
+    may lose the last commits on power loss) or `"full"` (survives power loss, slower).
+    Each process opens its own connection, also after fork().
+
+        store = liteq.SQLiteStore("jobs.sqlite")
+    """
+
+    _poll_interval = 0.01
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["normal", "full"] = "normal",
+        busy_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        on_status_change: StatusHook | None = None,
+    ) -> None:
+        super().__init__(clock=clock, on_status_change=on_status_change)
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise ValueError(
+                f"SQLiteStore needs a file path, not {self.path!r}; "
+                "use liteq.MemoryStore() for a queue in memory"
+            )
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self._mutex = threading.RLock()
+        self._conn: apsw.Connection | None = None
+        self._pid = -1
+        # Connections inherited across fork(): never used, never closed (closing could
+        # disturb the parent's locks); kept referenced so nothing closes them.
+        self._inherited: list[apsw.Connection] = []
+        _STORES.add(self)
+        self._db()
+
+    # -- the connection ------------------------------------------------------
+    def _forget_parent(self) -> None:
+        self._mutex = threading.RLock()
+        self._changed = threading.Condition()
+        if self._conn is not None:
+            self._inherited.append(self._conn)
+        self._conn = None
+
+    def _db(self) -> apsw.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            if self._conn is not None:
+                self._inherited.append(self._conn)
+                self._conn = None
+            with self._errors():
+                self._conn = self._open()
+            self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> apsw.Connection:
+        path = Path(self.path)
+        if not path.exists():
+            if not path.parent.is_dir():
+                raise StoreError(f"cannot create {self.path}: {path.parent} is not a directory")
+            # Create it 0600 before SQLite does (its -wal and -shm files copy this mode).
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        conn = apsw.Connection(self.path)
+        conn.setbusytimeout(int(self.busy_timeout * 1000))
+        self._pragma(conn, "journal_mode", "wal", "wal")
+        sync = {"normal": 1, "full": 2}[self.durability]
+        self._pragma(conn, "synchronous", sync, sync)
+        self._pragma(conn, "journal_size_limit", 64 * 1024 * 1024, 64 * 1024 * 1024)
+        self._migrate(conn)
+        return conn
+
+    def _pragma(self, conn: apsw.Connection, name: str, value: object, expect: object) -> None:
+        # One statement per call, read back: a pragma can fail silently (WAL on a busy file).
+        for attempt in range(50):
+            conn.execute(f"PRAGMA {name} = {value}").fetchall()
+            got = conn.execute(f"PRAGMA {name}").fetchone()
+            if got is not None and got[0] == expect:
+                return
+            time.sleep(0.02 * (attempt + 1))
+        raise StoreError(f"could not set PRAGMA {name}={value} on {self.path} (got {got!r})")
+
+    def _migrate(self, conn: apsw.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = _scalar(conn, "PRAGMA user_version")
+            has_table = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'liteq_jobs'"
+            ).fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this liteq "
+                    f"understands ({SCHEMA_VERSION}): upgrade liteq"
+                )
+            if version == 0:
+                if has_table:
+                    raise StoreError(f"{self.path} has a liteq_jobs table but no schema version")
+                # Iterate: apsw runs a script's later statements only as its cursor advances.
+                for _ in conn.execute(schema_sql()):
+                    pass
+            elif not has_table:
+                raise StoreError(
+                    f"{self.path} is another application's database "
+                    f"(user_version {version}, no liteq_jobs table)"
+                )
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for _ in conn.execute(MIGRATIONS[step]):
+                        pass
+                    conn.execute(f"PRAGMA user_version = {step + 1}")
+            got = _scalar(conn, "PRAGMA user_version")
+            if got != SCHEMA_VERSION:
+                raise StoreError(f"schema of {self.path} is at {got}, expected {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except apsw.BusyError as exc:
+            raise StoreError(
+                f"{self.path} stayed locked by another process for more than "
+                f"{self.busy_timeout}s: {exc}"
+            ) from exc
+        except apsw.FullError as exc:
+            raise StoreError(f"the disk holding {self.path} is full: {exc}") from exc
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            raise StoreError(f"{self.path} is not a usable SQLite database: {exc}") from exc
+        except apsw.CantOpenError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except apsw.ReadOnlyError as exc:
+            raise StoreError(f"{self.path} is read-only: {exc}") from exc
+        except apsw.IOError as exc:
+            raise StoreError(f"I/O error on {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close this process's connection (it reopens if the store is used again)."""
+        with self._mutex:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # -- primitives ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Tx]:
+        with self._mutex, self._errors():
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                tx = _SQLiteTx(conn, self.clock())
+                yield tx
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[apsw.Connection]:
+        with self._mutex, self._errors():
+            yield self._db()
+
+    def _read(self, job_id: int) -> Record | None:
+        with self._reading() as conn:
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def _read_coalesce(self, coalesce_id: str) -> Record | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                f"{_SELECT} WHERE coalesce_id = ? AND status IN {_HOLDING}", (coalesce_id,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    @staticmethod
+    def _filters(queue: str | None, status: Status | None) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        if queue is not None:
+            clauses.append("queue = ?")
+            args.append(queue)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status.value)
+        return "".join(f" AND {c}" for c in clauses), args
+
+    def _count(self, queue: str | None, status: Status | None) -> int:
+        where, args = self._filters(queue, status)
+        with self._reading() as conn:
+            return int(_scalar(conn, f"SELECT count(*) FROM liteq_jobs WHERE 1{where}", args))
+
+    def _page(
+        self, after_id: int, queue: str | None, status: Status | None, limit: int
+    ) -> list[Record]:
+        where, args = self._filters(queue, status)
+        with self._reading() as conn:
+            rows = conn.execute(
+                f"{_SELECT} WHERE id > ?{where} ORDER BY id LIMIT ?", [after_id, *args, limit]
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def _read_active(self) -> list[Record]:
+        with self._reading() as conn:
+            rows = conn.execute(f"{_SELECT} WHERE status IN ('running', 'wait_async')").fetchall()
+        return [_record(r) for r in rows]
+
+    @staticmethod
+    def _in_queues(queues: Sequence[str] | None) -> str:
+        return "" if queues is None else f" AND queue IN ({', '.join('?' * len(queues))})"
+
+    def _claim(
+        self, queues: Sequence[str] | None, now: float, owner: str, lease_until: float
+    ) -> Record | None:
+        sql = (
+            f"UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, "
+            f"started_at = ?1, finished_at = NULL, owner = ?2, lease_until = ?3 "
+            f"WHERE id = (SELECT id FROM liteq_jobs WHERE status = 'queued' AND run_at <= ?1"
+            f" AND (lock_token IS NULL OR lock_until < ?1){self._in_queues(queues)}"
+            f" ORDER BY priority DESC, run_at, id LIMIT 1) RETURNING {_COLS}"
+        )
+        with self._transaction():
+            row = self._db().execute(sql, (now, owner, lease_until, *(queues or ()))).fetchone()
+        return None if row is None else _record(row)
+
+    def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                f"SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued'"
+                f"{self._in_queues(queues)}",
+                tuple(queues or ()),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def _external_marker(self) -> object:
+        # Changes whenever another connection commits; ~10 µs a call.
+        with self._reading() as conn:
+            return _scalar(conn, "PRAGMA data_version")
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"

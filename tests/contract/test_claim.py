@@ -1,0 +1,76 @@
+"""Which job a claim returns: priority, then run_at, then FIFO; queues; delays; locks."""
+
+from __future__ import annotations
+
+import pytest
+
+import liteq
+from liteq import Status
+from tests.conftest import OWNER, Clock
+from tests.jobs import Noop
+
+
+def claim_all(store: liteq.stores.BaseStore, queues: list[str] | None = None) -> list[int]:
+    order = []
+    while (mjob := store.claim(OWNER, queues)) is not None:
+        order.append(mjob.job.n)  # type: ignore[union-attr]
+        store.complete(mjob)
+    return order
+
+
+def test_priority_then_run_at_then_fifo(store: liteq.stores.BaseStore, clock: Clock) -> None:
+    store.enqueue(Noop(1), priority=0)
+    store.enqueue(Noop(2), priority=5)
+    store.enqueue(Noop(3), priority=0, run_at=clock.now - 10)
+    store.enqueue(Noop(4), priority=5)
+    store.enqueue(Noop(5), priority=-1)
+    store.enqueue(Noop(6), priority=0)
+    assert claim_all(store) == [2, 4, 3, 1, 6, 5]
+
+
+def test_delayed_jobs_wait_until_due(store: liteq.stores.BaseStore, clock: Clock) -> None:
+    store.enqueue(Noop(1), delay=60, priority=10)
+    store.enqueue(Noop(2))
+    assert claim_all(store) == [2]
+    assert store.next_run_at() == pytest.approx(clock.now + 60)
+    clock.advance(59.9)
+    assert claim_all(store) == []
+    clock.advance(0.2)
+    assert claim_all(store) == [1]
+    assert store.next_run_at() is None
+
+
+def test_workers_serve_only_their_queues(store: liteq.stores.BaseStore) -> None:
+    store.enqueue(Noop(1), queue="mail")
+    store.enqueue(Noop(2), queue="video", priority=9)
+    store.enqueue(Noop(3), queue="mail", priority=1)
+    store.enqueue(Noop(4))
+    assert claim_all(store, ["nothing"]) == []
+    assert claim_all(store, ["mail"]) == [3, 1]
+    assert claim_all(store, ["video", "default"]) == [2, 4]
+
+
+def test_claim_marks_running_and_counts_the_attempt(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
+    store.enqueue(Noop())
+    clock.advance(5)
+    mjob = store.claim(OWNER, lease=30)
+    assert mjob is not None
+    assert mjob.status is Status.RUNNING and mjob.attempts == 1 and mjob.owner == OWNER
+    assert mjob.started_at is not None and mjob.started_at.timestamp() == pytest.approx(clock.now)
+    assert store.get(mjob.id).status is Status.RUNNING
+    assert store.claim(OWNER) is None
+
+
+def test_a_locked_job_is_not_claimed(store: liteq.stores.BaseStore) -> None:
+    mjob = store.enqueue(Noop())
+    with store.locked(mjob.id):
+        assert store.claim(OWNER) is None
+    assert store.claim(OWNER) is not None
+
+
+def test_jobs_run_once_each(store: liteq.stores.BaseStore) -> None:
+    store.enqueue_many([Noop(i) for i in range(50)])
+    assert sorted(claim_all(store)) == list(range(50))
+    assert store.count() == 0

@@ -1,0 +1,155 @@
+"""Enqueue options, validation and reading the queue: every store."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import liteq
+from liteq import Status
+from tests.conftest import Clock
+from tests.jobs import Noop, Record, WithOptions
+
+
+def test_enqueue_defaults(store: liteq.stores.BaseStore, clock: Clock) -> None:
+    mjob = store.enqueue(Noop(1))
+    assert mjob.status is Status.QUEUED
+    assert (mjob.queue, mjob.priority, mjob.attempts, mjob.max_attempts) == ("default", 0, 0, 1)
+    assert mjob.coalesce_id is None and mjob.max_runtime is None and mjob.delete_on_complete
+    assert mjob.created_at == mjob.run_at == datetime.fromtimestamp(clock.now, UTC)
+    assert mjob.created_at.tzinfo is not None
+    assert mjob.started_at is None and mjob.finished_at is None
+    assert mjob.job_type == "tests.jobs.Noop"
+    again = store.get(mjob.id)
+    assert again.job is not None and again.job.n == 1  # type: ignore[attr-defined]
+    assert again.created_at == mjob.created_at
+
+
+def test_explicit_options_win_over_job_options_over_defaults(store: liteq.stores.BaseStore) -> None:
+    from_job = store.enqueue(WithOptions())
+    assert (from_job.queue, from_job.priority, from_job.max_attempts) == ("from-job", 7, 4)
+    explicit = store.enqueue(WithOptions(), priority=1, queue="q")
+    assert (explicit.queue, explicit.priority, explicit.max_attempts) == ("q", 1, 4)
+
+
+def test_run_at_and_delay(store: liteq.stores.BaseStore, clock: Clock) -> None:
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert store.enqueue(Noop(), run_at=at).run_at == at
+    assert store.enqueue(Noop(), run_at=at.timestamp()).run_at == at
+    delayed = store.enqueue(Noop(), delay=timedelta(minutes=2))
+    assert delayed.run_at.timestamp() == pytest.approx(clock.now + 120)
+    assert store.enqueue(Noop(), delay=30).run_at.timestamp() == pytest.approx(clock.now + 30)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"run_at": datetime(2030, 1, 1)}, ValueError, "timezone-aware"),  # noqa: DTZ001
+        ({"run_at": "tomorrow"}, TypeError, "aware datetime or epoch"),
+        ({"run_at": 1.0, "delay": 1.0}, ValueError, "not both"),
+        ({"delay": -1}, ValueError, "zero or more"),
+        ({"delay": math.inf}, TypeError, "number of seconds"),
+        ({"priority": "high"}, TypeError, "priority"),
+        ({"priority": True}, TypeError, "priority"),
+        ({"max_attempts": 0}, ValueError, "max_attempts"),
+        ({"max_runtime": 0}, ValueError, "positive"),
+        ({"delete_on_complete": "yes"}, TypeError, "delete_on_complete"),
+        ({"coalesce_id": 5}, TypeError, "coalesce_id"),
+        ({"queue": 5}, TypeError, "queue"),
+        ({"priorty": 1}, TypeError, "unknown enqueue option"),
+    ],
+)
+def test_bad_options_are_clear_errors_and_write_nothing(
+    store: liteq.stores.BaseStore, options: dict[str, object], error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        store.enqueue(Noop(), **options)  # type: ignore[arg-type]
+    assert store.count() == 0
+
+
+class Unencodable(liteq.Job):
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+
+@pytest.mark.parametrize("value", [datetime.now(UTC), {1, 2}, object(), math.nan, b"bytes"])
+def test_unencodable_state_is_a_type_error_before_anything_is_written(
+    store: liteq.stores.BaseStore, value: object
+) -> None:
+    with pytest.raises(TypeError, match=r"attribute 'value' holds a"):
+        store.enqueue(Unencodable(value))
+    with pytest.raises(TypeError):
+        store.enqueue_many([Noop(1), Unencodable(value), Noop(2)])
+    assert store.count() == 0
+
+
+def test_only_jobs_can_be_enqueued(store: liteq.stores.BaseStore) -> None:
+    with pytest.raises(TypeError, match="liteq.Job"):
+        store.enqueue(print)  # type: ignore[arg-type]
+
+
+def test_enqueue_many_in_one_go(store: liteq.stores.BaseStore) -> None:
+    mjobs = store.enqueue_many([Noop(i) for i in range(5)], queue="bulk", priority=3)
+    assert [m.job.n for m in mjobs] == list(range(5))  # type: ignore[union-attr]
+    assert len({m.id for m in mjobs}) == 5
+    assert store.count(queue="bulk", status=Status.QUEUED) == 5
+    assert all(m.priority == 3 for m in store.jobs(queue="bulk"))
+
+
+def test_ids_are_never_reused(store: liteq.stores.BaseStore) -> None:
+    first = store.enqueue(Noop())
+    first.delete()
+    assert store.enqueue(Noop()).id > first.id
+
+
+def test_get_missing_raises(store: liteq.stores.BaseStore) -> None:
+    with pytest.raises(liteq.JobNotFound, match="no job with id 999"):
+        store.get(999)
+    with pytest.raises(liteq.JobNotFound):
+        store.delete(999)
+
+
+def test_count_and_jobs_filter_and_stream_oldest_first(store: liteq.stores.BaseStore) -> None:
+    ids = [store.enqueue(Noop(i), queue="a" if i % 3 else "b").id for i in range(1203)]
+    assert store.count() == 1203
+    assert store.count(queue="b") == 401
+    assert store.count(status=Status.RUNNING) == 0
+    streamed = store.jobs()
+    first = next(streamed)
+    assert first.id == ids[0]
+    assert [m.id for m in streamed] == ids[1:]
+    assert [m.job.n for m in store.jobs(queue="b")][:3] == [0, 3, 6]  # type: ignore[union-attr]
+    assert list(store.jobs(status=Status.FAILED)) == []
+    assert store.count(status="queued") == 1203  # type: ignore[arg-type]
+
+
+def test_task_decorator(store: liteq.stores.BaseStore) -> None:
+    Record.ran.clear()
+    task = store.task(queue="tasks", priority=2)(record_task)
+    assert task(1, tag="direct") == "1:direct"
+    mjob = task.enqueue(5, tag="queued")
+    assert (mjob.queue, mjob.priority, mjob.job_type) == ("tasks", 2, f"{__name__}.record_task")
+    other = task.enqueue_with(args=(6,), priority=9)
+    assert other.priority == 9
+    liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start()
+    assert Record.ran == ["1:direct", "6:x", "5:queued"]  # direct call, then priority 9 first
+    with pytest.raises(TypeError, match="JSON"):
+        task.enqueue(datetime.now(UTC))
+
+
+def record_task(n: object, tag: str = "x") -> str:
+    Record.ran.append(f"{n}:{tag}")
+    return f"{n}:{tag}"
+
+
+def test_task_must_be_module_level(store: liteq.stores.BaseStore) -> None:
+    def nested() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="module-level"):
+        store.task(nested)

@@ -1,0 +1,123 @@
+"""Job classes for the tests; importable, so worker processes can run them too."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, ClassVar
+
+import liteq
+
+
+class Noop(liteq.Job):
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+
+class Record(liteq.Job):
+    """Appends what it ran to a class-level list (in-process tests)."""
+
+    ran: ClassVar[list[Any]] = []
+
+    def __init__(self, tag: Any) -> None:
+        self.tag = tag
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        Record.ran.append(self.tag)
+
+
+class Fails(liteq.Job):
+    retry_backoff = 2.0
+
+    def __init__(self, message: str = "boom") -> None:
+        self.message = message
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        raise RuntimeError(self.message)
+
+
+class Waits(liteq.Job):
+    """Returns WAIT_ASYNC; resolve_wait_async maps data to a status."""
+
+    def __init__(self, tag: str = "") -> None:
+        self.tag = tag
+
+    def run(self, job: liteq.ManagedJob) -> liteq.Status:
+        return liteq.Status.WAIT_ASYNC
+
+    def resolve_wait_async(self, data: Any) -> liteq.Status:
+        if data == "raise":
+            raise ValueError("the callback data was bad")
+        return liteq.Status(data)
+
+
+class Coalesced(liteq.Job):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+    def coalesce_id(self) -> str:
+        return f"coalesced-{self.key}"
+
+
+class WithOptions(liteq.Job):
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+    def enqueue_options(self) -> liteq.EnqueueOptions:
+        return {"queue": "from-job", "priority": 7, "max_attempts": 4}
+
+
+class Sleeps(liteq.Job):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        time.sleep(self.seconds)
+
+
+class Logs(liteq.Job):
+    """Appends a JSON line per run (pid, start, end) to a file: for overlap checks across processes."""
+
+    def __init__(self, path: str, seconds: float = 0.0) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        start = time.time()
+        time.sleep(self.seconds)
+        line = json.dumps({"id": job.id, "pid": os.getpid(), "start": start, "end": time.time()})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+class Pickled(liteq.Job):
+    pickle_state = True
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        Record.ran.append(self.value)
+
+
+class Strict(liteq.Job):
+    """Its state must have 'count' as an int: a state that no longer fits fails to decode."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> liteq.Job:
+        if not isinstance(state.get("count"), int):
+            raise ValueError(f"count must be an int, got {state.get('count')!r}")
+        return cls(state["count"])
