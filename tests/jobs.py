@@ -121,3 +121,15 @@ class Strict(liteq.Job):
         if not isinstance(state.get("count"), int):
             raise ValueError(f"count must be an int, got {state.get('count')!r}")
         return cls(state["count"])
+
+
+class Touch(liteq.Job):
+    """Changes a file's mtime, then sleeps: a deploy landing while a job runs."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        os.utime(self.path, (1, 1))
+        time.sleep(self.seconds)

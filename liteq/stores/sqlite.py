@@ -195,6 +195,11 @@ class SQLiteStore(BaseStore):
             has_table = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'liteq_jobs'"
             ).fetchone()
+            if version != 0 and not has_table:
+                raise StoreError(
+                    f"{self.path} is another application's database "
+                    f"(user_version {version}, no liteq_jobs table)"
+                )
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} has schema version {version}, newer than this liteq "
@@ -206,11 +211,6 @@ class SQLiteStore(BaseStore):
                 # Iterate: apsw runs a script's later statements only as its cursor advances.
                 for _ in conn.execute(schema_sql()):
                     pass
-            elif not has_table:
-                raise StoreError(
-                    f"{self.path} is another application's database "
-                    f"(user_version {version}, no liteq_jobs table)"
-                )
             else:
                 for step in range(version, SCHEMA_VERSION):
                     for _ in conn.execute(MIGRATIONS[step]):

@@ -46,7 +46,7 @@ def test_run_at_and_delay(store: liteq.stores.BaseStore, clock: Clock) -> None:
 @pytest.mark.parametrize(
     ("options", "error", "words"),
     [
-        ({"run_at": datetime(2030, 1, 1)}, ValueError, "timezone-aware"),  # noqa: DTZ001
+        ({"run_at": datetime(2030, 1, 1)}, ValueError, "timezone-aware"),
         ({"run_at": "tomorrow"}, TypeError, "aware datetime or epoch"),
         ({"run_at": 1.0, "delay": 1.0}, ValueError, "not both"),
         ({"delay": -1}, ValueError, "zero or more"),
@@ -89,7 +89,7 @@ def test_unencodable_state_is_a_type_error_before_anything_is_written(
 
 
 def test_only_jobs_can_be_enqueued(store: liteq.stores.BaseStore) -> None:
-    with pytest.raises(TypeError, match="liteq.Job"):
+    with pytest.raises(TypeError, match=r"liteq\.Job"):
         store.enqueue(print)  # type: ignore[arg-type]
 
 

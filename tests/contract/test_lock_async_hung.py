@@ -18,15 +18,20 @@ from tests.jobs import Noop, Waits
 # -- locks ---------------------------------------------------------------------
 def test_lock_is_exclusive_and_released_on_error(store: liteq.stores.BaseStore) -> None:
     mjob = store.enqueue(Noop())
-    with pytest.raises(ZeroDivisionError), store.locked(mjob.id) as held:
-        assert held.id == mjob.id
-        with pytest.raises(liteq.JobLocked), store.locked(mjob.id):
-            pass
-        with pytest.raises(liteq.JobLocked):
-            store.delete(mjob.id)
-        with pytest.raises(liteq.JobLocked):
-            store.get(mjob.id).restart()
-        1 / 0  # noqa: B018 - an error inside the block must not leave the lock behind
+
+    def hold_then_fail() -> None:
+        with store.locked(mjob.id) as held:
+            assert held.id == mjob.id
+            with pytest.raises(liteq.JobLocked), store.locked(mjob.id):
+                pass
+            with pytest.raises(liteq.JobLocked):
+                store.delete(mjob.id)
+            with pytest.raises(liteq.JobLocked):
+                store.get(mjob.id).restart()
+            raise ZeroDivisionError  # an error in the block must not leave the lock behind
+
+    with pytest.raises(ZeroDivisionError):
+        hold_then_fail()
     with store.locked(mjob.id) as again:
         again.delete()
     assert store.count() == 0
@@ -59,8 +64,12 @@ def waiting(store: liteq.stores.BaseStore, **options: object) -> liteq.ManagedJo
 
 @pytest.mark.parametrize(
     ("data", "expected", "left"),
-    [("completed", Status.COMPLETED, 0), ("failed", Status.FAILED, 1), ("queued", Status.QUEUED, 1),
-     ("wait_async", Status.WAIT_ASYNC, 1)],
+    [
+        ("completed", Status.COMPLETED, 0),
+        ("failed", Status.FAILED, 1),
+        ("queued", Status.QUEUED, 1),
+        ("wait_async", Status.WAIT_ASYNC, 1),
+    ],
 )
 def test_resolve_applies_the_returned_status(
     store: liteq.stores.BaseStore, data: str, expected: Status, left: int
@@ -91,18 +100,24 @@ def test_resolve_exceptions_propagate_or_fail_the_job(store: liteq.stores.BaseSt
     with pytest.raises(ValueError, match="callback data was bad"):
         liteq.resolve_wait_async(store, mjob.id, "raise")
     assert store.get(mjob.id).status is Status.WAIT_ASYNC  # and not left locked:
-    assert liteq.resolve_wait_async(store, mjob.id, "raise", convert_exceptions=True) is Status.FAILED
+    assert (
+        liteq.resolve_wait_async(store, mjob.id, "raise", convert_exceptions=True) is Status.FAILED
+    )
     assert "callback data was bad" in (store.get(mjob.id).error or "")
 
 
-def test_resolve_converted_failure_retries_while_attempts_remain(store: liteq.stores.BaseStore) -> None:
+def test_resolve_converted_failure_retries_while_attempts_remain(
+    store: liteq.stores.BaseStore,
+) -> None:
     mjob = waiting(store, max_attempts=2)
-    assert liteq.resolve_wait_async(store, mjob.id, "raise", convert_exceptions=True) is Status.QUEUED
+    assert (
+        liteq.resolve_wait_async(store, mjob.id, "raise", convert_exceptions=True) is Status.QUEUED
+    )
 
 
 def test_resolve_with_a_bad_return_value(store: liteq.stores.BaseStore) -> None:
     mjob = waiting(store)
-    with pytest.raises(liteq.InvalidStateChange, match="return Status.COMPLETED"):
+    with pytest.raises(liteq.InvalidStateChange, match=r"return Status\.COMPLETED"):
         liteq.resolve_wait_async(store, mjob.id, "running")
     assert store.get(mjob.id).status is Status.WAIT_ASYNC
 
@@ -140,12 +155,18 @@ def test_an_expired_lease_is_requeued(store: liteq.stores.BaseStore, clock: Cloc
 
 
 def dead_owner() -> str:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return f"{socket.gethostname()}/{proc.stdout.strip()}/1.00/gone"
 
 
-def test_a_job_whose_worker_process_is_gone_is_requeued_at_once(store: liteq.stores.BaseStore) -> None:
+def test_a_job_whose_worker_process_is_gone_is_requeued_at_once(
+    store: liteq.stores.BaseStore,
+) -> None:
     store.enqueue(Noop())
     mjob = store.claim(dead_owner(), lease=3600)
     assert mjob is not None

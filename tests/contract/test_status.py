@@ -17,11 +17,16 @@ from tests.jobs import Fails, Noop, Waits
 @pytest.mark.parametrize(("old", "new"), list(itertools.product(Status, Status)))
 def test_transition_table(old: Status, new: Status) -> None:
     allowed = {
-        (Status.UNQUEUED, Status.QUEUED), (Status.QUEUED, Status.RUNNING),
-        (Status.RUNNING, Status.COMPLETED), (Status.RUNNING, Status.FAILED),
-        (Status.RUNNING, Status.WAIT_ASYNC), (Status.RUNNING, Status.QUEUED),
-        (Status.WAIT_ASYNC, Status.RUNNING), (Status.WAIT_ASYNC, Status.COMPLETED),
-        (Status.WAIT_ASYNC, Status.FAILED), (Status.WAIT_ASYNC, Status.QUEUED),
+        (Status.UNQUEUED, Status.QUEUED),
+        (Status.QUEUED, Status.RUNNING),
+        (Status.RUNNING, Status.COMPLETED),
+        (Status.RUNNING, Status.FAILED),
+        (Status.RUNNING, Status.WAIT_ASYNC),
+        (Status.RUNNING, Status.QUEUED),
+        (Status.WAIT_ASYNC, Status.RUNNING),
+        (Status.WAIT_ASYNC, Status.COMPLETED),
+        (Status.WAIT_ASYNC, Status.FAILED),
+        (Status.WAIT_ASYNC, Status.QUEUED),
         (Status.FAILED, Status.QUEUED),
     }
     if (old, new) in allowed:
@@ -34,7 +39,12 @@ def test_transition_table(old: Status, new: Status) -> None:
 
 def test_status_values_are_stable() -> None:
     assert [s.value for s in Status] == [
-        "unqueued", "queued", "running", "wait_async", "completed", "failed"
+        "unqueued",
+        "queued",
+        "running",
+        "wait_async",
+        "completed",
+        "failed",
     ]
 
 
@@ -52,7 +62,9 @@ def test_complete_deletes_by_default(store: liteq.stores.BaseStore) -> None:
         store.get(mjob.id)
 
 
-def test_complete_kept_with_delete_on_complete_false(store: liteq.stores.BaseStore, clock: Clock) -> None:
+def test_complete_kept_with_delete_on_complete_false(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
     mjob = claimed(store, Noop(), delete_on_complete=False)
     clock.advance(3)
     store.complete(mjob)
@@ -64,7 +76,9 @@ def test_complete_kept_with_delete_on_complete_false(store: liteq.stores.BaseSto
         kept.retry()
 
 
-def test_failure_retries_with_backoff_then_fails(store: liteq.stores.BaseStore, clock: Clock) -> None:
+def test_failure_retries_with_backoff_then_fails(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
     store.enqueue(Fails(), max_attempts=3)
     for attempt in (1, 2):
         mjob = store.claim(OWNER)
@@ -177,7 +191,8 @@ def test_acknowledgements_are_fenced(store: liteq.stores.BaseStore, clock: Clock
 def test_hooks_see_every_change(make_store: StoreFactory, clock: Clock) -> None:
     seen: list[tuple[int, str, str, str | None]] = []
     store = make_store(
-        clock=clock, on_status_change=lambda m, old, msg: seen.append((m.id, old.value, m.status.value, msg))
+        clock=clock,
+        on_status_change=lambda m, old, msg: seen.append((m.id, old.value, m.status.value, msg)),
     )
     mjob = store.enqueue(Noop(), max_attempts=2)
     running = store.claim(OWNER)
@@ -193,7 +208,9 @@ def test_hooks_see_every_change(make_store: StoreFactory, clock: Clock) -> None:
 class Noisy(Noop):
     changes: list[tuple[str, str]] = []  # noqa: RUF012 - shared record of calls
 
-    def status_did_change(self, job: liteq.ManagedJob, old_status: Status, message: str | None) -> None:
+    def status_did_change(
+        self, job: liteq.ManagedJob, old_status: Status, message: str | None
+    ) -> None:
         Noisy.changes.append((old_status.value, job.status.value))
         raise RuntimeError("hook bug")
 
@@ -209,7 +226,11 @@ def test_a_raising_hook_is_logged_not_fatal(
     with caplog.at_level(logging.ERROR, logger="liteq.store"):
         store.enqueue(Noisy())
         assert liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start() == 0
-    assert Noisy.changes == [("unqueued", "queued"), ("queued", "running"), ("running", "completed")]
+    assert Noisy.changes == [
+        ("unqueued", "queued"),
+        ("queued", "running"),
+        ("running", "completed"),
+    ]
     assert store.count() == 0
     assert "status_did_change of job" in caplog.text and "store's status hook" in caplog.text
 

@@ -1,0 +1,142 @@
+"""SQLiteStore itself: the file, pragmas, schema, fork safety, and many processes at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+import liteq
+from liteq.stores.sqlite import SCHEMA_VERSION, schema_sql
+from tests.jobs import Noop
+
+ROOT = Path(__file__).parents[1]
+
+
+def child(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.procs", *args], cwd=ROOT)
+
+
+def test_file_is_private_wal_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(path)
+    store.enqueue(Noop())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    conn = apsw.Connection(str(path))
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+@pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("full", 2)])
+def test_durability_sets_synchronous(tmp_path: Path, durability: str, level: int) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite", durability=durability)  # type: ignore[arg-type]
+    assert store._db().execute("PRAGMA synchronous").fetchone() == (level,)
+    with pytest.raises(ValueError, match="durability"):
+        liteq.SQLiteStore(tmp_path / "q.sqlite", durability="fast")  # type: ignore[arg-type]
+
+
+def test_schema_comes_from_schema_sql() -> None:
+    assert schema_sql() == (ROOT / "schema.sql").read_text()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    liteq.SQLiteStore(path).close()
+    apsw.Connection(str(path)).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(liteq.StoreError, match="newer than this liteq"):
+        liteq.SQLiteStore(path)
+
+
+def test_files_that_are_not_liteq_queues(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(liteq.StoreError, match="not a usable SQLite database"):
+        liteq.SQLiteStore(garbage)
+    other = tmp_path / "other.sqlite"
+    conn = apsw.Connection(str(other))
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    with pytest.raises(liteq.StoreError, match="another application's database"):
+        liteq.SQLiteStore(other)
+    with pytest.raises(liteq.StoreError, match="not a directory"):
+        liteq.SQLiteStore(tmp_path / "missing" / "q.sqlite")
+    with pytest.raises(ValueError, match="MemoryStore"):
+        liteq.SQLiteStore(":memory:")
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    store.enqueue(Noop(1))
+    parent_conn = store._db()
+    pid = os.fork()
+    if pid == 0:  # the child: use the store, never the parent's connection
+        code = 0
+        try:
+            if store._db() is parent_conn:
+                code = 3
+            store.enqueue(Noop(2))
+            mjob = store.claim("child")
+            if mjob is None:
+                code = 4
+            else:
+                store.complete(mjob)
+        except BaseException:
+            code = 5
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._db() is parent_conn
+    assert store.count() == 1
+    store.enqueue(Noop(3))
+    assert store.count() == 2
+
+
+def test_connect_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = liteq.connect("sqlite:///rel.sqlite")
+    assert isinstance(relative, liteq.SQLiteStore) and relative.path == "rel.sqlite"
+    absolute = liteq.connect(f"sqlite:///{tmp_path}/abs.sqlite?durability=full")
+    assert isinstance(absolute, liteq.SQLiteStore)
+    assert absolute.path == f"{tmp_path}/abs.sqlite" and absolute.durability == "full"
+    assert isinstance(liteq.connect("memory://"), liteq.MemoryStore)
+    for bad, words in [
+        ("sqlite://host/x", "three or four slashes"),
+        ("redis://x", "unsupported"),
+        ("sqlite:///x.sqlite?fast=1", "unknown option"),
+        ("postgresql://x", "not available"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            liteq.connect(bad)
+
+
+def test_coalescing_is_exact_across_processes(tmp_path: Path) -> None:
+    db = str(tmp_path / "q.sqlite")
+    liteq.SQLiteStore(db).close()
+    keys = ",".join(f"k{i}" for i in range(40))
+    start_at = str(time.time() + 1.0)
+    procs = [child("enqueue_coalesced", db, start_at, keys) for _ in range(6)]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    store = liteq.SQLiteStore(db)
+    assert store.count() == 40
+    assert sorted(m.coalesce_id or "" for m in store.jobs()) == sorted(keys.split(","))
+
+
+def test_many_worker_processes_run_each_job_once_without_lock_errors(tmp_path: Path) -> None:
+    db, log = str(tmp_path / "q.sqlite"), str(tmp_path / "runs.log")
+    liteq.SQLiteStore(db).close()
+    producers = [child("enqueue_logs", db, log, "150") for _ in range(2)]
+    assert [p.wait(60) for p in producers] == [0, 0]
+    workers = [child("work", db) for _ in range(4)]
+    assert [w.wait(120) for w in workers] == [0] * 4
+    runs = [json.loads(line) for line in Path(log).read_text().splitlines()]
+    assert len(runs) == 300 and len({r["id"] for r in runs}) == 300
+    assert len({r["pid"] for r in runs}) > 1
+    assert liteq.SQLiteStore(db).count() == 0

@@ -1,0 +1,275 @@
+"""The Worker in this process: options, outcomes, bad payloads, wake-up and restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import liteq
+from liteq import Status
+from tests.conftest import Clock, StoreFactory
+from tests.jobs import Fails, Noop, Record, Strict, Touch, Waits
+
+
+def burst(store: liteq.stores.BaseStore, **options: object) -> liteq.Worker:
+    worker = liteq.Worker(store, exit_if_no_jobs=True, jitter=False, **options)  # type: ignore[arg-type]
+    assert worker.start() == 0
+    return worker
+
+
+def test_minimal_use_from_the_design_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # -- DESIGN.md, "The minimal use", verbatim --
+    # fmt: off
+    import liteq
+
+    class SampleJob(liteq.Job):
+        def __init__(self, info):  # type: ignore[no-untyped-def]
+            self.info = info
+        def run(self, job):  # type: ignore[no-untyped-def]
+            print(self.description())          # return None (done), or liteq.Status.WAIT_ASYNC
+        def description(self):  # type: ignore[no-untyped-def]
+            return f"Sample job {self.info}"
+
+    store = liteq.SQLiteStore("jobs.sqlite")
+    for i in range(10):
+        store.enqueue(SampleJob(i))
+    liteq.Worker(store, exit_if_no_jobs=True).start()
+    # fmt: on
+    # -- end --
+    assert capsys.readouterr().out.splitlines() == [f"Sample job {i}" for i in range(10)]
+    assert store.count() == 0
+    assert (tmp_path / "jobs.sqlite").exists()
+
+
+def test_exit_after_n_jobs_and_jobs_processed(store: liteq.stores.BaseStore) -> None:
+    store.enqueue_many([Noop(i) for i in range(5)])
+    worker = liteq.Worker(store, exit_after_n_jobs=3, jitter=False)
+    assert worker.start() == 0
+    assert worker.jobs_processed == 3 and store.count() == 2
+
+
+def test_max_time(store: liteq.stores.BaseStore) -> None:
+    began = time.monotonic()
+    assert liteq.Worker(store, max_time=0.3, jitter=False, wakeup_every=0.05).start() == 0
+    assert 0.3 <= time.monotonic() - began < 5
+
+
+def test_queues(store: liteq.stores.BaseStore) -> None:
+    store.enqueue(Noop(), queue="a")
+    store.enqueue(Noop(), queue="b")
+    burst(store, queues=["b"])
+    assert [m.queue for m in store.jobs()] == ["a"]
+    with pytest.raises(TypeError, match="list of names"):
+        liteq.Worker(store, queues="a")
+
+
+def test_a_failing_job_is_logged_with_its_traceback_and_retried(
+    store: liteq.stores.BaseStore, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    mjob = store.enqueue(Fails("disk on fire"), max_attempts=2)
+    with caplog.at_level(logging.ERROR, logger="liteq.worker"):
+        burst(store)
+    assert "disk on fire" in caplog.text and "Traceback" in caplog.text
+    retried = store.get(mjob.id)
+    assert retried.status is Status.QUEUED and retried.error == "RuntimeError: disk on fire"
+    assert "raise RuntimeError(self.message)" in (retried.traceback or "")
+    clock.advance(10)
+    burst(store)
+    assert store.get(mjob.id).status is Status.FAILED
+
+
+def test_exit_if_no_jobs_is_not_kept_alive_by_jobs_not_due(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
+    store.enqueue(Noop(), delay=60)
+    store.enqueue(Waits())
+    store.enqueue(Fails())
+    burst(store)
+    assert store.count(status=Status.QUEUED) == 1
+    assert store.count(status=Status.WAIT_ASYNC) == 1
+    assert store.count(status=Status.FAILED) == 1
+
+
+class Cleans(liteq.Job):
+    cleaned: list[str] = []  # noqa: RUF012 - shared record of calls
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+
+    def run(self, job: liteq.ManagedJob) -> object:
+        if self.outcome == "raise":
+            raise ValueError("x")
+        return self.outcome
+
+    def cleanup(self) -> None:
+        Cleans.cleaned.append(self.outcome)
+        raise RuntimeError("cleanup bug")
+
+
+def test_cleanup_runs_after_every_attempt_and_a_bad_return_fails_the_job(
+    store: liteq.stores.BaseStore,
+) -> None:
+    Cleans.cleaned.clear()
+    store.enqueue(Cleans("raise"))
+    bad = store.enqueue(Cleans("done?"))
+    burst(store)
+    assert sorted(Cleans.cleaned) == ["done?", "raise"]
+    assert "return None or Status.WAIT_ASYNC" in (store.get(bad.id).error or "")
+
+
+def test_stop_from_another_thread_finishes_and_returns(store: liteq.stores.BaseStore) -> None:
+    worker = liteq.Worker(store, jitter=False, wakeup_every=30)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.start()))
+    thread.start()
+    time.sleep(0.2)
+    worker.stop()
+    thread.join(5)
+    assert result == [0]
+
+
+def test_an_idle_worker_wakes_for_a_new_job_at_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    Record.ran.clear()
+    worker = liteq.Worker(store, jitter=False, wakeup_every=30)
+    thread = threading.Thread(target=worker.start)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        store.enqueue(Record("woken"))
+        deadline = time.monotonic() + 10
+        while not Record.ran and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert Record.ran == ["woken"]
+    finally:
+        worker.stop()
+        thread.join(5)
+
+
+def test_an_idle_worker_wakes_for_a_job_from_another_process(tmp_path: Path) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    Record.ran.clear()
+    worker = liteq.Worker(store, jitter=False, wakeup_every=60)
+    thread = threading.Thread(target=worker.start)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        code = (
+            "import liteq, sys; from tests.jobs import Record; "
+            "liteq.SQLiteStore(sys.argv[1]).enqueue(Record('other process'))"
+        )
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "q.sqlite")],
+            check=True,
+            cwd=Path(__file__).parents[1],
+        )
+        deadline = time.monotonic() + 10
+        while not Record.ran and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert Record.ran == ["other process"]
+    finally:
+        worker.stop()
+        thread.join(5)
+
+
+def test_a_delayed_job_runs_when_due_without_waiting_for_wakeup_every(tmp_path: Path) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    Record.ran.clear()
+    store.enqueue(Record("later"), delay=0.3)
+    worker = liteq.Worker(store, jitter=False, wakeup_every=60, exit_after_n_jobs=1)
+    began = time.monotonic()
+    assert worker.start() == 0
+    assert Record.ran == ["later"] and time.monotonic() - began < 10
+
+
+def test_memory_preflight_exits_1_before_taking_a_job(store: liteq.stores.BaseStore) -> None:
+    store.enqueue(Noop())
+    worker = liteq.Worker(store, jitter=False, guarantee_memory=1 << 60)
+    assert worker.start() == 1
+    assert store.count(status=Status.QUEUED) == 1
+
+
+def test_a_changed_source_file_exits_2_before_the_next_job(
+    store: liteq.stores.BaseStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "liteq_changing_module.py"
+    module.write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("liteq_changing_module")
+    try:
+        # The first job changes the module's file and outlasts the 1 s throttle of the check.
+        first = store.enqueue(Touch(str(module), 1.1), priority=1)
+        second = store.enqueue(Noop())
+        assert liteq.Worker(store, jitter=False).start() == 2
+        with pytest.raises(liteq.JobNotFound):
+            store.get(first.id)
+        assert store.get(second.id).status is Status.QUEUED
+        assert (
+            liteq.Worker(store, jitter=False, check_code=False, exit_if_no_jobs=True).start() == 0
+        )
+    finally:
+        sys.modules.pop("liteq_changing_module", None)
+
+
+class Broken(liteq.Job):
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ('{"type": "tests.nowhere.Gone", "state": {}}', "unknown job type 'tests.nowhere.Gone'"),
+        ('{"type": "__main__.Local", "state": {}}', "not __main__"),
+        ("{not json", "not valid JSON"),
+        ('{"state": {}}', "no job type"),
+        (
+            '{"type": "tests.jobs.Strict", "state": {"count": "three"}}',
+            "no longer fits tests.jobs.Strict",
+        ),
+        ('{"type": "tests.jobs.Noop", "state": [1]}', "not an object"),
+        ('{"type": "tests.jobs.Noop", "pickle": "gAR9lC4="}', "does not allow pickled state"),
+    ],
+)
+def test_a_bad_row_fails_that_job_and_the_worker_goes_on(
+    store: liteq.stores.BaseStore, payload: str, words: str
+) -> None:
+    Record.ran.clear()
+    bad = store.enqueue(Strict(1), max_attempts=3)
+    store.enqueue(Record("after"))
+    with store._transaction() as tx:  # corrupt the row as a bug or a deploy would
+        record = tx.get(bad.id)
+        assert record is not None
+        tx.update(dataclasses.replace(record, payload=payload))
+    got = store.get(bad.id)
+    assert got.job is None and words in (got.error or "")
+    burst(store)
+    failed = store.get(bad.id)
+    assert failed.status is Status.FAILED and words in (failed.error or "")
+    assert Record.ran == ["after"]
+
+
+def test_pickled_state_round_trips(store: liteq.stores.BaseStore) -> None:
+    from tests.jobs import Pickled
+
+    Record.ran.clear()
+    store.enqueue(Pickled({1, 2, 3}))
+    burst(store)
+    assert Record.ran == [{1, 2, 3}]
+
+
+def test_worker_option_errors(store: liteq.stores.BaseStore) -> None:
+    for bad in ({"wakeup_every": 0}, {"exit_after_n_jobs": 0}, {"lease": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            liteq.Worker(store, **bad)  # type: ignore[arg-type]
