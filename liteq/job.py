@@ -18,7 +18,8 @@ from liteq.errors import PayloadError, UnknownJobType
 
 if TYPE_CHECKING:
     from liteq.managed import ManagedJob, Status
-    from liteq.stores._base import BaseStore, EnqueueOptions
+    from liteq.options import EnqueueOptions
+    from liteq.stores._base import BaseStore
 
 _REGISTRY: dict[str, type[Job]] = {}
 

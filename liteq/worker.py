@@ -15,7 +15,8 @@ import psutil
 
 from liteq.errors import LeaseLost
 from liteq.managed import ManagedJob, Status
-from liteq.stores._base import BaseStore, make_owner
+from liteq.process import make_owner
+from liteq.stores._base import BaseStore
 
 log = logging.getLogger("liteq.worker")
 

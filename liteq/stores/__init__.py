@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from liteq.stores._base import BaseStore, EnqueueOptions, Store
+from liteq.options import EnqueueOptions
+from liteq.stores._base import BaseStore
+from liteq.stores._contract import Store
 from liteq.stores.memory import MemoryStore
 from liteq.stores.sqlite import SQLiteStore
 

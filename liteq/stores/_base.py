@@ -12,17 +12,12 @@ import abc
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
-
-import psutil
+from typing import Any, Unpack
 
 from liteq.errors import (
     InvalidState,
@@ -32,7 +27,7 @@ from liteq.errors import (
     LeaseLost,
     LiteqError,
 )
-from liteq.job import Job, Task, backoff, decode, encode
+from liteq.job import Job, Task, backoff, decode
 from liteq.managed import (
     COALESCE_HOLDING,
     MULLIGAN_CAP,
@@ -41,152 +36,11 @@ from liteq.managed import (
     Status,
     check_transition,
 )
+from liteq.options import EnqueueOptions, build_record
+from liteq.process import kill, owner_process_state
+from liteq.stores._contract import Event, StatusHook, Tx
 
 log = logging.getLogger("liteq.store")
-
-StatusHook = Callable[[ManagedJob, Status, str | None], None]
-#: A status change to report after commit: (new record, old status, message, decoded job).
-Event = tuple[Record, Status, str | None, Job | None]
-
-
-class EnqueueOptions(TypedDict, total=False):
-    """Options of `store.enqueue`; see the README's options table."""
-
-    queue: str
-    priority: int
-    max_attempts: int
-    run_at: datetime | float | None
-    delay: float | timedelta | None
-    coalesce_id: str | None
-    max_runtime: float | None
-    delete_on_complete: bool
-
-
-_OPTION_NAMES = frozenset(EnqueueOptions.__annotations__)
-DEFAULT_QUEUE = "default"
-
-
-@runtime_checkable
-class Store(Protocol):
-    """Where ManagedJobs live; all claiming and locking happen here."""
-
-    def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob: ...
-    def enqueue_many(
-        self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
-    ) -> list[ManagedJob]: ...
-    def get(self, job_id: int) -> ManagedJob: ...
-    def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None: ...
-    def count(self, queue: str | None = None, status: Status | None = None) -> int: ...
-    def jobs(
-        self, queue: str | None = None, status: Status | None = None
-    ) -> Iterator[ManagedJob]: ...
-    def delete(self, job_id: int) -> None: ...
-    def locked(
-        self, job_id: int, lease: float = 60.0
-    ) -> contextlib.AbstractContextManager[ManagedJob]: ...
-    def detect_hung_jobs(self) -> list[ManagedJob]: ...
-    def claim(
-        self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
-    ) -> ManagedJob | None: ...
-    def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool: ...
-    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> None: ...
-    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
-    def wake(self) -> None: ...
-    def complete(self, mjob: ManagedJob) -> None: ...
-    def wait_async(self, mjob: ManagedJob) -> None: ...
-    def fail(
-        self,
-        mjob: ManagedJob,
-        error: str,
-        traceback: str | None = None,
-        *,
-        retry: bool = True,
-        mulligan: bool = False,
-    ) -> Status: ...
-    def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
-    def close(self) -> None: ...
-
-
-class Tx(abc.ABC):
-    """One write transaction of a store: the primitives the shared logic is built on."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.events: list[Event] = []
-
-    @abc.abstractmethod
-    def get(self, job_id: int) -> Record | None:
-        """The row with this id, or None."""
-
-    @abc.abstractmethod
-    def coalesce_holder(self, coalesce_id: str) -> Record | None:
-        """The row holding this coalesce id (its status is in COALESCE_HOLDING), or None."""
-
-    @abc.abstractmethod
-    def insert(self, record: Record) -> int | None:
-        """Insert (ignoring record.id); return the new id, or None if the coalesce id is held."""
-
-    @abc.abstractmethod
-    def update(self, record: Record) -> None:
-        """Write every field of the row with record.id."""
-
-    @abc.abstractmethod
-    def delete(self, job_id: int) -> None:
-        """Delete the row if it exists."""
-
-
-def _host() -> str:
-    return socket.gethostname()
-
-
-def make_owner() -> str:
-    """A worker identity `host/pid/process-start-time/token`, unique even if the pid is reused."""
-    pid = os.getpid()
-    start = psutil.Process(pid).create_time()
-    return f"{_host()}/{pid}/{start:.2f}/{secrets.token_hex(4)}"
-
-
-def owner_process_state(owner: str) -> str:
-    """'alive', 'dead' (its process is gone from this host) or 'remote' (another host)."""
-    try:
-        host, pid_s, start_s, _ = owner.split("/")
-        pid, start = int(pid_s), float(start_s)
-    except ValueError:
-        return "remote"
-    if host != _host():
-        return "remote"
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - start) > 0.5 or proc.status() == psutil.STATUS_ZOMBIE:
-            return "dead"
-    except psutil.NoSuchProcess:
-        return "dead"
-    return "alive"
-
-
-def _epoch(value: datetime | float | int, name: str) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(
-                f"{name} must be a timezone-aware datetime (e.g. datetime.now(UTC)); "
-                "a naive datetime is ambiguous"
-            )
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{name} must be an aware datetime or epoch seconds, not {value!r}")
-    return float(value)
-
-
-def _seconds(value: object, name: str, *, positive: bool) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(
-            f"{name} must be {'positive' if positive else 'zero or more'}, not {value!r}"
-        )
-    return float(value)
 
 
 class BaseStore(abc.ABC):
@@ -355,69 +209,6 @@ class BaseStore(abc.ABC):
         return updated
 
     # -- enqueue -----------------------------------------------------------
-    def _record(self, job: Job, options: EnqueueOptions, now: float) -> Record:
-        job_type, payload = encode(job)
-        unknown = set(options) - _OPTION_NAMES
-        defaults = job.enqueue_options()
-        unknown |= set(defaults) - _OPTION_NAMES
-        if unknown:
-            raise TypeError(
-                f"unknown enqueue option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(_OPTION_NAMES))}"
-            )
-        opts: dict[str, Any] = {**defaults, **options}
-
-        queue = opts.get("queue") or DEFAULT_QUEUE
-        if not isinstance(queue, str):
-            raise TypeError(f"queue must be a string, not {queue!r}")
-        priority = opts.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, not {priority!r}")
-        max_attempts = opts.get("max_attempts", 1)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be an int of at least 1, not {max_attempts!r}")
-        run_at, delay = opts.get("run_at"), opts.get("delay")
-        if "run_at" in options and "delay" in options and run_at is not None and delay is not None:
-            raise ValueError("give run_at or delay, not both")
-        if delay is not None and not ("run_at" in options and run_at is not None):
-            due = now + _seconds(delay, "delay", positive=False)
-        elif run_at is not None:
-            due = _epoch(run_at, "run_at")
-        else:
-            due = now
-        coalesce_id = opts["coalesce_id"] if "coalesce_id" in opts else job.coalesce_id()
-        if coalesce_id is not None and not isinstance(coalesce_id, str):
-            raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
-        max_runtime = opts.get("max_runtime")
-        if max_runtime is not None:
-            max_runtime = _seconds(max_runtime, "max_runtime", positive=True)
-        delete_on_complete = opts.get("delete_on_complete", True)
-        if not isinstance(delete_on_complete, bool):
-            raise TypeError(f"delete_on_complete must be a bool, not {delete_on_complete!r}")
-        return Record(
-            id=0,
-            job_type=job_type,
-            payload=payload,
-            queue=queue,
-            priority=priority,
-            status=Status.QUEUED,
-            attempts=0,
-            max_attempts=max_attempts,
-            run_at=due,
-            created_at=now,
-            started_at=None,
-            finished_at=None,
-            coalesce_id=coalesce_id,
-            max_runtime=max_runtime,
-            delete_on_complete=delete_on_complete,
-            error=None,
-            traceback=None,
-            owner=None,
-            lease_until=None,
-            lock_token=None,
-            lock_until=None,
-        )
-
     def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob:
         """Enqueue a job and return its ManagedJob.
 
@@ -434,7 +225,7 @@ class BaseStore(abc.ABC):
     ) -> list[ManagedJob]:
         """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
         now = self.clock()
-        pending = [(job, self._record(job, options, now)) for job in jobs]
+        pending = [(job, build_record(job, options, now)) for job in jobs]
         results: list[ManagedJob] = []
         with self._write() as tx:
             for job, record in pending:
@@ -853,14 +644,6 @@ class BaseStore(abc.ABC):
             if pid == os.getpid():
                 log.warning("job %d is past max_runtime in this very process", rec.id)
                 return None
-            _kill(pid)
+            kill(pid)
             return f"ran more than max_runtime={rec.max_runtime}s; its worker was killed"
         return None
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        proc = psutil.Process(pid)
-        proc.kill()
-        with contextlib.suppress(psutil.TimeoutExpired):
-            proc.wait(timeout=5)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from liteq.errors import LiteqError
 from liteq.managed import COALESCE_HOLDING, Record, Status
-from liteq.stores._base import BaseStore, StatusHook, Tx
+from liteq.stores._base import BaseStore
+from liteq.stores._contract import StatusHook, Tx
 
 
 class _MemoryTx(Tx):

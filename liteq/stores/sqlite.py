@@ -16,7 +16,8 @@ import apsw
 
 from liteq.errors import StoreError
 from liteq.managed import COLUMNS, Record, Status
-from liteq.stores._base import BaseStore, StatusHook, Tx
+from liteq.stores._base import BaseStore
+from liteq.stores._contract import StatusHook, Tx
 
 #: The schema version this code writes; older files are migrated on open.
 SCHEMA_VERSION: Final = 1

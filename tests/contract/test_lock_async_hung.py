@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 import liteq
@@ -177,6 +178,6 @@ def test_a_job_whose_worker_process_is_gone_is_requeued_at_once(
 
 def test_a_live_worker_within_its_lease_is_left_alone(store: liteq.stores.BaseStore) -> None:
     store.enqueue(Noop(), max_runtime=3600)
-    alive = f"{socket.gethostname()}/{os.getpid()}/{liteq.stores._base.psutil.Process().create_time():.2f}/me"
+    alive = f"{socket.gethostname()}/{os.getpid()}/{psutil.Process().create_time():.2f}/me"
     assert store.claim(alive) is not None
     assert store.detect_hung_jobs() == []

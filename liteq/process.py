@@ -1,0 +1,47 @@
+"""Worker identity and liveness: which process owns a job, and whether it still exists."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+
+import psutil
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def make_owner() -> str:
+    """A worker identity `host/pid/process-start-time/token`, unique even if the pid is reused."""
+    pid = os.getpid()
+    start = psutil.Process(pid).create_time()
+    return f"{host()}/{pid}/{start:.2f}/{secrets.token_hex(4)}"
+
+
+def owner_process_state(owner: str) -> str:
+    """'alive', 'dead' (its process is gone from this host) or 'remote' (another host)."""
+    try:
+        owner_host, pid_s, start_s, _ = owner.split("/")
+        pid, start = int(pid_s), float(start_s)
+    except ValueError:
+        return "remote"
+    if owner_host != host():
+        return "remote"
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - start) > 0.5 or proc.status() == psutil.STATUS_ZOMBIE:
+            return "dead"
+    except psutil.NoSuchProcess:
+        return "dead"
+    return "alive"
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        proc.kill()
+        with contextlib.suppress(psutil.TimeoutExpired):
+            proc.wait(timeout=5)

@@ -1,0 +1,85 @@
+"""The Store protocol users program against, and the primitives a store implements (Tx)."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol, Unpack, runtime_checkable
+
+from liteq.job import Job
+from liteq.managed import ManagedJob, Record, Status
+from liteq.options import EnqueueOptions
+
+StatusHook = Callable[[ManagedJob, Status, str | None], None]
+#: A status change to report after commit: (new record, old status, message, decoded job).
+Event = tuple[Record, Status, str | None, Job | None]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where ManagedJobs live; all claiming and locking happen here."""
+
+    def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob: ...
+    def enqueue_many(
+        self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
+    ) -> list[ManagedJob]: ...
+    def get(self, job_id: int) -> ManagedJob: ...
+    def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None: ...
+    def count(self, queue: str | None = None, status: Status | None = None) -> int: ...
+    def jobs(
+        self, queue: str | None = None, status: Status | None = None
+    ) -> Iterator[ManagedJob]: ...
+    def delete(self, job_id: int) -> None: ...
+    def locked(
+        self, job_id: int, lease: float = 60.0
+    ) -> contextlib.AbstractContextManager[ManagedJob]: ...
+    def detect_hung_jobs(self) -> list[ManagedJob]: ...
+    def claim(
+        self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
+    ) -> ManagedJob | None: ...
+    def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool: ...
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> None: ...
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
+    def wake(self) -> None: ...
+    def complete(self, mjob: ManagedJob) -> None: ...
+    def wait_async(self, mjob: ManagedJob) -> None: ...
+    def fail(
+        self,
+        mjob: ManagedJob,
+        error: str,
+        traceback: str | None = None,
+        *,
+        retry: bool = True,
+        mulligan: bool = False,
+    ) -> Status: ...
+    def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
+    def close(self) -> None: ...
+
+
+class Tx(abc.ABC):
+    """One write transaction of a store: the primitives the shared logic is built on."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.events: list[Event] = []
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> Record | None:
+        """The row with this id, or None."""
+
+    @abc.abstractmethod
+    def coalesce_holder(self, coalesce_id: str) -> Record | None:
+        """The row holding this coalesce id (its status is in COALESCE_HOLDING), or None."""
+
+    @abc.abstractmethod
+    def insert(self, record: Record) -> int | None:
+        """Insert (ignoring record.id); return the new id, or None if the coalesce id is held."""
+
+    @abc.abstractmethod
+    def update(self, record: Record) -> None:
+        """Write every field of the row with record.id."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: int) -> None:
+        """Delete the row if it exists."""
