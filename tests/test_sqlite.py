@@ -140,3 +140,24 @@ def test_many_worker_processes_run_each_job_once_without_lock_errors(tmp_path: P
     assert len(runs) == 300 and len({r["id"] for r in runs}) == 300
     assert len({r["pid"] for r in runs}) > 1
     assert liteq.SQLiteStore(db).count() == 0
+
+
+def test_an_older_schema_is_migrated_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from liteq.stores import sqlite
+
+    path = tmp_path / "q.sqlite"
+    old = liteq.SQLiteStore(path)
+    kept = old.enqueue(Noop(5))
+    old.close()
+    # A future release: version 2 adds a column. Opening a version-1 file must migrate it.
+    monkeypatch.setattr(sqlite, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(
+        sqlite.MIGRATIONS, SCHEMA_VERSION, "ALTER TABLE liteq_jobs ADD COLUMN tags TEXT"
+    )
+    store = liteq.SQLiteStore(path)
+    conn = store._db()
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+    assert "tags" in [row[1] for row in conn.execute("PRAGMA table_info(liteq_jobs)")]
+    assert store.get(kept.id).job.n == 5  # type: ignore[union-attr]

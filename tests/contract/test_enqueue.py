@@ -153,3 +153,7 @@ def test_task_must_be_module_level(store: liteq.stores.BaseStore) -> None:
 
     with pytest.raises(TypeError, match="module-level"):
         store.task(nested)
+
+
+def test_every_store_satisfies_the_store_protocol(store: liteq.stores.BaseStore) -> None:
+    assert isinstance(store, liteq.Store)
