@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 import psutil
 
@@ -24,6 +26,23 @@ log = logging.getLogger("liteq.worker")
 EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL = 0, 1, 2, 3
 
 DEFAULT_GUARANTEE_MEMORY = 64 * 1024 * 1024
+#: How often the memory pre-flight really reads memory figures (it is cheap, not free).
+MEMORY_CHECK_EVERY = 0.1
+#: After a job should have been interrupted, how long before the process exits hard.
+HARD_EXIT_GRACE = 5.0
+
+_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGALRM")
+
+
+class Interrupted(BaseException):
+    """Raised inside a running job to stop it: shutdown timeout, second INT, or max_runtime.
+
+    A BaseException, so the job's own `except Exception` does not swallow it.
+    """
+
+    def __init__(self, reason: str, *, stop_worker: bool) -> None:
+        super().__init__(reason)
+        self.stop_worker = stop_worker
 
 
 class CodeWatch:
@@ -76,6 +95,9 @@ class Worker:
         nice: add this to the process's niceness.
         lease: seconds a claim is valid; renewed while the job runs.
         check_code: return 2 when an imported module's source changes.
+        max_rss: return 1 before a job once this process uses more bytes than this.
+        handle_signals: in the main thread, handle TERM/QUIT/INT/HUP as described in the
+            README and enforce max_runtime with SIGALRM.
     """
 
     def __init__(
@@ -92,6 +114,8 @@ class Worker:
         nice: int | None = None,
         lease: float = 30.0,
         check_code: bool = True,
+        max_rss: int | None = None,
+        handle_signals: bool = True,
     ) -> None:
         if isinstance(queues, str):
             raise TypeError(f"queues must be a list of names, not the string {queues!r}")
@@ -113,18 +137,28 @@ class Worker:
         self.nice = nice
         self.lease = lease
         self.check_code = check_code
+        self.max_rss = max_rss
+        self.handle_signals = handle_signals
         #: Jobs this worker has run (any outcome).
         self.jobs_processed = 0
         self._stop = threading.Event()
         self._exit_status = EXIT_OK
         self._current: ManagedJob | None = None
         self._current_lock = threading.Lock()
+        # Set by signal handlers (plain attributes: a handler must not take locks).
+        self._stop_requested = False
+        self._ints = 0
+        self._in_job = False
+        self._graceful_deadline: float | None = None
+        self._runtime_deadline: float | None = None
+        self._hard_exit_at: float | None = None
+        self._memory_checked = 0.0
 
     # -- control -------------------------------------------------------------
     def stop(self, exit_status: int = EXIT_OK) -> None:
         """Ask the worker to finish its current job and return from start(). Thread-safe."""
         self._exit_status = exit_status
-        self._stop.set()
+        self._stop_requested = True
         self.store.wake()
 
     @property
@@ -135,39 +169,107 @@ class Worker:
     def start(self) -> int:
         """Run jobs until stopped; return 0 (stopped or drained), 1 (memory) or 2 (code changed)."""
         self._stop.clear()
+        self._stop_requested = False
+        self._ints = 0
         self._exit_status = EXIT_OK
         if self.nice:
             os.nice(self.nice)
         owner = make_owner()
         code = CodeWatch() if self.check_code else None
         began = time.monotonic()
-        if self.jitter and not self.exit_if_no_jobs:
-            self._stop.wait(random.uniform(0, min(0.5, self.wakeup_every / 10)))  # noqa: S311
+        previous = self._install_signal_handlers()
         heartbeat = threading.Thread(target=self._heartbeat, name="liteq-heartbeat", daemon=True)
         heartbeat.start()
-        log.info("worker %s started (queues: %s)", owner, self.queues or "all")
         try:
+            if self.jitter and not self.exit_if_no_jobs:
+                self._sleep(random.uniform(0, min(0.5, self.wakeup_every / 10)))  # noqa: S311
+            log.info("worker %s started (queues: %s)", owner, self.queues or "all")
             return self._loop(owner, code, began)
         finally:
             self._stop.set()
             heartbeat.join()
+            self._restore_signal_handlers(previous)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+
+    # -- signals -------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, object]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        handlers = {
+            signal.SIGTERM: self._on_term,
+            signal.SIGQUIT: self._on_term,
+            signal.SIGINT: self._on_int,
+            signal.SIGHUP: self._on_hup,
+            signal.SIGALRM: self._on_alarm,
+        }
+        previous: dict[int, object] = {}
+        for signum, handler in handlers.items():
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, object]) -> None:
+        if previous:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]  # what getsignal gave back
+
+    def _request_stop(self, status: int) -> None:
+        self._exit_status = status
+        self._stop_requested = True
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self._request_stop(EXIT_SIGNAL)
+        if self._current is not None and self._graceful_deadline is None:
+            self._graceful_deadline = time.monotonic() + self.graceful_shutdown_timeout
+            self._arm_alarm()
+
+    def _on_int(self, signum: int, frame: FrameType | None) -> None:
+        self._ints += 1
+        self._request_stop(EXIT_SIGNAL)
+        if self._ints >= 2 and self._current is not None:
+            self._interrupt("a second SIGINT asked to stop now", stop_worker=True)
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._request_stop(EXIT_SIGNAL)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self._graceful_deadline is not None and now >= self._graceful_deadline:
+            self._interrupt(
+                f"the job outlasted the graceful shutdown timeout of {self.graceful_shutdown_timeout}s",
+                stop_worker=True,
+            )
+        elif self._runtime_deadline is not None and now >= self._runtime_deadline:
+            self._interrupt("the job ran longer than its max_runtime", stop_worker=False)
+        else:
+            self._arm_alarm()
+
+    def _arm_alarm(self) -> None:
+        deadlines = [d for d in (self._graceful_deadline, self._runtime_deadline) if d is not None]
+        if deadlines:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, min(deadlines) - time.monotonic()))
+
+    def _interrupt(self, reason: str, *, stop_worker: bool) -> None:
+        """Stop the running job by raising in it; if it is not in its code now, it is ending anyway."""
+        if self._hard_exit_at is None:
+            self._hard_exit_at = time.monotonic() + HARD_EXIT_GRACE
+        if self._in_job:
+            raise Interrupted(reason, stop_worker=stop_worker)
 
     def _loop(self, owner: str, code: CodeWatch | None, began: float) -> int:
-        while not self._stop.is_set():
+        while not self._stop_requested:
             if self.max_time is not None and time.monotonic() - began >= self.max_time:
                 log.info("max_time of %ss reached", self.max_time)
                 return EXIT_OK
             if self.exit_after_n_jobs is not None and self.jobs_processed >= self.exit_after_n_jobs:
                 log.info("ran %d jobs: exiting", self.jobs_processed)
                 return EXIT_OK
-            available = psutil.virtual_memory().available
-            if available < self.guarantee_memory:
-                log.warning(
-                    "only %d MiB of memory available (guarantee_memory is %d MiB): exiting "
-                    "so a fresh worker can start",
-                    available >> 20,
-                    self.guarantee_memory >> 20,
-                )
+            if self._memory_short():
                 return EXIT_MEMORY
             changed = code.changed() if code is not None else None
             if changed is not None:
@@ -177,10 +279,43 @@ class Worker:
             if mjob is None:
                 if self.exit_if_no_jobs:
                     return EXIT_OK
-                self.store.wait_for_jobs(self.queues, self._idle_timeout())
+                self._idle(self._idle_timeout())
                 continue
             self._run(mjob)
         return self._exit_status
+
+    def _idle(self, timeout: float) -> None:
+        # In slices, so a signal's stop request is seen within a tenth of a second.
+        deadline = time.monotonic() + timeout
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            if self.store.wait_for_jobs(self.queues, min(left, 0.1)):
+                return
+
+    def _memory_short(self) -> bool:
+        now = time.monotonic()
+        if now - self._memory_checked < MEMORY_CHECK_EVERY:
+            return False
+        self._memory_checked = now
+        available = psutil.virtual_memory().available
+        if available < self.guarantee_memory:
+            log.warning(
+                "only %d MiB of memory available (guarantee_memory is %d MiB): exiting so a "
+                "fresh worker can start",
+                available >> 20,
+                self.guarantee_memory >> 20,
+            )
+            return True
+        if self.max_rss is not None:
+            rss = psutil.Process().memory_info().rss
+            if rss > self.max_rss:
+                log.warning(
+                    "this worker uses %d MiB (max_rss is %d MiB): exiting so a fresh worker "
+                    "can start",
+                    rss >> 20,
+                    self.max_rss >> 20,
+                )
+                return True
+        return False
 
     def _idle_timeout(self) -> float:
         timeout = self.wakeup_every
@@ -192,7 +327,16 @@ class Worker:
         return timeout
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.lease / 3):
+        renew_at = time.monotonic() + self.lease / 3
+        while not self._stop.wait(0.1):
+            if self._hard_exit_at is not None and time.monotonic() > self._hard_exit_at:
+                # The job could not be unwound (stuck outside Python): end the process; the
+                # supervisor or the lease re-queues the job once this process is gone.
+                log.error("job could not be interrupted: exiting hard")
+                os._exit(EXIT_SIGNAL)
+            if time.monotonic() < renew_at:
+                continue
+            renew_at = time.monotonic() + self.lease / 3
             with self._current_lock:
                 mjob = self._current
             if mjob is not None and not self.store.renew_lease(mjob, self.lease):
@@ -212,14 +356,27 @@ class Worker:
         with self._current_lock:
             self._current = mjob
         log.debug("job %d (%s) started, attempt %d", mjob.id, name, mjob.attempts)
+        self._start_runtime_alarm(mjob)
         try:
             try:
-                result = job.run(mjob)
+                self._in_job = True
+                try:
+                    result = job.run(mjob)
+                finally:
+                    self._in_job = False
             finally:
+                self._stop_alarms()
                 try:
                     job.cleanup()
                 except Exception:
                     log.exception("cleanup() of job %d raised", mjob.id)
+        except Interrupted as exc:
+            # The job's code has unwound: only now may it be handed back.
+            reason = f"interrupted: {exc}"
+            self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
+            log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, name, reason)
+            if exc.stop_worker:
+                self._stop_requested = True
         except (Exception, SystemExit) as exc:
             message = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc()
@@ -251,7 +408,24 @@ class Worker:
         finally:
             with self._current_lock:
                 self._current = None
+            self._hard_exit_at = None
             self.jobs_processed += 1
+
+    def _start_runtime_alarm(self, mjob: ManagedJob) -> None:
+        self._graceful_deadline = None
+        self._runtime_deadline = None
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            if mjob.max_runtime is not None:
+                self._runtime_deadline = time.monotonic() + mjob.max_runtime
+            if self._stop_requested and self._exit_status == EXIT_SIGNAL:
+                self._graceful_deadline = time.monotonic() + self.graceful_shutdown_timeout
+            self._arm_alarm()
+
+    def _stop_alarms(self) -> None:
+        if self._graceful_deadline is not None or self._runtime_deadline is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        self._graceful_deadline = None
+        self._runtime_deadline = None
 
     @staticmethod
     def _ack(mjob: ManagedJob, action: Callable[[], object]) -> Status | None:

@@ -113,18 +113,19 @@ class BaseStore(abc.ABC):
         """Make every wait_for_jobs in this process return now (Worker.stop uses it)."""
         self._bump()
 
-    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> None:
-        """Block up to `timeout` seconds; return early once the queue may have changed
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool:
+        """Block up to `timeout` seconds; return True early once the queue may have changed
         since this process's last claim (an enqueue here or a commit by another process)."""
         deadline = time.monotonic() + timeout
         while self._marker() == self._seen:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False
             step = remaining if self._poll_interval is None else min(remaining, self._poll_interval)
             with self._changed:
                 if self._local_version == self._seen[0]:
                     self._changed.wait(step)
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional: a store may have nothing to release
         """Release the store's resources."""
