@@ -1,0 +1,286 @@
+"""The supervisor behind `liteq work`: forks N workers, restarts them, forwards signals.
+
+The supervisor never imports the application's job modules: each worker imports them after
+fork, so a worker restarted after a deploy runs the new code.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from liteq.stores import connect
+from liteq.worker import EXIT_CODE_CHANGED, EXIT_MEMORY, EXIT_OK, EXIT_SIGNAL, Worker
+
+log = logging.getLogger("liteq.supervisor")
+
+#: A worker that could not start (bad --import, bad store URL).
+EXIT_STARTUP_FAILED = 70
+#: Quick deaths that start a backoff: this many within QUICK_WINDOW seconds.
+QUICK_DEATHS, QUICK_WINDOW = 5, 10.0
+#: The longest a crash-looping worker waits before it is started again.
+MAX_BACKOFF = 5.0
+#: How often the supervisor re-queues jobs of dead or hung workers.
+HUNG_CHECK_EVERY = 5.0
+
+_REASONS = {
+    EXIT_OK: "finished (max-jobs, max-time or drained)",
+    EXIT_MEMORY: "memory limit",
+    EXIT_CODE_CHANGED: "code changed",
+    EXIT_SIGNAL: "signalled",
+    EXIT_STARTUP_FAILED: "could not start",
+}
+
+
+def describe_exit(status: int) -> str:
+    """A waitpid status in words: 'exit 2 (code changed)', 'killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    code = os.waitstatus_to_exitcode(status)
+    return f"exit {code} ({_REASONS.get(code, 'crashed')})"
+
+
+@dataclass
+class _Child:
+    pid: int
+    started: float
+    retiring: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Runs `processes` workers on `url` and keeps them running until told to stop."""
+
+    url: str
+    imports: Sequence[str] = ()
+    processes: int = 1
+    worker_options: dict[str, Any] = field(default_factory=dict)
+    burst: bool = False
+    hung_check_every: float = HUNG_CHECK_EVERY
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes must be at least 1, not {self.processes}")
+        self._children: dict[int, _Child] = {}
+        self._deaths: collections.deque[float] = collections.deque()
+        self._pending_starts = 0
+        self._next_start = 0.0
+        self._signals: list[int] = []
+        self._stopping = False
+        self._ints = 0
+        self._rolling = False
+        self._failed = False
+
+    # -- signals: handlers only record; the loop acts ------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def run(self) -> int:
+        """Supervise until TERM/INT (or, in burst mode, until every worker drained); return 0."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        handled = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        previous = {s: signal.signal(s, self._on_signal) for s in handled}
+        old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._pipe = (read_fd, write_fd)
+        try:
+            store = connect(self.url)
+            log.info("supervisor %d: %d worker(s) on %s", os.getpid(), self.processes, self.url)
+            for _ in range(self.processes):
+                self._spawn()
+            next_check = time.monotonic() + self.hung_check_every
+            while self._children or (self._pending_starts and not self._stopping):
+                timeout = max(0.0, min(next_check, self._next_start_due()) - time.monotonic())
+                with contextlib.suppress(InterruptedError):
+                    select.select([read_fd], [], [], timeout)
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(read_fd, 512):
+                        pass
+                self._handle_signals()
+                if self._reap():
+                    self._rescue(store)
+                self._start_due()
+                if time.monotonic() >= next_check:
+                    self._rescue(store)
+                    next_check = time.monotonic() + self.hung_check_every
+            self._rescue(store)
+            log.info("supervisor %d: all workers stopped", os.getpid())
+            return 1 if self._failed and self.burst else 0
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            os.close(read_fd)
+            os.close(write_fd)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGQUIT):
+                log.info("supervisor: %s: stopping workers", signal.Signals(signum).name)
+                self._stopping = True
+                self._forward(signum)
+            elif signum == signal.SIGINT:
+                self._ints += 1
+                self._stopping = True
+                log.info(
+                    "supervisor: SIGINT %s",
+                    "again: workers stop now"
+                    if self._ints > 1
+                    else "(again to stop now): workers finish their jobs",
+                )
+                self._forward(signal.SIGINT)
+            elif signum == signal.SIGHUP and not self._stopping:
+                log.info("supervisor: SIGHUP: rolling restart of %d worker(s)", len(self._children))
+                for child in self._children.values():
+                    child.retiring = True
+                self._rolling = True
+                self._retire_next()
+
+    def _forward(self, signum: int) -> None:
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _retire_next(self) -> None:
+        # One at a time, so the others keep serving while each restarts.
+        retiring = [c for c in self._children.values() if c.retiring]
+        if not retiring:
+            self._rolling = False
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(retiring[0].pid, signal.SIGHUP)
+
+    # -- children --------------------------------------------------------------
+    def _reap(self) -> bool:
+        """Collect dead children; return True if any died unexpectedly (its job needs rescue)."""
+        crashed = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return crashed
+            if pid == 0:
+                return crashed
+            child = self._children.pop(pid, None)
+            if child is None:
+                continue
+            lived = time.monotonic() - child.started
+            code = os.waitstatus_to_exitcode(status)
+            planned = code in (EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL)
+            crashed |= not planned
+            if self._stopping:
+                log.info("worker %d stopped: %s", pid, describe_exit(status))
+                continue
+            if self.burst and code == EXIT_OK:
+                log.info("worker %d drained the queue", pid)
+                continue
+            if self.burst and not planned:
+                self._failed = True
+            if not planned or lived < 1.0:
+                self._deaths.append(time.monotonic())
+            log.log(
+                logging.INFO if planned else logging.WARNING,
+                "worker %d %s after %.1fs: starting a new one",
+                pid,
+                describe_exit(status),
+                lived,
+            )
+            self._pending_starts += 1
+            if child.retiring:
+                self._retire_next()
+
+    def _next_start_due(self) -> float:
+        return self._next_start if self._pending_starts else time.monotonic() + 3600
+
+    def _start_due(self) -> None:
+        if self._stopping:
+            self._pending_starts = 0
+            return
+        now = time.monotonic()
+        while self._deaths and self._deaths[0] < now - QUICK_WINDOW:
+            self._deaths.popleft()
+        while self._pending_starts and now >= self._next_start:
+            self._pending_starts -= 1
+            self._spawn()
+            quick = len(self._deaths)
+            if quick >= QUICK_DEATHS:
+                delay = min(MAX_BACKOFF, 0.25 * 2 ** (quick - QUICK_DEATHS))
+                log.warning(
+                    "workers keep dying (%d in %.0fs): waiting %.2fs before the next start",
+                    quick,
+                    QUICK_WINDOW,
+                    delay,
+                )
+                self._next_start = now + delay
+                return
+
+    def _rescue(self, store: Any) -> None:
+        try:
+            for mjob in store.detect_hung_jobs():
+                log.warning("re-queued job %d of a dead or hung worker: %s", mjob.id, mjob.error)
+        except Exception:
+            log.exception("hung-job check failed")
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            os._exit(_child_main(self.url, self.imports, self.worker_options, self._pipe))
+        self._children[pid] = _Child(pid, time.monotonic())
+        log.debug("started worker %d", pid)
+
+
+def _child_main(
+    url: str, imports: Sequence[str], options: dict[str, Any], pipe: tuple[int, int]
+) -> int:
+    parent = os.getppid()
+    try:
+        # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which
+        # forwards it once (otherwise each worker would see it twice and stop at once).
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for fd in pipe:
+            os.close(fd)
+        for signum in (
+            signal.SIGTERM,
+            signal.SIGQUIT,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGCHLD,
+        ):
+            signal.signal(signum, signal.SIG_DFL)
+        for module in imports:  # after fork: each new worker loads the current code
+            importlib.import_module(module)
+        store = connect(url)
+    except BaseException:
+        log.error("worker %d could not start:\n%s", os.getpid(), traceback.format_exc().rstrip())
+        return EXIT_STARTUP_FAILED
+    worker = Worker(store, **options)
+    threading.Thread(target=_watch_parent, args=(worker, parent), daemon=True).start()
+    try:
+        return worker.start()
+    except BaseException:
+        log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc().rstrip())
+        return 1 if isinstance(sys.exc_info()[1], MemoryError) else EXIT_STARTUP_FAILED + 1
+
+
+def _watch_parent(worker: Worker, parent: int) -> None:
+    """A worker whose supervisor died finishes its job and exits instead of living on alone."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.warning("worker %d: the supervisor %d is gone: finishing and exiting", os.getpid(), parent)
+    worker.stop(EXIT_SIGNAL)
