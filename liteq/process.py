@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import socket
+import time
 
 import psutil
 
@@ -39,9 +39,22 @@ def owner_process_state(owner: str) -> str:
     return "alive"
 
 
-def kill(pid: int) -> None:
-    with contextlib.suppress(psutil.NoSuchProcess):
+def kill(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL a process and wait until it is dead — without reaping it.
+
+    Never waitpid() here: the caller may be the process's parent (the supervisor), whose
+    own waitpid() must still see the child die so that it starts a replacement.
+    """
+    try:
         proc = psutil.Process(pid)
         proc.kill()
-        with contextlib.suppress(psutil.TimeoutExpired):
-            proc.wait(timeout=5)
+    except psutil.NoSuchProcess:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.01)

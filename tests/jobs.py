@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import Any, ClassVar
 
@@ -133,3 +134,80 @@ class Touch(liteq.Job):
     def run(self, job: liteq.ManagedJob) -> None:
         os.utime(self.path, (1, 1))
         time.sleep(self.seconds)
+
+
+def trace(path: str, job_id: int, event: str) -> None:
+    """Append one line atomically (O_APPEND, a single write) to a trace file."""
+    line = json.dumps({"id": job_id, "pid": os.getpid(), "event": event, "t": time.time()})
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class Traced(liteq.Job):
+    """Records its start and end with its pid: for overlap and exactly-once checks."""
+
+    def __init__(self, path: str, seconds: float = 0.0) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start")
+        time.sleep(self.seconds)
+        trace(self.path, job.id, "end")
+
+
+class SlowFirst(liteq.Job):
+    """Sleeps long on its first attempt only: for interrupts and hung-job rescue."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start")
+        if job.attempts == 1:
+            time.sleep(self.seconds)
+        trace(self.path, job.id, "end")
+
+
+class ExitsOnce(liteq.Job):
+    """Kills its own process on the first attempt (as a segfault or the OOM killer would)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start")
+        if job.attempts == 1:
+            os._exit(9)
+        trace(self.path, job.id, "end")
+
+
+class Hog(liteq.Job):
+    """Keeps `mb` MiB alive in its process: the next memory pre-flight sees it."""
+
+    kept: ClassVar[list[bytearray]] = []
+
+    def __init__(self, mb: int) -> None:
+        self.mb = mb
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        Hog.kept.append(bytearray(self.mb << 20))
+
+
+class Unstoppable(liteq.Job):
+    """On its first attempt blocks SIGALRM and sleeps, like code stuck outside Python."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start")
+        if job.attempts == 1:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(self.seconds)
+        trace(self.path, job.id, "end")

@@ -1,0 +1,393 @@
+"""`liteq work` with real processes and real signals. Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import liteq
+from liteq import Status
+from tests.jobs import ExitsOnce, Hog, Noop, SlowFirst, Traced
+
+ROOT = Path(__file__).parents[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+class Work:
+    """A running `liteq work` process and its log."""
+
+    def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.log_path = db.with_suffix(".log")
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "liteq",
+                "work",
+                "--db",
+                str(db),
+                "--import",
+                "tests.jobs",
+                "--no-jitter",
+                "--wakeup-every",
+                "0.5",
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def children(self) -> list[int]:
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_for_workers(self, n: int) -> list[int]:
+        wait_until(lambda: len(self.children()) == n, what=f"{n} workers")
+        return self.children()
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def kill_all(self) -> None:
+        for pid in [*self.children(), self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "q.sqlite"
+    liteq.SQLiteStore(path).close()
+    return path
+
+
+@pytest.fixture
+def work(db: Path) -> Iterator[Callable[..., Work]]:
+    started: list[Work] = []
+
+    def start(*args: str, **kwargs: object) -> Work:
+        w = Work(db, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill_all()
+
+
+def runs_by_job(trace: Path) -> dict[int, list[dict[str, object]]]:
+    """Each job's runs in start order: {"pid", "start", "end" (None if it never ended)}."""
+    runs: dict[int, list[dict[str, object]]] = {}
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        job_runs = runs.setdefault(event["id"], [])
+        if event["event"] == "start":
+            job_runs.append({"pid": event["pid"], "start": event["t"], "end": None})
+        else:
+            # The latest unfinished run of that pid (an interrupted run stays unfinished).
+            run = [r for r in job_runs if r["pid"] == event["pid"] and r["end"] is None][-1]
+            run["end"] = event["t"]
+    for job_runs in runs.values():
+        job_runs.sort(key=lambda r: r["start"])  # type: ignore[arg-type, return-value]
+    return runs
+
+
+def assert_runs_never_overlap(
+    runs: dict[int, list[dict[str, object]]], killed: dict[int, float]
+) -> None:
+    for job_id, job_runs in runs.items():
+        for run in job_runs:
+            if run["end"] is None:  # only a killed process leaves a run unfinished
+                assert run["pid"] in killed, f"job {job_id} never finished in live pid {run['pid']}"
+                run["end"] = killed[run["pid"]]  # type: ignore[index]
+        for before, after in zip(job_runs, job_runs[1:], strict=False):
+            assert before["end"] <= after["start"], f"job {job_id} ran twice at once: {job_runs}"  # type: ignore[operator]
+        finished = [r for r in job_runs if r["pid"] not in killed or r["end"] != killed[r["pid"]]]  # type: ignore[index]
+        assert len(finished) == 1, f"job {job_id} finished {len(finished)} times: {job_runs}"
+
+
+@pytest.mark.slow
+def test_sigkilled_workers_lose_no_job_and_never_overlap(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    store.enqueue_many([Traced(str(trace), 0.01) for _ in range(300)])
+    w = work("--processes", "3")
+    w.wait_for_workers(3)
+    killed: dict[int, float] = {}
+    rng = random.Random(1234)
+    for _ in range(8):
+        time.sleep(rng.uniform(0.1, 0.4))
+        victims = w.children()
+        if not victims or store.count() == 0:
+            break
+        pid = rng.choice(victims)
+        os.kill(pid, signal.SIGKILL)
+        killed[pid] = time.time()
+    wait_until(lambda: store.count() == 0, 90, "every job to complete")
+    assert w.stop() == 0
+    runs = runs_by_job(trace)
+    assert len(runs) == 300
+    assert_runs_never_overlap(runs, killed)
+    assert "killed by SIGKILL" in w.log()
+
+
+def test_term_lets_the_running_job_finish(db: Path, work: Callable[..., Work]) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    store.enqueue(Traced(str(trace), 1.0))
+    w = work("--graceful-timeout", "10")
+    wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
+    began = time.monotonic()
+    assert w.stop() == 0
+    assert time.monotonic() - began < 8
+    assert store.count() == 0
+    assert [r["end"] is not None for r in runs_by_job(trace)[1]] == [True]
+
+
+def test_term_past_the_graceful_timeout_requeues_with_a_mulligan(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(SlowFirst(str(trace), 60))
+    w = work("--graceful-timeout", "0.5")
+    wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
+    assert w.stop(timeout=15) == 0
+    requeued = store.get(mjob.id)
+    assert requeued.status is Status.QUEUED and requeued.max_attempts == 2
+    assert "graceful shutdown timeout" in (requeued.error or "")
+    assert "re-queued with a mulligan" in w.log()
+
+
+def test_int_once_finishes_the_job_twice_stops_now(db: Path, work: Callable[..., Work]) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    first = store.enqueue(SlowFirst(str(trace), 1.0))
+    w = work()
+    wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
+    w.signal(signal.SIGINT)
+    assert w.proc.wait(15) == 0
+    with pytest.raises(liteq.JobNotFound):
+        store.get(first.id)  # it finished
+
+    second = store.enqueue(SlowFirst(str(trace), 60))
+    w = work()
+    wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
+    w.signal(signal.SIGINT)
+    time.sleep(0.3)
+    w.signal(signal.SIGINT)
+    assert w.proc.wait(15) == 0
+    stopped = store.get(second.id)
+    assert stopped.status is Status.QUEUED and "second SIGINT" in (stopped.error or "")
+
+
+def test_hup_restarts_every_worker_and_loses_no_job(db: Path, work: Callable[..., Work]) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    w = work("--processes", "2")
+    old = set(w.wait_for_workers(2))
+    store.enqueue_many([Traced(str(trace), 0.05) for _ in range(40)])
+    w.signal(signal.SIGHUP)
+    store.enqueue_many([Traced(str(trace), 0.05) for _ in range(40)])
+    wait_until(lambda: len(set(w.children()) - old) == 2, what="two new workers")
+    wait_until(lambda: store.count() == 0, 60, "every job to complete")
+    assert w.stop() == 0
+    runs = runs_by_job(trace)
+    assert len(runs) == 80 and all(len(r) == 1 and r[0]["end"] for r in runs.values())
+    assert "rolling restart" in w.log()
+
+
+def test_a_worker_over_its_memory_limit_is_replaced(db: Path, work: Callable[..., Work]) -> None:
+    store = liteq.SQLiteStore(db)
+    store.enqueue(Hog(300), priority=1)
+    store.enqueue_many([Noop(i) for i in range(3)])
+    w = work("--max-rss", "250M")
+    wait_until(lambda: store.count() == 0, 60, "every job to complete")
+    wait_until(lambda: "exit 1 (memory limit)" in w.log(), 10, "a memory restart")
+    assert w.stop() == 0
+
+
+def test_a_code_change_restarts_workers_on_the_new_code(
+    db: Path, work: Callable[..., Work], tmp_path: Path
+) -> None:
+    module = tmp_path / "codever.py"
+    module.write_text(CODEVER.format(version=1))
+    store = liteq.SQLiteStore(db)
+    w = work("--import", "codever", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    w.wait_for_workers(1)
+    out = tmp_path / "versions.txt"
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import codever  # type: ignore[import-not-found]
+
+        store.enqueue(codever.Report(str(out)))
+        wait_until(lambda: out.exists() and out.read_text() == "1\n", what="version 1 to run")
+        module.write_text(CODEVER.format(version=2))
+        time.sleep(1.2)  # the check runs at most once a second
+        store.enqueue(codever.Report(str(out)))
+        wait_until(lambda: out.read_text() == "1\n2\n", what="version 2 to run")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("codever", None)
+    assert "exit 2 (code changed)" in w.log()
+    assert w.stop() == 0
+
+
+CODEVER = """
+import liteq
+
+VERSION = {version}
+
+
+class Report(liteq.Job):
+    def __init__(self, path):
+        self.path = path
+
+    def run(self, job):
+        with open(self.path, "a") as f:
+            f.write(f"{{VERSION}}\\n")
+"""
+
+
+def test_crash_looping_workers_back_off(db: Path, work: Callable[..., Work]) -> None:
+    w = work("--import", "tests.crashing", "--processes", "2")
+    time.sleep(4)
+    log = w.log()
+    assert "this module is broken on purpose" in log and "exit 70 (could not start)" in log
+    assert "keep dying" in log
+    assert log.count("could not start:") < 40  # backed off, not spinning
+    assert w.stop() == 0
+
+
+def test_a_worker_that_dies_mid_job_has_its_job_requeued_at_once(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(ExitsOnce(str(trace)))
+    w = work()
+    wait_until(lambda: store.count() == 0, 20, "the job to complete on its second run")
+    runs = runs_by_job(trace)[mjob.id]
+    assert [r["end"] is None for r in runs] == [True, False]
+    assert runs[1]["start"] - runs[0]["start"] < 5  # not after a 30 s lease: at once  # type: ignore[operator]
+    assert "exit 9 (crashed)" in w.log() and "re-queued job" in w.log()
+    assert w.stop() == 0
+
+
+def test_a_job_past_max_runtime_is_interrupted_and_rerun(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(SlowFirst(str(trace), 60), max_runtime=0.5)
+    w = work()
+    wait_until(lambda: store.count() == 0, 20, "the job to complete on its second run")
+    assert len(runs_by_job(trace)[mjob.id]) == 2
+    assert "max_runtime" in w.log()
+    assert w.stop() == 0
+
+
+def test_detect_hung_jobs_kills_a_live_worker_past_max_runtime(db: Path) -> None:
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(SlowFirst(str(trace), 60), max_runtime=0.5)
+    code = (
+        "import liteq, sys, tests.jobs; "
+        "liteq.Worker(liteq.SQLiteStore(sys.argv[1]), handle_signals=False, jitter=False,"
+        " exit_if_no_jobs=True).start()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT)
+    try:
+        wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
+        time.sleep(0.7)
+        (rescued,) = store.detect_hung_jobs()
+        assert rescued.id == mjob.id and rescued.status is Status.QUEUED
+        assert "its worker was killed" in (rescued.error or "")
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_liteq_url_and_bad_arguments(db: Path, tmp_path: Path) -> None:
+    store = liteq.SQLiteStore(db)
+    store.enqueue(Noop())
+    env = {**os.environ, "LITEQ_URL": f"sqlite:///{db}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "liteq", "work", "--burst", "--import", "tests.jobs"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert store.count() == 0
+    for args, words in [
+        (["--processes", "0"], "at least 1"),
+        (["--max-rss", "lots"], "not a size"),
+        (["--db", "redis://x"], "unsupported store URL"),
+    ]:
+        bad = subprocess.run(
+            [sys.executable, "-m", "liteq", "work", "--db", str(db), *args][:None],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 2 and words in bad.stderr, bad.stderr
+
+
+def test_the_supervisor_kills_a_worker_it_cannot_interrupt_and_replaces_it(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    # Regression: the hung-job check used to reap the killed child itself, so the
+    # supervisor never saw it die and never started a replacement.
+    from tests.jobs import Unstoppable
+
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(Unstoppable(str(trace), 60), max_runtime=0.5)
+    w = work()
+    first = w.wait_for_workers(1)
+    wait_until(lambda: store.count() == 0, 30, "the job to complete in a new worker")
+    assert len(runs_by_job(trace)[mjob.id]) == 2
+    assert "its worker was killed" in w.log() and "killed by SIGKILL" in w.log()
+    assert w.wait_for_workers(1) != first
+    assert w.stop() == 0
