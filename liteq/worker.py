@@ -328,7 +328,7 @@ class Worker:
 
     def _heartbeat(self) -> None:
         renew_at = time.monotonic() + self.lease / 3
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.5):
             if self._hard_exit_at is not None and time.monotonic() > self._hard_exit_at:
                 # The job could not be unwound (stuck outside Python): end the process; the
                 # supervisor or the lease re-queues the job once this process is gone.

@@ -115,6 +115,7 @@ class SQLiteStore(BaseStore):
     """
 
     _poll_interval = 0.01
+    _idle_poll_interval = 0.05
 
     def __init__(
         self,
@@ -148,7 +149,8 @@ class SQLiteStore(BaseStore):
     # -- the connection ------------------------------------------------------
     def _forget_parent(self) -> None:
         self._mutex = threading.RLock()
-        self._changed = threading.Condition()
+        self._bell = threading.Lock()
+        self._bell.acquire()
         if self._conn is not None:
             self._inherited.append(self._conn)
         self._conn = None

@@ -1,0 +1,100 @@
+"""Idle pickup latency and idle CPU of `liteq work`, measured with real processes.
+
+    python bench/pickup.py [--samples 200] [--idle-samples 25]
+
+Starts `liteq work --processes 1` on a fresh file, then from this process enqueues one job
+at a time, at random moments while the worker is idle: first shortly after other jobs (the
+worker polls fast for 2 s after activity), then after long idle gaps (it polls every 50 ms).
+Each job records how long after its enqueue it started. Prints p50/p90/p99/max, then the CPU used by the idle supervisor and
+worker over 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+import liteq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.jobs import Stamp  # noqa: E402 - needs the path set above
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=200, help="jobs while recently busy")
+    parser.add_argument("--idle-samples", type=int, default=25, help="jobs after long idle")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db, out = Path(tmp) / "q.sqlite", Path(tmp) / "stamps.txt"
+        store = liteq.SQLiteStore(db)
+        work = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "liteq",
+                "work",
+                "--db",
+                str(db),
+                "--import",
+                "bench.jobs",
+                "--processes",
+                "1",
+                "--no-jitter",
+                "-q",
+            ],
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(1.5)
+            phases = [
+                ("recently busy (jobs 20-100 ms apart)", args.samples, (0.02, 0.1)),
+                ("long idle (jobs 2.2-2.6 s apart)", args.idle_samples, (2.2, 2.6)),
+            ]
+            for name, samples, gap in phases:
+                out.write_text("")
+                for _ in range(samples):
+                    time.sleep(random.uniform(*gap))  # the worker is idle meanwhile
+                    store.enqueue(Stamp(str(out), time.time()))
+                deadline = time.monotonic() + 30
+                while store.count() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                delays = sorted(float(x) * 1000 for x in out.read_text().split())
+                q = statistics.quantiles(delays, n=100)
+                print(f"pickup latency, worker {name}, {len(delays)} jobs from another process:")
+                print(
+                    f"  p50 {q[49]:.1f} ms   p90 {q[89]:.1f} ms   p99 {q[98]:.1f} ms   max {delays[-1]:.1f} ms"
+                )
+            time.sleep(3)  # past the busy window
+            procs = [psutil.Process(work.pid), *psutil.Process(work.pid).children()]
+            before = [p.cpu_times() for p in procs]
+            time.sleep(10)
+            used = sum(
+                (a.user + a.system) - (b.user + b.system)
+                for a, b in zip((p.cpu_times() for p in procs), before, strict=True)
+            )
+            print(
+                f"idle CPU of supervisor + 1 worker over 10 s: {used / 10 * 100:.2f} % of one core"
+            )
+        finally:
+            os.killpg(work.pid, signal.SIGTERM)
+            work.wait(30)
+
+
+if __name__ == "__main__":
+    main()
