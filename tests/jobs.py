@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -174,16 +176,31 @@ class SlowFirst(liteq.Job):
 
 
 class ExitsOnce(liteq.Job):
-    """Kills its own process on the first attempt (as a segfault or the OOM killer would)."""
+    """Kills its own process on the first attempt: `os._exit(9)`, or a real segfault."""
+
+    def __init__(self, path: str, how: str = "exit") -> None:
+        self.path = path
+        self.how = how
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start")
+        if job.attempts == 1:
+            if self.how == "segfault":
+                faulthandler.disable()  # die quietly of the signal
+                ctypes.string_at(0)  # reads address 0: SIGSEGV
+            os._exit(9)
+        trace(self.path, job.id, "end")
+
+
+class Niceness(liteq.Job):
+    """Writes the niceness of the process that runs it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def run(self, job: liteq.ManagedJob) -> None:
-        trace(self.path, job.id, "start")
-        if job.attempts == 1:
-            os._exit(9)
-        trace(self.path, job.id, "end")
+        with open(self.path, "w") as f:
+            f.write(str(os.nice(0)))
 
 
 class Hog(liteq.Job):

@@ -172,14 +172,16 @@ def test_sigkilled_workers_lose_no_job_and_never_overlap(
     assert "killed by SIGKILL" in w.log()
 
 
-def test_term_lets_the_running_job_finish(db: Path, work: Callable[..., Work]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
+def test_term_lets_the_running_job_finish(db: Path, work: Callable[..., Work], signum: int) -> None:
     trace = db.with_suffix(".trace")
     store = liteq.SQLiteStore(db)
     store.enqueue(Traced(str(trace), 1.0))
     w = work("--graceful-timeout", "10")
     wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
     began = time.monotonic()
-    assert w.stop() == 0
+    w.signal(signum)
+    assert w.proc.wait(30) == 0
     assert time.monotonic() - began < 8
     assert store.count() == 0
     assert [r["end"] is not None for r in runs_by_job(trace)[1]] == [True]
@@ -300,18 +302,21 @@ def test_crash_looping_workers_back_off(db: Path, work: Callable[..., Work]) -> 
     assert w.stop() == 0
 
 
+@pytest.mark.parametrize(
+    ("how", "death"), [("exit", "exit 9 (crashed)"), ("segfault", "killed by SIGSEGV")]
+)
 def test_a_worker_that_dies_mid_job_has_its_job_requeued_at_once(
-    db: Path, work: Callable[..., Work]
+    db: Path, work: Callable[..., Work], how: str, death: str
 ) -> None:
     trace = db.with_suffix(".trace")
     store = liteq.SQLiteStore(db)
-    mjob = store.enqueue(ExitsOnce(str(trace)))
+    mjob = store.enqueue(ExitsOnce(str(trace), how))
     w = work()
     wait_until(lambda: store.count() == 0, 20, "the job to complete on its second run")
     runs = runs_by_job(trace)[mjob.id]
     assert [r["end"] is None for r in runs] == [True, False]
     assert runs[1]["start"] - runs[0]["start"] < 5  # not after a 30 s lease: at once  # type: ignore[operator]
-    assert "exit 9 (crashed)" in w.log() and "re-queued job" in w.log()
+    assert death in w.log() and "re-queued job" in w.log()
     assert w.stop() == 0
 
 
@@ -348,6 +353,16 @@ def test_detect_hung_jobs_kills_a_live_worker_past_max_runtime(db: Path) -> None
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_nice_lowers_the_workers_priority(db: Path, work: Callable[..., Work]) -> None:
+    from tests.jobs import Niceness
+
+    out = db.with_suffix(".nice")
+    liteq.SQLiteStore(db).enqueue(Niceness(str(out)))
+    w = work("--nice", "5", "--burst")
+    assert w.proc.wait(30) == 0
+    assert int(out.read_text()) == os.nice(0) + 5
 
 
 def test_liteq_url_and_bad_arguments(db: Path, tmp_path: Path) -> None:
