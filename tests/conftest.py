@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import liteq
+
+# Hypothesis profiles: "ci" (the default) keeps the suite fast; "soak" runs far more
+# examples: LITEQ_HYPOTHESIS_PROFILE=soak pytest tests/test_model.py tests/test_concurrency.py
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "soak",
+    max_examples=2000,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("LITEQ_HYPOTHESIS_PROFILE", "ci"))
 
 
 class Clock:

@@ -138,9 +138,11 @@ class Touch(liteq.Job):
         time.sleep(self.seconds)
 
 
-def trace(path: str, job_id: int, event: str) -> None:
+def trace(path: str, job_id: int, event: str, attempt: int = 0) -> None:
     """Append one line atomically (O_APPEND, a single write) to a trace file."""
-    line = json.dumps({"id": job_id, "pid": os.getpid(), "event": event, "t": time.time()})
+    line = json.dumps(
+        {"id": job_id, "pid": os.getpid(), "event": event, "t": time.time(), "attempt": attempt}
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, (line + "\n").encode())
@@ -156,9 +158,9 @@ class Traced(liteq.Job):
         self.seconds = seconds
 
     def run(self, job: liteq.ManagedJob) -> None:
-        trace(self.path, job.id, "start")
+        trace(self.path, job.id, "start", job.attempts)
         time.sleep(self.seconds)
-        trace(self.path, job.id, "end")
+        trace(self.path, job.id, "end", job.attempts)
 
 
 class SlowFirst(liteq.Job):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import liteq
-from tests.jobs import Logs, Noop
+from tests.jobs import Logs, Noop, Traced
 
 
 def enqueue_coalesced(db: str, start_at: str, keys: str) -> None:
@@ -25,6 +27,19 @@ def enqueue_logs(db: str, log: str, count: str) -> None:
 def work(db: str) -> None:
     store = liteq.SQLiteStore(db)
     sys.exit(liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start())
+
+
+def produce(db: str, trace_path: str, spec_path: str, out_path: str, start_at: str) -> None:
+    """Enqueue the jobs of a spec file ([priority, coalesce_id, run_at] each); write their ids."""
+    store = liteq.SQLiteStore(db)
+    specs = json.loads(Path(spec_path).read_text())
+    while time.time() < float(start_at):  # every producer starts at the same moment
+        time.sleep(0.0005)
+    ids = [
+        store.enqueue(Traced(trace_path, 0.005), priority=p, coalesce_id=cid, run_at=due).id
+        for p, cid, due in specs
+    ]
+    Path(out_path).write_text(json.dumps({"ids": ids, "done_at": time.time()}))
 
 
 if __name__ == "__main__":

@@ -335,11 +335,15 @@ class BaseStore(abc.ABC):
 
     def _retry(self, mjob: ManagedJob, *, mulligan: bool) -> bool:
         with self._write() as tx:
-            rec = self._current(tx, mjob.id, mjob._lock_token)
+            rec = tx.get(mjob.id)
+            if rec is None:
+                raise JobNotFound(f"no job with id {mjob.id}")
             if rec.status is Status.RUNNING and not self._owns(rec, mjob):
                 raise InvalidState(
                     f"job {rec.id} is running in {rec.owner}; only that worker may retry it"
                 )
+            if not self._owns(rec, mjob):  # the running worker's own hand-back ignores locks
+                self._unlocked(rec, mjob._lock_token, tx.now)
             if rec.status is Status.FAILED and rec.attempts >= rec.max_attempts and not mulligan:
                 return False
             check_transition(rec.id, rec.status, Status.QUEUED)

@@ -181,3 +181,12 @@ def test_a_live_worker_within_its_lease_is_left_alone(store: liteq.stores.BaseSt
     alive = f"{socket.gethostname()}/{os.getpid()}/{psutil.Process().create_time():.2f}/me"
     assert store.claim(alive) is not None
     assert store.detect_hung_jobs() == []
+
+
+def test_the_running_worker_may_hand_back_a_locked_job(store: liteq.stores.BaseStore) -> None:
+    # Found by the state machine: a lock blocked the claiming worker's own retry().
+    store.enqueue(Noop())
+    mjob = store.claim(OWNER)
+    assert mjob is not None
+    with store.locked(mjob.id):
+        assert mjob.retry(mulligan=True) is True
