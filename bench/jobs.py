@@ -21,5 +21,10 @@ class Stamp(liteq.Job):
 
 
 class Noop(liteq.Job):
+    """Does nothing: the queue's own cost, with a small state like a real job's."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
     def run(self, job: liteq.ManagedJob) -> None:
         pass

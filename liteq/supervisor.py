@@ -35,6 +35,8 @@ QUICK_DEATHS, QUICK_WINDOW = 5, 10.0
 MAX_BACKOFF = 5.0
 #: How often the supervisor re-queues jobs of dead or hung workers.
 HUNG_CHECK_EVERY = 5.0
+#: The signals the supervisor handles and forwards.
+_HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
 
 _REASONS = {
     EXIT_OK: "finished (max-jobs, max-time or drained)",
@@ -93,8 +95,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
-        handled = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-        previous = {s: signal.signal(s, self._on_signal) for s in handled}
+        previous = {s: signal.signal(s, self._on_signal) for s in _HANDLED}
         old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         self._pipe = (read_fd, write_fd)
         try:
@@ -237,9 +238,15 @@ class Supervisor:
             log.exception("hung-job check failed")
 
     def _spawn(self) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            os._exit(_child_main(self.url, self.imports, self.worker_options, self._pipe))
+        # Signals stay blocked across fork(): a TERM forwarded to a child before it has
+        # dropped the supervisor's handlers would otherwise be recorded and never acted on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns
+                os._exit(_child_main(self.url, self.imports, self.worker_options, self._pipe))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         self._children[pid] = _Child(pid, time.monotonic())
         log.debug("started worker %d", pid)
 
@@ -255,14 +262,9 @@ def _child_main(
         signal.set_wakeup_fd(-1)
         for fd in pipe:
             os.close(fd)
-        for signum in (
-            signal.SIGTERM,
-            signal.SIGQUIT,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGCHLD,
-        ):
+        for signum in _HANDLED:
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # a pending TERM now ends it
         for module in imports:  # after fork: each new worker loads the current code
             importlib.import_module(module)
         store = connect(url)

@@ -374,3 +374,45 @@ def test_the_supervisor_kills_a_worker_it_cannot_interrupt_and_replaces_it(
     assert "its worker was killed" in w.log() and "killed by SIGKILL" in w.log()
     assert w.wait_for_workers(1) != first
     assert w.stop() == 0
+
+
+def test_term_during_start_up_is_never_lost(db: Path) -> None:
+    # Found by the concurrency soak: a TERM forwarded to a worker between fork() and its
+    # handler reset was swallowed, and `liteq work` waited for that worker forever.
+    rng = random.Random(7)
+    for _ in range(10):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "liteq",
+                "work",
+                "--db",
+                str(db),
+                "-n",
+                "4",
+                "-q",
+                "--no-jitter",
+            ],
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.15, 0.45))  # while it forks its workers
+        proc.send_signal(signal.SIGTERM)
+        try:
+            # 0 once supervising; killed by the TERM itself if it came before the handlers.
+            assert proc.wait(15) in (0, -signal.SIGTERM)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        wait_until(lambda: not workers_on(db), 10, "no worker left behind")
+
+
+def workers_on(db: Path) -> list[int]:
+    """Live processes (not zombies) of `liteq work` on this file."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if str(db) in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
@@ -35,6 +34,7 @@ from liteq.managed import (
     Record,
     Status,
     check_transition,
+    evolve,
 )
 from liteq.options import EnqueueOptions, build_record
 from liteq.process import kill, owner_process_state
@@ -158,7 +158,14 @@ class BaseStore(abc.ABC):
             self.on_status_change(job, old_status, message)
 
     def _fire(self, events: list[Event]) -> None:
+        store_listens = (
+            self.on_status_change is not None
+            or type(self).status_did_change is not BaseStore.status_did_change
+        )
         for record, old, message, job in events:
+            job_listens = job is None or type(job).status_did_change is not Job.status_did_change
+            if not (store_listens or job_listens):
+                continue
             mjob = self._managed(record, job)
             if mjob.job is not None:
                 try:
@@ -198,9 +205,7 @@ class BaseStore(abc.ABC):
         **fields: Any,
     ) -> Record:
         check_transition(rec.id, rec.status, new)
-        return BaseStore._apply(
-            tx, rec.status, dataclasses.replace(rec, status=new, **fields), message, job
-        )
+        return BaseStore._apply(tx, rec.status, evolve(rec, status=new, **fields), message, job)
 
     @staticmethod
     def _apply(
@@ -418,7 +423,7 @@ class BaseStore(abc.ABC):
                     "it twice at once: stop its worker or wait for it"
                 )
             # restart() bypasses the status machine on purpose.
-            fresh = dataclasses.replace(
+            fresh = evolve(
                 rec,
                 status=Status.QUEUED,
                 attempts=0,
@@ -447,7 +452,7 @@ class BaseStore(abc.ABC):
         token = secrets.token_hex(8)
         with self._write() as tx:
             rec = self._current(tx, job_id, None)
-            rec = dataclasses.replace(rec, lock_token=token, lock_until=tx.now + lease)
+            rec = evolve(rec, lock_token=token, lock_until=tx.now + lease)
             tx.update(rec)
         try:
             yield self._managed(rec, lock_token=token)
@@ -455,7 +460,7 @@ class BaseStore(abc.ABC):
             with self._write() as tx:
                 current = tx.get(job_id)
                 if current is not None and current.lock_token == token:
-                    tx.update(dataclasses.replace(current, lock_token=None, lock_until=None))
+                    tx.update(evolve(current, lock_token=None, lock_until=None))
 
     # -- the worker's side -------------------------------------------------
     def claim(
@@ -467,8 +472,12 @@ class BaseStore(abc.ABC):
         lease of `lease` seconds; renew it with `renew_lease` while the job runs.
         """
         now = self.clock()
-        self._seen = self._marker()
         record = self._claim(queues, now, owner, now + lease)
+        if record is None:
+            # Note the queue's version for wait_for_jobs, then look once more: a commit
+            # between the claim and this read is then either seen or marks a change.
+            self._seen = self._marker()
+            record = self._claim(queues, now, owner, now + lease)
         if record is None:
             return None
         self._busy_until = time.monotonic() + self._busy_window
@@ -483,7 +492,7 @@ class BaseStore(abc.ABC):
             rec = tx.get(job.id)
             if rec is None or not self._owns(rec, job):
                 return False
-            tx.update(dataclasses.replace(rec, lease_until=tx.now + lease))
+            tx.update(evolve(rec, lease_until=tx.now + lease))
         return True
 
     def _owned(self, tx: Tx, mjob: ManagedJob) -> Record:
@@ -499,20 +508,25 @@ class BaseStore(abc.ABC):
 
     def complete(self, mjob: ManagedJob) -> None:
         """Mark a claimed job COMPLETED (deleted if delete_on_complete); LeaseLost if not ours."""
+        if not mjob._claimed:
+            raise InvalidState(f"job {mjob.id} was not claimed by this worker")
+        claimed = mjob._record
         with self._write() as tx:
-            rec = self._owned(tx, mjob)
-            mjob._record = self._change(
-                tx,
-                rec,
-                Status.COMPLETED,
-                "completed",
-                mjob.job,
+            check_transition(claimed.id, claimed.status, Status.COMPLETED)
+            updated = evolve(
+                claimed,
+                status=Status.COMPLETED,
                 finished_at=tx.now,
                 owner=None,
                 lease_until=None,
                 error=None,
                 traceback=None,
             )
+            # One fenced statement: it applies only while this run still owns the job.
+            if not tx.fenced_write(claimed, None if claimed.delete_on_complete else updated):
+                self._owned(tx, mjob)  # raises LeaseLost with the reason
+            tx.events.append((updated, claimed.status, "completed", mjob.job))
+        mjob._record = updated
 
     def wait_async(self, mjob: ManagedJob) -> None:
         """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""
@@ -550,7 +564,7 @@ class BaseStore(abc.ABC):
             else:
                 rec = self._owned(tx, mjob)
             if not retry:
-                rec = dataclasses.replace(rec, max_attempts=rec.attempts)
+                rec = evolve(rec, max_attempts=rec.attempts)
             delay = 0.0
             if not mulligan and rec.attempts < rec.max_attempts:
                 delay = mjob.job.retry_delay(rec.attempts) if mjob.job else backoff(rec.attempts)

@@ -83,3 +83,22 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def delete(self, job_id: int) -> None:
         """Delete the row if it exists."""
+
+    def fenced_write(self, claimed: Record, updated: Record | None) -> bool:
+        """Replace (or, with None, delete) the row only while it is still `claimed`'s run:
+        RUNNING, same owner, same attempt. Return False, changing nothing, otherwise.
+
+        Stores may do this in one conditional statement; this default reads then writes.
+        """
+        rec = self.get(claimed.id)
+        if rec is None or (rec.status, rec.owner, rec.attempts) != (
+            Status.RUNNING,
+            claimed.owner,
+            claimed.attempts,
+        ):
+            return False
+        if updated is None:
+            self.delete(claimed.id)
+        else:
+            self.update(updated)
+        return True

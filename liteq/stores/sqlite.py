@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import operator
 import os
 import threading
 import time
@@ -33,6 +34,9 @@ _INSERT = (
 _UPDATE = (
     "UPDATE liteq_jobs SET " + ", ".join(f"{c} = ?" for c in COLUMNS if c != "id") + " WHERE id = ?"
 )
+_FENCE = " AND owner = ? AND attempts = ? AND status = 'running'"
+_DELETE_FENCED = "DELETE FROM liteq_jobs WHERE id = ?" + _FENCE
+_UPDATE_FENCED = _UPDATE + _FENCE
 _HOLDING = "('unqueued', 'queued', 'running', 'wait_async', 'failed')"
 
 # Stores to reset in a child after fork(): a connection is never used across fork.
@@ -69,10 +73,8 @@ def _record(row: Sequence[Any]) -> Record:
     return record
 
 
-def _values(record: Record) -> tuple[Any, ...]:
-    return tuple(
-        (v.value if isinstance(v, Status) else v) for v in (getattr(record, c) for c in COLUMNS)
-    )
+#: A row's values in column order (a Status binds as its text: it is a str).
+_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS)
 
 
 class _SQLiteTx(Tx):
@@ -101,6 +103,59 @@ class _SQLiteTx(Tx):
 
     def delete(self, job_id: int) -> None:
         self._conn.execute("DELETE FROM liteq_jobs WHERE id = ?", (job_id,))
+
+    def fenced_write(self, claimed: Record, updated: Record | None) -> bool:
+        fence = (claimed.id, claimed.owner, claimed.attempts)
+        if updated is None:
+            self._conn.execute(_DELETE_FENCED, fence)
+        else:
+            self._conn.execute(_UPDATE_FENCED, (*_values(updated)[1:], *fence))
+        return bool(self._conn.changes())
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on an error), holding the store's mutex.
+
+    A class rather than a generator: it runs twice per job on the hot path.
+    """
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> Tx:
+        store = self._store
+        store._mutex.acquire()
+        try:
+            conn = self._conn = store._db()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            store._mutex.release()
+            if isinstance(exc, apsw.Error):
+                raise store._translate(exc) from exc
+            raise
+        return _SQLiteTx(conn, store.clock())
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        conn = self._conn
+        try:
+            if kind is None:
+                try:
+                    conn.execute("COMMIT")
+                    return
+                except apsw.Error as error:
+                    if not conn.get_autocommit():
+                        conn.execute("ROLLBACK")
+                    raise self._store._translate(error) from error
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            if isinstance(exc, apsw.Error):
+                raise self._store._translate(exc) from exc
+        finally:
+            self._store._mutex.release()
 
 
 class SQLiteStore(BaseStore):
@@ -231,21 +286,27 @@ class SQLiteStore(BaseStore):
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except apsw.BusyError as exc:
-            raise StoreError(
+        except apsw.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: apsw.Error) -> Exception:
+        """An apsw error in words a user understands (others pass through unchanged)."""
+        if isinstance(exc, apsw.BusyError):
+            return StoreError(
                 f"{self.path} stayed locked by another process for more than "
                 f"{self.busy_timeout}s: {exc}"
-            ) from exc
-        except apsw.FullError as exc:
-            raise StoreError(f"the disk holding {self.path} is full: {exc}") from exc
-        except (apsw.NotADBError, apsw.CorruptError) as exc:
-            raise StoreError(f"{self.path} is not a usable SQLite database: {exc}") from exc
-        except apsw.CantOpenError as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        except apsw.ReadOnlyError as exc:
-            raise StoreError(f"{self.path} is read-only: {exc}") from exc
-        except apsw.IOError as exc:
-            raise StoreError(f"I/O error on {self.path}: {exc}") from exc
+            )
+        if isinstance(exc, apsw.FullError):
+            return StoreError(f"the disk holding {self.path} is full: {exc}")
+        if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
+            return StoreError(f"{self.path} is not a usable SQLite database: {exc}")
+        if isinstance(exc, apsw.CantOpenError):
+            return StoreError(f"cannot open {self.path}: {exc}")
+        if isinstance(exc, apsw.ReadOnlyError):
+            return StoreError(f"{self.path} is read-only: {exc}")
+        if isinstance(exc, apsw.IOError):
+            return StoreError(f"I/O error on {self.path}: {exc}")
+        return exc
 
     def close(self) -> None:
         """Close this process's connection (it reopens if the store is used again)."""
@@ -255,19 +316,8 @@ class SQLiteStore(BaseStore):
             self._conn = None
 
     # -- primitives ----------------------------------------------------------
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Tx]:
-        with self._mutex, self._errors():
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                tx = _SQLiteTx(conn, self.clock())
-                yield tx
-                conn.execute("COMMIT")
-            except BaseException:
-                if not conn.get_autocommit():
-                    conn.execute("ROLLBACK")
-                raise
+    def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        return _Transaction(self)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[apsw.Connection]:

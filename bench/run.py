@@ -1,0 +1,257 @@
+"""liteq against the raw SQLite floor (and huey), measured in one run on this machine.
+
+    python bench/run.py            # about two minutes
+    python bench/run.py --quick    # smaller counts, for a smoke test
+
+The floor is what any SQLite queue must do, written directly against apsw: a table with
+a claim index, one INSERT per enqueue; BEGIN IMMEDIATE, UPDATE … RETURNING, COMMIT, then
+DELETE per claim+complete; WAL and synchronous=NORMAL (FULL where said). Machines are
+noisy: read the ratios, which compare runs made minutes apart on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import apsw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import liteq  # noqa: E402 - after the path is set
+from bench.jobs import Noop  # noqa: E402
+
+PAYLOAD = json.dumps({"type": "bench.jobs.Noop", "state": {"n": 1}})
+FLOOR_SCHEMA = [
+    "CREATE TABLE jobs (id INTEGER PRIMARY KEY, queue TEXT, priority INT, status TEXT,"
+    " run_at REAL, payload TEXT)",
+    "CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id) WHERE status = 'queued'",
+]
+FLOOR_INSERT = "INSERT INTO jobs (queue, priority, status, run_at, payload) VALUES ('default', 0, 'queued', ?, ?)"
+FLOOR_CLAIM = (
+    "UPDATE jobs SET status = 'running' WHERE id = (SELECT id FROM jobs WHERE status = 'queued'"
+    " AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT 1) RETURNING id, payload"
+)
+
+
+def floor_db(path: Path, sync: int = 1) -> apsw.Connection:
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute(f"PRAGMA synchronous = {sync}").fetchall()
+    conn.setbusytimeout(10_000)
+    for sql in FLOOR_SCHEMA:
+        conn.execute(sql)
+    return conn
+
+
+def rate(n: int, fn: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - began)
+
+
+def floor_enqueue(conn: apsw.Connection, n: int) -> None:
+    for _ in range(n):
+        conn.execute(FLOOR_INSERT, (time.time(), PAYLOAD))
+
+
+def floor_enqueue_batched(conn: apsw.Connection, n: int, batch: int = 100) -> None:
+    for _ in range(n // batch):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(FLOOR_INSERT, [(time.time(), PAYLOAD)] * batch)
+        conn.execute("COMMIT")
+
+
+def floor_drain(conn: apsw.Connection, n: int) -> None:
+    for _ in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(FLOOR_CLAIM, (time.time(),)).fetchone()
+        conn.execute("COMMIT")
+        json.loads(row[1])
+        conn.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, what: str, floor: float | None, liteq_value: float, unit: str = "jobs/s") -> None:
+        ratio = f"{liteq_value / floor:.2f}" if floor else ""
+        floor_text = f"{floor:,.0f} {unit}" if floor else ""
+        self.rows.append((what, floor_text, f"{liteq_value:,.0f} {unit}", ratio))
+        print(
+            f"  {what:<44} floor {floor_text:>16}   liteq {liteq_value:>10,.0f} {unit}   ratio {ratio}",
+            flush=True,
+        )
+
+    def note(self, what: str, value: str) -> None:
+        self.rows.append((what, "", value, ""))
+        print(f"  {what:<44} {value}", flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| measure | raw SQLite floor | liteq | liteq / floor |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
+        return "\n".join(lines)
+
+
+def drain_in_processes(db: Path, processes: int) -> float:
+    store = liteq.SQLiteStore(db)
+    count = store.count()
+    began = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "liteq",
+            "work",
+            "--db",
+            str(db),
+            "--import",
+            "bench.jobs",
+            "--processes",
+            str(processes),
+            "--burst",
+            "--no-jitter",
+            "-q",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    return count / (time.perf_counter() - began)
+
+
+def claim_latency(db: Path, queued: int, samples: int = 300) -> float:
+    """Median seconds of one claim+complete with `queued` jobs waiting."""
+    store = liteq.SQLiteStore(db)
+    have = store.count()
+    while have < queued:
+        step = min(10_000, queued - have)
+        store.enqueue_many([Noop() for _ in range(step)])
+        have += step
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        mjob = store.claim("bench", lease=30)
+        assert mjob is not None
+        store.complete(mjob)
+        times.append(time.perf_counter() - began)
+    store.enqueue_many([Noop() for _ in range(samples)])  # keep the depth for the next size
+    return statistics.median(times)
+
+
+def huey_workload(tmp: Path, n: int) -> tuple[float, float] | None:
+    try:
+        from huey import SqliteHuey  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    huey = SqliteHuey(filename=str(tmp / "huey.sqlite"))
+
+    @huey.task()
+    def noop() -> None:
+        pass
+
+    enqueue = rate(n, lambda: [noop() for _ in range(n)])
+
+    def drain() -> None:
+        for _ in range(n):
+            huey.execute(huey.dequeue())
+
+    return enqueue, rate(n, drain)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    args = parser.parse_args()
+    n = 2_000 if args.quick else 20_000
+    depths = [1_000, 10_000] if args.quick else [1_000, 100_000, 1_000_000]
+    report = Report()
+    print(
+        f"liteq {liteq.__version__}, SQLite {apsw.sqlite_lib_version()}, apsw {apsw.apsw_version()}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {date.today()}"
+    )
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        floor = floor_db(tmp / "floor.sqlite")
+        store = liteq.SQLiteStore(tmp / "liteq.sqlite")
+
+        f = rate(n, lambda: floor_enqueue(floor, n))
+        report.add(
+            "enqueue, one per transaction",
+            f,
+            rate(n, lambda: [store.enqueue(Noop(1)) for _ in range(n)]),
+        )
+        f = rate(n, lambda: floor_drain(floor, n))
+        report.add(
+            "claim + complete, one worker",
+            f,
+            rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
+        )
+        f = rate(n * 5, lambda: floor_enqueue_batched(floor, n * 5))
+        report.add(
+            "enqueue_many, 100 per transaction",
+            f,
+            rate(
+                n * 5,
+                lambda: [store.enqueue_many([Noop(1) for _ in range(100)]) for _ in range(n // 20)],
+            ),
+        )
+        store.close()
+
+        full_floor = floor_db(tmp / "floor-full.sqlite", sync=2)
+        full = liteq.SQLiteStore(tmp / "liteq-full.sqlite", durability="full")
+        m = max(500, n // 10)
+        report.add(
+            "enqueue, durability=full",
+            rate(m, lambda: floor_enqueue(full_floor, m)),
+            rate(m, lambda: [full.enqueue(Noop(1)) for _ in range(m)]),
+        )
+
+        one, two = tmp / "one.sqlite", tmp / "two.sqlite"
+        for path in (one, two):
+            liteq.SQLiteStore(path).enqueue_many([Noop(1) for _ in range(n)])
+        r1, r2 = drain_in_processes(one, 1), drain_in_processes(two, 2)
+        report.add("liteq work, 1 process", None, r1)
+        report.add("liteq work, 2 processes", None, r2)
+        report.note("2 processes / 1 process", f"{r2 / r1:.2f}")
+
+        lat = {d: claim_latency(tmp / "depth.sqlite", d) for d in depths}
+        for depth, seconds in lat.items():
+            report.note(
+                f"claim+complete latency, {depth:,} queued", f"{seconds * 1e6:.0f} µs (median)"
+            )
+        report.note(
+            f"latency at {depths[-1]:,} / at {depths[0]:,}",
+            f"{lat[depths[-1]] / lat[depths[0]]:.2f}",
+        )
+        report.note(
+            "peak RSS of this process",
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
+        )
+
+        huey = huey_workload(tmp, n)
+        if huey is None:
+            report.note("huey", "not installed (pip install huey)")
+        else:
+            report.note("huey SqliteHuey enqueue", f"{huey[0]:,.0f} jobs/s")
+            report.note("huey SqliteHuey dequeue + execute", f"{huey[1]:,.0f} jobs/s")
+    print()
+    print(report.markdown())
+
+
+if __name__ == "__main__":
+    main()
