@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="restart a worker before a job once it uses more memory than this",
     )
+    work.add_argument(
+        "--prefetch",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="claim K jobs per transaction and acknowledge in batches (short jobs)",
+    )
     work.add_argument("--nice", type=int, metavar="N", help="add N to the workers' niceness")
     work.add_argument("--no-jitter", action="store_true", help="no random start-up/idle delays")
     work.add_argument(
@@ -205,6 +212,7 @@ def _work(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "graceful_shutdown_timeout": args.graceful_timeout,
         "jitter": not args.no_jitter,
         "nice": args.nice,
+        "prefetch": args.prefetch,
     }
     supervisor = Supervisor(
         url,

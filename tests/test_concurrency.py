@@ -34,6 +34,7 @@ schedules = st.fixed_dictionaries(
     {
         "producers": st.integers(1, 3),
         "workers": st.integers(1, 4),
+        "prefetch": st.sampled_from([1, 1, 4]),
         "jobs": st.lists(
             st.tuples(st.integers(0, 3), st.sampled_from([None, None, None, "c0", "c1", "c2"])),
             min_size=5,
@@ -86,6 +87,8 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
             "tests.jobs",
             "--processes",
             str(schedule["workers"]),
+            "--prefetch",
+            str(schedule["prefetch"]),
             "--no-jitter",
             "--wakeup-every",
             "0.2",

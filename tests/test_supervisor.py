@@ -109,13 +109,14 @@ def work(db: Path) -> Iterator[Callable[..., Work]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("prefetch", ["1", "8"])
 def test_sigkilled_workers_lose_no_job_and_never_overlap(
-    db: Path, work: Callable[..., Work]
+    db: Path, work: Callable[..., Work], prefetch: str
 ) -> None:
     trace = db.with_suffix(".trace")
     store = liteq.SQLiteStore(db)
     store.enqueue_many([Traced(str(trace), 0.01) for _ in range(300)])
-    w = work("--processes", "3")
+    w = work("--processes", "3", "--prefetch", prefetch)
     w.wait_for_workers(3)
     killed: dict[int, float] = {}
     rng = random.Random(1234)

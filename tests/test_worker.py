@@ -273,3 +273,40 @@ def test_worker_option_errors(store: liteq.stores.BaseStore) -> None:
     for bad in ({"wakeup_every": 0}, {"exit_after_n_jobs": 0}, {"lease": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             liteq.Worker(store, **bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefetch", [2, 7, 50])
+def test_prefetch_runs_every_job_once_in_priority_order(
+    store: liteq.stores.BaseStore, prefetch: int
+) -> None:
+    Record.ran.clear()
+    seen: list[str] = []
+    store.on_status_change = lambda m, old, msg: seen.append(f"{m.id}:{m.status.value}")
+    for i in range(30):
+        store.enqueue(Record(i), priority=i % 3)
+    worker = burst(store, prefetch=prefetch)
+    assert worker.jobs_processed == 30 and store.count() == 0
+    assert sorted(Record.ran) == list(range(30))
+    assert [t % 3 for t in Record.ran] == sorted((t % 3 for t in Record.ran), reverse=True)
+    assert sum(s.endswith(":completed") for s in seen) == 30
+
+
+def test_prefetched_jobs_not_started_are_handed_back_untouched(
+    store: liteq.stores.BaseStore,
+) -> None:
+    store.enqueue_many([Noop(i) for i in range(10)], max_attempts=2)
+    worker = liteq.Worker(store, jitter=False, prefetch=8, exit_after_n_jobs=3)
+    assert worker.start() == 0
+    assert worker.jobs_processed == 3 and store.count() == 7
+    assert all((m.status, m.attempts, m.owner) == (Status.QUEUED, 0, None) for m in store.jobs())
+    stopper = liteq.Worker(store, jitter=False, prefetch=8)
+
+    class StopsWorker(liteq.Job):
+        def run(self, job: liteq.ManagedJob) -> None:
+            stopper.stop()
+
+    store.enqueue(StopsWorker(), priority=10)
+    assert stopper.start() == 0
+    assert stopper.jobs_processed == 1
+    assert store.count(status=Status.QUEUED) == 7
+    assert all(m.attempts == 0 and m.max_attempts == 2 for m in store.jobs())

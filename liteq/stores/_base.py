@@ -85,9 +85,15 @@ class BaseStore(abc.ABC):
 
     @abc.abstractmethod
     def _claim(
-        self, queues: Sequence[str] | None, now: float, owner: str, lease_until: float
-    ) -> Record | None:
-        """Atomically move the best due QUEUED, unlocked row to RUNNING for `owner`."""
+        self,
+        queues: Sequence[str] | None,
+        now: float,
+        owner: str,
+        lease_until: float,
+        limit: int = 1,
+    ) -> list[Record]:
+        """Atomically move the best `limit` due QUEUED, unlocked rows to RUNNING for `owner`;
+        return them best first."""
 
     @abc.abstractmethod
     def _read_active(self) -> list[Record]:
@@ -471,29 +477,68 @@ class BaseStore(abc.ABC):
         Best: highest priority, then earliest run_at, then lowest id. The claim holds a
         lease of `lease` seconds; renew it with `renew_lease` while the job runs.
         """
+        claimed = self.claim_many(owner, queues, lease, 1)
+        return claimed[0] if claimed else None
+
+    def claim_many(
+        self,
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> list[ManagedJob]:
+        """Claim up to `limit` jobs in one transaction, best first (a worker's prefetch).
+
+        Each is RUNNING, owned by `owner` and leased, exactly as if claimed alone: run
+        them in order, acknowledge each, and renew their leases while holding them.
+        """
         now = self.clock()
-        record = self._claim(queues, now, owner, now + lease)
-        if record is None:
+        records = self._claim(queues, now, owner, now + lease, limit)
+        if not records:
             # Note the queue's version for wait_for_jobs, then look once more: a commit
             # between the claim and this read is then either seen or marks a change.
             self._seen = self._marker()
-            record = self._claim(queues, now, owner, now + lease)
-        if record is None:
-            return None
+            records = self._claim(queues, now, owner, now + lease, limit)
+        if not records:
+            return []
         self._busy_until = time.monotonic() + self._busy_window
-        mjob = self._managed(record)
-        mjob._claimed = True
-        self._fire([(record, Status.QUEUED, "started", mjob.job)])
-        return mjob
+        mjobs = [self._managed(record) for record in records]
+        for mjob in mjobs:
+            mjob._claimed = True
+        self._fire([(m._record, Status.QUEUED, "started", m.job) for m in mjobs])
+        return mjobs
 
     def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool:
         """Extend a claimed job's lease; False if this worker no longer owns it."""
+        return self.renew_leases([job], lease) == [job]
+
+    def renew_leases(self, jobs: Sequence[ManagedJob], lease: float = 30.0) -> list[ManagedJob]:
+        """Extend the leases of claimed jobs in one transaction; return those still owned."""
+        owned = []
         with self._write() as tx:
-            rec = tx.get(job.id)
-            if rec is None or not self._owns(rec, job):
-                return False
-            tx.update(evolve(rec, lease_until=tx.now + lease))
-        return True
+            for job in jobs:
+                rec = tx.get(job.id)
+                if rec is not None and self._owns(rec, job):
+                    tx.update(evolve(rec, lease_until=tx.now + lease))
+                    owned.append(job)
+        return owned
+
+    def release(self, mjobs: Sequence[ManagedJob]) -> None:
+        """Hand back claimed jobs that never started: QUEUED again, the attempt not counted."""
+        with self._write() as tx:
+            for mjob in mjobs:
+                claimed = mjob._record
+                back = evolve(
+                    claimed,
+                    status=Status.QUEUED,
+                    attempts=claimed.attempts - 1,
+                    started_at=None,
+                    owner=None,
+                    lease_until=None,
+                )
+                if tx.fenced_write(claimed, back):
+                    tx.events.append((back, Status.RUNNING, "released unstarted", mjob.job))
+                    mjob._record = back
 
     def _owned(self, tx: Tx, mjob: ManagedJob) -> Record:
         rec = tx.get(mjob.id)
@@ -508,25 +553,45 @@ class BaseStore(abc.ABC):
 
     def complete(self, mjob: ManagedJob) -> None:
         """Mark a claimed job COMPLETED (deleted if delete_on_complete); LeaseLost if not ours."""
-        if not mjob._claimed:
-            raise InvalidState(f"job {mjob.id} was not claimed by this worker")
-        claimed = mjob._record
+        lost = self.complete_many([mjob])
+        if lost:
+            raise lost[0]
+
+    def complete_many(self, mjobs: Sequence[ManagedJob]) -> list[LeaseLost]:
+        """Complete claimed jobs in one transaction (a worker's batched acknowledgement).
+
+        Each is fenced on its own run; a job this worker no longer owns is left as it is
+        and reported in the returned list of LeaseLost errors.
+        """
+        lost: list[LeaseLost] = []
+        done: list[tuple[ManagedJob, Record]] = []
         with self._write() as tx:
-            check_transition(claimed.id, claimed.status, Status.COMPLETED)
-            updated = evolve(
-                claimed,
-                status=Status.COMPLETED,
-                finished_at=tx.now,
-                owner=None,
-                lease_until=None,
-                error=None,
-                traceback=None,
-            )
-            # One fenced statement: it applies only while this run still owns the job.
-            if not tx.fenced_write(claimed, None if claimed.delete_on_complete else updated):
-                self._owned(tx, mjob)  # raises LeaseLost with the reason
-            tx.events.append((updated, claimed.status, "completed", mjob.job))
-        mjob._record = updated
+            for mjob in mjobs:
+                if not mjob._claimed:
+                    raise InvalidState(f"job {mjob.id} was not claimed by this worker")
+                claimed = mjob._record
+                check_transition(claimed.id, claimed.status, Status.COMPLETED)
+                updated = evolve(
+                    claimed,
+                    status=Status.COMPLETED,
+                    finished_at=tx.now,
+                    owner=None,
+                    lease_until=None,
+                    error=None,
+                    traceback=None,
+                )
+                # One fenced statement: it applies only while this run still owns the job.
+                if tx.fenced_write(claimed, None if claimed.delete_on_complete else updated):
+                    tx.events.append((updated, claimed.status, "completed", mjob.job))
+                    done.append((mjob, updated))
+                else:
+                    try:
+                        self._owned(tx, mjob)
+                    except LeaseLost as exc:
+                        lost.append(exc)
+        for mjob, updated in done:
+            mjob._record = updated
+        return lost
 
     def wait_async(self, mjob: ManagedJob) -> None:
         """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""

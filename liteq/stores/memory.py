@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from liteq.errors import LiteqError
-from liteq.managed import COALESCE_HOLDING, Record, Status
+from liteq.managed import COALESCE_HOLDING, Record, Status, evolve
 from liteq.stores._base import BaseStore
 from liteq.stores._contract import StatusHook, Tx
 
@@ -142,27 +142,36 @@ class MemoryStore(BaseStore):
                 yield record
 
     def _claim(
-        self, queues: Sequence[str] | None, now: float, owner: str, lease_until: float
-    ) -> Record | None:
+        self,
+        queues: Sequence[str] | None,
+        now: float,
+        owner: str,
+        lease_until: float,
+        limit: int = 1,
+    ) -> list[Record]:
         with self._transaction() as tx:
-            candidates = [
-                r
-                for r in self._due(queues)
-                if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
+            candidates = sorted(
+                (
+                    r
+                    for r in self._due(queues)
+                    if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
+                ),
+                key=lambda r: (-r.priority, r.run_at, r.id),
+            )[:limit]
+            claimed = [
+                evolve(
+                    r,
+                    status=Status.RUNNING,
+                    attempts=r.attempts + 1,
+                    started_at=now,
+                    finished_at=None,
+                    owner=owner,
+                    lease_until=lease_until,
+                )
+                for r in candidates
             ]
-            if not candidates:
-                return None
-            best = min(candidates, key=lambda r: (-r.priority, r.run_at, r.id))
-            claimed = dataclasses.replace(
-                best,
-                status=Status.RUNNING,
-                attempts=best.attempts + 1,
-                started_at=now,
-                finished_at=None,
-                owner=owner,
-                lease_until=lease_until,
-            )
-            tx.update(claimed)
+            for record in claimed:
+                tx.update(record)
             return claimed
 
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:

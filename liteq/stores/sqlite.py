@@ -372,18 +372,27 @@ class SQLiteStore(BaseStore):
         return "" if queues is None else f" AND queue IN ({', '.join('?' * len(queues))})"
 
     def _claim(
-        self, queues: Sequence[str] | None, now: float, owner: str, lease_until: float
-    ) -> Record | None:
+        self,
+        queues: Sequence[str] | None,
+        now: float,
+        owner: str,
+        lease_until: float,
+        limit: int = 1,
+    ) -> list[Record]:
+        pick = "= (" if limit == 1 else "IN ("
         sql = (
             f"UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, "
             f"started_at = ?1, finished_at = NULL, owner = ?2, lease_until = ?3 "
-            f"WHERE id = (SELECT id FROM liteq_jobs WHERE status = 'queued' AND run_at <= ?1"
+            f"WHERE id {pick}SELECT id FROM liteq_jobs WHERE status = 'queued' AND run_at <= ?1"
             f" AND (lock_token IS NULL OR lock_until < ?1){self._in_queues(queues)}"
-            f" ORDER BY priority DESC, run_at, id LIMIT 1) RETURNING {_COLS}"
+            f" ORDER BY priority DESC, run_at, id LIMIT {int(limit)}) RETURNING {_COLS}"
         )
         with self._transaction():
-            row = self._db().execute(sql, (now, owner, lease_until, *(queues or ()))).fetchone()
-        return None if row is None else _record(row)
+            rows = self._db().execute(sql, (now, owner, lease_until, *(queues or ()))).fetchall()
+        records = [_record(r) for r in rows]
+        if len(records) > 1:  # RETURNING gives no order
+            records.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+        return records
 
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
         with self._reading() as conn:
