@@ -83,6 +83,24 @@ def floor_drain(conn: apsw.Connection, n: int) -> None:
         conn.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
 
 
+FLOOR_CLAIM_MANY = (
+    "UPDATE jobs SET status = 'running' WHERE id IN (SELECT id FROM jobs WHERE status = 'queued'"
+    " AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT 100) RETURNING id, payload"
+)
+
+
+def floor_drain_batched(conn: apsw.Connection, n: int) -> None:
+    for _ in range(n // 100):
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute(FLOOR_CLAIM_MANY, (time.time(),)).fetchall()
+        conn.execute("COMMIT")
+        for row in rows:
+            json.loads(row[1])
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("DELETE FROM jobs WHERE id = ?", [(row[0],) for row in rows])
+        conn.execute("COMMIT")
+
+
 class Report:
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, str]] = []
@@ -106,7 +124,7 @@ class Report:
         return "\n".join(lines)
 
 
-def drain_in_processes(db: Path, processes: int) -> float:
+def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> float:
     store = liteq.SQLiteStore(db)
     count = store.count()
     began = time.perf_counter()
@@ -122,6 +140,8 @@ def drain_in_processes(db: Path, processes: int) -> float:
             "bench.jobs",
             "--processes",
             str(processes),
+            "--prefetch",
+            str(prefetch),
             "--burst",
             "--no-jitter",
             "-q",
@@ -201,6 +221,16 @@ def main() -> None:
             f,
             rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
         )
+        floor_enqueue_batched(floor, n * 5)
+        f = rate(n * 5, lambda: floor_drain_batched(floor, n * 5))
+        store.enqueue_many([Noop(1) for _ in range(n * 5)])
+        report.add(
+            "claim + complete, 100 per transaction (prefetch=100)",
+            f,
+            rate(
+                n * 5, liteq.Worker(store, exit_if_no_jobs=True, jitter=False, prefetch=100).start
+            ),
+        )
         f = rate(n * 5, lambda: floor_enqueue_batched(floor, n * 5))
         report.add(
             "enqueue_many, 100 per transaction",
@@ -221,13 +251,18 @@ def main() -> None:
             rate(m, lambda: [full.enqueue(Noop(1)) for _ in range(m)]),
         )
 
-        one, two = tmp / "one.sqlite", tmp / "two.sqlite"
-        for path in (one, two):
-            liteq.SQLiteStore(path).enqueue_many([Noop(1) for _ in range(n)])
-        r1, r2 = drain_in_processes(one, 1), drain_in_processes(two, 2)
-        report.add("liteq work, 1 process", None, r1)
-        report.add("liteq work, 2 processes", None, r2)
-        report.note("2 processes / 1 process", f"{r2 / r1:.2f}")
+        for prefetch in (1, 100):
+            rates = []
+            for processes in (1, 2):
+                path = tmp / f"work-{prefetch}-{processes}.sqlite"
+                liteq.SQLiteStore(path).enqueue_many([Noop(1) for _ in range(n)])
+                rates.append(drain_in_processes(path, processes, prefetch))
+                report.add(
+                    f"liteq work --processes {processes} --prefetch {prefetch}", None, rates[-1]
+                )
+            report.note(
+                f"2 processes / 1 process, prefetch {prefetch}", f"{rates[1] / rates[0]:.2f}"
+            )
 
         lat = {d: claim_latency(tmp / "depth.sqlite", d) for d in depths}
         for depth, seconds in lat.items():

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from liteq.stores._base import BaseStore
 
 _REGISTRY: dict[str, type[Job]] = {}
+#: One encoder: json.dumps with options would build a new one on every call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def type_name(cls: type) -> str:
@@ -142,7 +144,7 @@ def encode(job: Job) -> tuple[str, str]:
         blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
         return name, json.dumps({"type": name, "pickle": blob})
     try:
-        text = json.dumps({"type": name, "state": state}, allow_nan=False, separators=(",", ":"))
+        text = _ENCODER.encode({"type": name, "state": state})
     except (TypeError, ValueError) as exc:
         raise TypeError(_unencodable(name, state, exc)) from None
     return name, text

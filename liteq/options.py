@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from liteq.job import Job, encode
 from liteq.managed import Record, Status
@@ -52,19 +53,28 @@ def _seconds(value: object, name: str, *, positive: bool) -> float:
     return float(value)
 
 
-def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:
-    """Validate the options and encode the job: the row to insert (TypeError/ValueError if bad)."""
-    job_type, payload = encode(job)
+class _Resolved(NamedTuple):
+    queue: str
+    priority: int
+    max_attempts: int
+    run_at: float
+    coalesce_given: bool
+    coalesce_id: object
+    max_runtime: float | None
+    delete_on_complete: bool
+
+
+def _check_names(options: dict[str, Any] | EnqueueOptions) -> None:
     unknown = set(options) - _OPTION_NAMES
-    defaults = job.enqueue_options()
-    unknown |= set(defaults) - _OPTION_NAMES
     if unknown:
         raise TypeError(
             f"unknown enqueue option(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(_OPTION_NAMES))}"
         )
-    opts: dict[str, Any] = {**defaults, **options}
 
+
+def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Resolved:
+    """Validate merged options (explicit ones win over the job's); raise TypeError/ValueError."""
     queue = opts.get("queue") or DEFAULT_QUEUE
     if not isinstance(queue, str):
         raise TypeError(f"queue must be a string, not {queue!r}")
@@ -75,43 +85,82 @@ def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"max_attempts must be an int of at least 1, not {max_attempts!r}")
     run_at, delay = opts.get("run_at"), opts.get("delay")
-    if "run_at" in options and "delay" in options and run_at is not None and delay is not None:
+    explicit_run_at = explicit.get("run_at") is not None
+    if explicit_run_at and explicit.get("delay") is not None:
         raise ValueError("give run_at or delay, not both")
-    if delay is not None and not ("run_at" in options and run_at is not None):
+    if delay is not None and not explicit_run_at:
         due = now + _seconds(delay, "delay", positive=False)
     elif run_at is not None:
         due = _epoch(run_at, "run_at")
     else:
         due = now
-    coalesce_id = opts["coalesce_id"] if "coalesce_id" in opts else job.coalesce_id()
-    if coalesce_id is not None and not isinstance(coalesce_id, str):
-        raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
     max_runtime = opts.get("max_runtime")
     if max_runtime is not None:
         max_runtime = _seconds(max_runtime, "max_runtime", positive=True)
     delete_on_complete = opts.get("delete_on_complete", True)
     if not isinstance(delete_on_complete, bool):
         raise TypeError(f"delete_on_complete must be a bool, not {delete_on_complete!r}")
-    return Record(
-        id=0,
-        job_type=job_type,
-        payload=payload,
-        queue=queue,
-        priority=priority,
-        status=Status.QUEUED,
-        attempts=0,
-        max_attempts=max_attempts,
-        run_at=due,
-        created_at=now,
-        started_at=None,
-        finished_at=None,
-        coalesce_id=coalesce_id,
-        max_runtime=max_runtime,
-        delete_on_complete=delete_on_complete,
-        error=None,
-        traceback=None,
-        owner=None,
-        lease_until=None,
-        lock_token=None,
-        lock_until=None,
+    return _Resolved(
+        queue,
+        priority,
+        max_attempts,
+        due,
+        "coalesce_id" in opts,
+        opts.get("coalesce_id"),
+        max_runtime,
+        delete_on_complete,
     )
+
+
+def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> list[Record]:
+    """Validate the options and encode each job: the rows to insert.
+
+    Raises TypeError (unencodable state, bad option type) or ValueError (bad option value)
+    before anything is written. Options the call gives are checked once, not per job.
+    """
+    _check_names(options)
+    shared: _Resolved | None = None
+    records = []
+    for job in jobs:
+        job_type, payload = encode(job)
+        cls = type(job)
+        if cls.enqueue_options is Job.enqueue_options:
+            if shared is None:
+                shared = _resolve(dict(options), options, now)
+            r = shared
+        else:
+            defaults = job.enqueue_options()
+            _check_names(defaults)
+            r = _resolve({**defaults, **options}, options, now)
+        if r.coalesce_given:
+            coalesce_id = r.coalesce_id
+        else:
+            coalesce_id = None if cls.coalesce_id is Job.coalesce_id else job.coalesce_id()
+        if coalesce_id is not None and not isinstance(coalesce_id, str):
+            raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
+        records.append(
+            Record(
+                0,
+                job_type,
+                payload,
+                r.queue,
+                r.priority,
+                Status.QUEUED,
+                0,
+                r.max_attempts,
+                r.run_at,
+                now,
+                None,
+                None,
+                coalesce_id,
+                r.max_runtime,
+                r.delete_on_complete,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+        )
+    return records

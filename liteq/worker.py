@@ -152,6 +152,7 @@ class Worker:
         self._held: list[ManagedJob] = []  # claimed, not yet started
         self._acks: list[ManagedJob] = []  # completed, not yet acknowledged
         self._acks_since = 0.0
+        self._signals_installed = False
         #: Jobs this worker has run (any outcome).
         self.jobs_processed = 0
         self._stop = threading.Event()
@@ -191,6 +192,7 @@ class Worker:
         code = CodeWatch() if self.check_code else None
         began = time.monotonic()
         previous = self._install_signal_handlers()
+        self._signals_installed = bool(previous)
         heartbeat = threading.Thread(target=self._heartbeat, name="liteq-heartbeat", daemon=True)
         heartbeat.start()
         try:
@@ -470,7 +472,7 @@ class Worker:
     def _start_runtime_alarm(self, mjob: ManagedJob) -> None:
         self._graceful_deadline = None
         self._runtime_deadline = None
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
+        if self._signals_installed:
             if mjob.max_runtime is not None:
                 self._runtime_deadline = time.monotonic() + mjob.max_runtime
             if self._stop_requested and self._exit_status == EXIT_SIGNAL:

@@ -36,7 +36,7 @@ from liteq.managed import (
     check_transition,
     evolve,
 )
-from liteq.options import EnqueueOptions, build_record
+from liteq.options import EnqueueOptions, build_records
 from liteq.process import kill, owner_process_state
 from liteq.stores._contract import Event, StatusHook, Tx
 
@@ -120,8 +120,10 @@ class BaseStore(abc.ABC):
 
     def _bump(self) -> None:
         self._local_version += 1
-        with contextlib.suppress(RuntimeError):  # already rung
+        try:  # noqa: SIM105 - hot path: suppress() would build a context object per commit
             self._bell.release()
+        except RuntimeError:  # already rung
+            pass
 
     def wake(self) -> None:
         """Make every wait_for_jobs in this process return now (Worker.stop uses it)."""
@@ -252,15 +254,14 @@ class BaseStore(abc.ABC):
     ) -> list[ManagedJob]:
         """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
         now = self.clock()
-        pending = [(job, build_record(job, options, now)) for job in jobs]
+        jobs = list(jobs)
+        pending = list(zip(jobs, build_records(jobs, options, now), strict=True))
         results: list[ManagedJob] = []
         with self._write() as tx:
-            for job, record in pending:
-                new_id = tx.insert(record)
-                holder = None
-                if new_id is None and record.coalesce_id is not None:
-                    holder = tx.coalesce_holder(record.coalesce_id)
+            new_ids = tx.insert_many([record for _, record in pending])
+            for (job, record), new_id in zip(pending, new_ids, strict=True):
                 if new_id is None:
+                    holder = tx.coalesce_holder(record.coalesce_id) if record.coalesce_id else None
                     if holder is None:
                         raise LiteqError(
                             f"job {record.job_type} was not inserted and no job holds its coalesce id"
@@ -566,6 +567,7 @@ class BaseStore(abc.ABC):
         lost: list[LeaseLost] = []
         done: list[tuple[ManagedJob, Record]] = []
         with self._write() as tx:
+            changes = []
             for mjob in mjobs:
                 if not mjob._claimed:
                     raise InvalidState(f"job {mjob.id} was not claimed by this worker")
@@ -580,15 +582,19 @@ class BaseStore(abc.ABC):
                     error=None,
                     traceback=None,
                 )
-                # One fenced statement: it applies only while this run still owns the job.
-                if tx.fenced_write(claimed, None if claimed.delete_on_complete else updated):
-                    tx.events.append((updated, claimed.status, "completed", mjob.job))
-                    done.append((mjob, updated))
-                else:
-                    try:
-                        self._owned(tx, mjob)
-                    except LeaseLost as exc:
-                        lost.append(exc)
+                changes.append((claimed, None if claimed.delete_on_complete else updated))
+                done.append((mjob, updated))
+            # Fenced: each applies only while this run still owns its job.
+            applied = tx.fenced_write_many(changes)
+            for (mjob, updated), ok in zip(done, applied, strict=True):
+                if ok:
+                    tx.events.append((updated, Status.RUNNING, "completed", mjob.job))
+                    continue
+                try:
+                    self._owned(tx, mjob)
+                except LeaseLost as exc:
+                    lost.append(exc)
+            done = [pair for pair, ok in zip(done, applied, strict=True) if ok]
         for mjob, updated in done:
             mjob._record = updated
         return lost

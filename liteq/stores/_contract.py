@@ -87,6 +87,10 @@ class Tx(abc.ABC):
     def insert(self, record: Record) -> int | None:
         """Insert (ignoring record.id); return the new id, or None if the coalesce id is held."""
 
+    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
+        """insert() for each record, in order; stores may batch the statements."""
+        return [self.insert(record) for record in records]
+
     @abc.abstractmethod
     def update(self, record: Record) -> None:
         """Write every field of the row with record.id."""
@@ -94,6 +98,10 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def delete(self, job_id: int) -> None:
         """Delete the row if it exists."""
+
+    def fenced_write_many(self, changes: Sequence[tuple[Record, Record | None]]) -> list[bool]:
+        """fenced_write for many (claimed, updated) pairs; stores may batch the statements."""
+        return [self.fenced_write(claimed, updated) for claimed, updated in changes]
 
     def fenced_write(self, claimed: Record, updated: Record | None) -> bool:
         """Replace (or, with None, delete) the row only while it is still `claimed`'s run:

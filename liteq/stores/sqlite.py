@@ -31,6 +31,7 @@ _INSERT = (
     f"INSERT INTO liteq_jobs ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
+_INSERT_PLAIN = f"INSERT INTO liteq_jobs ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _UPDATE = (
     "UPDATE liteq_jobs SET " + ", ".join(f"{c} = ?" for c in COLUMNS if c != "id") + " WHERE id = ?"
 )
@@ -97,12 +98,42 @@ class _SQLiteTx(Tx):
         row = self._conn.execute(_INSERT, values).fetchone()
         return None if row is None else int(row[0])
 
+    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
+        if len(records) < 2 or any(r.coalesce_id is not None for r in records):
+            return super().insert_many(records)
+        # No coalesce id, so no conflict: one executemany. Inside this BEGIN IMMEDIATE no
+        # other writer can interleave, so AUTOINCREMENT hands out consecutive ids.
+        self._conn.executemany(_INSERT_PLAIN, [(None, *_values(r)[1:]) for r in records])
+        last = self._conn.last_insert_rowid()
+        return list(range(last - len(records) + 1, last + 1))
+
     def update(self, record: Record) -> None:
         values = _values(record)
         self._conn.execute(_UPDATE, (*values[1:], values[0]))
 
     def delete(self, job_id: int) -> None:
         self._conn.execute("DELETE FROM liteq_jobs WHERE id = ?", (job_id,))
+
+    def fenced_write_many(self, changes: Sequence[tuple[Record, Record | None]]) -> list[bool]:
+        # Deletes of one owner's runs go in one statement, fenced on (id, attempts).
+        deletes = [c for c, u in changes if u is None and c.owner is not None]
+        owners = {c.owner for c in deletes}
+        if len(deletes) < 2 or len(owners) != 1 or len(deletes) > 10_000:
+            return super().fenced_write_many(changes)
+        rows = ", ".join("(?, ?)" for _ in deletes)
+        params = [v for c in deletes for v in (c.id, c.attempts)]
+        gone = {
+            row[0]
+            for row in self._conn.execute(
+                f"DELETE FROM liteq_jobs WHERE (id, attempts) IN (VALUES {rows})"
+                " AND owner = ? AND status = 'running' RETURNING id",
+                (*params, deletes[0].owner),
+            )
+        }
+        return [
+            (claimed.id in gone) if updated is None else self.fenced_write(claimed, updated)
+            for claimed, updated in changes
+        ]
 
     def fenced_write(self, claimed: Record, updated: Record | None) -> bool:
         fence = (claimed.id, claimed.owner, claimed.attempts)

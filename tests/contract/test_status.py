@@ -243,3 +243,28 @@ def test_delete_any_job(store: liteq.stores.BaseStore) -> None:
     running.delete()
     with pytest.raises(liteq.LeaseLost, match="deleted while it ran"):
         store.complete(running)
+
+
+def test_a_batch_acknowledgement_is_fenced_per_job(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
+    store.enqueue_many([Noop(i) for i in range(4)], max_attempts=3)
+    mine = store.claim_many(OWNER, lease=10, limit=4)
+    assert [m.job.n for m in mine] == [0, 1, 2, 3]  # type: ignore[union-attr]
+    clock.advance(11)
+    store.renew_leases(mine[:2] + mine[3:], lease=10)  # job 2's lease lapses
+    (rescued,) = store.detect_hung_jobs()
+    assert rescued.id == mine[2].id
+    again = store.claim("another-worker")
+    assert again is not None and again.id == mine[2].id
+    lost = store.complete_many(mine)
+    assert [str(e) for e in lost] == [
+        str(
+            liteq.LeaseLost(
+                f"job {mine[2].id} is no longer this worker's: it was re-queued (status running, attempt 2)"
+            )
+        )
+    ]
+    assert [m.id for m in store.jobs()] == [mine[2].id]  # only the re-run job is left
+    store.complete(again)
+    assert store.count() == 0
