@@ -395,7 +395,6 @@ class Worker:
     # -- one job -------------------------------------------------------------
     def _run(self, mjob: ManagedJob) -> None:
         job = mjob.job
-        name = job.description() if job is not None else mjob.job_type
         if job is None:
             log.error("job %d cannot run: %s", mjob.id, mjob.decode_error)
             self._ack(
@@ -405,8 +404,11 @@ class Worker:
             return
         with self._current_lock:
             self._current = mjob
-        log.debug("job %d (%s) started, attempt %d", mjob.id, name, mjob.attempts)
-        self._start_runtime_alarm(mjob)
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("job %d (%s) started, attempt %d", mjob.id, _name(mjob), mjob.attempts)
+        if self._signals_installed:
+            self._start_runtime_alarm(mjob)
         try:
             try:
                 self._in_job = True
@@ -424,7 +426,7 @@ class Worker:
             # The job's code has unwound: only now may it be handed back.
             reason = f"interrupted: {exc}"
             self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
-            log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, name, reason)
+            log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, _name(mjob), reason)
             if exc.stop_worker:
                 self._stop_requested = True
         except (Exception, SystemExit) as exc:
@@ -434,7 +436,7 @@ class Worker:
             log.error(
                 "job %d (%s) failed on attempt %d/%d: %s -> %s\n%s",
                 mjob.id,
-                name,
+                _name(mjob),
                 mjob.attempts,
                 mjob.max_attempts,
                 message,
@@ -461,8 +463,9 @@ class Worker:
             else:
                 message = f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
                 self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
-                log.error("job %d (%s): %s", mjob.id, name, message)
-            log.debug("job %d (%s) -> %s", mjob.id, name, mjob.status.value)
+                log.error("job %d (%s): %s", mjob.id, _name(mjob), message)
+            if debug:
+                log.debug("job %d (%s) -> %s", mjob.id, _name(mjob), mjob.status.value)
         finally:
             with self._current_lock:
                 self._current = None
@@ -493,3 +496,13 @@ class Worker:
             log.warning("job %d: %s; its result is dropped", mjob.id, exc)
             return None
         return mjob.status
+
+
+def _name(mjob: ManagedJob) -> str:
+    """The job's description for a log line (computed only when a line is written)."""
+    if mjob.job is None:
+        return mjob.job_type
+    try:
+        return mjob.job.description()
+    except Exception as exc:  # a broken description() must not break the worker
+        return f"{mjob.job_type} (description() raised {type(exc).__name__})"

@@ -67,9 +67,12 @@ def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
     return row[0]
 
 
+_STATUS = {s.value: s for s in Status}
+
+
 def _record(row: Sequence[Any]) -> Record:
     record = Record(*row)
-    record.status = Status(record.status)
+    record.status = _STATUS[record.status]
     record.delete_on_complete = bool(record.delete_on_complete)
     return record
 
