@@ -20,6 +20,16 @@ class Stamp(liteq.Job):
             f.write(f"{delay:.6f}\n")
 
 
+class Sleep(liteq.Job):
+    """Waits a millisecond, as a job that calls a service or touches a disk would."""
+
+    def __init__(self, seconds: float = 0.001) -> None:
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        time.sleep(self.seconds)
+
+
 class Noop(liteq.Job):
     """Does nothing: the queue's own cost, with a small state like a real job's."""
 

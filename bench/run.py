@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import liteq  # noqa: E402 - after the path is set
-from bench.jobs import Noop  # noqa: E402
+from bench.jobs import Noop, Sleep  # noqa: E402
 
 PAYLOAD = json.dumps({"type": "bench.jobs.Noop", "state": {"n": 1}})
 FLOOR_SCHEMA = [
@@ -213,13 +213,13 @@ def main() -> None:
         report.add(
             "enqueue, one per transaction",
             f,
-            rate(n, lambda: [store.enqueue(Noop(1)) for _ in range(n)]),
+            enqueue_rate := rate(n, lambda: [store.enqueue(Noop(1)) for _ in range(n)]),
         )
         f = rate(n, lambda: floor_drain(floor, n))
         report.add(
             "claim + complete, one worker",
             f,
-            rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
+            drain_rate := rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
         )
         floor_enqueue_batched(floor, n * 5)
         f = rate(n * 5, lambda: floor_drain_batched(floor, n * 5))
@@ -251,18 +251,22 @@ def main() -> None:
             rate(m, lambda: [full.enqueue(Noop(1)) for _ in range(m)]),
         )
 
-        for prefetch in (1, 100):
-            rates = []
-            for processes in (1, 2):
-                path = tmp / f"work-{prefetch}-{processes}.sqlite"
-                liteq.SQLiteStore(path).enqueue_many([Noop(1) for _ in range(n)])
-                rates.append(drain_in_processes(path, processes, prefetch))
-                report.add(
-                    f"liteq work --processes {processes} --prefetch {prefetch}", None, rates[-1]
+        for label, make, count in (("noop", Noop, n), ("1 ms", Sleep, max(500, n // 10))):
+            for prefetch in (1, 100):
+                rates = []
+                for processes in (1, 2):
+                    path = tmp / f"work-{label}-{prefetch}-{processes}.sqlite"
+                    liteq.SQLiteStore(path).enqueue_many([make() for _ in range(count)])
+                    rates.append(drain_in_processes(path, processes, prefetch))
+                    report.add(
+                        f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}",
+                        None,
+                        rates[-1],
+                    )
+                report.note(
+                    f"{label} jobs, prefetch {prefetch}: 2 processes / 1",
+                    f"{rates[1] / rates[0]:.2f}",
                 )
-            report.note(
-                f"2 processes / 1 process, prefetch {prefetch}", f"{rates[1] / rates[0]:.2f}"
-            )
 
         lat = {d: claim_latency(tmp / "depth.sqlite", d) for d in depths}
         for depth, seconds in lat.items():
@@ -284,6 +288,10 @@ def main() -> None:
         else:
             report.note("huey SqliteHuey enqueue", f"{huey[0]:,.0f} jobs/s")
             report.note("huey SqliteHuey dequeue + execute", f"{huey[1]:,.0f} jobs/s")
+            report.note("liteq / huey, enqueue one at a time", f"{enqueue_rate / huey[0]:.2f}")
+            report.note(
+                "liteq / huey, claim + complete one at a time", f"{drain_rate / huey[1]:.2f}"
+            )
     print()
     print(report.markdown())
 
