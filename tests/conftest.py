@@ -46,6 +46,16 @@ class Clock:
 
 StoreFactory = Callable[..., liteq.stores.BaseStore]
 
+
+def open_store(kind: str, directory: Path, **kwargs: object) -> liteq.stores.BaseStore:
+    """A new store of this kind: the one place a new store joins every contract test."""
+    if kind == "memory":
+        return liteq.MemoryStore(**kwargs)  # type: ignore[arg-type]
+    if kind == "sqlite":
+        return liteq.SQLiteStore(directory / "jobs.sqlite", **kwargs)  # type: ignore[arg-type]
+    raise ValueError(f"unknown store kind {kind!r}")
+
+
 STORES = ["memory", "sqlite"]
 
 
@@ -60,10 +70,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     made: list[liteq.stores.BaseStore] = []
 
     def factory(**kwargs: object) -> liteq.stores.BaseStore:
-        if request.param == "memory":
-            store: liteq.stores.BaseStore = liteq.MemoryStore(**kwargs)  # type: ignore[arg-type]
-        else:
-            store = liteq.SQLiteStore(tmp_path / "jobs.sqlite", **kwargs)  # type: ignore[arg-type]
+        store = open_store(request.param, tmp_path, **kwargs)
         made.append(store)
         return store
 

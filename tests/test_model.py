@@ -25,7 +25,7 @@ from hypothesis.stateful import (
 import liteq
 from liteq import Status
 from liteq.managed import COALESCE_HOLDING, MULLIGAN_CAP
-from tests.conftest import Clock
+from tests.conftest import STORES, Clock, open_store
 from tests.jobs import Waits
 
 QUEUES = ["a", "b"]
@@ -347,20 +347,22 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.count() == 0
 
 
-class MemoryMachine(StoreMachine):
-    def make_store(self, clock: Clock) -> liteq.stores.BaseStore:
-        return liteq.MemoryStore(clock=clock)
+def machine_for(kind: str) -> type[StoreMachine]:
+    """The state machine on one store kind (each example gets a fresh store and directory)."""
+
+    class Machine(StoreMachine):
+        def make_store(self, clock: Clock) -> liteq.stores.BaseStore:
+            self._dir = tempfile.TemporaryDirectory()
+            return open_store(kind, Path(self._dir.name), clock=clock)
+
+        def teardown(self) -> None:
+            super().teardown()
+            self._dir.cleanup()
+
+    Machine.__name__ = Machine.__qualname__ = f"{kind.capitalize()}StoreMachine"
+    return Machine
 
 
-class SQLiteMachine(StoreMachine):
-    def make_store(self, clock: Clock) -> liteq.stores.BaseStore:
-        self._dir = tempfile.TemporaryDirectory()
-        return liteq.SQLiteStore(Path(self._dir.name) / "model.sqlite", clock=clock)
-
-    def teardown(self) -> None:
-        super().teardown()
-        self._dir.cleanup()
-
-
-TestMemoryStoreModel = MemoryMachine.TestCase
-TestSQLiteStoreModel = SQLiteMachine.TestCase
+# One test per store kind of the shared contract fixture.
+for _kind in STORES:
+    globals()[f"Test{_kind.capitalize()}StoreModel"] = machine_for(_kind).TestCase
