@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import liteq
+from tests.helpers import ROOT, liteq_work
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
-ROOT = Path(__file__).parents[1]
 #: The default profile runs a few examples; the soak profile about 170.
 EXAMPLES = max(4, settings.default.max_examples // 12)
 
@@ -75,27 +75,15 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
     for i, (priority, cid) in enumerate(jobs):
         shares[i % producers].append([priority, cid, due_at + (3600 if cid else 0)])
 
-    work = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "liteq",
-            "work",
-            "--db",
-            str(db),
-            "--import",
-            "tests.jobs",
-            "--processes",
-            str(schedule["workers"]),
-            "--prefetch",
-            str(schedule["prefetch"]),
-            "--no-jitter",
-            "--wakeup-every",
-            "0.2",
-            "-q",
-        ],
-        cwd=ROOT,
-        start_new_session=True,
+    work = liteq_work(
+        db,
+        "--processes",
+        str(schedule["workers"]),
+        "--prefetch",
+        str(schedule["prefetch"]),
+        "--wakeup-every",
+        "0.2",
+        "-q",
     )
     try:
         procs = []

@@ -17,18 +17,9 @@ import pytest
 
 import liteq
 from liteq import Status
+from tests.helpers import ROOT, liteq_work, wait_until
 from tests.jobs import ExitsOnce, Hog, Noop, SlowFirst, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
-
-ROOT = Path(__file__).parents[1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 class Work:
@@ -37,25 +28,13 @@ class Work:
     def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.log_path = db.with_suffix(".log")
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "liteq",
-                "work",
-                "--db",
-                str(db),
-                "--import",
-                "tests.jobs",
-                "--no-jitter",
-                "--wakeup-every",
-                "0.5",
-                *args,
-            ],
-            cwd=ROOT,
+        self.proc = liteq_work(
+            db,
+            "--wakeup-every",
+            "0.5",
+            *args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
             env={**os.environ, **(env or {})},
         )
 
@@ -382,22 +361,7 @@ def test_term_during_start_up_is_never_lost(db: Path) -> None:
     # handler reset was swallowed, and `liteq work` waited for that worker forever.
     rng = random.Random(7)
     for _ in range(10):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "liteq",
-                "work",
-                "--db",
-                str(db),
-                "-n",
-                "4",
-                "-q",
-                "--no-jitter",
-            ],
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        proc = liteq_work(db, "-n", "4", "-q")
         time.sleep(rng.uniform(0.15, 0.45))  # while it forks its workers
         proc.send_signal(signal.SIGTERM)
         try:

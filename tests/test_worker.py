@@ -16,6 +16,7 @@ import pytest
 import liteq
 from liteq import Status
 from tests.conftest import Clock, StoreFactory
+from tests.helpers import wait_until
 from tests.jobs import Fails, Noop, Record, Strict, Touch, Waits
 
 
@@ -148,9 +149,7 @@ def test_an_idle_worker_wakes_for_a_new_job_at_once(make_store: StoreFactory) ->
     try:
         time.sleep(0.2)
         store.enqueue(Record("woken"))
-        deadline = time.monotonic() + 10
-        while not Record.ran and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: bool(Record.ran), 10, "the worker to run the job")
         assert Record.ran == ["woken"]
     finally:
         worker.stop()
@@ -174,9 +173,7 @@ def test_an_idle_worker_wakes_for_a_job_from_another_process(tmp_path: Path) -> 
             check=True,
             cwd=Path(__file__).parents[1],
         )
-        deadline = time.monotonic() + 10
-        while not Record.ran and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: bool(Record.ran), 10, "the worker to run the job")
         assert Record.ran == ["other process"]
     finally:
         worker.stop()

@@ -1,0 +1,42 @@
+"""Helpers shared by the tests that run real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).parents[1]
+
+
+def liteq_work(db: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start `liteq work` on `db` (job classes from tests.jobs, no jitter) in its own session."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "liteq",
+            "work",
+            "--db",
+            str(db),
+            "--import",
+            "tests.jobs",
+            "--no-jitter",
+            *args,
+        ],
+        cwd=ROOT,
+        start_new_session=True,
+        **popen,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll until `predicate()` holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.005)
