@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -124,11 +123,13 @@ class Report:
         return "\n".join(lines)
 
 
-def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> float:
-    store = liteq.SQLiteStore(db)
-    count = store.count()
+def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> tuple[float, int]:
+    """Drain `db` with `liteq work --burst`; return jobs/s and the largest worker RSS seen."""
+    import psutil  # liteq's own dependency
+
+    count = liteq.SQLiteStore(db).count()
     began = time.perf_counter()
-    subprocess.run(
+    work = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -147,9 +148,19 @@ def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> float:
             "-q",
         ],
         cwd=ROOT,
-        check=True,
     )
-    return count / (time.perf_counter() - began)
+    peak = 0
+    while work.poll() is None:  # sample the workers' memory while they run
+        try:
+            for child in psutil.Process(work.pid).children():
+                peak = max(peak, child.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - began
+    if work.returncode != 0:
+        raise RuntimeError(f"liteq work exited {work.returncode}")
+    return count / elapsed, peak
 
 
 def claim_latency(db: Path, queued: int, samples: int = 300) -> float:
@@ -251,13 +262,16 @@ def main() -> None:
             rate(m, lambda: [full.enqueue(Noop(1)) for _ in range(m)]),
         )
 
+        peak_rss = 0
         for label, make, count in (("noop", Noop, n), ("1 ms", Sleep, max(500, n // 10))):
             for prefetch in (1, 100):
                 rates = []
                 for processes in (1, 2):
                     path = tmp / f"work-{label}-{prefetch}-{processes}.sqlite"
                     liteq.SQLiteStore(path).enqueue_many([make() for _ in range(count)])
-                    rates.append(drain_in_processes(path, processes, prefetch))
+                    jobs_per_s, rss = drain_in_processes(path, processes, prefetch)
+                    rates.append(jobs_per_s)
+                    peak_rss = max(peak_rss, rss)
                     report.add(
                         f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}",
                         None,
@@ -277,9 +291,7 @@ def main() -> None:
             f"latency at {depths[-1]:,} / at {depths[0]:,}",
             f"{lat[depths[-1]] / lat[depths[0]]:.2f}",
         )
-        # Every `liteq work` above has exited and been reaped: the largest of them.
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        report.note("peak RSS of a liteq work process", f"{children:.0f} MiB")
+        report.note("peak RSS of one worker process (sampled)", f"{peak_rss / 2**20:.0f} MiB")
 
         huey = huey_workload(tmp, n)
         if huey is None:

@@ -231,9 +231,10 @@ class BaseStore(abc.ABC):
                     f"job {updated.id} cannot be re-queued: job {holder.id} holds its "
                     f"coalesce id {updated.coalesce_id!r}"
                 )
-        tx.update(updated)
         if new is Status.COMPLETED and updated.delete_on_complete:
             tx.delete(updated.id)
+        else:
+            tx.update(updated)
         tx.events.append((updated, old, message, job))
         return updated
 
