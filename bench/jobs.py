@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import liteq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def liteq_work(db: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start `liteq work` on `db` with this module's job classes, quiet and without jitter."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "liteq",
+            "work",
+            "--db",
+            str(db),
+            "--import",
+            "bench.jobs",
+            "--no-jitter",
+            "-q",
+            *args,
+        ],
+        cwd=ROOT,
+        **popen,
+    )
 
 
 class Stamp(liteq.Job):

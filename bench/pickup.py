@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import liteq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.jobs import Stamp  # noqa: E402 - needs the path set above
+from bench.jobs import Stamp, liteq_work  # noqa: E402 - needs the path set above
 
 
 def main() -> None:
@@ -42,24 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db, out = Path(tmp) / "q.sqlite", Path(tmp) / "stamps.txt"
         store = liteq.SQLiteStore(db)
-        work = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "liteq",
-                "work",
-                "--db",
-                str(db),
-                "--import",
-                "bench.jobs",
-                "--processes",
-                "1",
-                "--no-jitter",
-                "-q",
-            ],
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        work = liteq_work(db, "--processes", "1", start_new_session=True)
         try:
             time.sleep(1.5)
             phases = [

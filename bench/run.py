@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import liteq  # noqa: E402 - after the path is set
-from bench.jobs import Noop, Sleep  # noqa: E402
+from bench.jobs import Noop, Sleep, liteq_work  # noqa: E402
 
 PAYLOAD = json.dumps({"type": "bench.jobs.Noop", "state": {"n": 1}})
 FLOOR_SCHEMA = [
@@ -129,26 +128,7 @@ def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> tuple[flo
 
     count = liteq.SQLiteStore(db).count()
     began = time.perf_counter()
-    work = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "liteq",
-            "work",
-            "--db",
-            str(db),
-            "--import",
-            "bench.jobs",
-            "--processes",
-            str(processes),
-            "--prefetch",
-            str(prefetch),
-            "--burst",
-            "--no-jitter",
-            "-q",
-        ],
-        cwd=ROOT,
-    )
+    work = liteq_work(db, "--processes", str(processes), "--prefetch", str(prefetch), "--burst")
     peak = 0
     while work.poll() is None:  # sample the workers' memory while they run
         try:

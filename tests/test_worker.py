@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 import liteq
 from liteq import Status
 from tests.conftest import Clock, StoreFactory
-from tests.helpers import wait_until
+from tests.helpers import ROOT, wait_until
 from tests.jobs import Fails, Noop, Record, Strict, Touch, Waits
 
 
@@ -129,55 +131,50 @@ def test_cleanup_runs_after_every_attempt_and_a_bad_return_fails_the_job(
     assert "return None or Status.WAIT_ASYNC" in (store.get(bad.id).error or "")
 
 
-def test_stop_from_another_thread_finishes_and_returns(store: liteq.stores.BaseStore) -> None:
-    worker = liteq.Worker(store, jitter=False, wakeup_every=30)
+@contextlib.contextmanager
+def worker_thread(store: liteq.stores.BaseStore, **options: object) -> Iterator[list[int]]:
+    """Run a Worker in a thread for the block (idle for a moment first); yield its exit status."""
+    worker = liteq.Worker(store, jitter=False, **options)  # type: ignore[arg-type]
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(worker.start()))
     thread.start()
-    time.sleep(0.2)
-    worker.stop()
-    thread.join(5)
+    try:
+        time.sleep(0.2)
+        yield result
+    finally:
+        worker.stop()
+        thread.join(5)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+def test_stop_from_another_thread_finishes_and_returns(store: liteq.stores.BaseStore) -> None:
+    with worker_thread(store, wakeup_every=30) as result:
+        pass
     assert result == [0]
 
 
 def test_an_idle_worker_wakes_for_a_new_job_at_once(make_store: StoreFactory) -> None:
     store = make_store()
     Record.ran.clear()
-    worker = liteq.Worker(store, jitter=False, wakeup_every=30)
-    thread = threading.Thread(target=worker.start)
-    thread.start()
-    try:
-        time.sleep(0.2)
+    with worker_thread(store, wakeup_every=30):
         store.enqueue(Record("woken"))
         wait_until(lambda: bool(Record.ran), 10, "the worker to run the job")
-        assert Record.ran == ["woken"]
-    finally:
-        worker.stop()
-        thread.join(5)
+    assert Record.ran == ["woken"]
 
 
 def test_an_idle_worker_wakes_for_a_job_from_another_process(tmp_path: Path) -> None:
     store = liteq.SQLiteStore(tmp_path / "q.sqlite")
     Record.ran.clear()
-    worker = liteq.Worker(store, jitter=False, wakeup_every=60)
-    thread = threading.Thread(target=worker.start)
-    thread.start()
-    try:
-        time.sleep(0.2)
+    with worker_thread(store, wakeup_every=60):
         code = (
             "import liteq, sys; from tests.jobs import Record; "
             "liteq.SQLiteStore(sys.argv[1]).enqueue(Record('other process'))"
         )
         subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path / "q.sqlite")],
-            check=True,
-            cwd=Path(__file__).parents[1],
+            [sys.executable, "-c", code, str(tmp_path / "q.sqlite")], check=True, cwd=ROOT
         )
         wait_until(lambda: bool(Record.ran), 10, "the worker to run the job")
-        assert Record.ran == ["other process"]
-    finally:
-        worker.stop()
-        thread.join(5)
+    assert Record.ran == ["other process"]
 
 
 def test_a_delayed_job_runs_when_due_without_waiting_for_wakeup_every(tmp_path: Path) -> None:
