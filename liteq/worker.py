@@ -153,6 +153,8 @@ class Worker:
         self._acks: list[ManagedJob] = []  # completed, not yet acknowledged
         self._acks_since = 0.0
         self._signals_installed = False
+        self._batch_head: ManagedJob | None = None
+        self._leases_renewed = 0.0
         #: Jobs this worker has run (any outcome).
         self.jobs_processed = 0
         self._stop = threading.Event()
@@ -306,12 +308,32 @@ class Worker:
                     continue
                 with self._current_lock:
                     self._held = held
+                self._batch_head = held[0]
+                self._leases_renewed = time.monotonic()
             with self._current_lock:
                 mjob = self._held.pop(0)
             if self._acks and time.monotonic() - self._acks_since > ACK_DELAY:
                 self._flush_acks()  # finished jobs do not wait on a slow one
+            if not self._still_mine(mjob):
+                continue
             self._run(mjob)
         return self._exit_status
+
+    def _still_mine(self, mjob: ManagedJob) -> bool:
+        """Before a prefetched job starts: is it still this worker's to run?
+
+        The first job of a batch was claimed just now. A later one is checked against the
+        store when the leases were not renewed lately (the process was paused, say), and
+        gets its real start time recorded when max_runtime is to count from it.
+        """
+        unstarted = mjob.started_at is None  # its max_runtime clock starts now
+        fresh = time.monotonic() - self._leases_renewed <= self.lease / 2
+        if not unstarted and (mjob is self._batch_head or fresh):
+            return True
+        if self.store.mark_started(mjob):
+            return True
+        log.warning("prefetched job %d is no longer this worker's: not run here", mjob.id)
+        return False
 
     def _settle(self) -> None:
         """On the way out: hand back jobs claimed but never started, acknowledge the done."""
@@ -388,6 +410,7 @@ class Worker:
                     mine.append(self._current)
             if mine:
                 kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+                self._leases_renewed = time.monotonic()
                 for mjob in mine:
                     if id(mjob) not in kept:
                         log.warning("job %d: lease lost; it was re-queued elsewhere", mjob.id)

@@ -291,7 +291,7 @@ def test_detect_hung_jobs_kills_a_live_worker_past_max_runtime(db: Path) -> None
         time.sleep(0.7)
         (rescued,) = store.detect_hung_jobs()
         assert rescued.id == mjob.id and rescued.status is Status.QUEUED
-        assert "its worker was killed" in (rescued.error or "")
+        assert "max_runtime" in (rescued.error or "") and "was killed" in (rescued.error or "")
         assert proc.wait(10) == -signal.SIGKILL
     finally:
         proc.kill()
@@ -351,7 +351,7 @@ def test_the_supervisor_kills_a_worker_it_cannot_interrupt_and_replaces_it(
     first = w.wait_for_workers(1)
     wait_until(lambda: store.count() == 0, 30, "the job to complete in a new worker")
     assert len(runs_by_job(trace)[mjob.id]) == 2
-    assert "its worker was killed" in w.log() and "killed by SIGKILL" in w.log()
+    assert "max_runtime=0.5s; its worker" in w.log() and "killed by SIGKILL" in w.log()
     assert w.wait_for_workers(1) != first
     assert w.stop() == 0
 
@@ -381,3 +381,44 @@ def workers_on(db: Path) -> list[int]:
         if str(db) in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc.pid)
     return found
+
+
+def test_prefetched_jobs_count_max_runtime_from_their_real_start(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    # A job waiting in a prefetched batch must not look overdue to the hung-job check: six
+    # 1 s jobs with max_runtime 2.5 s in one batch outlast the supervisor's 5 s check.
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    store.enqueue_many([Traced(str(trace), 1.0) for _ in range(6)], max_runtime=2.5)
+    w = work("--prefetch", "6")
+    wait_until(lambda: store.count() == 0, 40, "every job to complete")
+    runs = runs_by_job(trace)
+    assert len(runs) == 6 and all(len(r) == 1 for r in runs.values()), runs
+    assert "killed" not in w.log() and "hung" not in w.log()
+    assert w.stop() == 0
+
+
+def test_a_paused_worker_is_killed_before_its_expired_job_is_requeued(db: Path) -> None:
+    # A live worker on this host whose lease lapsed (SIGSTOP, a debugger, a VM pause) would
+    # go on running its job when resumed: it must be stopped before anyone else gets the job.
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(SlowFirst(str(trace), 60))
+    code = (
+        "import liteq, sys, tests.jobs; "
+        "liteq.Worker(liteq.SQLiteStore(sys.argv[1]), lease=1.0, jitter=False,"
+        " exit_if_no_jobs=True).start()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT)
+    try:
+        wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)
+        (rescued,) = store.detect_hung_jobs()
+        assert rescued.id == mjob.id and rescued.status is Status.QUEUED
+        assert "lease expired" in (rescued.error or "") and "was killed" in (rescued.error or "")
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()

@@ -492,7 +492,9 @@ class BaseStore(abc.ABC):
         """Claim up to `limit` jobs in one transaction, best first (a worker's prefetch).
 
         Each is RUNNING, owned by `owner` and leased, exactly as if claimed alone: run
-        them in order, acknowledge each, and renew their leases while holding them.
+        them in order, acknowledge each, and renew their leases while holding them. With
+        limit > 1, a job with max_runtime has no started_at until `mark_started`: its time
+        limit counts from when it really starts, not from the claim.
         """
         now = self.clock()
         records = self._claim(queues, now, owner, now + lease, limit)
@@ -524,6 +526,17 @@ class BaseStore(abc.ABC):
                     tx.update(evolve(rec, lease_until=tx.now + lease))
                     owned.append(job)
         return owned
+
+    def mark_started(self, mjob: ManagedJob) -> bool:
+        """Record that a prefetched job starts now (max_runtime counts from here); False if
+        this worker no longer owns it — then it must not be run."""
+        claimed = mjob._record
+        with self._write() as tx:
+            started = evolve(claimed, started_at=tx.now)
+            if not tx.fenced_write(claimed, started):
+                return False
+        mjob._record = started
+        return True
 
     def release(self, mjobs: Sequence[ManagedJob]) -> None:
         """Hand back claimed jobs that never started: QUEUED again, the attempt not counted."""
@@ -744,13 +757,18 @@ class BaseStore(abc.ABC):
         state = owner_process_state(rec.owner) if rec.owner else "dead"
         if state == "dead":
             return f"its worker {rec.owner} is gone"
-        if rec.lease_until is not None and rec.lease_until < now:
-            return f"the lease of {rec.owner} expired"
-        if overdue and state == "alive" and rec.owner is not None:
-            pid = int(rec.owner.split("/")[1])
-            if pid == os.getpid():
-                log.warning("job %d is past max_runtime in this very process", rec.id)
-                return None
-            kill(pid)
-            return f"ran more than max_runtime={rec.max_runtime}s; its worker was killed"
-        return None
+        expired = rec.lease_until is not None and rec.lease_until < now
+        if state == "remote":
+            # Another host: its worker must stop once its lease is gone; we cannot stop it.
+            return f"the lease of {rec.owner} expired" if expired else None
+        if not (expired or overdue) or rec.owner is None:
+            return None
+        # A live worker on this host (paused, stuck, or over time) is stopped before its job
+        # is handed to anyone else: never two runs at once.
+        pid = int(rec.owner.split("/")[1])
+        if pid == os.getpid():
+            log.warning("job %d is hung in this very process; not re-queued", rec.id)
+            return None
+        kill(pid)
+        why = "its lease expired" if expired else f"it ran more than max_runtime={rec.max_runtime}s"
+        return f"{why}; its worker {rec.owner} was killed"

@@ -163,7 +163,8 @@ class MemoryStore(BaseStore):
                     r,
                     status=Status.RUNNING,
                     attempts=r.attempts + 1,
-                    started_at=now,
+                    # In a batch, a job with max_runtime starts its clock when it starts.
+                    started_at=now if limit == 1 or r.max_runtime is None else None,
                     finished_at=None,
                     owner=owner,
                     lease_until=lease_until,

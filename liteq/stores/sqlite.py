@@ -414,9 +414,11 @@ class SQLiteStore(BaseStore):
         limit: int = 1,
     ) -> list[Record]:
         pick = "= (" if limit == 1 else "IN ("
+        # In a batch, a job with max_runtime starts its clock when it really starts.
+        started = "?1" if limit == 1 else "CASE WHEN max_runtime IS NULL THEN ?1 END"
         sql = (
             f"UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, "
-            f"started_at = ?1, finished_at = NULL, owner = ?2, lease_until = ?3 "
+            f"started_at = {started}, finished_at = NULL, owner = ?2, lease_until = ?3 "
             f"WHERE id {pick}SELECT id FROM liteq_jobs WHERE status = 'queued' AND run_at <= ?1"
             f" AND (lock_token IS NULL OR lock_until < ?1){self._in_queues(queues)}"
             f" ORDER BY priority DESC, run_at, id LIMIT {int(limit)}) RETURNING {_COLS}"

@@ -190,3 +190,22 @@ def test_the_running_worker_may_hand_back_a_locked_job(store: liteq.stores.BaseS
     assert mjob is not None
     with store.locked(mjob.id):
         assert mjob.retry(mulligan=True) is True
+
+
+def test_a_prefetched_job_is_timed_from_its_real_start(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
+    store.enqueue_many([Noop(i) for i in range(3)], max_runtime=10)
+    store.enqueue(Noop(9))  # no max_runtime: timed from the claim as usual
+    held = store.claim_many(OWNER, lease=3600, limit=4)
+    assert [m.started_at is None for m in held] == [True, True, True, False]
+    clock.advance(60)
+    assert store.detect_hung_jobs() == []  # waiting in the batch is not running
+    assert store.mark_started(held[0])
+    assert held[0].started_at is not None
+    assert held[0].started_at.timestamp() == pytest.approx(clock.now)
+    clock.advance(11)
+    assert [m.id for m in store.detect_hung_jobs()] == []  # its owner is remote: lease rules
+    store.complete_many(held)
+    assert store.count() == 0
+    assert not store.mark_started(held[1])  # gone: a stale handle is refused
