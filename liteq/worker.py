@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -12,15 +13,17 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TypeVar
 
 import psutil
 
-from liteq.errors import LeaseLost
+from liteq.errors import LeaseLost, StoreError
 from liteq.managed import ManagedJob, Status
 from liteq.process import make_owner
 from liteq.stores._base import BaseStore
 
 log = logging.getLogger("liteq.worker")
+T = TypeVar("T")
 
 #: Exit statuses of Worker.start(); `liteq work` turns them into process exits.
 EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL = 0, 1, 2, 3
@@ -28,6 +31,8 @@ EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL = 0, 1, 2, 3
 DEFAULT_GUARANTEE_MEMORY = 64 * 1024 * 1024
 #: How often the memory pre-flight really reads memory figures (it is cheap, not free).
 MEMORY_CHECK_EVERY = 0.1
+#: While the store fails, a worker retries after this long, doubling up to the max.
+STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 30.0
 #: With prefetch, the longest a completion waits for its batch before a job starts.
 ACK_DELAY = 0.05
 #: After a job should have been interrupted, how long before the process exits hard.
@@ -300,11 +305,16 @@ class Worker:
                 limit = self.prefetch
                 if self.exit_after_n_jobs is not None:
                     limit = min(limit, self.exit_after_n_jobs - self.jobs_processed)
-                held = self.store.claim_many(owner, self.queues, self.lease, limit)
+                held = self._patiently(
+                    "claiming jobs",
+                    functools.partial(self.store.claim_many, owner, self.queues, self.lease, limit),
+                )
+                if held is None:  # the store failed and the worker is stopping
+                    break
                 if not held:
                     if self.exit_if_no_jobs:
                         return EXIT_OK
-                    self._idle(self._idle_timeout())
+                    self._patiently("waiting for jobs", lambda: self._idle(self._idle_timeout()))
                     continue
                 with self._current_lock:
                     self._held = held
@@ -340,16 +350,20 @@ class Worker:
         with self._current_lock:
             held, self._held = self._held, []
         if held:
-            self.store.release(held)
-            log.info("handed back %d prefetched job(s) that had not started", len(held))
+            released = self._patiently("handing back jobs", lambda: self.store.release(held))
+            if released:
+                log.info("handed back %d prefetched job(s) that had not started", released)
         self._flush_acks()
 
     def _flush_acks(self) -> None:
         with self._current_lock:
             acks, self._acks = self._acks, []
         if acks:
-            for lost in self.store.complete_many(acks):
-                log.warning("%s; its result is dropped", lost)
+            lost = self._patiently(
+                "recording completed jobs", lambda: self.store.complete_many(acks)
+            )
+            for error in lost or []:
+                log.warning("%s; its result is dropped", error)
 
     def _idle(self, timeout: float) -> None:
         # In slices, so a signal's stop request is seen within a tenth of a second.
@@ -409,7 +423,12 @@ class Worker:
                 if self._current is not None:
                     mine.append(self._current)
             if mine:
-                kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+                try:
+                    kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+                except StoreError as exc:
+                    log.error("renewing leases failed (%s); trying again shortly", exc)
+                    renew_at = time.monotonic() + 1.0
+                    continue
                 self._leases_renewed = time.monotonic()
                 for mjob in mine:
                     if id(mjob) not in kept:
@@ -511,14 +530,31 @@ class Worker:
         self._graceful_deadline = None
         self._runtime_deadline = None
 
-    @staticmethod
-    def _ack(mjob: ManagedJob, action: Callable[[], object]) -> Status | None:
+    def _ack(self, mjob: ManagedJob, action: Callable[[], object]) -> Status | None:
         try:
-            action()
+            if self._patiently(f"recording the outcome of job {mjob.id}", action) is None:
+                return None
         except LeaseLost as exc:
             log.warning("job %d: %s; its result is dropped", mjob.id, exc)
             return None
         return mjob.status
+
+    def _patiently(self, what: str, action: Callable[[], T]) -> T | None:
+        """Run a store operation; while the store fails (disk full, locked for too long, I/O
+        error), log it and retry with backoff. Returns None if the worker is asked to stop
+        meanwhile: a job whose outcome was not recorded stays RUNNING and is re-queued once
+        this worker is gone (at least once, never twice at a time)."""
+        delay = STORE_RETRY_FIRST
+        while True:
+            try:
+                return action()
+            except StoreError as exc:
+                if self._stop_requested:
+                    log.error("%s failed (%s); giving up, the worker is stopping", what, exc)
+                    return None
+                log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                self._sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
 
 
 def _name(mjob: ManagedJob) -> str:

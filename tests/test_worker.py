@@ -304,3 +304,71 @@ def test_prefetched_jobs_not_started_are_handed_back_untouched(
     assert stopper.jobs_processed == 1
     assert store.count(status=Status.QUEUED) == 7
     assert all(m.attempts == 0 and m.max_attempts == 2 for m in store.jobs())
+
+
+def fill(store: liteq.SQLiteStore) -> int:
+    """Enqueue into a nearly full "disk" until it is full; return how many jobs got in."""
+    conn = store._db()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}").fetchall()
+    added: list[int] = []
+
+    def enqueue_forever() -> None:
+        while True:
+            store.enqueue(Record(len(added)))
+            added.append(1)
+
+    with pytest.raises(liteq.StoreError, match="is full"):
+        enqueue_forever()
+    conn.execute("PRAGMA max_page_count = 1073741823").fetchall()  # space again
+    return len(added)
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    Record.ran.clear()
+    queued = fill(store)
+    assert queued > 0 and store.count() == queued  # every committed job is still there
+    burst(store)
+    assert sorted(Record.ran) == list(range(queued))
+
+
+def test_a_store_that_refuses_writes_stalls_the_worker_but_does_not_kill_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    Record.ran.clear()
+    store.enqueue_many([Record(i) for i in range(5)])
+    conn = store._db()
+    conn.execute("PRAGMA query_only = 1").fetchall()  # as a read-only mount or a full disk would
+    with caplog.at_level(logging.ERROR, logger="liteq.worker"), worker_thread(store) as result:
+        wait_until(lambda: "claiming jobs failed" in caplog.text, 10, "the failure to be logged")
+        assert "read-only" in caplog.text and not result  # still running
+        conn.execute("PRAGMA query_only = 0").fetchall()
+        wait_until(lambda: len(Record.ran) == 5, 30, "the jobs to run")
+    assert sorted(Record.ran) == list(range(5)) and store.count() == 0
+
+
+class GoesReadOnly(liteq.Job):
+    """Makes the store read-only for a second, so its own completion cannot be written."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        conn = job.store._db()  # type: ignore[attr-defined]
+        conn.execute("PRAGMA query_only = 1").fetchall()
+        threading.Timer(1.0, lambda: conn.execute("PRAGMA query_only = 0").fetchall()).start()
+        Record.ran.append(self.path)
+
+
+def test_an_outcome_that_cannot_be_written_is_retried_until_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    Record.ran.clear()
+    store.enqueue(GoesReadOnly("once"))
+    with caplog.at_level(logging.ERROR, logger="liteq.worker"):
+        burst(store)
+    assert Record.ran == ["once"] and store.count() == 0
+    assert "recording the outcome of job" in caplog.text and "read-only" in caplog.text

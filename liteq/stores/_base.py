@@ -538,8 +538,12 @@ class BaseStore(abc.ABC):
         mjob._record = started
         return True
 
-    def release(self, mjobs: Sequence[ManagedJob]) -> None:
-        """Hand back claimed jobs that never started: QUEUED again, the attempt not counted."""
+    def release(self, mjobs: Sequence[ManagedJob]) -> int:
+        """Hand back claimed jobs that never started: QUEUED again, the attempt not counted.
+
+        Returns how many were handed back (a job no longer this worker's is left alone).
+        """
+        released = 0
         with self._write() as tx:
             for mjob in mjobs:
                 claimed = mjob._record
@@ -554,6 +558,8 @@ class BaseStore(abc.ABC):
                 if tx.fenced_write(claimed, back):
                     tx.events.append((back, Status.RUNNING, "released unstarted", mjob.job))
                     mjob._record = back
+                    released += 1
+        return released
 
     def _owned(self, tx: Tx, mjob: ManagedJob) -> Record:
         rec = tx.get(mjob.id)
