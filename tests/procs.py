@@ -21,7 +21,8 @@ def enqueue_coalesced(db: str, start_at: str, keys: str) -> None:
 
 def enqueue_logs(db: str, log: str, count: str) -> None:
     store = liteq.SQLiteStore(db)
-    store.enqueue_many([Logs(log) for _ in range(int(count))])
+    # 10 ms each: long enough that every worker process is up before the queue drains.
+    store.enqueue_many([Logs(log, 0.01) for _ in range(int(count))])
 
 
 def work(db: str) -> None:
