@@ -38,7 +38,7 @@ from liteq.managed import (
 )
 from liteq.options import EnqueueOptions, build_records
 from liteq.process import kill, owner_process_state
-from liteq.stores._contract import Event, StatusHook, Tx
+from liteq.stores._contract import Changes, Event, StatusHook, Tx
 
 log = logging.getLogger("liteq.store")
 
@@ -532,10 +532,9 @@ class BaseStore(abc.ABC):
         this worker no longer owns it — then it must not be run."""
         claimed = mjob._record
         with self._write() as tx:
-            started = evolve(claimed, started_at=tx.now)
-            if not tx.fenced_write(claimed, started):
+            if not tx.fenced_write(claimed, {"started_at": tx.now}):
                 return False
-        mjob._record = started
+        mjob._record = evolve(claimed, started_at=tx.now)
         return True
 
     def release(self, mjobs: Sequence[ManagedJob]) -> int:
@@ -547,15 +546,15 @@ class BaseStore(abc.ABC):
         with self._write() as tx:
             for mjob in mjobs:
                 claimed = mjob._record
-                back = evolve(
-                    claimed,
-                    status=Status.QUEUED,
-                    attempts=claimed.attempts - 1,
-                    started_at=None,
-                    owner=None,
-                    lease_until=None,
-                )
-                if tx.fenced_write(claimed, back):
+                changes: Changes = {
+                    "status": Status.QUEUED,
+                    "attempts": claimed.attempts - 1,
+                    "started_at": None,
+                    "owner": None,
+                    "lease_until": None,
+                }
+                back = evolve(claimed, **changes)
+                if tx.fenced_write(claimed, changes):
                     tx.events.append((back, Status.RUNNING, "released unstarted", mjob.job))
                     mjob._record = back
                     released += 1
@@ -587,25 +586,24 @@ class BaseStore(abc.ABC):
         lost: list[LeaseLost] = []
         done: list[tuple[ManagedJob, Record]] = []
         with self._write() as tx:
-            changes = []
+            writes: list[tuple[Record, Changes | None]] = []
             for mjob in mjobs:
                 if not mjob._claimed:
                     raise InvalidState(f"job {mjob.id} was not claimed by this worker")
                 claimed = mjob._record
                 check_transition(claimed.id, claimed.status, Status.COMPLETED)
-                updated = evolve(
-                    claimed,
-                    status=Status.COMPLETED,
-                    finished_at=tx.now,
-                    owner=None,
-                    lease_until=None,
-                    error=None,
-                    traceback=None,
-                )
-                changes.append((claimed, None if claimed.delete_on_complete else updated))
-                done.append((mjob, updated))
+                changes: Changes = {
+                    "status": Status.COMPLETED,
+                    "finished_at": tx.now,
+                    "owner": None,
+                    "lease_until": None,
+                    "error": None,
+                    "traceback": None,
+                }
+                writes.append((claimed, None if claimed.delete_on_complete else changes))
+                done.append((mjob, evolve(claimed, **changes)))
             # Fenced: each applies only while this run still owns its job.
-            applied = tx.fenced_write_many(changes)
+            applied = tx.fenced_write_many(writes)
             for (mjob, updated), ok in zip(done, applied, strict=True):
                 if ok:
                     tx.events.append((updated, Status.RUNNING, "completed", mjob.job))

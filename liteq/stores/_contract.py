@@ -5,14 +5,16 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol, Unpack, runtime_checkable
+from typing import Any, Protocol, Unpack, runtime_checkable
 
 from liteq.errors import LeaseLost
 from liteq.job import Job
-from liteq.managed import ManagedJob, Record, Status
+from liteq.managed import ManagedJob, Record, Status, evolve
 from liteq.options import EnqueueOptions
 
 StatusHook = Callable[[ManagedJob, Status, str | None], None]
+#: Columns to set on a row, by name.
+Changes = dict[str, Any]
 #: A status change to report after commit: (new record, old status, message, decoded job).
 Event = tuple[Record, Status, str | None, Job | None]
 
@@ -100,13 +102,15 @@ class Tx(abc.ABC):
     def delete(self, job_id: int) -> None:
         """Delete the row if it exists."""
 
-    def fenced_write_many(self, changes: Sequence[tuple[Record, Record | None]]) -> list[bool]:
-        """fenced_write for many (claimed, updated) pairs; stores may batch the statements."""
-        return [self.fenced_write(claimed, updated) for claimed, updated in changes]
+    def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
+        """fenced_write for many (claimed, changes) pairs; stores may batch the statements."""
+        return [self.fenced_write(claimed, changes) for claimed, changes in writes]
 
-    def fenced_write(self, claimed: Record, updated: Record | None) -> bool:
-        """Replace (or, with None, delete) the row only while it is still `claimed`'s run:
-        RUNNING, same owner, same attempt. Return False, changing nothing, otherwise.
+    def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
+        """Set these columns (or, with None, delete the row) only while the row is still
+        `claimed`'s run: RUNNING, same owner, same attempt. Return False, changing nothing,
+        otherwise. Only the named columns are written: others (a lock someone else took
+        meanwhile, say) stay as they are on file.
 
         Stores may do this in one conditional statement; this default reads then writes.
         """
@@ -117,8 +121,8 @@ class Tx(abc.ABC):
             claimed.attempts,
         ):
             return False
-        if updated is None:
+        if changes is None:
             self.delete(claimed.id)
         else:
-            self.update(updated)
+            self.update(evolve(rec, **changes))
         return True

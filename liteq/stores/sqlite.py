@@ -18,7 +18,7 @@ import apsw
 from liteq.errors import StoreError
 from liteq.managed import COLUMNS, Record, Status
 from liteq.stores._base import BaseStore
-from liteq.stores._contract import StatusHook, Tx
+from liteq.stores._contract import Changes, StatusHook, Tx
 
 #: The schema version this code writes; older files are migrated on open.
 SCHEMA_VERSION: Final = 1
@@ -37,7 +37,6 @@ _UPDATE = (
 )
 _FENCE = " AND owner = ? AND attempts = ? AND status = 'running'"
 _DELETE_FENCED = "DELETE FROM liteq_jobs WHERE id = ?" + _FENCE
-_UPDATE_FENCED = _UPDATE + _FENCE
 _HOLDING = "('unqueued', 'queued', 'running', 'wait_async', 'failed')"
 
 # Stores to reset in a child after fork(): a connection is never used across fork.
@@ -117,12 +116,12 @@ class _SQLiteTx(Tx):
     def delete(self, job_id: int) -> None:
         self._conn.execute("DELETE FROM liteq_jobs WHERE id = ?", (job_id,))
 
-    def fenced_write_many(self, changes: Sequence[tuple[Record, Record | None]]) -> list[bool]:
+    def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         # Deletes of one owner's runs go in one statement, fenced on (id, attempts).
-        deletes = [c for c, u in changes if u is None and c.owner is not None]
+        deletes = [c for c, u in writes if u is None and c.owner is not None]
         owners = {c.owner for c in deletes}
         if len(deletes) < 2 or len(owners) != 1 or len(deletes) > 10_000:
-            return super().fenced_write_many(changes)
+            return super().fenced_write_many(writes)
         rows = ", ".join("(?, ?)" for _ in deletes)
         params = [v for c in deletes for v in (c.id, c.attempts)]
         gone = {
@@ -134,16 +133,19 @@ class _SQLiteTx(Tx):
             )
         }
         return [
-            (claimed.id in gone) if updated is None else self.fenced_write(claimed, updated)
-            for claimed, updated in changes
+            (claimed.id in gone) if changes is None else self.fenced_write(claimed, changes)
+            for claimed, changes in writes
         ]
 
-    def fenced_write(self, claimed: Record, updated: Record | None) -> bool:
+    def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
         fence = (claimed.id, claimed.owner, claimed.attempts)
-        if updated is None:
+        if changes is None:
             self._conn.execute(_DELETE_FENCED, fence)
         else:
-            self._conn.execute(_UPDATE_FENCED, (*_values(updated)[1:], *fence))
+            columns = ", ".join(f"{name} = ?" for name in changes)  # names from liteq's code
+            self._conn.execute(
+                f"UPDATE liteq_jobs SET {columns} WHERE id = ?{_FENCE}", (*changes.values(), *fence)
+            )
         return bool(self._conn.changes())
 
 

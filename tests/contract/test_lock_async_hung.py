@@ -209,3 +209,20 @@ def test_a_prefetched_job_is_timed_from_its_real_start(
     store.complete_many(held)
     assert store.count() == 0
     assert not store.mark_started(held[1])  # gone: a stale handle is refused
+
+
+def test_completing_a_kept_job_leaves_another_holders_lock_alone(
+    store: liteq.stores.BaseStore,
+) -> None:
+    # Found by the state machine: the worker's fenced write stored a whole row copied at
+    # claim time, which silently dropped a lock taken on the job while it ran.
+    store.enqueue(Noop(), delete_on_complete=False, max_attempts=3)
+    mjob = store.claim(OWNER)
+    assert mjob is not None
+    with store.locked(mjob.id):
+        store.complete(mjob)
+        assert store.get(mjob.id).status is Status.COMPLETED
+        with pytest.raises(liteq.JobLocked), store.locked(mjob.id):
+            pass
+    with store.locked(mjob.id):  # released by its holder, as it should be
+        pass
