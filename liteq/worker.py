@@ -531,8 +531,14 @@ class Worker:
         self._runtime_deadline = None
 
     def _ack(self, mjob: ManagedJob, action: Callable[[], object]) -> Status | None:
+        """Record a job's outcome; its new status, or None if it was not recorded."""
+
+        def record() -> bool:
+            action()
+            return True  # (the action's own result may be None)
+
         try:
-            if self._patiently(f"recording the outcome of job {mjob.id}", action) is None:
+            if not self._patiently(f"recording the outcome of job {mjob.id}", record):
                 return None
         except LeaseLost as exc:
             log.warning("job %d: %s; its result is dropped", mjob.id, exc)
