@@ -33,6 +33,16 @@ def liteq_work(db: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
     )
 
 
+def bare_worker(db: Path, **options: object) -> subprocess.Popen[bytes]:
+    """A Worker without a supervisor in its own process (burst mode, no jitter)."""
+    extra = "".join(f", {name}={value!r}" for name, value in options.items())
+    code = (
+        "import liteq, sys, tests.jobs; liteq.Worker(liteq.SQLiteStore(sys.argv[1]),"
+        f" jitter=False, exit_if_no_jobs=True{extra}).start()"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
     """Poll until `predicate()` holds; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

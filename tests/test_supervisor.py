@@ -17,7 +17,7 @@ import pytest
 
 import liteq
 from liteq import Status
-from tests.helpers import ROOT, liteq_work, wait_until
+from tests.helpers import ROOT, bare_worker, liteq_work, wait_until
 from tests.jobs import ExitsOnce, Hog, Noop, SlowFirst, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
@@ -280,12 +280,7 @@ def test_detect_hung_jobs_kills_a_live_worker_past_max_runtime(db: Path) -> None
     trace = db.with_suffix(".trace")
     store = liteq.SQLiteStore(db)
     mjob = store.enqueue(SlowFirst(str(trace), 60), max_runtime=0.5)
-    code = (
-        "import liteq, sys, tests.jobs; "
-        "liteq.Worker(liteq.SQLiteStore(sys.argv[1]), handle_signals=False, jitter=False,"
-        " exit_if_no_jobs=True).start()"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT)
+    proc = bare_worker(db, handle_signals=False)
     try:
         wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
         time.sleep(0.7)
@@ -405,12 +400,7 @@ def test_a_paused_worker_is_killed_before_its_expired_job_is_requeued(db: Path) 
     trace = db.with_suffix(".trace")
     store = liteq.SQLiteStore(db)
     mjob = store.enqueue(SlowFirst(str(trace), 60))
-    code = (
-        "import liteq, sys, tests.jobs; "
-        "liteq.Worker(liteq.SQLiteStore(sys.argv[1]), lease=1.0, jitter=False,"
-        " exit_if_no_jobs=True).start()"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT)
+    proc = bare_worker(db, lease=1.0)
     try:
         wait_until(lambda: store.count(status=Status.RUNNING) == 1, what="the job to start")
         proc.send_signal(signal.SIGSTOP)

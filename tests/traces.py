@@ -10,6 +10,8 @@ from pathlib import Path
 def runs_by_job(trace: Path) -> dict[int, list[dict[str, object]]]:
     """Each job's runs in start order: {"pid", "start", "end" (None if it never ended)}."""
     runs: dict[int, list[dict[str, object]]] = {}
+    if not trace.exists():  # no job ran (every one was coalesced, say)
+        return runs
     for line in trace.read_text().splitlines():
         event = json.loads(line)
         job_runs = runs.setdefault(event["id"], [])
