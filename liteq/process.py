@@ -21,15 +21,21 @@ def make_owner() -> str:
     return f"{host()}/{pid}/{start:.2f}/{secrets.token_hex(4)}"
 
 
-def owner_process_state(owner: str) -> str:
-    """'alive', 'dead' (its process is gone from this host) or 'remote' (another host)."""
+def parse_owner(owner: str) -> tuple[str, int, float] | None:
+    """(host, pid, process start time) of an owner made by make_owner, or None."""
     try:
         owner_host, pid_s, start_s, _ = owner.split("/")
-        pid, start = int(pid_s), float(start_s)
+        return owner_host, int(pid_s), float(start_s)
     except ValueError:
+        return None
+
+
+def owner_process_state(owner: str) -> str:
+    """'alive', 'dead' (its process is gone from this host) or 'remote' (another host)."""
+    parsed = parse_owner(owner)
+    if parsed is None or parsed[0] != host():
         return "remote"
-    if owner_host != host():
-        return "remote"
+    _, pid, start = parsed
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - start) > 0.5 or proc.status() == psutil.STATUS_ZOMBIE:

@@ -37,7 +37,7 @@ from liteq.managed import (
     evolve,
 )
 from liteq.options import EnqueueOptions, build_records
-from liteq.process import kill, owner_process_state
+from liteq.process import kill, owner_process_state, parse_owner
 from liteq.stores._contract import Changes, Event, StatusHook, Tx
 
 log = logging.getLogger("liteq.store")
@@ -335,6 +335,13 @@ class BaseStore(abc.ABC):
         if rec is None:
             raise JobNotFound(f"no job with id {job_id}")
         self._unlocked(rec, token, tx.now)
+        return rec
+
+    def _waiting(self, tx: Tx, mjob: ManagedJob) -> Record:
+        """The job as it is now, which must still be WAIT_ASYNC (and not locked by others)."""
+        rec = self._current(tx, mjob.id, mjob._lock_token)
+        if rec.status is not Status.WAIT_ASYNC:
+            raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
         return rec
 
     def delete(self, job_id: int) -> None:
@@ -647,9 +654,7 @@ class BaseStore(abc.ABC):
         """
         with self._write() as tx:
             if mjob.status is Status.WAIT_ASYNC and not mjob._claimed:
-                rec = self._current(tx, mjob.id, mjob._lock_token)
-                if rec.status is not Status.WAIT_ASYNC:
-                    raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
+                rec = self._waiting(tx, mjob)
             else:
                 rec = self._owned(tx, mjob)
             if not retry:
@@ -672,9 +677,7 @@ class BaseStore(abc.ABC):
     def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status:
         """Apply the Status an async job's resolve_wait_async returned (see resolve_wait_async)."""
         with self._write() as tx:
-            rec = self._current(tx, mjob.id, mjob._lock_token)
-            if rec.status is not Status.WAIT_ASYNC:
-                raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
+            rec = self._waiting(tx, mjob)
             if new is Status.COMPLETED:
                 mjob._record = self._change(
                     tx,
@@ -765,11 +768,12 @@ class BaseStore(abc.ABC):
         if state == "remote":
             # Another host: its worker must stop once its lease is gone; we cannot stop it.
             return f"the lease of {rec.owner} expired" if expired else None
-        if not (expired or overdue) or rec.owner is None:
+        parsed = parse_owner(rec.owner) if rec.owner else None
+        if not (expired or overdue) or parsed is None:
             return None
         # A live worker on this host (paused, stuck, or over time) is stopped before its job
         # is handed to anyone else: never two runs at once.
-        pid = int(rec.owner.split("/")[1])
+        pid = parsed[1]
         if pid == os.getpid():
             log.warning("job %d is hung in this very process; not re-queued", rec.id)
             return None

@@ -101,13 +101,12 @@ class MemoryStore(BaseStore):
                 raise
 
     def _read(self, job_id: int) -> Record | None:
-        with self._lock:
-            return self._rows.get(job_id)
+        with self._lock:  # the same lookup a transaction makes, outside one
+            return _MemoryTx(self, self.clock()).get(job_id)
 
     def _read_coalesce(self, coalesce_id: str) -> Record | None:
         with self._lock:
-            job_id = self._holders.get(coalesce_id)
-            return None if job_id is None else self._rows[job_id]
+            return _MemoryTx(self, self.clock()).coalesce_holder(coalesce_id)
 
     def _matching(self, queue: str | None, status: Status | None) -> Iterator[Record]:
         for record in self._rows.values():

@@ -361,16 +361,12 @@ class SQLiteStore(BaseStore):
             yield self._db()
 
     def _read(self, job_id: int) -> Record | None:
-        with self._reading() as conn:
-            row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _record(row)
+        with self._reading() as conn:  # the same lookup a transaction makes, outside one
+            return _SQLiteTx(conn, self.clock()).get(job_id)
 
     def _read_coalesce(self, coalesce_id: str) -> Record | None:
         with self._reading() as conn:
-            row = conn.execute(
-                f"{_SELECT} WHERE coalesce_id = ? AND status IN {_HOLDING}", (coalesce_id,)
-            ).fetchone()
-        return None if row is None else _record(row)
+            return _SQLiteTx(conn, self.clock()).coalesce_holder(coalesce_id)
 
     @staticmethod
     def _filters(queue: str | None, status: Status | None) -> tuple[str, list[Any]]:
