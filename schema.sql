@@ -1,10 +1,11 @@
--- liteq's SQLite schema: the one source of truth. Version 1 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 2 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 
 CREATE TABLE liteq_jobs (
-    -- AUTOINCREMENT: an id is never reused, so a stored id (an async callback's,
-    -- a log line's) can never name a different job later.
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- An id is never reused, so a stored id (an async callback's, a log line's) can
+    -- never name a different job later. liteq inserts max(largest id, high water) + 1
+    -- (see liteq_meta), which costs no write per insert, unlike AUTOINCREMENT.
+    id                 INTEGER PRIMARY KEY,
     job_type           TEXT    NOT NULL,
     payload            TEXT    NOT NULL,
     queue              TEXT    NOT NULL,
@@ -28,10 +29,10 @@ CREATE TABLE liteq_jobs (
     lock_until         REAL
 );
 
--- The claim: best due job first (priority, then run_at, then FIFO).
-CREATE INDEX liteq_jobs_claim ON liteq_jobs (priority DESC, run_at, id)
-    WHERE status = 'queued';
-CREATE INDEX liteq_jobs_claim_by_queue ON liteq_jobs (queue, priority DESC, run_at, id)
+-- The claim: in each queue, best due job first (priority, then run_at, then FIFO).
+-- One index, so an enqueue writes one index page: a claim over several queues seeks
+-- the best jobs of each (their names come from this index too) and merges them.
+CREATE INDEX liteq_jobs_claim ON liteq_jobs (queue, priority DESC, run_at, id)
     WHERE status = 'queued';
 
 -- Coalescing is this index: at most one holder per coalesce_id, across every process.
@@ -43,4 +44,17 @@ CREATE UNIQUE INDEX liteq_jobs_coalesce ON liteq_jobs (coalesce_id)
 CREATE INDEX liteq_jobs_active ON liteq_jobs (status)
     WHERE status IN ('running', 'wait_async');
 
-PRAGMA user_version = 1;
+-- The largest id ever deleted while it was the largest: ids stay above it.
+CREATE TABLE liteq_meta (
+    one        INTEGER PRIMARY KEY CHECK (one = 1),
+    high_water INTEGER NOT NULL
+);
+INSERT INTO liteq_meta VALUES (1, 0);
+
+CREATE TRIGGER liteq_jobs_high_water AFTER DELETE ON liteq_jobs
+    WHEN NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id > old.id)
+BEGIN
+    UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
+END;
+
+PRAGMA user_version = 2;

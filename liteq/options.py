@@ -118,8 +118,11 @@ def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> l
     Raises TypeError (unencodable state, bad option type) or ValueError (bad option value)
     before anything is written. Options the call gives are checked once, not per job.
     """
-    _check_names(options)
     shared: _Resolved | None = None
+    if options:
+        _check_names(options)
+    else:  # the common call: no options, nothing to check
+        shared = _Resolved(DEFAULT_QUEUE, 0, 1, now, False, None, None, True)
     records = []
     for job in jobs:
         job_type, payload = encode(job)

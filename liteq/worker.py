@@ -301,14 +301,10 @@ class Worker:
                 log.info("source file %s changed: exiting to restart with the new code", changed)
                 return EXIT_CODE_CHANGED
             if not self._held:
-                self._flush_acks()
                 limit = self.prefetch
                 if self.exit_after_n_jobs is not None:
                     limit = min(limit, self.exit_after_n_jobs - self.jobs_processed)
-                held = self._patiently(
-                    "claiming jobs",
-                    functools.partial(self.store.claim_many, owner, self.queues, self.lease, limit),
-                )
+                held = self._complete_and_claim(owner, limit)
                 if held is None:  # the store failed and the worker is stopping
                     break
                 if not held:
@@ -354,6 +350,27 @@ class Worker:
             if released:
                 log.info("handed back %d prefetched job(s) that had not started", released)
         self._flush_acks()
+
+    def _complete_and_claim(self, owner: str, limit: int) -> list[ManagedJob] | None:
+        """Record the finished jobs and claim the next in one transaction (None: stopping)."""
+        with self._current_lock:
+            acks, self._acks = self._acks, []
+        what = "claiming jobs"
+        if acks:
+            ids = ", ".join(str(m.id) for m in acks[:5]) + (", …" if len(acks) > 5 else "")
+            what = f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
+        outcome = self._patiently(
+            what,
+            functools.partial(
+                self.store.complete_and_claim, acks, owner, self.queues, self.lease, limit
+            ),
+        )
+        if outcome is None:
+            return None
+        lost, held = outcome
+        for error in lost:
+            log.warning("%s; its result is dropped", error)
+        return held
 
     def _flush_acks(self) -> None:
         with self._current_lock:
@@ -493,21 +510,18 @@ class Worker:
             if result is Status.WAIT_ASYNC:
                 self._ack(mjob, lambda: self.store.wait_async(mjob))
             elif result is None or result is Status.COMPLETED:
-                if self.prefetch > 1:
-                    with self._current_lock:
-                        if not self._acks:
-                            self._acks_since = time.monotonic()
-                        self._acks.append(mjob)
-                    if len(self._acks) >= self.prefetch:
-                        self._flush_acks()
-                else:
-                    self._ack(mjob, lambda: self.store.complete(mjob))
+                # Recorded with the next claim, in its transaction (which comes at once
+                # when no claimed job is waiting) or, mid-batch, after ACK_DELAY.
+                with self._current_lock:
+                    if not self._acks:
+                        self._acks_since = time.monotonic()
+                    self._acks.append(mjob)
             else:
                 message = f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
                 self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
                 log.error("job %d (%s): %s", mjob.id, _name(mjob), message)
             if debug:
-                log.debug("job %d (%s) -> %s", mjob.id, _name(mjob), mjob.status.value)
+                log.debug("job %d (%s) returned %r", mjob.id, _name(mjob), result)
         finally:
             with self._current_lock:
                 self._current = None

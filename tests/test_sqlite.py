@@ -142,6 +142,44 @@ def test_many_worker_processes_run_each_job_once_without_lock_errors(tmp_path: P
     assert liteq.SQLiteStore(db).count() == 0
 
 
+def test_a_version_1_file_is_migrated_with_its_jobs_and_id_history(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    conn = apsw.Connection(str(path))
+    for _ in conn.execute((ROOT / "tests" / "schema_v1.sql").read_text()):
+        pass
+    now = time.time()
+    for n, coalesce in ((1, None), (2, "nightly"), (3, None)):
+        conn.execute(
+            "INSERT INTO liteq_jobs (job_type, payload, queue, priority, status, attempts,"
+            " max_attempts, run_at, created_at, coalesce_id, delete_on_complete)"
+            " VALUES (?, ?, 'default', 0, 'queued', 0, 1, ?, ?, ?, 1)",
+            (
+                "tests.jobs.Noop",
+                json.dumps({"type": "tests.jobs.Noop", "state": {"n": n}}),
+                now,
+                now,
+                coalesce,
+            ),
+        )
+    conn.execute("DELETE FROM liteq_jobs WHERE id = 3")  # AUTOINCREMENT remembers 3
+    conn.close()
+
+    store = liteq.SQLiteStore(path)
+    db = store._db()
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert [m.job.n for m in store.jobs()] == [1, 2]  # type: ignore[union-attr]
+    assert store.enqueue(Noop(9), coalesce_id="nightly").id == 2  # still coalesced
+    assert store.enqueue(Noop(4)).id == 4  # never 3 again
+    schema = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert {"liteq_jobs_claim", "liteq_jobs_coalesce", "liteq_jobs_high_water"} <= schema
+    assert "liteq_jobs_claim_by_queue" not in schema
+    claimed = store.claim_many("owner", limit=10)
+    assert [m.job.n for m in claimed] == [1, 2, 4]  # type: ignore[union-attr]
+    store.complete_many(claimed)
+    assert store.enqueue(Noop(5)).id == 5  # the high water survives an empty queue
+
+
 def test_an_older_schema_is_migrated_on_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,7 +189,7 @@ def test_an_older_schema_is_migrated_on_open(
     old = liteq.SQLiteStore(path)
     kept = old.enqueue(Noop(5))
     old.close()
-    # A future release: version 2 adds a column. Opening a version-1 file must migrate it.
+    # A future release adds a column. Opening a file of this version must migrate it.
     monkeypatch.setattr(sqlite, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(
         sqlite.MIGRATIONS, SCHEMA_VERSION, "ALTER TABLE liteq_jobs ADD COLUMN tags TEXT"

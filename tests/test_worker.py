@@ -285,6 +285,19 @@ def test_prefetch_runs_every_job_once_in_priority_order(
     assert sum(s.endswith(":completed") for s in seen) == 30
 
 
+def test_each_completion_is_on_file_before_the_next_job_starts(
+    store: liteq.stores.BaseStore,
+) -> None:
+    seen: list[str] = []
+    store.on_status_change = lambda m, old, msg: seen.append(f"{m.job.n}:{m.status.value}")  # type: ignore[union-attr]
+    store.enqueue_many([Noop(i) for i in range(3)])
+    burst(store)
+    assert seen == [
+        *("0:queued", "1:queued", "2:queued"),
+        *("0:running", "0:completed", "1:running", "1:completed", "2:running", "2:completed"),
+    ]
+
+
 def test_prefetched_jobs_not_started_are_handed_back_untouched(
     store: liteq.stores.BaseStore,
 ) -> None:

@@ -84,18 +84,6 @@ class BaseStore(abc.ABC):
         """Up to `limit` rows with id > after_id, by id."""
 
     @abc.abstractmethod
-    def _claim(
-        self,
-        queues: Sequence[str] | None,
-        now: float,
-        owner: str,
-        lease_until: float,
-        limit: int = 1,
-    ) -> list[Record]:
-        """Atomically move the best `limit` due QUEUED, unlocked rows to RUNNING for `owner`;
-        return them best first."""
-
-    @abc.abstractmethod
     def _read_active(self) -> list[Record]:
         """Every RUNNING or WAIT_ASYNC row."""
 
@@ -256,11 +244,12 @@ class BaseStore(abc.ABC):
         """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
         now = self.clock()
         jobs = list(jobs)
-        pending = list(zip(jobs, build_records(jobs, options, now), strict=True))
+        records = build_records(jobs, options, now)
         results: list[ManagedJob] = []
-        with self._write() as tx:
-            new_ids = tx.insert_many([record for _, record in pending])
-            for (job, record), new_id in zip(pending, new_ids, strict=True):
+        # _write() spelled out: this is the hot path of every enqueue.
+        with self._transaction() as tx:
+            new_ids = tx.insert_many(records)
+            for job, record, new_id in zip(jobs, records, new_ids, strict=True):
                 if new_id is None:
                     holder = tx.coalesce_holder(record.coalesce_id) if record.coalesce_id else None
                     if holder is None:
@@ -272,6 +261,8 @@ class BaseStore(abc.ABC):
                 record.id = new_id
                 tx.events.append((record, Status.UNQUEUED, "enqueued", job))
                 results.append(ManagedJob(self, record, job, None))
+        self._bump()
+        self._fire(tx.events)
         return results
 
     def task(
@@ -503,21 +494,42 @@ class BaseStore(abc.ABC):
         limit > 1, a job with max_runtime has no started_at until `mark_started`: its time
         limit counts from when it really starts, not from the claim.
         """
-        now = self.clock()
-        records = self._claim(queues, now, owner, now + lease, limit)
+        return self.complete_and_claim((), owner, queues, lease, limit)[1]
+
+    def complete_and_claim(
+        self,
+        done: Sequence[ManagedJob],
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> tuple[list[LeaseLost], list[ManagedJob]]:
+        """complete_many(done) and claim_many(...) in one transaction: a worker's steady
+        state, one commit per job instead of two. Returns (the LeaseLost errors of `done`,
+        the jobs claimed).
+        """
+        with self._transaction() as tx:
+            lost, finished = self._complete_in(tx, done)
+            records = tx.claim(queues, owner, tx.now + lease, limit)
+        for mjob, updated in finished:
+            mjob._record = updated
+        if done:
+            self._bump()
+            self._fire(tx.events)
         if not records:
             # Note the queue's version for wait_for_jobs, then look once more: a commit
             # between the claim and this read is then either seen or marks a change.
             self._seen = self._marker()
-            records = self._claim(queues, now, owner, now + lease, limit)
+            with self._transaction() as tx:
+                records = tx.claim(queues, owner, tx.now + lease, limit)
         if not records:
-            return []
+            return lost, []
         self._busy_until = time.monotonic() + self._busy_window
         mjobs = [self._managed(record) for record in records]
         for mjob in mjobs:
             mjob._claimed = True
         self._fire([(m._record, Status.QUEUED, "started", m.job) for m in mjobs])
-        return mjobs
+        return lost, mjobs
 
     def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool:
         """Extend a claimed job's lease; False if this worker no longer owns it."""
@@ -590,39 +602,45 @@ class BaseStore(abc.ABC):
         Each is fenced on its own run; a job this worker no longer owns is left as it is
         and reported in the returned list of LeaseLost errors.
         """
-        lost: list[LeaseLost] = []
-        done: list[tuple[ManagedJob, Record]] = []
         with self._write() as tx:
-            writes: list[tuple[Record, Changes | None]] = []
-            for mjob in mjobs:
-                if not mjob._claimed:
-                    raise InvalidState(f"job {mjob.id} was not claimed by this worker")
-                claimed = mjob._record
-                check_transition(claimed.id, claimed.status, Status.COMPLETED)
-                changes: Changes = {
-                    "status": Status.COMPLETED,
-                    "finished_at": tx.now,
-                    "owner": None,
-                    "lease_until": None,
-                    "error": None,
-                    "traceback": None,
-                }
-                writes.append((claimed, None if claimed.delete_on_complete else changes))
-                done.append((mjob, evolve(claimed, **changes)))
-            # Fenced: each applies only while this run still owns its job.
-            applied = tx.fenced_write_many(writes)
-            for (mjob, updated), ok in zip(done, applied, strict=True):
-                if ok:
-                    tx.events.append((updated, Status.RUNNING, "completed", mjob.job))
-                    continue
-                try:
-                    self._owned(tx, mjob)
-                except LeaseLost as exc:
-                    lost.append(exc)
-            done = [pair for pair, ok in zip(done, applied, strict=True) if ok]
-        for mjob, updated in done:
+            lost, finished = self._complete_in(tx, mjobs)
+        for mjob, updated in finished:
             mjob._record = updated
         return lost
+
+    def _complete_in(
+        self, tx: Tx, mjobs: Sequence[ManagedJob]
+    ) -> tuple[list[LeaseLost], list[tuple[ManagedJob, Record]]]:
+        """Complete claimed jobs in `tx`: (LeaseLost errors, (job, its new record) pairs)."""
+        lost: list[LeaseLost] = []
+        done: list[tuple[ManagedJob, Record]] = []
+        writes: list[tuple[Record, Changes | None]] = []
+        for mjob in mjobs:
+            if not mjob._claimed:
+                raise InvalidState(f"job {mjob.id} was not claimed by this worker")
+            claimed = mjob._record
+            check_transition(claimed.id, claimed.status, Status.COMPLETED)
+            changes: Changes = {
+                "status": Status.COMPLETED,
+                "finished_at": tx.now,
+                "owner": None,
+                "lease_until": None,
+                "error": None,
+                "traceback": None,
+            }
+            writes.append((claimed, None if claimed.delete_on_complete else changes))
+            done.append((mjob, evolve(claimed, **changes)))
+        # Fenced: each applies only while this run still owns its job.
+        applied = tx.fenced_write_many(writes) if writes else []
+        for (mjob, updated), ok in zip(done, applied, strict=True):
+            if ok:
+                tx.events.append((updated, Status.RUNNING, "completed", mjob.job))
+                continue
+            try:
+                self._owned(tx, mjob)
+            except LeaseLost as exc:
+                lost.append(exc)
+        return lost, [pair for pair, ok in zip(done, applied, strict=True) if ok]
 
     def wait_async(self, mjob: ManagedJob) -> None:
         """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""

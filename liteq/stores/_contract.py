@@ -53,6 +53,14 @@ class Store(Protocol):
     def release(self, mjobs: Sequence[ManagedJob]) -> int: ...
     def mark_started(self, mjob: ManagedJob) -> bool: ...
     def complete_many(self, mjobs: Sequence[ManagedJob]) -> list[LeaseLost]: ...
+    def complete_and_claim(
+        self,
+        done: Sequence[ManagedJob],
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> tuple[list[LeaseLost], list[ManagedJob]]: ...
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
     def wake(self) -> None: ...
@@ -101,6 +109,14 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def delete(self, job_id: int) -> None:
         """Delete the row if it exists."""
+
+    @abc.abstractmethod
+    def claim(
+        self, queues: Sequence[str] | None, owner: str, lease_until: float, limit: int
+    ) -> list[Record]:
+        """Move the best `limit` due (run_at <= now), unlocked QUEUED rows of these queues
+        (None: all) to RUNNING for `owner`, counting the attempt; return them best first.
+        With limit > 1, a row with max_runtime gets no started_at (mark_started sets it)."""
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         """fenced_write for many (claimed, changes) pairs; stores may batch the statements."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import itertools
 import threading
 import time
@@ -63,6 +64,32 @@ class _MemoryTx(Tx):
     def delete(self, job_id: int) -> None:
         self._touch(job_id)
         self._put(None, job_id)
+
+    def claim(
+        self, queues: Sequence[str] | None, owner: str, lease_until: float, limit: int
+    ) -> list[Record]:
+        now = self.now
+        due = (
+            r
+            for r in self._store._due(queues)
+            if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
+        )
+        claimed = [
+            evolve(
+                r,
+                status=Status.RUNNING,
+                attempts=r.attempts + 1,
+                # In a batch, a job with max_runtime starts its clock when it starts.
+                started_at=now if limit == 1 or r.max_runtime is None else None,
+                finished_at=None,
+                owner=owner,
+                lease_until=lease_until,
+            )
+            for r in heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
+        ]
+        for record in claimed:
+            self.update(record)
+        return claimed
 
     def rollback(self) -> None:
         for job_id, record in self._undo.items():
@@ -139,40 +166,6 @@ class MemoryStore(BaseStore):
         for record in self._rows.values():
             if record.status is Status.QUEUED and (queues is None or record.queue in queues):
                 yield record
-
-    def _claim(
-        self,
-        queues: Sequence[str] | None,
-        now: float,
-        owner: str,
-        lease_until: float,
-        limit: int = 1,
-    ) -> list[Record]:
-        with self._transaction() as tx:
-            candidates = sorted(
-                (
-                    r
-                    for r in self._due(queues)
-                    if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
-                ),
-                key=lambda r: (-r.priority, r.run_at, r.id),
-            )[:limit]
-            claimed = [
-                evolve(
-                    r,
-                    status=Status.RUNNING,
-                    attempts=r.attempts + 1,
-                    # In a batch, a job with max_runtime starts its clock when it starts.
-                    started_at=now if limit == 1 or r.max_runtime is None else None,
-                    finished_at=None,
-                    owner=owner,
-                    lease_until=lease_until,
-                )
-                for r in candidates
-            ]
-            for record in claimed:
-                tx.update(record)
-            return claimed
 
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
         with self._lock:

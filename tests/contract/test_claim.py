@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import liteq
 from liteq import Status
@@ -74,3 +76,35 @@ def test_jobs_run_once_each(store: liteq.stores.BaseStore) -> None:
     store.enqueue_many([Noop(i) for i in range(50)])
     assert sorted(claim_all(store)) == list(range(50))
     assert store.count() == 0
+
+
+# One store for all examples: each starts by deleting what an earlier one left.
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    jobs=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.integers(-2, 2), st.integers(-1, 3)), max_size=25
+    ),
+    queues=st.none() | st.lists(st.sampled_from("abcde"), max_size=5),
+    limit=st.integers(1, 8),
+)
+def test_claims_take_the_best_due_jobs_across_queues(
+    store: liteq.stores.BaseStore,
+    clock: Clock,
+    jobs: list[tuple[str, int, int]],
+    queues: list[str] | None,
+    limit: int,
+) -> None:
+    for mjob in list(store.jobs()):
+        mjob.delete()
+    made = [
+        store.enqueue(Noop(n), queue=queue, priority=priority, run_at=clock.now - age)
+        for n, (queue, priority, age) in enumerate(jobs)
+    ]
+    served = [m for m in made if (queues is None or m.queue in queues) and m.run_at <= m.created_at]
+    best_first = [m.job.n for m in sorted(served, key=lambda m: (-m.priority, m.run_at, m.id))]  # type: ignore[union-attr]
+    got: list[int] = []
+    while batch := store.claim_many(OWNER, queues, limit=limit):
+        assert len(batch) <= limit
+        got += [m.job.n for m in batch]  # type: ignore[union-attr]
+        store.complete_many(batch)
+    assert got == best_first

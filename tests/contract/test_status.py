@@ -268,3 +268,29 @@ def test_a_batch_acknowledgement_is_fenced_per_job(
     assert [m.id for m in store.jobs()] == [mine[2].id]  # only the re-run job is left
     store.complete(again)
     assert store.count() == 0
+
+
+def test_completing_and_claiming_in_one_go(store: liteq.stores.BaseStore, clock: Clock) -> None:
+    store.enqueue_many([Noop(i) for i in range(3)], max_attempts=3)
+    store.enqueue(Noop(9), priority=-1, delete_on_complete=False)
+    first = store.claim(OWNER, lease=10)
+    kept = store.claim("another-worker")
+    assert first is not None and kept is not None
+    lost, (second,) = store.complete_and_claim([first], OWNER, lease=10)
+    assert lost == [] and first.status is Status.COMPLETED
+    assert [m.job.n for m in store.jobs()] == [1, 2, 9]  # type: ignore[union-attr]
+    clock.advance(11)  # second's lease lapses: it is re-queued
+    store.renew_leases([kept], lease=10)
+    (rescued,) = store.detect_hung_jobs()
+    assert rescued.id == second.id
+    lost, (third,) = store.complete_and_claim([second], OWNER)
+    assert [str(e) for e in lost] == [
+        f"job {second.id} is no longer this worker's: it was re-queued (status queued, attempt 1)"
+    ]
+    assert third.id == second.id and third.attempts == 2  # claimed again: a new run
+    lost, (last,) = store.complete_and_claim([third, kept], OWNER)
+    assert lost == [] and last.job.n == 9  # type: ignore[union-attr]
+    assert store.complete_and_claim([last], OWNER) == ([], [])
+    assert [(m.job.n, m.status) for m in store.jobs()] == [(9, Status.COMPLETED)]  # type: ignore[union-attr]
+    with pytest.raises(liteq.InvalidState, match="not claimed by this worker"):
+        store.complete_and_claim([store.get(last.id)], OWNER)
