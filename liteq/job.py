@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from liteq.stores._base import BaseStore
 
 _REGISTRY: dict[str, type[Job]] = {}
+#: Per class: its stored name and the start of its payloads, made once.
+_HEADS: dict[type[Job], tuple[str, str]] = {}
 #: One encoder: json.dumps with options would build a new one on every call.
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
@@ -81,7 +83,9 @@ class Job:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _REGISTRY[type_name(cls)] = cls
+        name = type_name(cls)
+        _REGISTRY[name] = cls
+        _HEADS[cls] = (name, f'{{"type":{json.dumps(name)},"state":')
 
     def run(self, job: ManagedJob) -> Status | None:
         """Do the work. Return None when done, or `Status.WAIT_ASYNC` to finish later.
@@ -136,7 +140,7 @@ def encode(job: Job) -> tuple[str, str]:
     if not isinstance(job, Job):
         raise TypeError(f"can only enqueue liteq.Job instances, not {type(job).__name__}")
     cls = type(job)
-    name = type_name(cls)
+    name, head = _HEADS.get(cls) or (type_name(cls), "")
     if _REGISTRY.get(name) is not cls:
         raise TypeError(f"{name} is not a registered Job class (was it redefined?)")
     state = job.to_state()
@@ -144,7 +148,7 @@ def encode(job: Job) -> tuple[str, str]:
         blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
         return name, json.dumps({"type": name, "pickle": blob})
     try:
-        text = _ENCODER.encode({"type": name, "state": state})
+        text = f"{head}{_ENCODER.encode(state)}}}"  # {"type": name, "state": state}
     except (TypeError, ValueError) as exc:
         raise TypeError(_unencodable(name, state, exc)) from None
     return name, text

@@ -15,7 +15,7 @@ import pytest
 
 import liteq
 from liteq.stores.sqlite import SCHEMA_VERSION, schema_sql
-from tests.jobs import Noop
+from tests.jobs import Noop, WithOptions
 
 ROOT = Path(__file__).parents[1]
 
@@ -199,3 +199,25 @@ def test_an_older_schema_is_migrated_on_open(
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
     assert "tags" in [row[1] for row in conn.execute("PRAGMA table_info(liteq_jobs)")]
     assert store.get(kept.id).job.n == 5  # type: ignore[union-attr]
+
+
+def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) -> None:
+    from liteq.job import encode
+
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    tricky = ["é ☃ \U0001f600", 'quote " back \\ slash', "line\nbreak\ttab\x00nul", "", "[1, 2]"]
+    floats = [0.1, 1e300, -0.0, 2**70, -(2**63)]
+    jobs = [Noop(v) for v in [*tricky, *floats, {"nested": [None, True, {"k": 1.5}]}]]
+    jobs += [WithOptions(), Noop(7)]  # options of its own: rows differ, the plain path
+    same = store.enqueue_many(jobs[:-2], priority=3, delay=60, max_runtime=5)
+    mixed = store.enqueue_many(jobs[-2:])
+    rows = (
+        store._db()
+        .execute("SELECT id, job_type, payload, priority, max_runtime FROM liteq_jobs ORDER BY id")
+        .fetchall()
+    )
+    assert [r[0] for r in rows] == [m.id for m in [*same, *mixed]]
+    for job, (_, job_type, payload, *_rest) in zip(jobs, rows, strict=True):
+        assert (job_type, payload) == encode(job)
+    assert {(r[3], r[4]) for r in rows[: len(same)]} == {(3, 5.0)}
+    assert [store.get(m.id).job.n for m in same[:5]] == [j.n for j in jobs[:5]]  # type: ignore[union-attr, attr-defined]
