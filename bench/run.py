@@ -1,7 +1,7 @@
 """liteq against the raw SQLite floor (and huey), measured in one run on this machine.
 
-    python bench/run.py            # about two minutes
-    python bench/run.py --quick    # smaller counts, for a smoke test
+    python bench/run.py            # about three minutes: three passes, medians reported
+    python bench/run.py --quick    # smaller counts, one pass, for a smoke test
 
 The floor is what any SQLite queue must do, written directly against apsw: a table with
 a claim index, one INSERT per enqueue; BEGIN IMMEDIATE, UPDATE … RETURNING, COMMIT, then
@@ -182,86 +182,103 @@ def huey_workload(tmp: Path, n: int) -> tuple[float, float] | None:
     return enqueue, rate(n, drain)
 
 
+def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
+    """One pass of the throughput measures: label -> (floor, liteq)."""
+    out: dict[str, tuple[float | None, float]] = {}
+    floor = floor_db(tmp / "floor.sqlite")
+    store = liteq.SQLiteStore(tmp / "liteq.sqlite")
+    f = rate(n, lambda: floor_enqueue(floor, n))
+    out["enqueue, one per transaction"] = (
+        f,
+        rate(n, lambda: [store.enqueue(Noop(1)) for _ in range(n)]),
+    )
+    f = rate(n, lambda: floor_drain(floor, n))
+    out["claim + complete, one worker"] = (
+        f,
+        rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
+    )
+    floor_enqueue_batched(floor, n * 5)
+    f = rate(n * 5, lambda: floor_drain_batched(floor, n * 5))
+    store.enqueue_many([Noop(1) for _ in range(n * 5)])
+    out["claim + complete, 100 per transaction (prefetch=100)"] = (
+        f,
+        rate(n * 5, liteq.Worker(store, exit_if_no_jobs=True, jitter=False, prefetch=100).start),
+    )
+    f = rate(n * 5, lambda: floor_enqueue_batched(floor, n * 5))
+    out["enqueue_many, 100 per transaction"] = (
+        f,
+        rate(
+            n * 5,
+            lambda: [store.enqueue_many([Noop(1) for _ in range(100)]) for _ in range(n // 20)],
+        ),
+    )
+    store.close()
+    full_floor = floor_db(tmp / "floor-full.sqlite", sync=2)
+    full = liteq.SQLiteStore(tmp / "liteq-full.sqlite", durability="full")
+    m = max(500, n // 10)
+    out["enqueue, durability=full"] = (
+        rate(m, lambda: floor_enqueue(full_floor, m)),
+        rate(m, lambda: [full.enqueue(Noop(1)) for _ in range(m)]),
+    )
+    full.close()
+    for label, make, count in (("noop", Noop, n), ("1 ms", Sleep, max(500, n // 10))):
+        for prefetch in (1, 100):
+            for processes in (1, 2):
+                path = tmp / f"work-{label}-{prefetch}-{processes}.sqlite"
+                liteq.SQLiteStore(path).enqueue_many([make() for _ in range(count)])
+                jobs_per_s, rss = drain_in_processes(path, processes, prefetch)
+                key = f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}"
+                out[key] = (None, jobs_per_s)
+                out[f"rss {key}"] = (None, rss)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--quick", action="store_true", help="smaller counts, one pass")
+    parser.add_argument(
+        "--passes", type=int, default=3, help="throughput passes; medians are reported"
+    )
     args = parser.parse_args()
     n = 2_000 if args.quick else 20_000
+    passes = 1 if args.quick else max(1, args.passes)
     depths = [1_000, 10_000] if args.quick else [1_000, 100_000, 1_000_000]
     report = Report()
     print(
         f"liteq {liteq.__version__}, SQLite {apsw.sqlite_lib_version()}, apsw {apsw.apsw_version()}, "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {date.today()}"
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {date.today()}, "
+        f"median of {passes} pass(es)"
     )
+    runs: list[dict[str, tuple[float | None, float]]] = []
+    for _ in range(passes):
+        with tempfile.TemporaryDirectory() as name:
+            runs.append(throughput(Path(name), n))
+
+    def median(key: str) -> tuple[float | None, float]:
+        floors = [r[key][0] for r in runs]
+        floor = statistics.median(f for f in floors if f is not None) if floors[0] else None
+        return floor, statistics.median(r[key][1] for r in runs)
+
+    for key in runs[0]:
+        if key.startswith(("rss ", "liteq work")):
+            continue
+        report.add(key, *median(key))
+    enqueue_rate = median("enqueue, one per transaction")[1]
+    drain_rate = median("claim + complete, one worker")[1]
+    for label in ("noop", "1 ms"):
+        for prefetch in (1, 100):
+            rates = []
+            for processes in (1, 2):
+                key = f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}"
+                rates.append(median(key)[1])
+                report.add(key, None, rates[-1])
+            report.note(
+                f"{label} jobs, prefetch {prefetch}: 2 processes / 1", f"{rates[1] / rates[0]:.2f}"
+            )
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        floor = floor_db(tmp / "floor.sqlite")
-        store = liteq.SQLiteStore(tmp / "liteq.sqlite")
-
-        f = rate(n, lambda: floor_enqueue(floor, n))
-        report.add(
-            "enqueue, one per transaction",
-            f,
-            enqueue_rate := rate(n, lambda: [store.enqueue(Noop(1)) for _ in range(n)]),
-        )
-        f = rate(n, lambda: floor_drain(floor, n))
-        report.add(
-            "claim + complete, one worker",
-            f,
-            drain_rate := rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
-        )
-        floor_enqueue_batched(floor, n * 5)
-        f = rate(n * 5, lambda: floor_drain_batched(floor, n * 5))
-        store.enqueue_many([Noop(1) for _ in range(n * 5)])
-        report.add(
-            "claim + complete, 100 per transaction (prefetch=100)",
-            f,
-            rate(
-                n * 5, liteq.Worker(store, exit_if_no_jobs=True, jitter=False, prefetch=100).start
-            ),
-        )
-        f = rate(n * 5, lambda: floor_enqueue_batched(floor, n * 5))
-        report.add(
-            "enqueue_many, 100 per transaction",
-            f,
-            rate(
-                n * 5,
-                lambda: [store.enqueue_many([Noop(1) for _ in range(100)]) for _ in range(n // 20)],
-            ),
-        )
-        store.close()
-
-        full_floor = floor_db(tmp / "floor-full.sqlite", sync=2)
-        full = liteq.SQLiteStore(tmp / "liteq-full.sqlite", durability="full")
-        m = max(500, n // 10)
-        report.add(
-            "enqueue, durability=full",
-            rate(m, lambda: floor_enqueue(full_floor, m)),
-            rate(m, lambda: [full.enqueue(Noop(1)) for _ in range(m)]),
-        )
-
-        peak_rss = 0
-        for label, make, count in (("noop", Noop, n), ("1 ms", Sleep, max(500, n // 10))):
-            for prefetch in (1, 100):
-                rates = []
-                for processes in (1, 2):
-                    path = tmp / f"work-{label}-{prefetch}-{processes}.sqlite"
-                    liteq.SQLiteStore(path).enqueue_many([make() for _ in range(count)])
-                    jobs_per_s, rss = drain_in_processes(path, processes, prefetch)
-                    rates.append(jobs_per_s)
-                    peak_rss = max(peak_rss, rss)
-                    report.add(
-                        f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}",
-                        None,
-                        rates[-1],
-                    )
-                report.note(
-                    f"{label} jobs, prefetch {prefetch}: 2 processes / 1",
-                    f"{rates[1] / rates[0]:.2f}",
-                )
-
         lat = {d: claim_latency(tmp / "depth.sqlite", d) for d in depths}
         for depth, seconds in lat.items():
             report.note(
@@ -271,6 +288,7 @@ def main() -> None:
             f"latency at {depths[-1]:,} / at {depths[0]:,}",
             f"{lat[depths[-1]] / lat[depths[0]]:.2f}",
         )
+        peak_rss = max(v[1] for r in runs for k, v in r.items() if k.startswith("rss "))
         report.note("peak RSS of one worker process (sampled)", f"{peak_rss / 2**20:.0f} MiB")
 
         huey = huey_workload(tmp, n)

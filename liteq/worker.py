@@ -332,7 +332,7 @@ class Worker:
         store when the leases were not renewed lately (the process was paused, say), and
         gets its real start time recorded when max_runtime is to count from it.
         """
-        unstarted = mjob.started_at is None  # its max_runtime clock starts now
+        unstarted = mjob._record.started_at is None  # its max_runtime clock starts now
         fresh = time.monotonic() - self._leases_renewed <= self.lease / 2
         if not unstarted and (mjob is self._batch_head or fresh):
             return True
@@ -355,10 +355,13 @@ class Worker:
         """Record the finished jobs and claim the next in one transaction (None: stopping)."""
         with self._current_lock:
             acks, self._acks = self._acks, []
-        what = "claiming jobs"
-        if acks:
+
+        def what() -> str:  # said only when it fails
+            if not acks:
+                return "claiming jobs"
             ids = ", ".join(str(m.id) for m in acks[:5]) + (", …" if len(acks) > 5 else "")
-            what = f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
+            return f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
+
         outcome = self._patiently(
             what,
             functools.partial(
@@ -559,7 +562,7 @@ class Worker:
             return None
         return mjob.status
 
-    def _patiently(self, what: str, action: Callable[[], T]) -> T | None:
+    def _patiently(self, what: str | Callable[[], str], action: Callable[[], T]) -> T | None:
         """Run a store operation; while the store fails (disk full, locked for too long, I/O
         error), log it and retry with backoff. Returns None if the worker is asked to stop
         meanwhile: a job whose outcome was not recorded stays RUNNING and is re-queued once
@@ -569,6 +572,7 @@ class Worker:
             try:
                 return action()
             except StoreError as exc:
+                what = what if isinstance(what, str) else what()
                 if self._stop_requested:
                     log.error("%s failed (%s); giving up, the worker is stopping", what, exc)
                     return None
