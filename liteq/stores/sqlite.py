@@ -166,6 +166,18 @@ _FIRST_QUEUE = "(SELECT min(queue) FROM liteq_jobs WHERE status = 'queued')"
 _LAST_QUEUE = "(SELECT max(queue) FROM liteq_jobs WHERE status = 'queued')"
 
 
+# Every queue holding queued jobs, a seek each.
+_QUEUE_NAMES = (
+    f"WITH RECURSIVE names(name) AS ({_FIRST_QUEUE[1:-1]} UNION ALL "
+    "SELECT (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued' AND queue > name) "
+    "FROM names WHERE name IS NOT NULL) SELECT name FROM names WHERE name IS NOT NULL"
+)
+_TOP_PRIORITY = "SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1"
+_FIRST_DUE = (
+    "SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND priority = +?2"
+)
+
+
 @functools.cache
 def _claim_sql(queue_count: int | None, limit: int) -> str:
     """The claim of the best `limit` due jobs of these queues (None: every queue).
@@ -556,13 +568,23 @@ class SQLiteStore(BaseStore):
         return [_record(r) for r in rows]
 
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
-        where = "" if queues is None else f" AND queue IN ({', '.join('?' * len(queues))})"
+        # The claim index orders run_at within (queue, priority): seek the first job of each
+        # such group rather than scan every queued job (a million delayed jobs, say).
+        best: float | None = None
         with self._reading() as conn:
-            row = conn.execute(
-                f"SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued'{where}",
-                tuple(queues or ()),
-            ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+            if queues is None:
+                names = [row[0] for row in conn.execute(_QUEUE_NAMES)]
+            else:
+                names = list(dict.fromkeys(queues))
+            for name in names:
+                priority = _scalar(conn, _TOP_PRIORITY, (name,))
+                while priority is not None:
+                    due = float(_scalar(conn, _FIRST_DUE, (name, priority)))
+                    best = due if best is None else min(best, due)
+                    priority = _scalar(
+                        conn, f"{_TOP_PRIORITY} AND priority < +?2", (name, priority)
+                    )
+        return best
 
     def _external_marker(self) -> object:
         # Changes whenever another connection commits; ~10 µs a call.

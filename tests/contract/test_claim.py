@@ -100,7 +100,12 @@ def test_claims_take_the_best_due_jobs_across_queues(
         store.enqueue(Noop(n), queue=queue, priority=priority, run_at=clock.now - age)
         for n, (queue, priority, age) in enumerate(jobs)
     ]
-    served = [m for m in made if (queues is None or m.queue in queues) and m.run_at <= m.created_at]
+    mine = [m for m in made if queues is None or m.queue in queues]
+    first = min((m.run_at for m in mine), default=None)
+    assert store.next_run_at(queues) == (
+        None if first is None else pytest.approx(first.timestamp())
+    )
+    served = [m for m in mine if m.run_at <= m.created_at]
     best_first = [m.job.n for m in sorted(served, key=lambda m: (-m.priority, m.run_at, m.id))]  # type: ignore[union-attr]
     got: list[int] = []
     while batch := store.claim_many(OWNER, queues, limit=limit):
