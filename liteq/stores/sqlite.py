@@ -87,7 +87,9 @@ _NEXT_ID = (
 _INSERT_PLAIN = (
     f"INSERT INTO liteq_jobs ({_COLS}) VALUES ({_NEXT_ID}, {', '.join('?' * (len(COLUMNS) - 1))})"
 )
-_INSERT = f"{_INSERT_PLAIN} ON CONFLICT DO NOTHING RETURNING id"
+# A held coalesce id makes it insert nothing (then changes() is 0). No RETURNING: it costs
+# more than asking for the new rowid.
+_INSERT = f"{_INSERT_PLAIN} ON CONFLICT DO NOTHING"
 # Many jobs with the same options in one statement: their (type, payload) pairs go in as one
 # JSON array, which SQLite walks in C; ids are consecutive from the next id.
 _INSERT_BATCH = (
@@ -239,8 +241,9 @@ class _SQLiteTx(Tx):
         return None if row is None else _record(row)
 
     def insert(self, record: Record) -> int | None:
-        row = self._conn.execute(_INSERT, _new_values(record)).fetchone()
-        return None if row is None else int(row[0])
+        conn = self._conn
+        conn.execute(_INSERT, _new_values(record))
+        return conn.last_insert_rowid() if conn.changes() else None
 
     def insert_many(self, records: Sequence[Record]) -> list[int | None]:
         if len(records) < 2 or any(r.coalesce_id is not None for r in records):
