@@ -354,7 +354,7 @@ class Worker:
     def _complete_and_claim(self, owner: str, limit: int) -> list[ManagedJob] | None:
         """Record the finished jobs and claim the next in one transaction (None: stopping)."""
         with self._current_lock:
-            acks, self._acks = self._acks, []
+            acks = list(self._acks)  # they stay in _acks, leased, until recorded
 
         def what() -> str:  # said only when it fails
             if not acks:
@@ -370,6 +370,7 @@ class Worker:
         )
         if outcome is None:
             return None
+        self._forget_acks(acks)
         lost, held = outcome
         for error in lost:
             log.warning("%s; its result is dropped", error)
@@ -377,13 +378,20 @@ class Worker:
 
     def _flush_acks(self) -> None:
         with self._current_lock:
-            acks, self._acks = self._acks, []
+            acks = list(self._acks)
         if acks:
             lost = self._patiently(
                 "recording completed jobs", lambda: self.store.complete_many(acks)
             )
+            if lost is not None:
+                self._forget_acks(acks)
             for error in lost or []:
                 log.warning("%s; its result is dropped", error)
+
+    def _forget_acks(self, recorded: list[ManagedJob]) -> None:
+        with self._current_lock:
+            done = {id(m) for m in recorded}
+            self._acks = [m for m in self._acks if id(m) not in done]
 
     def _idle(self, timeout: float) -> None:
         # In slices, so a signal's stop request is seen within a tenth of a second.
@@ -450,8 +458,8 @@ class Worker:
                     renew_at = time.monotonic() + 1.0
                     continue
                 self._leases_renewed = time.monotonic()
-                for mjob in mine:
-                    if id(mjob) not in kept:
+                for mjob in mine:  # (one finished meanwhile is no longer RUNNING here)
+                    if id(mjob) not in kept and mjob.status is Status.RUNNING:
                         log.warning("job %d: lease lost; it was re-queued elsewhere", mjob.id)
 
     # -- one job -------------------------------------------------------------
