@@ -97,7 +97,7 @@ _INSERT_BATCH = (
     "?1, ?2, 'queued', 0, ?3, ?4, ?5, NULL, NULL, NULL, ?6, ?7, "
     "NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
 )
-#: What the jobs of one _INSERT_BATCH share (status and coalesce_id: only checked).
+#: What the jobs of one _INSERT_BATCH share: their options, then what every new row has.
 _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     "queue",
     "priority",
@@ -106,9 +106,10 @@ _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     "created_at",
     "max_runtime",
     "delete_on_complete",
-    "status",
-    "coalesce_id",
+    *("status", "attempts", "coalesce_id", "started_at", "finished_at", "error", "traceback"),
+    *("owner", "lease_until", "lock_token", "lock_until"),
 )
+_FRESH = (Status.QUEUED, 0, None, None, None, None, None, None, None, None, None)
 _UPDATE = (
     "UPDATE liteq_jobs SET " + ", ".join(f"{c} = ?" for c in COLUMNS if c != "id") + " WHERE id = ?"
 )
@@ -161,19 +162,20 @@ _new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS[
 
 #: _claim_sql's queue count meaning "every queue, while only one holds queued jobs".
 _ONLY_QUEUE: Final = 0
-# A bound value compared with an indexed column is written `+?`: this SQLite is built with
-# STAT4, and a plain `?` there costs a re-plan on every run (~10 µs, measured); `+` keeps
-# the value out of the planner and the index is used all the same.
 _FIRST_QUEUE = "(SELECT min(queue) FROM liteq_jobs WHERE status = 'queued')"
 _LAST_QUEUE = "(SELECT max(queue) FROM liteq_jobs WHERE status = 'queued')"
 
 
-# Every queue holding queued jobs, a seek each.
-_QUEUE_NAMES = (
+# Every queue holding queued jobs (and a NULL to end), a seek each.
+_NAMES = (
     f"WITH RECURSIVE names(name) AS ({_FIRST_QUEUE[1:-1]} UNION ALL "
     "SELECT (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued' AND queue > name) "
-    "FROM names WHERE name IS NOT NULL) SELECT name FROM names WHERE name IS NOT NULL"
+    "FROM names WHERE name IS NOT NULL)"
 )
+_QUEUE_NAMES = f"{_NAMES} SELECT name FROM names WHERE name IS NOT NULL"
+# A bound value compared with an indexed column is written `+?`: this SQLite is built with
+# STAT4, and a plain `?` there costs a re-plan on every run (~10 µs, measured); `+` keeps
+# the value out of the planner and the index is used all the same.
 _TOP_PRIORITY = "SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1"
 _FIRST_DUE = (
     "SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND priority = +?2"
@@ -209,12 +211,7 @@ def _claim_sql(queue_count: int | None, limit: int) -> str:
             f"AND queue = {queue} {due}{best}){only} RETURNING {_COLS}"
         )
     if queue_count is None:
-        names = (
-            "WITH RECURSIVE names(name) AS ("
-            f"{_FIRST_QUEUE[1:-1]} UNION ALL "
-            "SELECT (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued' AND queue > name) "
-            "FROM names WHERE name IS NOT NULL)"
-        )
+        names = _NAMES
     else:
         values = ", ".join(f"(?{4 + i})" for i in range(queue_count))
         names = f"WITH names(name) AS (VALUES {values})"
@@ -251,9 +248,9 @@ class _SQLiteTx(Tx):
         # No coalesce id, so no conflict. Inside this BEGIN IMMEDIATE no other writer can
         # interleave, and each row's id is the last one's + 1.
         shared = _shared(records[0])
-        if shared[-2:] == (Status.QUEUED, None) and all(_shared(r) == shared for r in records):
+        if shared[7:] == _FRESH and all(_shared(r) == shared for r in records):
             pairs = json.dumps([(r.job_type, r.payload) for r in records])
-            self._conn.execute(_INSERT_BATCH, (*shared[:-2], pairs))
+            self._conn.execute(_INSERT_BATCH, (*shared[:7], pairs))
         else:
             self._conn.executemany(_INSERT_PLAIN, [_new_values(r) for r in records])
         last = self._conn.last_insert_rowid()
