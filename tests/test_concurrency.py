@@ -130,7 +130,10 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
             victims = children(work.pid)
             if victims:
                 pid = rng.choice(victims)
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # killed by the previous kill and reaped since
+                    continue
                 killed[pid] = time.time()
 
         coalesced = {cid for _, cid in jobs if cid}
