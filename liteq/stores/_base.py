@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
 from typing import Any, Unpack
 
 from liteq.errors import (
@@ -184,12 +185,9 @@ class BaseStore(abc.ABC):
                 error = str(exc)
         return ManagedJob(self, record, job, error, lock_token)
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Tx]:
-        with self._transaction() as tx:
-            yield tx
-        self._bump()
-        self._fire(tx.events)
+    def _write(self) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction; once committed, wakes waiting workers and runs the hooks."""
+        return _Write(self)
 
     @staticmethod
     def _change(
@@ -246,8 +244,7 @@ class BaseStore(abc.ABC):
         jobs = list(jobs)
         records = build_records(jobs, options, now)
         results: list[ManagedJob] = []
-        # _write() spelled out: this is the hot path of every enqueue.
-        with self._transaction() as tx:
+        with self._write() as tx:
             new_ids = tx.insert_many(records)
             for job, record, new_id in zip(jobs, records, new_ids, strict=True):
                 if new_id is None:
@@ -261,8 +258,6 @@ class BaseStore(abc.ABC):
                 record.id = new_id
                 tx.events.append((record, Status.UNQUEUED, "enqueued", job))
                 results.append(ManagedJob(self, record, job, None))
-        self._bump()
-        self._fire(tx.events)
         return results
 
     def task(
@@ -798,3 +793,26 @@ class BaseStore(abc.ABC):
         kill(pid)
         why = "its lease expired" if expired else f"it ran more than max_runtime={rec.max_runtime}s"
         return f"{why}; its worker {rec.owner} was killed"
+
+
+class _Write:
+    """BaseStore._write: a class, not a generator, as it runs on every enqueue and change."""
+
+    __slots__ = ("_inner", "_store", "_tx")
+
+    def __init__(self, store: BaseStore) -> None:
+        self._store = store
+        self._inner = store._transaction()
+
+    def __enter__(self) -> Tx:
+        self._tx = self._inner.__enter__()
+        return self._tx
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        suppressed = self._inner.__exit__(kind, exc, tb)
+        if kind is None:  # committed
+            self._store._bump()
+            self._store._fire(self._tx.events)
+        return suppressed
