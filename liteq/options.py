@@ -112,6 +112,10 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     )
 
 
+#: What no options resolve to (run_at: now, set per call).
+_DEFAULTS = _resolve({}, {}, 0.0)
+
+
 def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> list[Record]:
     """Validate the options and encode each job: the rows to insert.
 
@@ -122,7 +126,7 @@ def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> l
     if options:
         _check_names(options)
     else:  # the common call: no options, nothing to check
-        shared = _Resolved(DEFAULT_QUEUE, 0, 1, now, False, None, None, True)
+        shared = _DEFAULTS._replace(run_at=now)
     records = []
     for job in jobs:
         job_type, payload = encode(job)
