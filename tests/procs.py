@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import apsw
+
 import liteq
 from tests.jobs import Logs, Noop, Traced
 
@@ -41,6 +43,20 @@ def produce(db: str, trace_path: str, spec_path: str, out_path: str, start_at: s
         for p, cid, due in specs
     ]
     Path(out_path).write_text(json.dumps({"ids": ids, "done_at": time.time()}))
+
+
+def hold_write(db: str, holder: str, ready: str) -> None:
+    """Hold the file's write lock until killed: as a liteq writer mid-transaction does
+    (`liteq`), or as a program that knows nothing of liteq's writer gate (`sqlite`)."""
+    if holder == "liteq":
+        store = liteq.SQLiteStore(db)
+        with store._transaction():
+            Path(ready).touch()
+            time.sleep(3600)
+    conn = apsw.Connection(db)
+    conn.execute("BEGIN IMMEDIATE")
+    Path(ready).touch()
+    time.sleep(3600)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 import liteq
 from liteq.stores.sqlite import SCHEMA_VERSION, schema_sql
+from tests.helpers import wait_until
 from tests.jobs import Noop, WithOptions
 
 ROOT = Path(__file__).parents[1]
@@ -97,6 +99,45 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     assert store.count() == 1
     store.enqueue(Noop(3))
     assert store.count() == 2
+
+
+@pytest.mark.parametrize("holder", ["liteq", "sqlite"])
+def test_a_write_waits_out_a_held_lock_and_says_when_it_stayed_held(
+    tmp_path: Path, holder: str
+) -> None:
+    path = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(path, busy_timeout=0.5)
+    store.enqueue(Noop(1))
+    ready = tmp_path / "ready"
+    proc = child("hold_write", str(path), holder, str(ready))
+    try:
+        wait_until(ready.exists, what="the other process to hold the write lock")
+        started = time.monotonic()
+        with pytest.raises(liteq.StoreError, match=r"stayed locked by another process for more"):
+            store.enqueue(Noop(2))
+        assert time.monotonic() - started >= 0.4  # it waited, then gave up
+        assert [m.job.n for m in store.jobs()] == [1]  # type: ignore[union-attr]
+    finally:
+        proc.kill()  # its locks die with it
+        proc.wait()
+    store.enqueue(Noop(3))
+    assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
+
+
+def test_a_waiting_write_goes_ahead_when_the_holder_dies(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(path)
+    ready = tmp_path / "ready"
+    proc = child("hold_write", str(path), "liteq", str(ready))
+    wait_until(ready.exists, what="the other process to hold the write lock")
+    killer = threading.Timer(0.3, proc.kill)
+    killer.start()
+    started = time.monotonic()
+    store.enqueue(Noop(1))  # waits on the holder, then goes ahead once it is killed
+    proc.wait()
+    killer.join()
+    assert time.monotonic() - started >= 0.2
+    assert [m.job.n for m in store.jobs()] == [1]  # type: ignore[union-attr]
 
 
 def test_connect_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

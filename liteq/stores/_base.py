@@ -503,14 +503,15 @@ class BaseStore(abc.ABC):
         state, one commit per job instead of two. Returns (the LeaseLost errors of `done`,
         the jobs claimed).
         """
+        # Only SQL runs while the file is locked: other workers' Python overlaps with it.
+        writes, changes = self._completions(done)
         with self._transaction() as tx:
-            lost, finished = self._complete_in(tx, done)
+            lost = self._complete_in(tx, done, writes)
             records = tx.claim(queues, owner, tx.now + lease, limit)
-        for mjob, updated in finished:
-            mjob._record = updated
         if done:
             self._bump()
-            self._fire(tx.events)
+            self._fire(self._completed(done, changes, lost))
+        errors = [error for error in lost if error is not None]
         if not records:
             # Note the queue's version for wait_for_jobs, then look once more: a commit
             # between the claim and this read is then either seen or marks a change.
@@ -518,13 +519,13 @@ class BaseStore(abc.ABC):
             with self._transaction() as tx:
                 records = tx.claim(queues, owner, tx.now + lease, limit)
         if not records:
-            return lost, []
+            return errors, []
         self._busy_until = time.monotonic() + self._busy_window
         mjobs = [self._managed(record) for record in records]
         for mjob in mjobs:
             mjob._claimed = True
         self._fire([(m._record, Status.QUEUED, "started", m.job) for m in mjobs])
-        return lost, mjobs
+        return errors, mjobs
 
     def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool:
         """Extend a claimed job's lease; False if this worker no longer owns it."""
@@ -597,45 +598,64 @@ class BaseStore(abc.ABC):
         Each is fenced on its own run; a job this worker no longer owns is left as it is
         and reported in the returned list of LeaseLost errors.
         """
-        with self._write() as tx:
-            lost, finished = self._complete_in(tx, mjobs)
-        for mjob, updated in finished:
-            mjob._record = updated
-        return lost
+        writes, changes = self._completions(mjobs)
+        with self._transaction() as tx:
+            lost = self._complete_in(tx, mjobs, writes)
+        self._bump()
+        self._fire(self._completed(mjobs, changes, lost))
+        return [error for error in lost if error is not None]
 
-    def _complete_in(
-        self, tx: Tx, mjobs: Sequence[ManagedJob]
-    ) -> tuple[list[LeaseLost], list[tuple[ManagedJob, Record]]]:
-        """Complete claimed jobs in `tx`: (LeaseLost errors, (job, its new record) pairs)."""
-        lost: list[LeaseLost] = []
-        done: list[tuple[ManagedJob, Record]] = []
+    def _completions(
+        self, mjobs: Sequence[ManagedJob]
+    ) -> tuple[list[tuple[Record, Changes | None]], Changes]:
+        """The fenced writes that complete claimed jobs, and the changes they make."""
+        changes: Changes = {
+            "status": Status.COMPLETED,
+            "finished_at": self.clock(),
+            "owner": None,
+            "lease_until": None,
+            "error": None,
+            "traceback": None,
+        }
         writes: list[tuple[Record, Changes | None]] = []
         for mjob in mjobs:
             if not mjob._claimed:
                 raise InvalidState(f"job {mjob.id} was not claimed by this worker")
             claimed = mjob._record
             check_transition(claimed.id, claimed.status, Status.COMPLETED)
-            changes: Changes = {
-                "status": Status.COMPLETED,
-                "finished_at": tx.now,
-                "owner": None,
-                "lease_until": None,
-                "error": None,
-                "traceback": None,
-            }
             writes.append((claimed, None if claimed.delete_on_complete else changes))
-            done.append((mjob, evolve(claimed, **changes)))
-        # Fenced: each applies only while this run still owns its job.
+        return writes, changes
+
+    def _complete_in(
+        self, tx: Tx, mjobs: Sequence[ManagedJob], writes: list[tuple[Record, Changes | None]]
+    ) -> list[LeaseLost | None]:
+        """Make the `_completions` writes in `tx`, fenced: each applies only while this run
+        still owns its job. Per job: None if it completed, else the LeaseLost error."""
         applied = tx.fenced_write_many(writes) if writes else []
-        for (mjob, updated), ok in zip(done, applied, strict=True):
-            if ok:
-                tx.events.append((updated, Status.RUNNING, "completed", mjob.job))
-                continue
-            try:
-                self._owned(tx, mjob)
-            except LeaseLost as exc:
-                lost.append(exc)
-        return lost, [pair for pair, ok in zip(done, applied, strict=True) if ok]
+        lost: list[LeaseLost | None] = []
+        for mjob, ok in zip(mjobs, applied, strict=True):
+            error = None
+            if not ok:
+                try:
+                    self._owned(tx, mjob)
+                except LeaseLost as exc:
+                    error = exc
+                else:  # the fence and _owns agree; never let a disagreement pass as done
+                    error = LeaseLost(f"job {mjob.id} was not completed: its row changed")
+            lost.append(error)
+        return lost
+
+    @staticmethod
+    def _completed(
+        mjobs: Sequence[ManagedJob], changes: Changes, lost: list[LeaseLost | None]
+    ) -> list[Event]:
+        """After the commit: the completed jobs' new records, and their events."""
+        events: list[Event] = []
+        for mjob, error in zip(mjobs, lost, strict=True):
+            if error is None:
+                mjob._record = updated = evolve(mjob._record, **changes)
+                events.append((updated, Status.RUNNING, "completed", mjob.job))
+        return events
 
     def wait_async(self, mjob: ManagedJob) -> None:
         """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import importlib.resources
 import json
+import logging
 import operator
 import os
 import threading
@@ -21,6 +23,8 @@ from liteq.errors import StoreError
 from liteq.managed import COLUMNS, Record, Status
 from liteq.stores._base import BaseStore
 from liteq.stores._contract import Changes, StatusHook, Tx
+
+log = logging.getLogger("liteq.store")
 
 #: The schema version this code writes; older files are migrated on open.
 SCHEMA_VERSION: Final = 2
@@ -328,10 +332,14 @@ class _Transaction:
     def __enter__(self) -> Tx:
         store = self._store
         store._mutex.acquire()
+        gated = False
         try:
             conn = self._conn = store._db()
+            gated = store._enter_gate()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
+            if gated:
+                store._leave_gate()
             store._mutex.release()
             if isinstance(exc, apsw.Error):
                 raise store._translate(exc) from exc
@@ -356,7 +364,10 @@ class _Transaction:
             if isinstance(exc, apsw.Error):
                 raise self._store._translate(exc) from exc
         finally:
-            self._store._mutex.release()
+            try:
+                self._store._leave_gate()
+            finally:
+                self._store._mutex.release()
 
 
 class SQLiteStore(BaseStore):
@@ -366,6 +377,10 @@ class SQLiteStore(BaseStore):
     `durability="normal"` (synchronous=NORMAL: survives a crash of any process,
     may lose the last commits on power loss) or `"full"` (survives power loss, slower).
     Each process opens its own connection, also after fork().
+
+    Beside the file, `<path>-lock` (empty) lines up liteq's writers: each write
+    transaction takes it first, so a waiting writer gets the file within about a
+    millisecond of its release instead of sleeping in SQLite's busy handler.
 
         store = liteq.SQLiteStore("jobs.sqlite")
     """
@@ -396,6 +411,8 @@ class SQLiteStore(BaseStore):
         self._mutex = threading.RLock()
         self._conn: apsw.Connection | None = None
         self._pid = -1
+        self._gate: int | None = None  # the descriptor of <path>-lock, see _enter_gate
+        self._gate_held = False
         # Connections inherited across fork(): never used, never closed (closing could
         # disturb the parent's locks); kept referenced so nothing closes them.
         self._inherited: list[apsw.Connection] = []
@@ -410,12 +427,14 @@ class SQLiteStore(BaseStore):
         if self._conn is not None:
             self._inherited.append(self._conn)
         self._conn = None
+        self._close_gate()
 
     def _db(self) -> apsw.Connection:
         if self._conn is None or self._pid != os.getpid():
             if self._conn is not None:
                 self._inherited.append(self._conn)
                 self._conn = None
+                self._close_gate()
             with self._errors():
                 self._conn = self._open()
             self._pid = os.getpid()
@@ -430,6 +449,7 @@ class SQLiteStore(BaseStore):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = apsw.Connection(self.path)
         conn.setbusytimeout(int(self.busy_timeout * 1000))
+        self._open_gate()
         self._pragma(conn, "journal_mode", "wal", "wal")
         sync = {"normal": 1, "full": 2}[self.durability]
         self._pragma(conn, "synchronous", sync, sync)
@@ -486,6 +506,62 @@ class SQLiteStore(BaseStore):
             raise
         conn.execute("COMMIT")
 
+    # -- the writer gate -----------------------------------------------------
+    # SQLite's busy handler sleeps 1, 2, 5 … 100 ms between tries, so a worker that finds
+    # the file locked sleeps through many of the other's transactions (measured: two noop
+    # workers with prefetch 100 ran no faster than one). A writer that cannot take the
+    # gate at once retries every 20 µs to 1 ms instead, and takes SQLite's lock only once it
+    # holds the gate. It is an flock: the kernel drops it when its holder dies. Correctness
+    # never depends on it: SQLite's own lock and busy timeout still guard every write, also
+    # against programs that know nothing of the gate.
+
+    def _open_gate(self) -> None:
+        self._close_gate()
+        try:
+            self._gate = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.info("writing %s without a writer gate: %s", self.path, exc)
+
+    def _close_gate(self) -> None:
+        # After fork() this closes the child's copy only: the parent's flock stays.
+        gate, self._gate, self._gate_held = self._gate, None, False
+        if gate is not None:
+            os.close(gate)
+
+    def _enter_gate(self) -> bool:
+        """Take the writer gate; False if this store has none (then SQLite alone waits)."""
+        gate = self._gate
+        if gate is None:
+            return False
+        deadline = 0.0
+        pause = 20e-6
+        while True:
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.busy_timeout
+                elif now > deadline:
+                    raise StoreError(
+                        f"{self.path} stayed locked by another process for more than "
+                        f"{self.busy_timeout}s (waiting for {self.path}-lock)"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+            except OSError as exc:  # a file system without flock: go on without the gate
+                log.info("writing %s without a writer gate: %s", self.path, exc)
+                self._close_gate()
+                return False
+            else:
+                self._gate_held = True
+                return True
+
+    def _leave_gate(self) -> None:
+        if self._gate_held and self._gate is not None:
+            self._gate_held = False
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -518,6 +594,7 @@ class SQLiteStore(BaseStore):
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+            self._close_gate()
 
     # -- primitives ----------------------------------------------------------
     def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
