@@ -11,6 +11,7 @@ import base64
 import json
 import pickle  # only for job classes that opt in with `pickle_state = True`
 import random
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
@@ -26,6 +27,38 @@ _REGISTRY: dict[str, type[Job]] = {}
 _HEADS: dict[type[Job], tuple[str, str]] = {}
 #: One encoder: json.dumps with options would build a new one on every call.
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+#: Per thread, _ENCODER's C encoder, made once: JSONEncoder.encode makes one on every
+#: call, which cost more than encoding a small state (see _state_json).
+_C_ENCODERS = threading.local()
+_MAKE_C_ENCODER: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _state_json(state: Any) -> str:
+    """_ENCODER.encode(state), the same text, without building an encoder per call."""
+    make = _MAKE_C_ENCODER
+    if make is None:  # no C accelerator in this Python
+        return _ENCODER.encode(state)
+    try:
+        encoder, markers = _C_ENCODERS.pair
+    except AttributeError:
+        markers = {}  # circular-reference marks: empty between calls
+        encoder = make(
+            markers,
+            _ENCODER.default,
+            json.encoder.encode_basestring_ascii,
+            _ENCODER.indent,
+            _ENCODER.key_separator,
+            _ENCODER.item_separator,
+            _ENCODER.sort_keys,
+            _ENCODER.skipkeys,
+            _ENCODER.allow_nan,
+        )
+        _C_ENCODERS.pair = encoder, markers
+    try:
+        return "".join(encoder(state, 0))
+    except BaseException:
+        markers.clear()  # an error can leave marks behind
+        raise
 
 
 def type_name(cls: type) -> str:
@@ -148,7 +181,7 @@ def encode(job: Job) -> tuple[str, str]:
         blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
         return name, json.dumps({"type": name, "pickle": blob})
     try:
-        text = f"{head}{_ENCODER.encode(state)}}}"  # {"type": name, "state": state}
+        text = f"{head}{_state_json(state)}}}"  # {"type": name, "state": state}
     except (TypeError, ValueError) as exc:
         raise TypeError(_unencodable(name, state, exc)) from None
     return name, text

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import liteq
 from liteq import Status
+from liteq.job import decode, encode
 from tests.conftest import Clock
 from tests.jobs import Noop, Record, WithOptions
 
@@ -86,6 +91,39 @@ def test_unencodable_state_is_a_type_error_before_anything_is_written(
     with pytest.raises(TypeError):
         store.enqueue_many([Noop(1), Unencodable(value), Noop(2)])
     assert store.count() == 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=5))
+def test_a_payload_is_exactly_the_json_of_its_state(state: dict[str, Any]) -> None:
+    name, payload = encode(Noop.from_state(state))
+    expected = {"type": name, "state": state}
+    assert payload == json.dumps(expected, separators=(",", ":"), allow_nan=False)
+    assert decode(payload).to_state() == state
+
+
+def test_after_a_refused_state_the_same_objects_still_encode() -> None:
+    inner: dict[str, object] = {"ok": 1, "bad": object()}
+    first = Noop()
+    first.inner = inner  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="attribute 'inner'"):
+        encode(first)
+    del inner["bad"]
+    second = Noop()
+    second.inner = inner  # type: ignore[attr-defined]
+    assert encode(second)[1].endswith('"state":{"n":0,"inner":{"ok":1}}}')
 
 
 def test_only_jobs_can_be_enqueued(store: liteq.stores.BaseStore) -> None:
