@@ -243,22 +243,27 @@ class BaseStore(abc.ABC):
         now = self.clock()
         jobs = list(jobs)
         records = build_records(jobs, options, now)
-        results: list[ManagedJob] = []
+        holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
         with self._write() as tx:
             new_ids = tx.insert_many(records)
-            for job, record, new_id in zip(jobs, records, new_ids, strict=True):
+            for i, (job, record, new_id) in enumerate(zip(jobs, records, new_ids, strict=True)):
                 if new_id is None:
                     holder = tx.coalesce_holder(record.coalesce_id) if record.coalesce_id else None
                     if holder is None:
                         raise LiteqError(
                             f"job {record.job_type} was not inserted and no job holds its coalesce id"
                         )
-                    results.append(self._managed(holder))
+                    holders[i] = holder
                     continue
                 record.id = new_id
                 tx.events.append((record, Status.UNQUEUED, "enqueued", job))
-                results.append(ManagedJob(self, record, job, None))
-        return results
+        # Outside the transaction: other processes may write meanwhile.
+        if not holders:
+            return [ManagedJob(self, r, job, None) for r, job in zip(records, jobs, strict=True)]
+        return [
+            self._managed(holders[i]) if i in holders else ManagedJob(self, record, job, None)
+            for i, (record, job) in enumerate(zip(records, jobs, strict=True))
+        ]
 
     def task(
         self, func: Callable[..., Any] | None = None, **options: Unpack[EnqueueOptions]
