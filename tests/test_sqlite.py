@@ -31,6 +31,7 @@ def test_file_is_private_wal_and_versioned(tmp_path: Path) -> None:
     store = liteq.SQLiteStore(path)
     store.enqueue(Noop())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(f"{path}-lock").stat().st_mode) == 0o600
     conn = apsw.Connection(str(path))
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)

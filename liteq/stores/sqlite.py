@@ -518,7 +518,8 @@ class SQLiteStore(BaseStore):
     def _open_gate(self) -> None:
         self._close_gate()
         try:
-            self._gate = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            mode = os.stat(self.path).st_mode & 0o666  # as SQLite does for -wal and -shm
+            self._gate = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError as exc:
             log.info("writing %s without a writer gate: %s", self.path, exc)
 
