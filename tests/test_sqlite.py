@@ -125,6 +125,28 @@ def test_a_write_waits_out_a_held_lock_and_says_when_it_stayed_held(
     assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
 
 
+def test_without_its_lock_file_the_store_still_writes_safely(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "q.sqlite"
+    Path(f"{path}-lock").mkdir()  # cannot be opened as the writer gate
+    with caplog.at_level("INFO", logger="liteq.store"):
+        store = liteq.SQLiteStore(path, busy_timeout=0.5)
+    assert "without a writer gate" in caplog.text
+    store.enqueue(Noop(1))
+    ready = tmp_path / "ready"
+    proc = child("hold_write", str(path), "liteq", str(ready))
+    try:
+        wait_until(ready.exists, what="the other process to hold the write lock")
+        with pytest.raises(liteq.StoreError, match=r"stayed locked by another process"):
+            store.enqueue(Noop(2))  # SQLite's busy timeout alone makes it wait, then say so
+    finally:
+        proc.kill()
+        proc.wait()
+    store.enqueue(Noop(3))
+    assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
+
+
 def test_a_waiting_write_goes_ahead_when_the_holder_dies(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     store = liteq.SQLiteStore(path)
