@@ -268,7 +268,7 @@ def test_an_older_schema_is_migrated_on_open(
 def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) -> None:
     from liteq.job import encode
 
-    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite", clock=lambda: 1000.0)
     tricky = ["é ☃ \U0001f600", 'quote " back \\ slash', "line\nbreak\ttab\x00nul", "", "[1, 2]"]
     floats = [0.1, 1e300, -0.0, 2**70, -(2**63)]
     jobs = [Noop(v) for v in [*tricky, *floats, {"nested": [None, True, {"k": 1.5}]}]]
@@ -285,3 +285,11 @@ def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) ->
         assert (job_type, payload) == encode(job)
     assert {(r[3], r[4]) for r in rows[: len(same)]} == {(3, 5.0)}
     assert [store.get(m.id).job.n for m in same[:5]] == [j.n for j in jobs[:5]]  # type: ignore[union-attr, attr-defined]
+    # Every column as one enqueue at a time stores it.
+    one = liteq.SQLiteStore(tmp_path / "one.sqlite", clock=lambda: 1000.0)
+    for job in jobs[:-2]:
+        one.enqueue(job, priority=3, delay=60, max_runtime=5)
+    for job in jobs[-2:]:
+        one.enqueue(job)
+    every = "SELECT * FROM liteq_jobs ORDER BY id"
+    assert store._db().execute(every).fetchall() == one._db().execute(every).fetchall()
