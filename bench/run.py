@@ -162,6 +162,28 @@ def claim_latency(db: Path, queued: int, samples: int = 300) -> float:
     return statistics.median(times)
 
 
+def enqueue_latency_under_load(db: Path, samples: int) -> list[float]:
+    """Seconds of each of `samples` single enqueues made while two `liteq work` processes
+    drain noop jobs one per transaction (a web process enqueuing beside busy workers)."""
+    store = liteq.SQLiteStore(db)
+    store.enqueue_many([Noop(1) for _ in range(samples * 50)])  # they outlast the samples
+    work = liteq_work(db, "--processes", "2", "--burst")
+    seconds = []
+    try:
+        time.sleep(0.5)  # the workers are up and draining
+        for _ in range(samples):
+            began = time.perf_counter()
+            store.enqueue(Noop(1))
+            seconds.append(time.perf_counter() - began)
+            time.sleep(0.001)
+        if work.poll() is not None:
+            raise RuntimeError("the workers ran out of jobs before the samples were taken")
+    finally:
+        work.terminate()
+        work.wait()
+    return sorted(seconds)
+
+
 def huey_workload(tmp: Path, n: int) -> tuple[float, float] | None:
     try:
         from huey import SqliteHuey  # type: ignore[import-untyped]
@@ -289,6 +311,13 @@ def main() -> None:
         report.note(
             f"latency at {depths[-1]:,} / at {depths[0]:,}",
             f"{lat[depths[-1]] / lat[depths[0]]:.2f}",
+        )
+        lat_load = enqueue_latency_under_load(tmp / "load.sqlite", 300 if args.quick else 1500)
+        report.note(
+            "enqueue latency while 2 workers drain noop jobs",
+            f"p50 {statistics.median(lat_load) * 1e3:.2f} ms, "
+            f"p99 {lat_load[int(len(lat_load) * 0.99)] * 1e3:.1f} ms, "
+            f"max {lat_load[-1] * 1e3:.1f} ms",
         )
         peak_rss = max(v[1] for r in runs for k, v in r.items() if k.startswith("rss "))
         report.note("peak RSS of one worker process (sampled)", f"{peak_rss / 2**20:.0f} MiB")
