@@ -1,6 +1,6 @@
 """liteq against the raw SQLite floor (and huey), measured in one run on this machine.
 
-    python bench/run.py            # about two minutes: three passes, medians reported
+    python bench/run.py            # about three minutes: three passes, medians reported
     python bench/run.py --quick    # smaller counts, one pass, for a smoke test
 
 The floor is what any SQLite queue must do, written directly against apsw: a table with
