@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import stat
@@ -145,6 +146,18 @@ def test_without_its_lock_file_the_store_still_writes_safely(
         proc.wait()
     store.enqueue(Noop(3))
     assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
+
+
+def test_stores_dropped_without_close_leave_no_descriptor_open(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    liteq.SQLiteStore(path).enqueue(Noop(1))
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(30):  # say, a store opened per web request and never closed
+        liteq.SQLiteStore(path).enqueue(Noop(n))
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert liteq.SQLiteStore(path).count() == 31
 
 
 def test_a_waiting_write_goes_ahead_when_the_holder_dies(tmp_path: Path) -> None:

@@ -412,6 +412,7 @@ class SQLiteStore(BaseStore):
         self._conn: apsw.Connection | None = None
         self._pid = -1
         self._gate: int | None = None  # the descriptor of <path>-lock, see _enter_gate
+        self._gate_closer: weakref.finalize[[int], SQLiteStore] | None = None  # on close or GC
         self._gate_held = False
         # Connections inherited across fork(): never used, never closed (closing could
         # disturb the parent's locks); kept referenced so nothing closes them.
@@ -519,15 +520,20 @@ class SQLiteStore(BaseStore):
         self._close_gate()
         try:
             mode = os.stat(self.path).st_mode & 0o666  # as SQLite does for -wal and -shm
-            self._gate = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+            gate = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError as exc:
             log.info("writing %s without a writer gate: %s", self.path, exc)
+            return
+        self._gate = gate
+        # A store dropped without close() must not leak the descriptor.
+        self._gate_closer = weakref.finalize(self, os.close, gate)
 
     def _close_gate(self) -> None:
         # After fork() this closes the child's copy only: the parent's flock stays.
-        gate, self._gate, self._gate_held = self._gate, None, False
-        if gate is not None:
-            os.close(gate)
+        closer, self._gate_closer = self._gate_closer, None
+        self._gate, self._gate_held = None, False
+        if closer is not None:
+            closer()  # closes the descriptor, once
 
     def _enter_gate(self) -> bool:
         """Take the writer gate; False if this store has none (then SQLite alone waits)."""
