@@ -324,21 +324,21 @@ class _Transaction:
     A class rather than a generator: it runs twice per job on the hot path.
     """
 
-    __slots__ = ("_conn", "_store")
+    __slots__ = ("_conn", "_gated", "_store")
 
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
+        self._gated = False  # holds the store's writer gate
 
     def __enter__(self) -> Tx:
         store = self._store
         store._mutex.acquire()
-        gated = False
         try:
             conn = self._conn = store._db()
-            gated = store._enter_gate()
+            self._gated = store._enter_gate()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
-            if gated:
+            if self._gated:
                 store._leave_gate()
             store._mutex.release()
             if isinstance(exc, apsw.Error):
@@ -365,7 +365,8 @@ class _Transaction:
                 raise self._store._translate(exc) from exc
         finally:
             try:
-                self._store._leave_gate()
+                if self._gated:
+                    self._store._leave_gate()
             finally:
                 self._store._mutex.release()
 
@@ -413,7 +414,6 @@ class SQLiteStore(BaseStore):
         self._pid = -1
         self._gate: int | None = None  # the descriptor of <path>-lock, see _enter_gate
         self._gate_closer: weakref.finalize[[int], SQLiteStore] | None = None  # on close or GC
-        self._gate_held = False
         # Connections inherited across fork(): never used, never closed (closing could
         # disturb the parent's locks); kept referenced so nothing closes them.
         self._inherited: list[apsw.Connection] = []
@@ -435,7 +435,6 @@ class SQLiteStore(BaseStore):
             if self._conn is not None:
                 self._inherited.append(self._conn)
                 self._conn = None
-                self._close_gate()
             with self._errors():
                 self._conn = self._open()
             self._pid = os.getpid()
@@ -531,7 +530,7 @@ class SQLiteStore(BaseStore):
     def _close_gate(self) -> None:
         # After fork() this closes the child's copy only: the parent's flock stays.
         closer, self._gate_closer = self._gate_closer, None
-        self._gate, self._gate_held = None, False
+        self._gate = None
         if closer is not None:
             closer()  # closes the descriptor, once
 
@@ -550,10 +549,7 @@ class SQLiteStore(BaseStore):
                 if not deadline:
                     deadline = now + self.busy_timeout
                 elif now > deadline:
-                    raise StoreError(
-                        f"{self.path} stayed locked by another process for more than "
-                        f"{self.busy_timeout}s (waiting for {self.path}-lock)"
-                    ) from None
+                    raise self._stayed_locked(f"waiting for {self.path}-lock") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.001)
             except OSError as exc:  # a file system without flock: go on without the gate
@@ -561,12 +557,10 @@ class SQLiteStore(BaseStore):
                 self._close_gate()
                 return False
             else:
-                self._gate_held = True
                 return True
 
     def _leave_gate(self) -> None:
-        if self._gate_held and self._gate is not None:
-            self._gate_held = False
+        if self._gate is not None:  # (None if the store was closed meanwhile)
             fcntl.flock(self._gate, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
@@ -576,13 +570,16 @@ class SQLiteStore(BaseStore):
         except apsw.Error as exc:
             raise self._translate(exc) from exc
 
+    def _stayed_locked(self, detail: str) -> StoreError:
+        return StoreError(
+            f"{self.path} stayed locked by another process for more than "
+            f"{self.busy_timeout}s: {detail}"
+        )
+
     def _translate(self, exc: apsw.Error) -> Exception:
         """An apsw error in words a user understands (others pass through unchanged)."""
         if isinstance(exc, apsw.BusyError):
-            return StoreError(
-                f"{self.path} stayed locked by another process for more than "
-                f"{self.busy_timeout}s: {exc}"
-            )
+            return self._stayed_locked(str(exc))
         if isinstance(exc, apsw.FullError):
             return StoreError(f"the disk holding {self.path} is full: {exc}")
         if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
