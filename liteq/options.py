@@ -112,7 +112,7 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     )
 
 
-#: What no options resolve to (run_at: now, set per call).
+#: What no options resolve to (its run_at is not used: such a job is due when enqueued).
 _DEFAULTS = _resolve({}, {}, 0.0)
 
 
@@ -126,7 +126,7 @@ def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> l
     if options:
         _check_names(options)
     else:  # the common call: no options, nothing to check
-        shared = _DEFAULTS._replace(run_at=now)
+        shared = _DEFAULTS
     records = []
     for job in jobs:
         job_type, payload = encode(job)
@@ -155,7 +155,7 @@ def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> l
                 Status.QUEUED,
                 0,
                 r.max_attempts,
-                r.run_at,
+                now if r is _DEFAULTS else r.run_at,
                 now,
                 None,
                 None,

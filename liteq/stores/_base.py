@@ -109,10 +109,11 @@ class BaseStore(abc.ABC):
 
     def _bump(self) -> None:
         self._local_version += 1
-        try:  # noqa: SIM105 - hot path: suppress() would build a context object per commit
-            self._bell.release()
-        except RuntimeError:  # already rung
-            pass
+        if self._bell.locked():  # (most often it is still ringing from the last commit)
+            try:  # noqa: SIM105 - hot path: suppress() would build a context object
+                self._bell.release()
+            except RuntimeError:  # rung meanwhile by another thread
+                pass
 
     def wake(self) -> None:
         """Make every wait_for_jobs in this process return now (Worker.stop uses it)."""
@@ -246,7 +247,9 @@ class BaseStore(abc.ABC):
         holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
         with self._write() as tx:
             new_ids = tx.insert_many(records)
-            for i, (job, record, new_id) in enumerate(zip(jobs, records, new_ids, strict=True)):
+            events = tx.events
+            for i, new_id in enumerate(new_ids):
+                record = records[i]
                 if new_id is None:
                     holder = tx.coalesce_holder(record.coalesce_id) if record.coalesce_id else None
                     if holder is None:
@@ -256,7 +259,7 @@ class BaseStore(abc.ABC):
                     holders[i] = holder
                     continue
                 record.id = new_id
-                tx.events.append((record, Status.UNQUEUED, "enqueued", job))
+                events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
         # Outside the transaction: other processes may write meanwhile.
         if not holders:
             return [ManagedJob(self, r, job, None) for r, job in zip(records, jobs, strict=True)]

@@ -321,13 +321,16 @@ class _SQLiteTx(Tx):
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT (ROLLBACK on an error), holding the store's mutex.
 
-    A class rather than a generator: it runs twice per job on the hot path.
+    With `notify` (BaseStore._write), a commit then wakes this process's waiting workers
+    and runs the status hooks. A class rather than a generator, and one object rather
+    than a wrapper: it runs once or twice per job on the hot path.
     """
 
-    __slots__ = ("_conn", "_gated", "_store")
+    __slots__ = ("_conn", "_gated", "_notify", "_store", "_tx")
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteStore, notify: bool) -> None:
         self._store = store
+        self._notify = notify
         self._gated = False  # holds the store's writer gate
 
     def __enter__(self) -> Tx:
@@ -344,31 +347,37 @@ class _Transaction:
             if isinstance(exc, apsw.Error):
                 raise store._translate(exc) from exc
             raise
-        return _SQLiteTx(conn, store.clock())
+        tx = self._tx = _SQLiteTx(conn, store.clock())
+        return tx
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         conn = self._conn
+        store = self._store
         try:
             if kind is None:
                 try:
                     conn.execute("COMMIT")
-                    return
                 except apsw.Error as error:
                     if not conn.get_autocommit():
                         conn.execute("ROLLBACK")
-                    raise self._store._translate(error) from error
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
-            if isinstance(exc, apsw.Error):
-                raise self._store._translate(exc) from exc
+                    raise store._translate(error) from error
+            else:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, apsw.Error):
+                    raise store._translate(exc) from exc
+                return
         finally:
             try:
                 if self._gated:
-                    self._store._leave_gate()
+                    store._leave_gate()
             finally:
-                self._store._mutex.release()
+                store._mutex.release()
+        if self._notify:  # committed
+            store._bump()
+            store._fire(self._tx.events)
 
 
 class SQLiteStore(BaseStore):
@@ -602,7 +611,10 @@ class SQLiteStore(BaseStore):
 
     # -- primitives ----------------------------------------------------------
     def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
-        return _Transaction(self)
+        return _Transaction(self, False)
+
+    def _write(self) -> contextlib.AbstractContextManager[Tx]:
+        return _Transaction(self, True)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[apsw.Connection]:

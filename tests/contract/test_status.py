@@ -205,6 +205,25 @@ def test_hooks_see_every_change(make_store: StoreFactory, clock: Clock) -> None:
     ]
 
 
+def test_hooks_never_see_a_rolled_back_change(make_store: StoreFactory, clock: Clock) -> None:
+    seen: list[tuple[int, str]] = []
+    store = make_store(
+        clock=clock, on_status_change=lambda m, old, msg: seen.append((m.id, m.status.value))
+    )
+    mjob = store.enqueue(Noop())
+    seen.clear()
+
+    def change_then_fail() -> None:  # as a disk error after the first write would
+        with store._write() as tx:
+            store._change(tx, mjob._record, Status.RUNNING, "started")
+            raise RuntimeError("after the change, before the commit")
+
+    with pytest.raises(RuntimeError, match="before the commit"):
+        change_then_fail()
+    assert seen == []
+    assert store.get(mjob.id).status is Status.QUEUED
+
+
 class Noisy(Noop):
     changes: list[tuple[str, str]] = []  # noqa: RUF012 - shared record of calls
 
