@@ -116,12 +116,17 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
 _DEFAULTS = _resolve({}, {}, 0.0)
 
 
-def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> list[Record]:
-    """Validate the options and encode each job: the rows to insert.
+def build_records(
+    jobs: Iterable[Job], options: EnqueueOptions, now: float
+) -> tuple[list[Record], bool]:
+    """Validate the options and encode each job: the rows to insert, and whether they are
+    uniform (they differ only in job_type and payload: the same options, no coalesce id;
+    a store may insert such rows with one statement).
 
     Raises TypeError (unencodable state, bad option type) or ValueError (bad option value)
     before anything is written. Options the call gives are checked once, not per job.
     """
+    uniform = True
     shared: _Resolved | None = None
     if options:
         _check_names(options)
@@ -139,12 +144,15 @@ def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> l
             defaults = job.enqueue_options()
             _check_names(defaults)
             r = _resolve({**defaults, **options}, options, now)
+            uniform = False
         if r.coalesce_given:
             coalesce_id = r.coalesce_id
         else:
             coalesce_id = None if cls.coalesce_id is Job.coalesce_id else job.coalesce_id()
-        if coalesce_id is not None and not isinstance(coalesce_id, str):
-            raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
+        if coalesce_id is not None:
+            if not isinstance(coalesce_id, str):
+                raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
+            uniform = False
         records.append(
             Record(
                 0,
@@ -170,4 +178,4 @@ def build_records(jobs: Iterable[Job], options: EnqueueOptions, now: float) -> l
                 None,
             )
         )
-    return records
+    return records, uniform

@@ -77,6 +77,16 @@ class WithOptions(liteq.Job):
         return {"queue": "from-job", "priority": 7, "max_attempts": 4}
 
 
+class DefaultOptions(liteq.Job):
+    """Gives enqueue options of its own, which are the defaults."""
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+    def enqueue_options(self) -> liteq.EnqueueOptions:
+        return {"queue": "default", "priority": 0}
+
+
 class Sleeps(liteq.Job):
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

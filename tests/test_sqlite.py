@@ -18,7 +18,7 @@ import pytest
 import liteq
 from liteq.stores.sqlite import SCHEMA_VERSION, schema_sql
 from tests.helpers import wait_until
-from tests.jobs import Noop, WithOptions
+from tests.jobs import DefaultOptions, Noop, WithOptions
 
 ROOT = Path(__file__).parents[1]
 
@@ -286,23 +286,25 @@ def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) ->
     floats = [0.1, 1e300, -0.0, 2**70, -(2**63)]
     jobs = [Noop(v) for v in [*tricky, *floats, {"nested": [None, True, {"k": 1.5}]}]]
     jobs += [WithOptions(), Noop(7)]  # options of its own: rows differ, the plain path
-    same = store.enqueue_many(jobs[:-2], priority=3, delay=60, max_runtime=5)
-    mixed = store.enqueue_many(jobs[-2:])
+    jobs += [DefaultOptions(), Noop(8)]  # options of its own that agree: one statement
+    same = store.enqueue_many(jobs[:-4], priority=3, delay=60, max_runtime=5)
+    mixed = store.enqueue_many(jobs[-4:-2])
+    agree = store.enqueue_many(jobs[-2:])
     rows = (
         store._db()
         .execute("SELECT id, job_type, payload, priority, max_runtime FROM liteq_jobs ORDER BY id")
         .fetchall()
     )
-    assert [r[0] for r in rows] == [m.id for m in [*same, *mixed]]
+    assert [r[0] for r in rows] == [m.id for m in [*same, *mixed, *agree]]
     for job, (_, job_type, payload, *_rest) in zip(jobs, rows, strict=True):
         assert (job_type, payload) == encode(job)
     assert {(r[3], r[4]) for r in rows[: len(same)]} == {(3, 5.0)}
     assert [store.get(m.id).job.n for m in same[:5]] == [j.n for j in jobs[:5]]  # type: ignore[union-attr, attr-defined]
     # Every column as one enqueue at a time stores it.
     one = liteq.SQLiteStore(tmp_path / "one.sqlite", clock=lambda: 1000.0)
-    for job in jobs[:-2]:
+    for job in jobs[:-4]:
         one.enqueue(job, priority=3, delay=60, max_runtime=5)
-    for job in jobs[-2:]:
+    for job in jobs[-4:]:
         one.enqueue(job)
     every = "SELECT * FROM liteq_jobs ORDER BY id"
     assert store._db().execute(every).fetchall() == one._db().execute(every).fetchall()

@@ -243,10 +243,10 @@ class BaseStore(abc.ABC):
         """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
         now = self.clock()
         jobs = list(jobs)
-        records = build_records(jobs, options, now)
+        records, uniform = build_records(jobs, options, now)
         holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
         with self._write() as tx:
-            new_ids = tx.insert_many(records)
+            new_ids = tx.insert_many(records, uniform)
             events = tx.events
             for i, new_id in enumerate(new_ids):
                 record = records[i]

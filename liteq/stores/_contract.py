@@ -98,8 +98,12 @@ class Tx(abc.ABC):
     def insert(self, record: Record) -> int | None:
         """Insert (ignoring record.id); return the new id, or None if the coalesce id is held."""
 
-    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
-        """insert() for each record, in order; stores may batch the statements."""
+    def insert_many(self, records: Sequence[Record], uniform: bool = False) -> list[int | None]:
+        """insert() for each record, in order; stores may batch the statements.
+
+        `uniform`: they are new jobs that differ only in job_type and payload (as
+        build_records says).
+        """
         return [self.insert(record) for record in records]
 
     @abc.abstractmethod

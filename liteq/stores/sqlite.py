@@ -101,7 +101,8 @@ _INSERT_BATCH = (
     "?1, ?2, 'queued', 0, ?3, ?4, ?5, NULL, NULL, NULL, ?6, ?7, "
     "NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
 )
-#: What the jobs of one _INSERT_BATCH share: their options, then what every new row has.
+#: What the jobs of one _INSERT_BATCH share: their options (every other column is as
+#: build_records makes it for a new job).
 _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     "queue",
     "priority",
@@ -110,6 +111,9 @@ _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     "created_at",
     "max_runtime",
     "delete_on_complete",
+)
+#: The other columns, and what they are in a new job.
+_fresh: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     *("status", "attempts", "coalesce_id", "started_at", "finished_at", "error", "traceback"),
     *("owner", "lease_until", "lock_token", "lock_until"),
 )
@@ -249,15 +253,16 @@ class _SQLiteTx(Tx):
         conn.execute(_INSERT, _new_values(record))
         return conn.last_insert_rowid() if conn.changes() else None
 
-    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
+    def insert_many(self, records: Sequence[Record], uniform: bool = False) -> list[int | None]:
         if len(records) < 2 or any(r.coalesce_id is not None for r in records):
             return super().insert_many(records)
         # No coalesce id, so no conflict. Inside this BEGIN IMMEDIATE no other writer can
         # interleave, and each row's id is the last one's + 1.
         shared = _shared(records[0])
-        if shared[7:] == _FRESH and all(_shared(r) == shared for r in records):
+        # (Jobs whose classes give enqueue options are not uniform, but may agree.)
+        if uniform or all(_shared(r) == shared and _fresh(r) == _FRESH for r in records):
             pairs = json.dumps([(r.job_type, r.payload) for r in records])
-            self._conn.execute(_INSERT_BATCH, (*shared[:7], pairs))
+            self._conn.execute(_INSERT_BATCH, (*shared, pairs))
         else:
             self._conn.executemany(_INSERT_PLAIN, [_new_values(r) for r in records])
         last = self._conn.last_insert_rowid()
