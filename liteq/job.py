@@ -176,7 +176,8 @@ def encode(job: Job) -> tuple[str, str]:
     name, head = _HEADS.get(cls) or (type_name(cls), "")
     if _REGISTRY.get(name) is not cls:
         raise TypeError(f"{name} is not a registered Job class (was it redefined?)")
-    state = job.to_state()
+    # The default to_state() copies the attributes; encoding only reads them.
+    state = vars(job) if cls.to_state is Job.to_state else job.to_state()
     if cls.pickle_state:
         blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
         return name, json.dumps({"type": name, "pickle": blob})
