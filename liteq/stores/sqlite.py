@@ -125,9 +125,6 @@ _FENCE = " AND owner = ? AND attempts = ? AND status = 'running'"
 _DELETE_FENCED = "DELETE FROM liteq_jobs WHERE id = ?" + _FENCE
 _HOLDING = "('unqueued', 'queued', 'running', 'wait_async', 'failed')"
 
-#: How long a writer keeps retrying the writer gate before it starts to sleep (seconds).
-_SPIN: Final = 300e-6
-
 # Stores to reset in a child after fork(): a connection is never used across fork.
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
@@ -527,12 +524,8 @@ class SQLiteStore(BaseStore):
     # SQLite's busy handler sleeps 1, 2, 5 … 100 ms between tries, so a worker that finds
     # the file locked sleeps through many of the other's transactions (measured: two noop
     # workers with prefetch 100 ran no faster than one). A writer that cannot take the
-    # gate at once retries at once for _SPIN (yielding the CPU between tries, for a holder
-    # that shares this core), then every 20 µs to 1 ms, and takes SQLite's lock only once
-    # it holds the gate. Spinning measured +5-20 % jobs/s for 2-8 noop workers and a
-    # quicker median enqueue beside them: a transaction holds the lock ~60-100 µs, and
-    # a sleeping waiter wakes late on a VM. It is an flock: the kernel drops it when its
-    # holder dies. Correctness
+    # gate at once retries every 20 µs to 1 ms instead, and takes SQLite's lock only once it
+    # holds the gate. It is an flock: the kernel drops it when its holder dies. Correctness
     # never depends on it: SQLite's own lock and busy timeout still guard every write, also
     # against programs that know nothing of the gate.
 
@@ -560,7 +553,7 @@ class SQLiteStore(BaseStore):
         gate = self._gate
         if gate is None:
             return False
-        deadline = spin_until = 0.0
+        deadline = 0.0
         pause = 20e-6
         while True:
             try:
@@ -569,14 +562,10 @@ class SQLiteStore(BaseStore):
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + self.busy_timeout
-                    spin_until = now + _SPIN
                 elif now > deadline:
                     raise self._stayed_locked(f"waiting for {self.path}-lock") from None
-                if now < spin_until:
-                    os.sched_yield()
-                else:
-                    time.sleep(pause)
-                    pause = min(pause * 2, 0.001)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
             except OSError as exc:  # a file system without flock: go on without the gate
                 log.info("writing %s without a writer gate: %s", self.path, exc)
                 self._close_gate()
