@@ -129,7 +129,7 @@ _HOLDING = "('unqueued', 'queued', 'running', 'wait_async', 'failed')"
 #: any other write (an enqueue from a web request, say). A busy worker holds the gate ~70 %
 #: of the time and takes it again ~35 µs after it lets go, so a waiter that tries every
 #: 1 ms may lose many times in a row: beside two workers draining noop jobs an enqueue's
-#: p99 was 13-15 ms, and 5-6 ms when it tried at least every 100 µs. Workers themselves
+#: p99 was 11-15 ms, and 5-7 ms when it tried at least every 100 µs. Workers themselves
 #: keep the longer sleep: each hand-off between them costs the next one its page cache.
 _PATIENT: Final = 1e-3
 _PROMPT: Final = 100e-6
