@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
@@ -25,6 +27,20 @@ ROOT = Path(__file__).parents[1]
 
 def child(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tests.procs", *args], cwd=ROOT)
+
+
+@contextlib.contextmanager
+def write_held(path: Path, holder: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process holding the file's write lock (procs.hold_write) until it is killed,
+    at the latest when the block ends."""
+    ready = path.parent / "ready"
+    proc = child("hold_write", str(path), holder, str(ready))
+    try:
+        wait_until(ready.exists, what="the other process to hold the write lock")
+        yield proc
+    finally:
+        proc.kill()  # its locks die with it
+        proc.wait()
 
 
 def test_file_is_private_wal_and_versioned(tmp_path: Path) -> None:
@@ -110,18 +126,12 @@ def test_a_write_waits_out_a_held_lock_and_says_when_it_stayed_held(
     path = tmp_path / "q.sqlite"
     store = liteq.SQLiteStore(path, busy_timeout=0.5)
     store.enqueue(Noop(1))
-    ready = tmp_path / "ready"
-    proc = child("hold_write", str(path), holder, str(ready))
-    try:
-        wait_until(ready.exists, what="the other process to hold the write lock")
+    with write_held(path, holder):
         started = time.monotonic()
         with pytest.raises(liteq.StoreError, match=r"stayed locked by another process for more"):
             store.enqueue(Noop(2))
         assert time.monotonic() - started >= 0.4  # it waited, then gave up
         assert [m.job.n for m in store.jobs()] == [1]  # type: ignore[union-attr]
-    finally:
-        proc.kill()  # its locks die with it
-        proc.wait()
     store.enqueue(Noop(3))
     assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
 
@@ -135,15 +145,11 @@ def test_without_its_lock_file_the_store_still_writes_safely(
         store = liteq.SQLiteStore(path, busy_timeout=0.5)
     assert "without a writer gate" in caplog.text
     store.enqueue(Noop(1))
-    ready = tmp_path / "ready"
-    proc = child("hold_write", str(path), "liteq", str(ready))
-    try:
-        wait_until(ready.exists, what="the other process to hold the write lock")
-        with pytest.raises(liteq.StoreError, match=r"stayed locked by another process"):
-            store.enqueue(Noop(2))  # SQLite's busy timeout alone makes it wait, then say so
-    finally:
-        proc.kill()
-        proc.wait()
+    with (
+        write_held(path, "liteq"),
+        pytest.raises(liteq.StoreError, match=r"stayed locked by another process"),
+    ):
+        store.enqueue(Noop(2))  # SQLite's busy timeout alone makes it wait, then say so
     store.enqueue(Noop(3))
     assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
 
@@ -163,15 +169,12 @@ def test_stores_dropped_without_close_leave_no_descriptor_open(tmp_path: Path) -
 def test_a_waiting_write_goes_ahead_when_the_holder_dies(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     store = liteq.SQLiteStore(path)
-    ready = tmp_path / "ready"
-    proc = child("hold_write", str(path), "liteq", str(ready))
-    wait_until(ready.exists, what="the other process to hold the write lock")
-    killer = threading.Timer(0.3, proc.kill)
-    killer.start()
-    started = time.monotonic()
-    store.enqueue(Noop(1))  # waits on the holder, then goes ahead once it is killed
-    proc.wait()
-    killer.join()
+    with write_held(path, "liteq") as proc:
+        killer = threading.Timer(0.3, proc.kill)
+        killer.start()
+        started = time.monotonic()
+        store.enqueue(Noop(1))  # waits on the holder, then goes ahead once it is killed
+        killer.join()
     assert time.monotonic() - started >= 0.2
     assert [m.job.n for m in store.jobs()] == [1]  # type: ignore[union-attr]
 
