@@ -155,6 +155,11 @@ class BaseStore(abc.ABC):
         if self.on_status_change is not None:
             self.on_status_change(job, old_status, message)
 
+    def _committed(self, events: list[Event]) -> None:
+        """After a commit: wake this process's waiting workers, then run the hooks."""
+        self._bump()
+        self._fire(events)
+
     def _fire(self, events: list[Event]) -> None:
         store_listens = (
             self.on_status_change is not None
@@ -517,8 +522,7 @@ class BaseStore(abc.ABC):
             lost = self._complete_in(tx, done, writes)
             records = tx.claim(queues, owner, tx.now + lease, limit)
         if done:
-            self._bump()
-            self._fire(self._completed(done, changes, lost))
+            self._committed(self._completed(done, changes, lost))
         errors = [error for error in lost if error is not None]
         if not records:
             # Note the queue's version for wait_for_jobs, then look once more: a commit
@@ -609,8 +613,7 @@ class BaseStore(abc.ABC):
         writes, changes = self._completions(mjobs)
         with self._transaction() as tx:
             lost = self._complete_in(tx, mjobs, writes)
-        self._bump()
-        self._fire(self._completed(mjobs, changes, lost))
+        self._committed(self._completed(mjobs, changes, lost))
         return [error for error in lost if error is not None]
 
     def _completions(
@@ -841,6 +844,5 @@ class _Write:
     ) -> bool | None:
         suppressed = self._inner.__exit__(kind, exc, tb)
         if kind is None:  # committed
-            self._store._bump()
-            self._store._fire(self._tx.events)
+            self._store._committed(self._tx.events)
         return suppressed

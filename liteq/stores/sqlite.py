@@ -392,8 +392,7 @@ class _Transaction:
             finally:
                 store._mutex.release()
         if self._notify:  # committed
-            store._bump()
-            store._fire(self._tx.events)
+            store._committed(self._tx.events)
 
 
 class SQLiteStore(BaseStore):
