@@ -266,8 +266,6 @@ class BaseStore(abc.ABC):
                 record.id = new_id
                 events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
         # Outside the transaction: other processes may write meanwhile.
-        if not holders:
-            return [ManagedJob(self, r, job, None) for r, job in zip(records, jobs, strict=True)]
         return [
             self._managed(holders[i]) if i in holders else ManagedJob(self, record, job, None)
             for i, (record, job) in enumerate(zip(records, jobs, strict=True))

@@ -260,7 +260,7 @@ class _SQLiteTx(Tx):
         return conn.last_insert_rowid() if conn.changes() else None
 
     def insert_many(self, records: Sequence[Record], uniform: bool = False) -> list[int | None]:
-        if len(records) < 2 or any(r.coalesce_id is not None for r in records):
+        if len(records) < 2 or (not uniform and any(r.coalesce_id is not None for r in records)):
             return super().insert_many(records)
         # No coalesce id, so no conflict. Inside this BEGIN IMMEDIATE no other writer can
         # interleave, and each row's id is the last one's + 1.
