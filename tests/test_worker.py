@@ -227,6 +227,7 @@ class Broken(liteq.Job):
         ('{"type": "tests.nowhere.Gone", "state": {}}', "unknown job type 'tests.nowhere.Gone'"),
         ('{"type": "__main__.Local", "state": {}}', "not __main__"),
         ("{not json", "not valid JSON"),
+        ('{"type": "tests.jobs.Noop", "state": {}} and more', "not valid JSON: Extra data"),
         ('{"state": {}}', "no job type"),
         (
             '{"type": "tests.jobs.Strict", "state": {"count": "three"}}',
@@ -252,6 +253,19 @@ def test_a_bad_row_fails_that_job_and_the_worker_goes_on(
     failed = store.get(bad.id)
     assert failed.status is Status.FAILED and words in (failed.error or "")
     assert Record.ran == ["after"]
+
+
+def test_a_payload_written_by_hand_with_spaces_around_it_still_runs(
+    store: liteq.stores.BaseStore,
+) -> None:
+    Record.ran.clear()
+    mjob = store.enqueue(Record("edited"))
+    with store._transaction() as tx:
+        record = tx.get(mjob.id)
+        assert record is not None
+        tx.update(dataclasses.replace(record, payload=f"\n  {record.payload} \n"))
+    burst(store)
+    assert Record.ran == ["edited"]
 
 
 def test_pickled_state_round_trips(store: liteq.stores.BaseStore) -> None:

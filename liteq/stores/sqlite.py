@@ -300,6 +300,8 @@ class _SQLiteTx(Tx):
         return records
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
+        if len(writes) == 1:  # a worker's steady state
+            return [self.fenced_write(*writes[0])]
         # Deletes of one owner's runs go in one statement, fenced on (id, attempts).
         deletes = [c for c, u in writes if u is None and c.owner is not None]
         owners = {c.owner for c in deletes}
