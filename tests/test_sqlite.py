@@ -260,6 +260,73 @@ def test_a_version_1_file_is_migrated_with_its_jobs_and_id_history(tmp_path: Pat
     assert store.enqueue(Noop(5)).id == 5  # the high water survives an empty queue
 
 
+def test_a_version_2_file_is_migrated_with_its_jobs_claims_and_id_history(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.sqlite"
+    conn = apsw.Connection(str(path))
+    for _ in conn.execute((ROOT / "tests" / "schema_v2.sql").read_text()):
+        pass
+    conn.close()
+    # Jobs as version 2 wrote them: one queued, one coalesced and running, one deleted
+    # while it held the largest id.
+    with contextlib.ExitStack() as undo:
+        from liteq.stores import sqlite
+
+        for name, value in (("SCHEMA_VERSION", 2), ("MIGRATIONS", {1: sqlite.MIGRATIONS[1]})):
+            undo.callback(setattr, sqlite, name, getattr(sqlite, name))
+            setattr(sqlite, name, value)
+        undo.callback(setattr, sqlite, "schema_sql", sqlite.schema_sql)
+        sqlite.schema_sql = lambda: (ROOT / "tests" / "schema_v2.sql").read_text()
+        old = liteq.SQLiteStore(path)
+        waiting = old.enqueue(Noop(1))
+        nightly = old.enqueue(Noop(2), coalesce_id="nightly")
+        assert old.claim("worker-a", lease=60) is not None  # Noop(1), the oldest
+        gone = old.enqueue(Noop(3))
+        with old._transaction() as tx:
+            tx.delete(gone.id)
+        assert old._db().execute("PRAGMA user_version").fetchone() == (2,)
+        old.close()
+
+    store = liteq.SQLiteStore(path)
+    db = store._db()
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert store.get(waiting.id).status is liteq.Status.RUNNING
+    assert store.get(waiting.id).owner == "worker-a"
+    assert store.enqueue(Noop(9), coalesce_id="nightly").id == nightly.id  # still coalesced
+    assert store.enqueue(Noop(4)).id == gone.id + 1  # never gone.id again
+    with pytest.raises(apsw.ConstraintError):  # the status check still holds
+        db.execute("UPDATE liteq_jobs SET status = 'lost' WHERE id = ?", (waiting.id,))
+    schema = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert {"liteq_jobs_claim", "liteq_jobs_coalesce", "liteq_jobs_active"} <= schema
+    assert "liteq_jobs_high_water" in schema and "liteq_jobs_v3" not in schema
+
+
+def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
+    tmp_path: Path,
+) -> None:
+    from liteq.stores import sqlite
+
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    db = store._db()
+
+    def plan(sql: str, args: tuple[object, ...]) -> str:
+        return " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+    claim = plan(sqlite._claim_sql(1, 1), (1.0, "w", 2.0, "default"))
+    assert "USING INDEX liteq_jobs_claim (queue=?)" in claim
+    holder = plan(f"{sqlite._SELECT} WHERE coalesce_id = +? AND status <> 'completed'", ("x",))
+    assert "USING INDEX liteq_jobs_coalesce (coalesce_id=?)" in holder
+    active = plan(f"{sqlite._SELECT} WHERE status IN ('running', 'wait_async')", ())
+    assert "USING INDEX liteq_jobs_active (status=?)" in active
+    # An IN list of more than two values makes SQLite build a b-tree per execution
+    # (schema.sql): an enqueue and a completion must not.
+    for sql in (sqlite._INSERT, sqlite._DELETE_FENCED):
+        ops = [row[1] for row in db.execute(f"EXPLAIN {sql}", [None] * sql.count("?"))]
+        assert "OpenEphemeral" not in ops, sql
+
+
 def test_an_older_schema_is_migrated_on_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,7 @@ from liteq.stores._contract import Changes, StatusHook, Tx
 log = logging.getLogger("liteq.store")
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # 1 -> 2: ids without AUTOINCREMENT (its counter cost a page write per enqueue) and one
 # claim index instead of two. SQLite cannot drop AUTOINCREMENT in place: rebuild the table.
@@ -79,8 +79,52 @@ BEGIN
 END;
 """
 
+# 2 -> 3: status tests without IN lists of more than two values (schema.sql says why).
+# A CHECK constraint cannot be changed in place: rebuild the table.
+_V2_TO_V3 = """
+CREATE TABLE liteq_jobs_v3 (
+    id                 INTEGER PRIMARY KEY,
+    job_type           TEXT    NOT NULL,
+    payload            TEXT    NOT NULL,
+    queue              TEXT    NOT NULL,
+    priority           INTEGER NOT NULL,
+    status             TEXT    NOT NULL CHECK (status = 'unqueued' OR status = 'queued'
+                           OR status = 'running' OR status = 'wait_async'
+                           OR status = 'completed' OR status = 'failed'),
+    attempts           INTEGER NOT NULL CHECK (attempts >= 0),
+    max_attempts       INTEGER NOT NULL CHECK (max_attempts >= 1),
+    run_at             REAL    NOT NULL,
+    created_at         REAL    NOT NULL,
+    started_at         REAL,
+    finished_at        REAL,
+    coalesce_id        TEXT,
+    max_runtime        REAL,
+    delete_on_complete INTEGER NOT NULL,
+    error              TEXT,
+    traceback          TEXT,
+    owner              TEXT,
+    lease_until        REAL,
+    lock_token         TEXT,
+    lock_until         REAL
+);
+INSERT INTO liteq_jobs_v3 SELECT * FROM liteq_jobs;
+DROP TABLE liteq_jobs;
+ALTER TABLE liteq_jobs_v3 RENAME TO liteq_jobs;
+CREATE INDEX liteq_jobs_claim ON liteq_jobs (queue, priority DESC, run_at, id)
+    WHERE status = 'queued';
+CREATE UNIQUE INDEX liteq_jobs_coalesce ON liteq_jobs (coalesce_id)
+    WHERE coalesce_id IS NOT NULL AND status <> 'completed';
+CREATE INDEX liteq_jobs_active ON liteq_jobs (status)
+    WHERE status IN ('running', 'wait_async');
+CREATE TRIGGER liteq_jobs_high_water AFTER DELETE ON liteq_jobs
+    WHEN NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id > old.id)
+BEGIN
+    UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
+END;
+"""
+
 #: Migrations from version N to N+1, applied in order inside one transaction.
-MIGRATIONS: Final[dict[int, str]] = {1: _V1_TO_V2}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1_TO_V2, 2: _V2_TO_V3}
 
 _COLS = ", ".join(COLUMNS)
 _SELECT = f"SELECT {_COLS} FROM liteq_jobs"
@@ -123,7 +167,6 @@ _UPDATE = (
 )
 _FENCE = " AND owner = ? AND attempts = ? AND status = 'running'"
 _DELETE_FENCED = "DELETE FROM liteq_jobs WHERE id = ?" + _FENCE
-_HOLDING = "('unqueued', 'queued', 'running', 'wait_async', 'failed')"
 
 #: The longest sleep between tries for the writer gate: of a worker's claim loop, and of
 #: any other write (an enqueue from a web request, say). A busy worker holds the gate ~70 %
@@ -250,7 +293,7 @@ class _SQLiteTx(Tx):
 
     def coalesce_holder(self, coalesce_id: str) -> Record | None:
         row = self._conn.execute(
-            f"{_SELECT} WHERE coalesce_id = +? AND status IN {_HOLDING}", (coalesce_id,)
+            f"{_SELECT} WHERE coalesce_id = +? AND status <> 'completed'", (coalesce_id,)
         ).fetchone()
         return None if row is None else _record(row)
 
