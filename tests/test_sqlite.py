@@ -314,7 +314,7 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     def plan(sql: str, args: tuple[object, ...]) -> str:
         return " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
 
-    claim = plan(sqlite._claim_sql(1, 1), (1.0, "w", 2.0, "default"))
+    claim = plan(sqlite._pick_sql(1, 1), (1.0, "default"))
     assert "USING INDEX liteq_jobs_claim (queue=?)" in claim
     holder = plan(f"{sqlite._SELECT} WHERE coalesce_id = +? AND status <> 'completed'", ("x",))
     assert "USING INDEX liteq_jobs_coalesce (coalesce_id=?)" in holder

@@ -79,6 +79,19 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def start_run(record: Record, now: float, owner: str, lease_until: float, batch: bool) -> Record:
+    """Make `record` (the caller's own copy) that of a claimed job, and return it: RUNNING,
+    its attempt counted, owned by `owner` and leased. In a batch, a job with max_runtime
+    gets no started_at: its clock starts when it really starts (mark_started)."""
+    record.status = Status.RUNNING
+    record.attempts += 1
+    record.started_at = None if batch and record.max_runtime is not None else now
+    record.finished_at = None
+    record.owner = owner
+    record.lease_until = lease_until
+    return record
+
+
 class Tx(abc.ABC):
     """One write transaction of a store: the primitives the shared logic is built on."""
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from liteq.errors import LiteqError
 from liteq.managed import COALESCE_HOLDING, Record, Status, evolve
 from liteq.stores._base import BaseStore
-from liteq.stores._contract import StatusHook, Tx
+from liteq.stores._contract import StatusHook, Tx, start_run
 
 
 class _MemoryTx(Tx):
@@ -75,16 +75,7 @@ class _MemoryTx(Tx):
             if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
         )
         claimed = [
-            evolve(
-                r,
-                status=Status.RUNNING,
-                attempts=r.attempts + 1,
-                # In a batch, a job with max_runtime starts its clock when it starts.
-                started_at=now if limit == 1 or r.max_runtime is None else None,
-                finished_at=None,
-                owner=owner,
-                lease_until=lease_until,
-            )
+            start_run(evolve(r), now, owner, lease_until, limit > 1)
             for r in heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
         ]
         for record in claimed:

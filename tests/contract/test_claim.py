@@ -65,6 +65,31 @@ def test_claim_marks_running_and_counts_the_attempt(
     assert store.claim(OWNER) is None
 
 
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_claim_returns_exactly_what_it_stored(
+    store: liteq.stores.BaseStore, clock: Clock, limit: int
+) -> None:
+    # A retried job (its last error kept), one with max_runtime, one plain.
+    retried = store.enqueue(Noop(1), max_attempts=3)
+    first = store.claim(OWNER, lease=30)
+    assert first is not None and first.id == retried.id
+    store.fail(first, "boom")
+    clock.advance(3600)
+    store.enqueue(Noop(2), max_runtime=5)
+    store.enqueue(Noop(3))
+    clock.advance(1)
+    claimed = store.claim_many(OWNER, lease=60, limit=limit)
+    assert len(claimed) == limit
+    for mjob in claimed:
+        stored = store.get(mjob.id)
+        assert mjob._record == stored._record
+        assert mjob.status is Status.RUNNING and mjob.owner == OWNER
+        assert mjob._record.lease_until == pytest.approx(clock.now + 60)
+    assert claimed[0].attempts == 2 and claimed[0].error == "boom"
+    if limit > 1:  # in a batch, max_runtime counts from the real start (mark_started)
+        assert [m.started_at is None for m in claimed] == [False, True, False]
+
+
 def test_a_locked_job_is_not_claimed(store: liteq.stores.BaseStore) -> None:
     mjob = store.enqueue(Noop())
     with store.locked(mjob.id):
