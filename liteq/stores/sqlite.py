@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import importlib.resources
@@ -10,6 +11,7 @@ import json
 import logging
 import operator
 import os
+import sys
 import threading
 import time
 import weakref
@@ -187,6 +189,28 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Linux lets a thread's sleeps end up to its "timer slack" late, 50 µs by default: a 20 µs
+# sleep for the writer gate took 105 µs (measured). While a prompt write (an enqueue, say)
+# waits for the gate, its thread asks for 1 ns, then gets its own slack back: beside two
+# busy workers an enqueue's p50 went from 0.29-0.31 to 0.24-0.25 ms, p90 from 1.9-2.1 to
+# 1.4-1.7 ms. Workers keep the default: hand-offs between them cost page caches.
+_PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
+_prctl: Callable[..., int] | None = None
+if sys.platform == "linux":
+    with contextlib.suppress(OSError, AttributeError):
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _precise_sleeps() -> int | None:
+    """Set this thread's timer slack to 1 ns; return the slack to restore (None: unchanged)."""
+    if _prctl is None:
+        return None
+    old = _prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    if old <= 1 or _prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) != 0:
+        return None
+    return old
 
 
 def schema_sql() -> str:
@@ -628,23 +652,30 @@ class SQLiteStore(BaseStore):
             return False
         deadline = 0.0
         pause = 20e-6
-        while True:
-            try:
-                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.busy_timeout
-                elif now > deadline:
-                    raise self._stayed_locked(f"waiting for {self.path}-lock") from None
-                time.sleep(pause)
-                pause = min(pause * 2, max_pause)
-            except OSError as exc:  # a file system without flock: go on without the gate
-                log.info("writing %s without a writer gate: %s", self.path, exc)
-                self._close_gate()
-                return False
-            else:
-                return True
+        slack = None
+        try:
+            while True:
+                try:
+                    fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + self.busy_timeout
+                        if max_pause <= _PROMPT:  # a caller waits: try on time
+                            slack = _precise_sleeps()
+                    elif now > deadline:
+                        raise self._stayed_locked(f"waiting for {self.path}-lock") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, max_pause)
+                except OSError as exc:  # a file system without flock: go on without the gate
+                    log.info("writing %s without a writer gate: %s", self.path, exc)
+                    self._close_gate()
+                    return False
+                else:
+                    return True
+        finally:
+            if slack is not None and _prctl is not None:
+                _prctl(_PR_SET_TIMERSLACK, slack, 0, 0, 0)
 
     def _leave_gate(self) -> None:
         if self._gate is not None:  # (None if the store was closed meanwhile)
