@@ -205,6 +205,22 @@ def test_hooks_see_every_change(make_store: StoreFactory, clock: Clock) -> None:
     ]
 
 
+def test_what_a_hook_is_given_keeps_the_status_it_was_given(
+    make_store: StoreFactory, clock: Clock
+) -> None:
+    given: list[tuple[liteq.ManagedJob, str]] = []
+    store = make_store(
+        clock=clock, on_status_change=lambda m, old, msg: given.append((m, m.status.value))
+    )
+    store.enqueue_many([Noop(1), Noop(2)])
+    _, claimed = store.complete_and_claim([], OWNER)
+    _, second = store.complete_and_claim(claimed, OWNER)  # as a worker's steady state does
+    store.complete_many(second)
+    assert [status for _, status in given] == ["queued", "queued", *["running", "completed"] * 2]
+    assert [m.status.value for m, _ in given] == [status for _, status in given]
+    assert claimed[0].status is Status.COMPLETED  # the worker's own handle did change
+
+
 def test_hooks_never_see_a_rolled_back_change(make_store: StoreFactory, clock: Clock) -> None:
     seen: list[tuple[int, str]] = []
     store = make_store(
