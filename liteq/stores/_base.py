@@ -44,6 +44,12 @@ from liteq.stores._contract import Changes, Event, StatusHook, Tx
 log = logging.getLogger("liteq.store")
 
 
+def _listens(job: Job | None) -> bool:
+    """Whether a job's class has a status hook (None: it cannot be decoded; the store's
+    hook still runs for it)."""
+    return job is None or type(job).status_did_change is not Job.status_did_change
+
+
 class BaseStore(abc.ABC):
     """Shared semantics of every store. Subclasses implement the primitives only."""
 
@@ -160,14 +166,16 @@ class BaseStore(abc.ABC):
         self._bump()
         self._fire(events)
 
-    def _fire(self, events: list[Event]) -> None:
-        store_listens = (
+    def _store_listens(self) -> bool:
+        return (
             self.on_status_change is not None
             or type(self).status_did_change is not BaseStore.status_did_change
         )
+
+    def _fire(self, events: list[Event]) -> None:
+        store_listens = self._store_listens()
         for record, old, message, job in events:
-            job_listens = job is None or type(job).status_did_change is not Job.status_did_change
-            if not (store_listens or job_listens):
+            if not (store_listens or _listens(job)):
                 continue
             mjob = self._managed(evolve(record), job)  # its own copy, whatever it does later
             if mjob.job is not None:
@@ -532,9 +540,12 @@ class BaseStore(abc.ABC):
             return errors, []
         self._busy_until = time.monotonic() + self._busy_window
         mjobs = [self._managed(record) for record in records]
+        listens = self._store_listens()
         for mjob in mjobs:
             mjob._claimed = True
-        self._fire([(m._record, Status.QUEUED, "started", m.job) for m in mjobs])
+            listens = listens or _listens(mjob.job)
+        if listens:  # (most often nothing does: then no events are made)
+            self._fire([(m._record, Status.QUEUED, "started", m.job) for m in mjobs])
         return errors, mjobs
 
     def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool:
@@ -654,22 +665,24 @@ class BaseStore(abc.ABC):
             lost.append(error)
         return lost
 
-    @staticmethod
     def _completed(
-        mjobs: Sequence[ManagedJob], changes: Changes, lost: list[LeaseLost | None]
+        self, mjobs: Sequence[ManagedJob], changes: Changes, lost: list[LeaseLost | None]
     ) -> list[Event]:
         """After the commit: the completed jobs' new records, and their events.
 
         A claimed job's record is its ManagedJob's own (a claim reads a new one; hooks get
         copies, see _fire): it changes in place, not copied (a copy was 10 % of a noop job).
+        Events are made only for jobs something listens to.
         """
+        store_listens = self._store_listens()
         events: list[Event] = []
         for mjob, error in zip(mjobs, lost, strict=True):
             if error is None:
                 record = mjob._record
                 for name, value in changes.items():
                     setattr(record, name, value)
-                events.append((record, Status.RUNNING, "completed", mjob.job))
+                if store_listens or _listens(mjob.job):
+                    events.append((record, Status.RUNNING, "completed", mjob.job))
         return events
 
     def wait_async(self, mjob: ManagedJob) -> None:
