@@ -258,6 +258,7 @@ class BaseStore(abc.ABC):
         jobs = list(jobs)
         records, uniform = build_records(jobs, options, now)
         holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
+        store_listens = self._store_listens()
         with self._write() as tx:
             new_ids = tx.insert_many(records, uniform)
             events = tx.events
@@ -272,7 +273,8 @@ class BaseStore(abc.ABC):
                     holders[i] = holder
                     continue
                 record.id = new_id
-                events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
+                if store_listens or _listens(jobs[i]):
+                    events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
         # Outside the transaction: other processes may write meanwhile.
         return [
             self._managed(holders[i]) if i in holders else ManagedJob(self, record, job, None)
