@@ -147,6 +147,12 @@ _INSERT_BATCH = (
     "?1, ?2, 'queued', 0, ?3, ?4, ?5, NULL, NULL, NULL, ?6, ?7, "
     "NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
 )
+# The same when they are all of one type (most batches): a JSON array of their payloads.
+_INSERT_BATCH_OF_TYPE = (
+    f"INSERT INTO liteq_jobs ({_COLS}) SELECT {_NEXT_ID} + key, ?9, value, "
+    "?1, ?2, 'queued', 0, ?3, ?4, ?5, NULL, NULL, NULL, ?6, ?7, "
+    "NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
+)
 #: What the jobs of one _INSERT_BATCH share: their options (every other column is as
 #: build_records makes it for a new job).
 _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
@@ -342,8 +348,13 @@ class _SQLiteTx(Tx):
         shared = _shared(records[0])
         # (Jobs whose classes give enqueue options are not uniform, but may agree.)
         if uniform or all(_shared(r) == shared and _fresh(r) == _FRESH for r in records):
-            pairs = json.dumps([(r.job_type, r.payload) for r in records])
-            self._cursor.execute(_INSERT_BATCH, (*shared, pairs))
+            job_type = records[0].job_type
+            if all(r.job_type == job_type for r in records):
+                payloads = json.dumps([r.payload for r in records])
+                self._cursor.execute(_INSERT_BATCH_OF_TYPE, (*shared, payloads, job_type))
+            else:
+                pairs = json.dumps([(r.job_type, r.payload) for r in records])
+                self._cursor.execute(_INSERT_BATCH, (*shared, pairs))
         else:
             self._cursor.executemany(_INSERT_PLAIN, [_new_values(r) for r in records])
         last = self._conn.last_insert_rowid()
