@@ -673,7 +673,8 @@ class BaseStore(abc.ABC):
         """After the commit: the completed jobs' new records, and their events.
 
         A claimed job's record is its ManagedJob's own (a claim reads a new one; hooks get
-        copies, see _fire): it changes in place, not copied (a copy was 10 % of a noop job).
+        copies, see _fire): it changes in place, not copied (a copy cost 6 % of the CPU
+        instructions of a noop job).
         Events are made only for jobs something listens to.
         """
         store_listens = self._store_listens()
