@@ -281,8 +281,8 @@ def test_a_version_2_file_is_migrated_with_its_jobs_claims_and_id_history(
     for _ in conn.execute((ROOT / "tests" / "schema_v2.sql").read_text()):
         pass
     conn.close()
-    # Jobs as version 2 wrote them: one queued, one coalesced and running, one deleted
-    # while it held the largest id.
+    # Jobs as version 2 wrote them: one running (claimed, leased), one queued with a
+    # coalesce id, one deleted while it held the largest id.
     with contextlib.ExitStack() as undo:
         from liteq.stores import sqlite
 
