@@ -196,7 +196,7 @@ def _parse(text: str) -> Any:
     than 2: loads also matches whitespace around it, twice, with a regular expression)."""
     try:
         doc, end = _DECODER.raw_decode(text)
-    except ValueError:
+    except (ValueError, TypeError):  # (loads says what is wrong, and reads bytes too)
         end = -1
     return doc if end == len(text) else json.loads(text)
 

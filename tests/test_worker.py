@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,15 +256,17 @@ def test_a_bad_row_fails_that_job_and_the_worker_goes_on(
     assert Record.ran == ["after"]
 
 
-def test_a_payload_written_by_hand_with_spaces_around_it_still_runs(
-    store: liteq.stores.BaseStore,
-) -> None:
+@pytest.mark.parametrize("by_hand", ["spaces around it", "stored as a BLOB"])
+def test_a_payload_written_by_hand_still_runs(store: liteq.stores.BaseStore, by_hand: str) -> None:
     Record.ran.clear()
     mjob = store.enqueue(Record("edited"))
     with store._transaction() as tx:
         record = tx.get(mjob.id)
         assert record is not None
-        tx.update(dataclasses.replace(record, payload=f"\n  {record.payload} \n"))
+        payload: Any = f"\n  {record.payload} \n"
+        if by_hand == "stored as a BLOB":
+            payload = record.payload.encode()
+        tx.update(dataclasses.replace(record, payload=payload))
     burst(store)
     assert Record.ran == ["edited"]
 

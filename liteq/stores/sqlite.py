@@ -385,9 +385,8 @@ class _SQLiteTx(Tx):
         batch = limit > 1
         records = [start_run(_record(r), now, owner, lease_until, batch) for r in rows]
         if len(records) == 1:
-            self._cursor.execute(
-                _START_ONE, (records[0].started_at, owner, lease_until, rows[0][0])
-            )
+            started = records[0].started_at
+            self._cursor.execute(_START_ONE, (started, owner, lease_until, records[0].id))
         elif records:
             for started in {r.started_at for r in records}:  # now, or None (start_run)
                 ids = json.dumps([r.id for r in records if r.started_at == started])
