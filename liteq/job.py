@@ -170,15 +170,31 @@ class Job:
 
 def encode(job: Job) -> tuple[str, str]:
     """Return (type name, payload text) for a job, or raise TypeError before anything is written."""
-    if not isinstance(job, Job):
-        raise TypeError(f"can only enqueue liteq.Job instances, not {type(job).__name__}")
-    cls = type(job)
+    return encode_as(job, how_to_encode(type(job)))
+
+
+#: What encoding a job takes from its class: its stored name, the start of its payloads,
+#: whether its state is its attributes (the default to_state), whether it is pickled.
+HowToEncode = tuple[str, str, bool, bool]
+
+
+def how_to_encode(cls: type) -> HowToEncode:
+    """What encode_as needs of a job class (once per class in a batch); TypeError if its
+    jobs cannot be stored."""
+    if not issubclass(cls, Job):
+        raise TypeError(f"can only enqueue liteq.Job instances, not {cls.__name__}")
     name, head = _HEADS.get(cls) or (type_name(cls), "")
     if _REGISTRY.get(name) is not cls:
         raise TypeError(f"{name} is not a registered Job class (was it redefined?)")
+    return name, head, cls.to_state is Job.to_state, bool(cls.pickle_state)
+
+
+def encode_as(job: Job, how: HowToEncode) -> tuple[str, str]:
+    """encode(job), with what how_to_encode said of its class."""
+    name, head, plain, pickled = how
     # The default to_state() copies the attributes; encoding only reads them.
-    state = vars(job) if cls.to_state is Job.to_state else job.to_state()
-    if cls.pickle_state:
+    state = vars(job) if plain else job.to_state()
+    if pickled:
         blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
         return name, json.dumps({"type": name, "pickle": blob})
     try:

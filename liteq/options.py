@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypedDict
 
-from liteq.job import Job, encode
+from liteq.job import HowToEncode, Job, encode_as, how_to_encode
 from liteq.managed import Record, Status
 
 
@@ -133,9 +133,13 @@ def build_records(
     else:  # the common call: no options, nothing to check
         shared = _DEFAULTS
     records = []
+    last_cls: type | None = None
+    how: HowToEncode = ("", "", True, False)
     for job in jobs:
-        job_type, payload = encode(job)
         cls = type(job)
+        if cls is not last_cls:  # (a batch is most often of one class)
+            how, last_cls = how_to_encode(cls), cls
+        job_type, payload = encode_as(job, how)
         if cls.enqueue_options is Job.enqueue_options:
             if shared is None:
                 shared = _resolve(dict(options), options, now)

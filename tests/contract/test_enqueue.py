@@ -129,6 +129,22 @@ def test_after_a_refused_state_the_same_objects_still_encode() -> None:
 def test_only_jobs_can_be_enqueued(store: liteq.stores.BaseStore) -> None:
     with pytest.raises(TypeError, match=r"liteq\.Job"):
         store.enqueue(print)  # type: ignore[arg-type]
+    # In a batch, one that is not a job refuses the whole batch, wherever it is.
+    with pytest.raises(TypeError, match=r"can only enqueue liteq\.Job instances, not int"):
+        store.enqueue_many([Noop(1), Noop(2), 3, Noop(4)])  # type: ignore[list-item]
+    assert store.count() == 0
+
+
+def test_a_redefined_job_class_is_refused(store: liteq.stores.BaseStore) -> None:
+    old = Noop(1)
+    # As a module reloaded in a long-lived process would: a new class under the same name.
+    redefined = type("Noop", (Noop,), {"__module__": Noop.__module__, "__qualname__": "Noop"})
+    try:
+        with pytest.raises(TypeError, match=r"tests\.jobs\.Noop is not a registered Job class"):
+            store.enqueue_many([redefined(), redefined(), old])  # the old one, after the new
+        assert store.count() == 0
+    finally:
+        liteq.job._REGISTRY["tests.jobs.Noop"] = Noop
 
 
 def test_enqueue_many_in_one_go(store: liteq.stores.BaseStore) -> None:
