@@ -370,8 +370,7 @@ class Worker:
         return held
 
     def _flush_acks(self) -> None:
-        with self._current_lock:
-            acks = list(self._acks)
+        acks = self._acks  # (as in _complete_and_claim: only this thread adds to it)
         if acks:
             lost = self._patiently(
                 "recording completed jobs", lambda: self.store.complete_many(acks)
