@@ -164,7 +164,8 @@ class BaseStore(abc.ABC):
     def _committed(self, events: list[Event]) -> None:
         """After a commit: wake this process's waiting workers, then run the hooks."""
         self._bump()
-        self._fire(events)
+        if events:
+            self._fire(events)
 
     def _store_listens(self) -> bool:
         return (
@@ -275,11 +276,12 @@ class BaseStore(abc.ABC):
                 record.id = new_id
                 if store_listens or _listens(jobs[i]):
                     events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
-        # Outside the transaction: other processes may write meanwhile.
-        return [
-            self._managed(holders[i]) if i in holders else ManagedJob(self, record, job, None)
-            for i, (record, job) in enumerate(zip(records, jobs, strict=True))
+        managed = [
+            ManagedJob(self, record, job, None) for record, job in zip(records, jobs, strict=True)
         ]
+        for i, holder in holders.items():  # outside the transaction: others may write meanwhile
+            managed[i] = self._managed(holder)
+        return managed
 
     def task(
         self, func: Callable[..., Any] | None = None, **options: Unpack[EnqueueOptions]

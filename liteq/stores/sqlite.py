@@ -342,7 +342,9 @@ class _SQLiteTx(Tx):
         return conn.last_insert_rowid() if conn.changes() else None
 
     def insert_many(self, records: Sequence[Record], uniform: bool = False) -> list[int | None]:
-        if len(records) < 2 or (not uniform and any(r.coalesce_id is not None for r in records)):
+        if len(records) < 2:  # (enqueue: no call through Tx.insert_many)
+            return [self.insert(record) for record in records]
+        if not uniform and any(r.coalesce_id is not None for r in records):
             return super().insert_many(records)
         # No coalesce id, so no conflict. Inside this BEGIN IMMEDIATE no other writer can
         # interleave, and each row's id is the last one's + 1.
@@ -428,17 +430,16 @@ class _SQLiteTx(Tx):
         return bool(self._conn.changes())
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on an error), holding the store's mutex.
+class _Transaction(_SQLiteTx):
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on an error), holding the store's mutex: the
+    transaction and its Tx in one object (it runs once or twice per job on the hot path).
 
     With `notify` (BaseStore._write), a commit then wakes this process's waiting workers
     and runs the status hooks. `max_pause` bounds the sleeps while it waits for the writer
-    gate. A class rather than a generator, and one object rather than a wrapper: it runs
-    once or twice per job on the hot path.
+    gate.
     """
 
-    __slots__ = ("_conn", "_cursor", "_gated", "_max_pause", "_notify", "_store", "_tx")
-
+    # (No _SQLiteTx.__init__: __enter__ gives the Tx its connection, cursor and time.)
     def __init__(self, store: SQLiteStore, notify: bool, max_pause: float) -> None:
         self._store = store
         self._notify = notify
@@ -449,10 +450,9 @@ class _Transaction:
         store = self._store
         store._mutex.acquire()
         try:
-            conn = self._conn = store._db()
-            cursor = self._cursor = conn.cursor()
+            self._conn, self._cursor = store._session()
             self._gated = store._enter_gate(self._max_pause)
-            cursor.execute("BEGIN IMMEDIATE")
+            self._cursor.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             if self._gated:
                 store._leave_gate()
@@ -460,8 +460,9 @@ class _Transaction:
             if isinstance(exc, apsw.Error):
                 raise store._translate(exc) from exc
             raise
-        tx = self._tx = _SQLiteTx(conn, store.clock(), cursor)
-        return tx
+        self.now = store.clock()
+        self.events = []
+        return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
@@ -489,7 +490,7 @@ class _Transaction:
             finally:
                 store._mutex.release()
         if self._notify:  # committed
-            store._committed(self._tx.events)
+            store._committed(self.events)
 
 
 class SQLiteStore(BaseStore):
@@ -532,6 +533,7 @@ class SQLiteStore(BaseStore):
         self.busy_timeout = busy_timeout
         self._mutex = threading.RLock()
         self._conn: apsw.Connection | None = None
+        self._session_pair: tuple[apsw.Connection, apsw.Cursor] | None = None
         self._pid = -1
         self._gate: int | None = None  # the descriptor of <path>-lock, see _enter_gate
         self._gate_closer: weakref.finalize[[int], SQLiteStore] | None = None  # on close or GC
@@ -548,18 +550,24 @@ class SQLiteStore(BaseStore):
         self._bell.acquire()
         if self._conn is not None:
             self._inherited.append(self._conn)
-        self._conn = None
+        self._conn = self._session_pair = None
         self._close_gate()
 
     def _db(self) -> apsw.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            if self._conn is not None:
-                self._inherited.append(self._conn)
-                self._conn = None
+        return self._session()[0]
+
+    def _session(self) -> tuple[apsw.Connection, apsw.Cursor]:
+        """This process's connection, and the cursor its write transactions share (the
+        mutex makes them take turns; a cursor costs 0.3 µs to make)."""
+        # No os.getpid() here (a system call per transaction): after fork() the child's
+        # _forget_parent has already dropped the parent's connection.
+        pair = self._session_pair
+        if pair is None:
             with self._errors():
-                self._conn = self._open()
+                conn = self._conn = self._open()
             self._pid = os.getpid()
-        return self._conn
+            pair = self._session_pair = conn, conn.cursor()
+        return pair
 
     def _open(self) -> apsw.Connection:
         path = Path(self.path)
@@ -726,7 +734,7 @@ class SQLiteStore(BaseStore):
         with self._mutex:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
-            self._conn = None
+            self._conn = self._session_pair = None
             self._close_gate()
 
     # -- primitives ----------------------------------------------------------
