@@ -101,6 +101,29 @@ def test_files_that_are_not_liteq_queues(tmp_path: Path) -> None:
         liteq.SQLiteStore(":memory:")
 
 
+def test_a_transaction_given_up_halfway_leaves_the_store_usable(tmp_path: Path) -> None:
+    # Write transactions share one cursor per connection: one abandoned with its write made
+    # and a read left half done must roll back whole and not hold up the next.
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    store.enqueue_many([Noop(i) for i in range(3)])
+
+    def give_up_halfway() -> None:
+        with store._write() as tx:
+            tx.insert(store.get(1)._record)  # type: ignore[union-attr]
+            rows = tx._cursor.execute("SELECT id FROM liteq_jobs")  # type: ignore[attr-defined]
+            next(rows)
+            raise RuntimeError("given up halfway")
+
+    with pytest.raises(RuntimeError, match="halfway"):
+        give_up_halfway()
+    assert store.count() == 3
+    assert store.enqueue(Noop(3)).id == 4
+    claimed = store.claim("w")
+    assert claimed is not None and claimed.id == 1
+    store.complete(claimed)
+    assert store.count() == 3
+
+
 def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     store = liteq.SQLiteStore(tmp_path / "q.sqlite")
     store.enqueue(Noop(1))
