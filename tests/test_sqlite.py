@@ -7,6 +7,7 @@ import ctypes
 import gc
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -357,9 +358,13 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     active = plan(f"{sqlite._SELECT} WHERE status IN ('running', 'wait_async')", ())
     assert "USING INDEX liteq_jobs_active (status=?)" in active
     # An IN list of more than two values makes SQLite build a b-tree per execution
-    # (schema.sql): an enqueue and a completion must not.
-    for sql in (sqlite._INSERT, sqlite._DELETE_FENCED):
-        ops = [row[1] for row in db.execute(f"EXPLAIN {sql}", [None] * sql.count("?"))]
+    # (schema.sql), and so does an INSERT … SELECT that reads the table it fills (its rows
+    # are copied aside first): an enqueue, a batch enqueue and a completion must not.
+    batches = (sqlite._INSERT_BATCH, sqlite._INSERT_BATCH_OF_TYPE)
+    for sql in (sqlite._INSERT, *batches, sqlite._DELETE_FENCED):
+        numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
+        params = max(numbered) if numbered else sql.count("?")
+        ops = [row[1] for row in db.execute(f"EXPLAIN {sql}", [None] * params)]
         assert "OpenEphemeral" not in ops, sql
 
 

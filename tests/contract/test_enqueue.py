@@ -159,6 +159,16 @@ def test_ids_are_never_reused(store: liteq.stores.BaseStore) -> None:
     first = store.enqueue(Noop())
     first.delete()
     assert store.enqueue(Noop()).id > first.id
+    # Batches too, of one job type and of several (a store may insert each in one statement).
+    for jobs in ([Noop(0), Noop(1), Noop(2)], [Noop(0), Record(1), Noop(2)]):
+        batch = store.enqueue_many(jobs)
+        for mjob in batch:
+            mjob.delete()
+        again = store.enqueue_many(jobs)
+        assert min(m.id for m in again) > max(m.id for m in batch)
+        assert [m.id for m in again] == list(range(again[0].id, again[0].id + 3))
+        stored = [store.get(m.id).job for m in again]
+        assert [(type(j), vars(j)) for j in stored] == [(type(j), vars(j)) for j in jobs]
 
 
 def test_get_missing_raises(store: liteq.stores.BaseStore) -> None:
