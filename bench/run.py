@@ -137,12 +137,18 @@ def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> tuple[flo
     began = time.perf_counter()
     work = liteq_work(db, "--processes", str(processes), "--prefetch", str(prefetch), "--burst")
     peak = 0
-    while work.poll() is None:  # sample the workers' memory while they run
+    # Sample the workers' memory while they run. Finding them (children() reads every
+    # process in /proc, ~1 ms) only until they are found: sampling must not take CPU from
+    # two workers on two cores that one worker leaves idle.
+    children: list[psutil.Process] = []
+    while work.poll() is None:
         try:
-            for child in psutil.Process(work.pid).children():
+            if len(children) < processes:
+                children = psutil.Process(work.pid).children()
+            for child in children:
                 peak = max(peak, child.memory_info().rss)
         except psutil.Error:
-            pass
+            children = []
         time.sleep(0.02)
     elapsed = time.perf_counter() - began
     if work.returncode != 0:
