@@ -249,8 +249,8 @@ class BaseStore(abc.ABC):
 
             mjob = store.enqueue(SendEmail("ann@example.com"), priority=5, delay=60)
         """
-        # enqueue_many([job], **options)[0], without its lists and loops: a third fewer
-        # CPU instructions.
+        # enqueue_many([job], **options)[0] without its lists and loops (14 % fewer CPU
+        # instructions per enqueue).
         (record,), _ = build_records((job,), options, self.clock())
         with self._write() as tx:
             new_id = tx.insert(record)

@@ -345,7 +345,7 @@ class _SQLiteTx(Tx):
         return conn.last_insert_rowid() if conn.changes() else None
 
     def insert_many(self, records: Sequence[Record], uniform: bool = False) -> list[int | None]:
-        if len(records) < 2:  # (enqueue: no call through Tx.insert_many)
+        if len(records) < 2:  # (no call through Tx.insert_many for one job)
             return [self.insert(record) for record in records]
         if not uniform and any(r.coalesce_id is not None for r in records):
             return super().insert_many(records)
