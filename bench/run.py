@@ -217,6 +217,26 @@ def huey_workload(tmp: Path, n: int) -> tuple[float, float] | None:
     return enqueue, rate(n, drain)
 
 
+def liteq_statements_enqueue(store: liteq.SQLiteStore, n: int) -> None:
+    """What a liteq enqueue does in SQLite, with none of its Python around it: the writer
+    gate, BEGIN IMMEDIATE, its INSERT of one row built beforehand, COMMIT. The ceiling of
+    liteq's enqueue as a ratio to the floor."""
+    from liteq.options import build_records
+    from liteq.stores import sqlite
+
+    (record,), _ = build_records([Noop(1)], {}, time.time())
+    values = sqlite._new_values(record)
+    conn, cursor = store._session()
+    for _ in range(n):
+        gated = store._enter_gate(1e-4)
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(sqlite._INSERT, values)
+        conn.last_insert_rowid()
+        cursor.execute("COMMIT")
+        if gated:
+            store._leave_gate()
+
+
 def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
     """One pass of the throughput measures: label -> (floor, liteq)."""
     out: dict[str, tuple[float | None, float]] = {}
@@ -227,6 +247,12 @@ def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
         f,
         rate(n, lambda: repeat(lambda: store.enqueue(Noop(1)), n)),
     )
+    sql_only = liteq.SQLiteStore(tmp / "liteq-sql.sqlite")
+    out["enqueue, liteq's statements alone (no Python around them)"] = (
+        f,
+        rate(n, lambda: liteq_statements_enqueue(sql_only, n)),
+    )
+    sql_only.close()
     f = rate(n, lambda: floor_drain(floor, n))
     out["claim + complete, one worker"] = (
         f,
