@@ -319,15 +319,13 @@ _START_MANY = f"{_START_RUN}IN (SELECT value FROM json_each(?4))"  # one stateme
 
 
 class _SQLiteTx(Tx):
-    def __init__(
-        self, conn: apsw.Connection, now: float, cursor: apsw.Cursor | None = None
-    ) -> None:
+    def __init__(self, conn: apsw.Connection, now: float) -> None:
         super().__init__(now)
         self._conn = conn
         # One cursor for its statements: Connection.execute makes a cursor on every call
         # (0.6 µs; five statements a job). Each statement here runs to its end, or the
-        # next one on the cursor resets it.
-        self._cursor = conn.cursor() if cursor is None else cursor
+        # next one on the cursor resets it. (_Transaction uses its connection's cursor.)
+        self._cursor = conn.cursor()
 
     def get(self, job_id: int) -> Record | None:
         row = self._cursor.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
