@@ -157,29 +157,48 @@ def build_records(
             if not isinstance(coalesce_id, str):
                 raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
             uniform = False
-        records.append(
-            Record(
-                0,
-                job_type,
-                payload,
-                r.queue,
-                r.priority,
-                Status.QUEUED,
-                0,
-                r.max_attempts,
-                now if r is _DEFAULTS else r.run_at,
-                now,
-                None,
-                None,
-                coalesce_id,
-                r.max_runtime,
-                r.delete_on_complete,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
-        )
+        records.append(_new_record(job_type, payload, r, now, coalesce_id))
     return records, uniform
+
+
+def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:
+    """build_records((job,), options, now)'s one row; shorter for the most common call: no
+    options, and a job class that gives none and no coalesce id."""
+    cls = type(job)
+    how = how_to_encode(cls)  # (first: TypeError if it is no Job)
+    if (
+        options
+        or cls.enqueue_options is not Job.enqueue_options
+        or cls.coalesce_id is not Job.coalesce_id
+    ):
+        return build_records((job,), options, now)[0][0]
+    job_type, payload = encode_as(job, how)
+    return _new_record(job_type, payload, _DEFAULTS, now, None)
+
+
+def _new_record(
+    job_type: str, payload: str, r: _Resolved, now: float, coalesce_id: str | None
+) -> Record:
+    return Record(
+        0,
+        job_type,
+        payload,
+        r.queue,
+        r.priority,
+        Status.QUEUED,
+        0,
+        r.max_attempts,
+        now if r is _DEFAULTS else r.run_at,
+        now,
+        None,
+        None,
+        coalesce_id,
+        r.max_runtime,
+        r.delete_on_complete,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
