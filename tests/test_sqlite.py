@@ -125,6 +125,22 @@ def test_a_transaction_given_up_halfway_leaves_the_store_usable(tmp_path: Path) 
     assert store.count() == 3
 
 
+def test_an_enqueue_never_joins_a_transaction_left_open(tmp_path: Path) -> None:
+    # An enqueue without a coalesce id is one INSERT in autocommit mode. Were a transaction
+    # ever left open on the connection (a ROLLBACK that failed, say), that INSERT would join
+    # it and be lost with it: it must refuse instead.
+    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
+    store.enqueue(Noop(1))
+    conn = store._db()
+    conn.execute("BEGIN")
+    with pytest.raises(apsw.SQLError, match="within a transaction"):
+        store.enqueue(Noop(2))
+    conn.execute("ROLLBACK")
+    assert [m.job.n for m in store.jobs()] == [1]  # type: ignore[union-attr]
+    store.enqueue(Noop(3))
+    assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
+
+
 def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     store = liteq.SQLiteStore(tmp_path / "q.sqlite")
     store.enqueue(Noop(1))
@@ -361,11 +377,18 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     # (schema.sql), and so does an INSERT … SELECT that reads the table it fills (its rows
     # are copied aside first): an enqueue, a batch enqueue and a completion must not.
     batches = (sqlite._INSERT_BATCH, sqlite._INSERT_BATCH_OF_TYPE)
-    for sql in (sqlite._INSERT, *batches, sqlite._DELETE_FENCED):
+    for sql in (sqlite._INSERT, sqlite._INSERT_PLAIN, *batches, sqlite._DELETE_FENCED):
         numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
         params = max(numbered) if numbered else sql.count("?")
         ops = [row[1] for row in db.execute(f"EXPLAIN {sql}", [None] * params)]
         assert "OpenEphemeral" not in ops, sql
+    # An enqueue without a coalesce id is that INSERT alone, in autocommit mode. It must
+    # take the write lock before it reads anything, as BEGIN IMMEDIATE would: SQLite's
+    # program starts (where Init jumps) with a write Transaction on the main database.
+    program = list(db.execute(f"EXPLAIN {sqlite._INSERT_PLAIN}", [None] * 20))
+    assert program[0][1] == "Init"
+    first = program[program[0][3]]
+    assert (first[1], first[2], first[3]) == ("Transaction", 0, 1)
 
 
 def test_an_older_schema_is_migrated_on_open(

@@ -24,7 +24,7 @@ import apsw
 from liteq.errors import StoreError
 from liteq.managed import COLUMNS, Record, Status
 from liteq.stores._base import BaseStore
-from liteq.stores._contract import Changes, StatusHook, Tx, start_run
+from liteq.stores._contract import Changes, Event, StatusHook, Tx, start_run
 
 log = logging.getLogger("liteq.store")
 
@@ -189,7 +189,9 @@ _PATIENT: Final = 1e-3
 _PROMPT: Final = 100e-6
 
 #: Statements apsw keeps prepared per connection (its default is 100). It finds one by
-#: comparing hashes with each kept statement's, in turn; liteq's hot paths use ~15.
+#: comparing hashes with each kept statement's, in turn, on every execute: 32 rather than
+#: 100 took ~1,000 CPU instructions off an enqueue. A draining worker and its enqueuer run
+#: 11 distinct statements (13 with prefetch), counted with an exec trace.
 _STATEMENT_CACHE: Final = 32
 
 # Stores to reset in a child after fork(): a connection is never used across fork.
@@ -750,6 +752,28 @@ class SQLiteStore(BaseStore):
 
     def _write(self) -> contextlib.AbstractContextManager[Tx]:
         return _Transaction(self, True, _PROMPT)
+
+    def _insert_alone(self, record: Record, events: list[Event]) -> None:
+        # One INSERT in autocommit mode, as the floor's enqueue is: SQLite takes the write
+        # lock before the statement reads anything (its program opens with a write
+        # Transaction opcode), so, like BEGIN IMMEDIATE, it waits for the lock and never
+        # meets the deferred read-then-write BUSY. Without BEGIN and COMMIT and the
+        # transaction object an enqueue costs 14 % fewer CPU instructions.
+        with self._mutex:
+            conn, cursor = self._session()
+            if not conn.get_autocommit():  # a transaction was left open: BEGIN will say so
+                super()._insert_alone(record, events)
+                return
+            gated = self._enter_gate(_PROMPT)
+            try:
+                cursor.execute(_INSERT_PLAIN, _new_values(record))
+                record.id = conn.last_insert_rowid()
+            except apsw.Error as exc:
+                raise self._translate(exc) from exc
+            finally:
+                if gated:
+                    self._leave_gate()
+        self._committed(events)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[apsw.Connection]:
