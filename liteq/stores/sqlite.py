@@ -758,7 +758,7 @@ class SQLiteStore(BaseStore):
         # lock before the statement reads anything (its program opens with a write
         # Transaction opcode), so, like BEGIN IMMEDIATE, it waits for the lock and never
         # meets the deferred read-then-write BUSY. Without BEGIN and COMMIT and the
-        # transaction object an enqueue costs 14 % fewer CPU instructions.
+        # transaction object an enqueue costs 8 % fewer CPU instructions (84.2k -> 77.3k).
         with self._mutex:
             conn, cursor = self._session()
             if not conn.get_autocommit():  # a transaction was left open: BEGIN will say so
