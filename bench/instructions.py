@@ -1,6 +1,6 @@
 """CPU instructions per job on liteq's hot paths, counted by valgrind: repeatable where seconds are not.
 
-    python bench/instructions.py                 # every measure (about 5 minutes)
+    python bench/instructions.py                 # every measure (about 2 minutes here)
     python bench/instructions.py worker enqueue  # some of them
 
 Each measure runs twice under `valgrind --tool=callgrind`, for 500 and for 2,500 jobs after

@@ -227,7 +227,7 @@ def liteq_statements_enqueue(store: liteq.SQLiteStore, n: int) -> None:
     values = sqlite._new_values(build_record(Noop(1), {}, time.time()))
     conn, cursor = store._session()
     for _ in range(n):
-        gated = store._enter_gate(1e-4)
+        gated = store._enter_gate(sqlite._PROMPT)
         cursor.execute(sqlite._INSERT_PLAIN, values)
         conn.last_insert_rowid()
         if gated:
