@@ -64,6 +64,28 @@ def test_file_is_private_wal_and_versioned(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
+def test_a_new_file_gets_small_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    new = tmp_path / "new.sqlite"
+    liteq.SQLiteStore(new).enqueue(Noop(1))
+    assert apsw.Connection(str(new)).execute("PRAGMA page_size").fetchone() == (1024,)
+    # A queue file made with SQLite's default pages (by an older liteq, say) is used as it
+    # is, by a process that reopens it and by one that creates nothing.
+    old = tmp_path / "old.sqlite"
+    conn = apsw.Connection(str(old))
+    conn.execute("PRAGMA page_size = 4096").fetchall()
+    conn.execute("PRAGMA journal_mode = wal").fetchall()
+    for _ in conn.execute(schema_sql()):
+        pass
+    conn.close()
+    store = liteq.SQLiteStore(old)
+    ids = [store.enqueue(Noop(n)).id for n in range(300)]  # more than one page of rows
+    assert child("work", str(old)).wait(60) == 0
+    assert store.count() == 0 and len(set(ids)) == 300
+    raw = apsw.Connection(str(old))
+    assert raw.execute("PRAGMA page_size").fetchone() == (4096,)
+    assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 @pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("full", 2)])
 def test_durability_sets_synchronous(tmp_path: Path, durability: str, level: int) -> None:
     store = liteq.SQLiteStore(tmp_path / "q.sqlite", durability=durability)  # type: ignore[arg-type]

@@ -194,6 +194,15 @@ _PROMPT: Final = 100e-6
 #: 11 distinct statements (13 with prefetch), counted with an exec trace.
 _STATEMENT_CACHE: Final = 32
 
+#: The page size of a new queue file (SQLite's default is 4 KiB; a file that exists keeps
+#: its own). Each commit appends every page it changed to the WAL, and each checkpoint
+#: writes them back and syncs: with 1 KiB pages an enqueue wrote 2.9 KB rather than 9.2
+#: (strace, pwrite bytes per job), and a one-job-per-commit queue ran ~25-40 % faster
+#: (raw SQLite loop: enqueue 37,600 -> 51,000/s, claim+complete 21,600 -> 27,600/s). A job
+#: whose state is 10 KB or more spills into overflow pages instead: such jobs ran 10-20 %
+#: slower (100 KB: 25-35 %). 512 bytes was slower than 1 KiB, 2 KiB in between.
+_PAGE_SIZE: Final = 1024
+
 # Stores to reset in a child after fork(): a connection is never used across fork.
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
@@ -588,6 +597,9 @@ class SQLiteStore(BaseStore):
         conn = apsw.Connection(self.path, statementcachesize=_STATEMENT_CACHE)
         conn.setbusytimeout(int(self.busy_timeout * 1000))
         self._open_gate()
+        # Before anything writes the header: SQLite applies it to an empty file only, so
+        # there is nothing to read back (a file that exists keeps its page size).
+        conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}").fetchall()
         self._pragma(conn, "journal_mode", "wal", "wal")
         sync = {"normal": 1, "full": 2}[self.durability]
         self._pragma(conn, "synchronous", sync, sync)
