@@ -5,8 +5,10 @@
 
 The floor is what any SQLite queue must do, written directly against apsw: a table with
 a claim index, one INSERT per enqueue; BEGIN IMMEDIATE, UPDATE … RETURNING, COMMIT, then
-DELETE per claim+complete; WAL and synchronous=NORMAL (FULL where said). Machines are
-noisy: read the ratios, which compare runs made minutes apart on the same machine.
+DELETE per claim+complete; WAL and synchronous=NORMAL (FULL where said), and SQLite's
+default 4 KiB pages. liteq makes its files with 1 KiB pages, so two rows also compare it
+with a floor given those. Machines are noisy: read the ratios, which compare runs made
+minutes apart on the same machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import liteq  # noqa: E402 - after the path is set
 from bench.jobs import Noop, Sleep, liteq_work  # noqa: E402
+from liteq.stores import sqlite  # noqa: E402
 
 PAYLOAD = json.dumps({"type": "bench.jobs.Noop", "state": {"n": 1}})
 FLOOR_SCHEMA = [
@@ -44,8 +47,9 @@ FLOOR_CLAIM = (
 )
 
 
-def floor_db(path: Path, sync: int = 1) -> apsw.Connection:
+def floor_db(path: Path, sync: int = 1, page_size: int = 4096) -> apsw.Connection:
     conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA page_size = {page_size}").fetchall()  # (before WAL writes a header)
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
     conn.execute(f"PRAGMA synchronous = {sync}").fetchall()
     conn.setbusytimeout(10_000)
@@ -222,7 +226,6 @@ def liteq_statements_enqueue(store: liteq.SQLiteStore, n: int) -> None:
     it: the writer gate and its one INSERT, of a row built beforehand, in autocommit mode.
     The ceiling of liteq's enqueue as a ratio to the floor."""
     from liteq.options import build_record
-    from liteq.stores import sqlite
 
     values = sqlite._new_values(build_record(Noop(1), {}, time.time()))
     conn, cursor = store._session()
@@ -254,6 +257,16 @@ def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
     out["claim + complete, one worker"] = (
         f,
         rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
+    )
+    small = floor_db(tmp / "floor-small-pages.sqlite", page_size=sqlite._PAGE_SIZE)
+    pages = f"{sqlite._PAGE_SIZE // 1024} KiB pages"
+    out[f"enqueue, against a floor with liteq's {pages}"] = (
+        rate(n, lambda: floor_enqueue(small, n)),
+        out["enqueue, one per transaction"][1],
+    )
+    out[f"claim + complete, against a floor with {pages}"] = (
+        rate(n, lambda: floor_drain(small, n)),
+        out["claim + complete, one worker"][1],
     )
     floor_enqueue_batched(floor, n * 5)
     f = rate(n * 5, lambda: floor_drain_batched(floor, n * 5))
