@@ -197,10 +197,11 @@ _STATEMENT_CACHE: Final = 32
 #: The page size of a new queue file (SQLite's default is 4 KiB; a file that exists keeps
 #: its own). Each commit appends every page it changed to the WAL, and each checkpoint
 #: writes them back and syncs: with 1 KiB pages an enqueue wrote 2.9 KB rather than 9.2
-#: (strace, pwrite bytes per job), and a one-job-per-commit queue ran ~25-40 % faster
+#: (strace, pwrite bytes per job), and a one-job-per-commit queue ran ~20-40 % faster
 #: (raw SQLite loop: enqueue 37,600 -> 51,000/s, claim+complete 21,600 -> 27,600/s). A job
 #: whose state is 10 KB or more spills into overflow pages instead: such jobs ran 10-20 %
-#: slower (100 KB: 25-35 %). 512 bytes was slower than 1 KiB, 2 KiB in between.
+#: slower (100 KB: 25-35 %), and batches of 100 noop jobs 7-15 % slower (enqueue_many,
+#: prefetch=100). 512 bytes was slower than 1 KiB; 2 KiB got half the gain, at ~5 % on batches.
 _PAGE_SIZE: Final = 1024
 
 # Stores to reset in a child after fork(): a connection is never used across fork.
