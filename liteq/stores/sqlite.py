@@ -197,7 +197,7 @@ _STATEMENT_CACHE: Final = 32
 #: The page size of a new queue file (SQLite's default is 4 KiB; a file that exists keeps
 #: its own). Each commit appends every page it changed to the WAL, and each checkpoint
 #: writes them back and syncs: with 1 KiB pages an enqueue wrote 2.9 KB rather than 9.2
-#: (strace, pwrite bytes per job), and a one-job-per-commit queue ran ~20-40 % faster
+#: (strace, pwrite bytes per job), and a one-job-per-commit queue ran 10-40 % faster
 #: (raw SQLite loop: enqueue 37,600 -> 51,000/s, claim+complete 21,600 -> 27,600/s). A job
 #: whose state is 10 KB or more spills into overflow pages instead: such jobs ran 10-20 %
 #: slower (100 KB: 25-35 %), and batches of 100 noop jobs 7-15 % slower (enqueue_many,
