@@ -406,7 +406,8 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     # An enqueue without a coalesce id is that INSERT alone, in autocommit mode. It must
     # take the write lock before it reads anything, as BEGIN IMMEDIATE would: SQLite's
     # program starts (where Init jumps) with a write Transaction on the main database.
-    program = list(db.execute(f"EXPLAIN {sqlite._INSERT_PLAIN}", [None] * 20))
+    plain = sqlite._INSERT_PLAIN
+    program = list(db.execute(f"EXPLAIN {plain}", [None] * plain.count("?")))
     assert program[0][1] == "Init"
     first = program[program[0][3]]
     assert (first[1], first[2], first[3]) == ("Transaction", 0, 1)
