@@ -69,8 +69,8 @@ def test_a_new_file_gets_small_pages_and_an_existing_one_keeps_its_own(tmp_path:
     new = tmp_path / "new.sqlite"
     liteq.SQLiteStore(new).enqueue(Noop(1))
     assert apsw.Connection(str(new)).execute("PRAGMA page_size").fetchone() == (1024,)
-    # The README's way to keep SQLite's 4 KiB pages (for jobs with large states): make the
-    # file first. (Files of older liteq versions have them too: see the migration tests.)
+    # A file made before liteq opened it, here by Python's sqlite3 with SQLite's 4 KiB pages
+    # (files of older liteq versions have them too: see the migration tests).
     old = tmp_path / "old.sqlite"
     made = sqlite3.connect(old)
     made.execute("PRAGMA page_size = 4096")
@@ -83,6 +83,27 @@ def test_a_new_file_gets_small_pages_and_an_existing_one_keeps_its_own(tmp_path:
     raw = apsw.Connection(str(old))
     assert raw.execute("PRAGMA page_size").fetchone() == (4096,)
     assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_page_size_chooses_a_new_files_pages_and_an_existing_file_keeps_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = tmp_path / "big.sqlite"
+    store = liteq.SQLiteStore(big, page_size=4096)
+    store.enqueue(Noop(1))
+    assert liteq.connect(f"sqlite:///{big}?page_size=4096").count() == 1  # no warning
+    assert apsw.Connection(str(big)).execute("PRAGMA page_size").fetchone() == (4096,)
+    assert not caplog.records
+    # Asked for other pages than the file has: the file keeps them, works, and liteq says so.
+    again = liteq.SQLiteStore(big, page_size=1024)
+    again.enqueue(Noop(2))
+    assert [m.job.n for m in again.jobs()] == [1, 2]  # type: ignore[union-attr]
+    assert apsw.Connection(str(big)).execute("PRAGMA page_size").fetchone() == (4096,)
+    assert "keeps its 4096-byte pages: page_size=1024 applies to a new file only" in caplog.text
+    for bad in (1000, 256, 131072, 4096.0, True, "4096"):
+        with pytest.raises(ValueError, match="power of two from 512 to 65536"):
+            liteq.SQLiteStore(tmp_path / "bad.sqlite", page_size=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad.sqlite").exists()
 
 
 @pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("full", 2)])
@@ -260,11 +281,17 @@ def test_connect_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     absolute = liteq.connect(f"sqlite:///{tmp_path}/abs.sqlite?durability=full")
     assert isinstance(absolute, liteq.SQLiteStore)
     assert absolute.path == f"{tmp_path}/abs.sqlite" and absolute.durability == "full"
+    both = liteq.connect("sqlite:///both.sqlite?durability=full&page_size=2048")
+    assert isinstance(both, liteq.SQLiteStore)
+    assert (both.durability, both.page_size) == ("full", 2048)
+    assert both._db().execute("PRAGMA page_size").fetchone() == (2048,)
     assert isinstance(liteq.connect("memory://"), liteq.MemoryStore)
     for bad, words in [
         ("sqlite://host/x", "three or four slashes"),
         ("redis://x", "unsupported"),
         ("sqlite:///x.sqlite?fast=1", "unknown option"),
+        ("sqlite:///x.sqlite?page_size=4k", "page_size must be a number of bytes"),
+        ("sqlite:///x.sqlite?page_size=1000", "power of two"),
         ("postgresql://x", "not available"),
     ]:
         with pytest.raises(ValueError, match=words):

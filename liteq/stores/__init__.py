@@ -17,7 +17,8 @@ def connect(url: str) -> BaseStore:
     """Open a store from a URL.
 
     `sqlite:///relative/path.sqlite`, `sqlite:////absolute/path.sqlite`, `memory://`.
-    A query string `?durability=full` sets the SQLite durability.
+    A query string sets SQLiteStore options: `?durability=full`, `?page_size=4096`
+    (both: `?durability=full&page_size=4096`).
 
         store = liteq.connect("sqlite:///jobs.sqlite")
     """
@@ -36,11 +37,18 @@ def connect(url: str) -> BaseStore:
             raise ValueError(f"the SQLite URL {url!r} names no file")
         options = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
         durability = options.pop("durability", "normal")
+        page_size = options.pop("page_size", None)
         if options:
             raise ValueError(f"unknown option(s) in {url!r}: {', '.join(sorted(options))}")
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be normal or full, not {durability!r}")
-        return SQLiteStore(path, durability="full" if durability == "full" else "normal")
+        if page_size is not None and not page_size.isdigit():
+            raise ValueError(f"page_size must be a number of bytes, not {page_size!r}")
+        return SQLiteStore(
+            path,
+            durability="full" if durability == "full" else "normal",
+            page_size=None if page_size is None else int(page_size),
+        )
     if scheme in ("postgres", "postgresql"):
         raise ValueError("PostgresStore is not available yet in this version of liteq")
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path.sqlite or memory://")

@@ -205,6 +205,8 @@ _STATEMENT_CACHE: Final = 32
 #: slower (100 KB: 23-37 %), and batches of 100 noop jobs 7-15 % slower (enqueue_many,
 #: prefetch=100). 512 bytes was slower than 1 KiB; 2 KiB got half the gain, at ~5 % on batches.
 _PAGE_SIZE: Final = 1024
+_PAGE_SIZES: Final = frozenset(512 << n for n in range(8))  # what SQLite accepts
+_TOLD_PAGE_SIZE: set[str] = set()  # files whose page size differs from the one asked for
 
 # Stores to reset in a child after fork(): a connection is never used across fork.
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
@@ -520,6 +522,8 @@ class SQLiteStore(BaseStore):
     Opens (creating with mode 0600 if needed) and migrates the file. WAL journal;
     `durability="normal"` (synchronous=NORMAL: survives a crash of any process,
     may lose the last commits on power loss) or `"full"` (survives power loss, slower).
+    `page_size` is the page size in bytes of a file liteq creates (1024 unless given;
+    4096 suits jobs whose states are 10 KB or more); a file that exists keeps its own.
     Each process opens its own connection, also after fork().
 
     Beside the file, `<path>-lock` (empty) lines up liteq's writers: each write
@@ -537,6 +541,7 @@ class SQLiteStore(BaseStore):
         path: str | os.PathLike[str],
         *,
         durability: Literal["normal", "full"] = "normal",
+        page_size: int | None = None,
         busy_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
@@ -544,6 +549,10 @@ class SQLiteStore(BaseStore):
         super().__init__(clock=clock, on_status_change=on_status_change)
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if page_size is not None and (type(page_size) is not int or page_size not in _PAGE_SIZES):
+            raise ValueError(
+                f"page_size must be a power of two from 512 to 65536 (bytes), not {page_size!r}"
+            )
         self.path = os.fspath(path)
         if self.path in ("", ":memory:") or self.path.startswith("file:"):
             raise ValueError(
@@ -551,6 +560,7 @@ class SQLiteStore(BaseStore):
                 "use liteq.MemoryStore() for a queue in memory"
             )
         self.durability = durability
+        self.page_size = page_size
         self.busy_timeout = busy_timeout
         self._mutex = threading.RLock()
         self._conn: apsw.Connection | None = None
@@ -600,10 +610,20 @@ class SQLiteStore(BaseStore):
         conn = apsw.Connection(self.path, statementcachesize=_STATEMENT_CACHE)
         conn.setbusytimeout(int(self.busy_timeout * 1000))
         self._open_gate()
-        # Before anything writes the header: SQLite applies it to an empty file only, so
-        # there is nothing to read back (a file that exists keeps its page size).
-        conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}").fetchall()
+        # Before anything writes the header: SQLite applies it to an empty file only (a
+        # file that exists keeps its page size; read back only to tell a user who asked).
+        conn.execute(f"PRAGMA page_size = {self.page_size or _PAGE_SIZE}").fetchall()
         self._pragma(conn, "journal_mode", "wal", "wal")
+        if self.page_size is not None:
+            kept = _scalar(conn, "PRAGMA page_size")
+            if kept != self.page_size and self.path not in _TOLD_PAGE_SIZE:
+                _TOLD_PAGE_SIZE.add(self.path)  # once per process (and its forked workers)
+                log.warning(
+                    "%s keeps its %d-byte pages: page_size=%d applies to a new file only",
+                    self.path,
+                    kept,
+                    self.page_size,
+                )
         sync = {"normal": 1, "full": 2}[self.durability]
         self._pragma(conn, "synchronous", sync, sync)
         self._pragma(conn, "journal_size_limit", 64 * 1024 * 1024, 64 * 1024 * 1024)
