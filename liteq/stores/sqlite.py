@@ -196,11 +196,12 @@ _PROMPT: Final = 100e-6
 #: 11 distinct statements (13 with prefetch), counted with an exec trace.
 _STATEMENT_CACHE: Final = 32
 
-#: The page size of a new queue file (SQLite's default is 4 KiB; a file that exists keeps
-#: its own). Each commit appends every page it changed to the WAL, and each checkpoint
-#: writes them back and syncs: with 1 KiB pages an enqueue wrote 2.9 KB rather than 9.2
-#: (strace, pwrite bytes per job), and a one-job-per-commit queue ran 10-40 % faster
-#: (raw SQLite loop: enqueue 37,600 -> 51,000/s, claim+complete 21,600 -> 27,600/s). A job
+#: The page size of a new queue file unless SQLiteStore(page_size=...) names one (SQLite's
+#: default is 4 KiB; a file that exists keeps its own). Each commit appends every page it
+#: changed to the WAL, and each checkpoint writes them back and syncs: with 1 KiB pages an
+#: enqueue wrote 2.9 KB rather than 9.2 (strace, pwrite bytes per job), and a
+#: one-job-per-commit queue ran 10-40 % faster (raw SQLite loop: enqueue 37,600 ->
+#: 51,000/s, claim+complete 21,600 -> 27,600/s). A job
 #: whose state is 10 KB or more spills into overflow pages instead: such jobs ran 10-17 %
 #: slower (100 KB: 23-37 %), and batches of 100 noop jobs 7-15 % slower (enqueue_many,
 #: prefetch=100). 512 bytes was slower than 1 KiB; 2 KiB got half the gain, at ~5 % on batches.
