@@ -201,9 +201,9 @@ _STATEMENT_CACHE: Final = 32
 #: changed to the WAL, and each checkpoint writes them back and syncs: with 1 KiB pages an
 #: enqueue wrote 2.9 KB rather than 9.2 (strace, pwrite bytes per job), and a
 #: one-job-per-commit queue ran 10-40 % faster (raw SQLite loop: enqueue 37,600 ->
-#: 51,000/s, claim+complete 21,600 -> 27,600/s). A job
-#: whose state is 10 KB or more spills into overflow pages instead: such jobs ran 10-17 %
-#: slower (100 KB: 23-37 %), and batches of 100 noop jobs 7-15 % slower (enqueue_many,
+#: 51,000/s, claim+complete 21,600 -> 27,600/s). A job whose state is 10 KB or more
+#: spills into overflow pages instead: 4 KiB pages ran such jobs 1.10-1.22x as fast (100 KB:
+#: 1.36-1.67x; bench/pages.py), and batches of 100 noop jobs 7-15 % faster (enqueue_many,
 #: prefetch=100). 512 bytes was slower than 1 KiB; 2 KiB got half the gain, at ~5 % on batches.
 _PAGE_SIZE: Final = 1024
 _PAGE_SIZES: Final = frozenset(512 << n for n in range(8))  # what SQLite accepts
