@@ -31,13 +31,11 @@ sys.path.insert(0, str(ROOT))
 from bench.jobs import Stamp, liteq_work  # noqa: E402 - needs the path set above
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--samples", type=int, default=200, help="jobs while recently busy")
-    parser.add_argument("--idle-samples", type=int, default=25, help="jobs after long idle")
-    args = parser.parse_args()
+def measure(samples: int = 200, idle_samples: int = 25) -> tuple[list[tuple[str, str]], float]:
+    """Run the two pick-up phases and the idle-CPU reading on a fresh file.
+
+    Returns (phase, "p50 … max") pairs and the idle CPU of supervisor + worker, in % of a core.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         db, out = Path(tmp) / "q.sqlite", Path(tmp) / "stamps.txt"
         store = liteq.SQLiteStore(db)
@@ -45,22 +43,26 @@ def main() -> None:
         try:
             time.sleep(1.5)
             phases = [
-                ("recently busy (jobs 20-100 ms apart)", args.samples, (0.02, 0.1)),
-                ("long idle (jobs 2.2-2.6 s apart)", args.idle_samples, (2.2, 2.6)),
+                ("recently busy (jobs 20-100 ms apart)", samples, (0.02, 0.1)),
+                ("long idle (jobs 2.2-2.6 s apart)", idle_samples, (2.2, 2.6)),
             ]
-            for name, samples, gap in phases:
+            latencies = []
+            for name, count, gap in phases:
                 out.write_text("")
-                for _ in range(samples):
+                for _ in range(count):
                     time.sleep(random.uniform(*gap))  # the worker is idle meanwhile
                     store.enqueue(Stamp(str(out), time.time()))
                 deadline = time.monotonic() + 30
                 while store.count() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 delays = sorted(float(x) * 1000 for x in out.read_text().split())
-                q = statistics.quantiles(delays, n=100)
-                print(f"pickup latency, worker {name}, {len(delays)} jobs from another process:")
-                print(
-                    f"  p50 {q[49]:.1f} ms   p90 {q[89]:.1f} ms   p99 {q[98]:.1f} ms   max {delays[-1]:.1f} ms"
+                q = statistics.quantiles(delays, n=100, method="inclusive")  # never past max
+                latencies.append(
+                    (
+                        f"pickup latency, worker {name}, {len(delays)} jobs",
+                        f"p50 {q[49]:.1f} ms, p90 {q[89]:.1f} ms, p99 {q[98]:.1f} ms, "
+                        f"max {delays[-1]:.1f} ms",
+                    )
                 )
             time.sleep(3)  # past the busy window
             procs = [psutil.Process(work.pid), *psutil.Process(work.pid).children()]
@@ -70,12 +72,23 @@ def main() -> None:
                 (a.user + a.system) - (b.user + b.system)
                 for a, b in zip((p.cpu_times() for p in procs), before, strict=True)
             )
-            print(
-                f"idle CPU of supervisor + 1 worker over 10 s: {used / 10 * 100:.2f} % of one core"
-            )
+            return latencies, used / 10 * 100
         finally:
             os.killpg(work.pid, signal.SIGTERM)
             work.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=200, help="jobs while recently busy")
+    parser.add_argument("--idle-samples", type=int, default=25, help="jobs after long idle")
+    args = parser.parse_args()
+    latencies, idle_cpu = measure(args.samples, args.idle_samples)
+    for what, value in latencies:
+        print(f"{what} from another process: {value}")
+    print(f"idle CPU of supervisor + 1 worker over 10 s: {idle_cpu:.2f} % of one core")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """liteq against the raw SQLite floor (and huey), measured in one run on this machine.
 
-    python bench/run.py            # about three minutes: three passes, medians reported
+    python bench/run.py            # about four minutes: three passes, medians reported
     python bench/run.py --quick    # smaller counts, one pass, for a smoke test
+
+It also takes bench/pickup.py's measurement (idle pick-up latency and idle CPU of a
+`liteq work`, about 90 s of the four minutes).
 
 The floor is what any SQLite queue must do, written directly against apsw: a table with
 a claim index, one INSERT per enqueue; BEGIN IMMEDIATE, UPDATE … RETURNING, COMMIT, then
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import liteq  # noqa: E402 - after the path is set
+from bench import pickup  # noqa: E402
 from bench.jobs import Noop, Sleep, liteq_work  # noqa: E402
 from liteq.stores import sqlite  # noqa: E402
 
@@ -368,6 +372,10 @@ def main() -> None:
             f"p99 {lat_load[int(len(lat_load) * 0.99)] * 1e3:.1f} ms, "
             f"max {lat_load[-1] * 1e3:.1f} ms",
         )
+        latencies, idle_cpu = pickup.measure(40 if args.quick else 200, 3 if args.quick else 25)
+        for what, value in latencies:
+            report.note(what, value)
+        report.note("idle CPU of supervisor + 1 worker", f"{idle_cpu:.1f} % of one core")
         peak_rss = max(v[1] for r in runs for k, v in r.items() if k.startswith("rss "))
         report.note("peak RSS of one worker process (sampled)", f"{peak_rss / 2**20:.0f} MiB")
 
