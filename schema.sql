@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 3 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 4 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update
@@ -30,7 +30,11 @@ CREATE TABLE liteq_jobs (
     owner              TEXT,    -- host/pid/process-start/token of the worker running it
     lease_until        REAL,    -- the owner renews this while the job runs
     lock_token         TEXT,    -- store.locked() mutex
-    lock_until         REAL
+    lock_until         REAL,
+    -- The owner host's monotonic clock (never stepped) when the lease ends and when
+    -- max_runtime is up: how a live worker on the same host is judged stuck or over time.
+    lease_mono         REAL,
+    deadline_mono      REAL
 );
 
 -- The claim: in each queue, best due job first (priority, then run_at, then FIFO).
@@ -60,4 +64,4 @@ BEGIN
     UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
 END;
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

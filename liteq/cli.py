@@ -9,9 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from liteq.errors import LiteqError
+from liteq.errors import LiteqError, StoreCorrupt, StoreError
 from liteq.managed import Status
-from liteq.stores import connect
+from liteq.stores import connect, sqlite_path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         help="restart a worker before a job once it uses more memory than this",
     )
     work.add_argument(
+        "--lease",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a worker's claim holds without renewal before its job may be "
+        "rescued (renewed every S/3 while the job runs; default 30)",
+    )
+    work.add_argument(
         "--prefetch",
         type=_positive_int,
         default=1,
@@ -104,6 +112,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     work.add_argument("-v", "--verbose", action="count", default=0, help="log each job (-v)")
     work.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+    db = sub.add_parser("db", help="look after an SQLite queue file")
+    actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="check the file for damage",
+        description="Check an SQLite queue file with PRAGMA quick_check (--full: "
+        "integrity_check, which also compares indexes with their tables). Exit 0: no "
+        "damage; 1: damage found (what SQLite says is printed); 2: no such queue.",
+    )
+    _db_argument(check)
+    check.add_argument("--full", action="store_true", help="also check indexes (slower)")
 
     jobs = sub.add_parser("jobs", help="list jobs in a queue file")
     _db_argument(jobs)
@@ -177,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from liteq.demo import run_demo  # only the demo needs its job classes
 
         return run_demo(args.db)
+    if args.command == "db":
+        return _db_check(args, parser)
     if args.command == "jobs":
         from liteq.demo import table
 
@@ -187,6 +209,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table(list(store.jobs(queue=args.queue, status=status))))
         return 0
     parser.error(f"unknown command {args.command}")  # exits with status 2
+
+
+def _db_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from liteq.stores.sqlite import SQLiteStore
+
+    url = _store_url(args, parser)
+    try:
+        path = sqlite_path(url)
+        if not os.path.exists(path):
+            raise StoreError(f"no queue at {path}")
+        store = SQLiteStore(path)
+        problems = store.integrity(full=args.full)
+    except StoreCorrupt as exc:
+        print(f"liteq: {exc}", file=sys.stderr)
+        return 1
+    except (LiteqError, ValueError) as exc:
+        print(f"liteq: {exc}", file=sys.stderr)
+        return 2
+    if problems:
+        print(f"{store.path} is damaged; SQLite says:")
+        for line in problems[:20]:
+            print(f"  {line}")
+        if len(problems) > 20:
+            print(f"  … and {len(problems) - 20} more")
+        print(
+            "Stop every process that uses it, then restore it from a backup, or save what "
+            f"it holds with `sqlite3 {store.path} .recover | sqlite3 recovered.sqlite`."
+        )
+        return 1
+    print(f"{store.path}: ok (write-ahead log {store.wal_bytes():,} bytes)")
+    return 0
 
 
 def _work(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -213,6 +266,7 @@ def _work(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "jitter": not args.no_jitter,
         "nice": args.nice,
         "prefetch": args.prefetch,
+        "lease": args.lease,
     }
     supervisor = Supervisor(
         url,

@@ -44,3 +44,11 @@ class PayloadError(LiteqError):
 
 class StoreError(LiteqError):
     """The store cannot be opened or used."""
+
+
+class StoreCorrupt(StoreError):
+    """The queue file is damaged: retrying cannot help; restore it or recover it."""
+
+
+class StoreMoved(StoreError):
+    """The queue file was deleted or replaced while open: nothing more is written to it."""

@@ -13,7 +13,7 @@ import pickle  # only for job classes that opt in with `pickle_state = True`
 import random
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, ParamSpec, TypeVar
 
 from liteq.errors import PayloadError, UnknownJobType
 
@@ -195,26 +195,71 @@ def encode_as(job: Job, how: HowToEncode) -> tuple[str, str]:
     # The default to_state() copies the attributes; encoding only reads them.
     state = vars(job) if plain else job.to_state()
     if pickled:
-        blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
+        try:
+            blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
+        except RecursionError:
+            raise _too_deep(name) from None
         return name, json.dumps({"type": name, "pickle": blob})
     try:
         text = f"{head}{_state_json(state)}}}"  # {"type": name, "state": state}
     except (TypeError, ValueError) as exc:
         raise TypeError(_unencodable(name, state, exc)) from None
+    except RecursionError:
+        raise _too_deep(name) from None
+    # A state MAX_DEPTH deep holds as many brackets: most are counted, not walked.
+    if (
+        len(text) > MAX_DEPTH
+        and text.count("[") + text.count("{") > MAX_DEPTH
+        and _depth(state) > MAX_DEPTH
+    ):
+        raise _too_deep(name)
     return name, text
 
 
 _DECODER = json.JSONDecoder()
+
+#: The deepest a state may nest (a dict in a list in a dict ... counts one per level).
+#: Decoding takes a level of Python's recursion limit (1,000) per level, and a worker, far
+#: down its own stack when it decodes, needs the rest: so states end well short of it.
+MAX_DEPTH: Final = 100
+
+
+def _depth(state: object) -> int:
+    """How deeply `state` nests lists and dicts, walked without recursion."""
+    deepest, todo = 0, [(state, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            items: Any = value.values()
+        elif isinstance(value, list | tuple):
+            items = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((item, depth + 1) for item in items)
+    return deepest
+
+
+def _too_deep(name: str) -> ValueError:
+    return ValueError(
+        f"cannot store {name}: its state nests lists and dicts more than {MAX_DEPTH} levels "
+        "deep; store flatter data"
+    )
 
 
 def _parse(text: str) -> Any:
     """json.loads(text): the document liteq wrote takes raw_decode alone (0.5 µs rather
     than 2: loads also matches whitespace around it, twice, with a regular expression)."""
     try:
-        doc, end = _DECODER.raw_decode(text)
-    except (ValueError, TypeError):  # (loads says what is wrong, and reads bytes too)
-        end = -1
-    return doc if end == len(text) else json.loads(text)
+        try:
+            doc, end = _DECODER.raw_decode(text)
+        except (ValueError, TypeError):  # (loads says what is wrong, and reads bytes too)
+            end = -1
+        return doc if end == len(text) else json.loads(text)
+    except RecursionError:  # written by hand, or by a liteq without MAX_DEPTH
+        raise PayloadError(
+            f"the stored payload nests too deeply to decode (states may nest {MAX_DEPTH} levels)"
+        ) from None
 
 
 def _unencodable(name: str, state: dict[str, Any], exc: Exception) -> str:

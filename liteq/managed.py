@@ -77,6 +77,10 @@ class Record:
     lease_until: float | None
     lock_token: str | None
     lock_until: float | None
+    #: The owner host's monotonic clock when the lease ends / when max_runtime is up: a live
+    #: worker on this host is judged by them, as no wall-clock step can move them.
+    lease_mono: float | None = None
+    deadline_mono: float | None = None
 
 
 #: Column order of Record, which the SQL stores select and insert in.

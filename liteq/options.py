@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple, TypedDict
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, NamedTuple, TypedDict
 
 from liteq.job import HowToEncode, Job, encode_as, how_to_encode
 from liteq.managed import Record, Status
@@ -27,6 +27,43 @@ class EnqueueOptions(TypedDict, total=False):
 _OPTION_NAMES = frozenset(EnqueueOptions.__annotations__)
 DEFAULT_QUEUE = "default"
 
+#: What every store can hold: a 64-bit integer (SQLite's and PostgreSQL's)...
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: ... and a time a datetime can show: 1970-01-01 to 9999-12-31 UTC, in epoch seconds.
+LATEST: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+#: The longest max_runtime: a worker times a job with an interval timer, which has bounds.
+MAX_RUNTIME: Final = 1e9
+
+
+def check_text(value: object, name: str) -> str:
+    """`value` if it is a string every store can store (valid Unicode); TypeError or
+    ValueError otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} must be valid Unicode text, not {value!r} (it holds a lone surrogate)"
+        ) from None
+    return value
+
+
+def _int64(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must fit in 64 bits (-2**63 to 2**63-1), not {value!r}")
+    return value
+
+
+def _in_range(due: float, name: str) -> float:
+    if not 0 <= due <= LATEST:
+        raise ValueError(
+            f"{name} must fall between 1970-01-01 and 9999-12-31 UTC, not {due!r} epoch seconds"
+        )
+    return due
+
 
 def _epoch(value: datetime | float | int, name: str) -> float:
     if isinstance(value, datetime):
@@ -35,10 +72,10 @@ def _epoch(value: datetime | float | int, name: str) -> float:
                 f"{name} must be a timezone-aware datetime (e.g. datetime.now(UTC)); "
                 "a naive datetime is ambiguous"
             )
-        return value.timestamp()
+        return _in_range(value.timestamp(), name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TypeError(f"{name} must be an aware datetime or epoch seconds, not {value!r}")
-    return float(value)
+    return _in_range(float(value), name)
 
 
 def _seconds(value: object, name: str, *, positive: bool) -> float:
@@ -75,21 +112,22 @@ def _check_names(options: dict[str, Any] | EnqueueOptions) -> None:
 
 def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Resolved:
     """Validate merged options (explicit ones win over the job's); raise TypeError/ValueError."""
-    queue = opts.get("queue") or DEFAULT_QUEUE
-    if not isinstance(queue, str):
-        raise TypeError(f"queue must be a string, not {queue!r}")
-    priority = opts.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError(f"priority must be an int, not {priority!r}")
+    queue = opts.get("queue")
+    if queue is None:
+        queue = DEFAULT_QUEUE
+    elif not check_text(queue, "queue"):
+        raise ValueError("queue must be a name, not the empty string (None means 'default')")
+    priority = _int64(opts.get("priority", 0), "priority")
     max_attempts = opts.get("max_attempts", 1)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"max_attempts must be an int of at least 1, not {max_attempts!r}")
+    _int64(max_attempts, "max_attempts")
     run_at, delay = opts.get("run_at"), opts.get("delay")
     explicit_run_at = explicit.get("run_at") is not None
     if explicit_run_at and explicit.get("delay") is not None:
         raise ValueError("give run_at or delay, not both")
     if delay is not None and not explicit_run_at:
-        due = now + _seconds(delay, "delay", positive=False)
+        due = _in_range(now + _seconds(delay, "delay", positive=False), "now + delay")
     elif run_at is not None:
         due = _epoch(run_at, "run_at")
     else:
@@ -97,6 +135,8 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     max_runtime = opts.get("max_runtime")
     if max_runtime is not None:
         max_runtime = _seconds(max_runtime, "max_runtime", positive=True)
+        if max_runtime > MAX_RUNTIME:
+            raise ValueError(f"max_runtime must be at most {MAX_RUNTIME:.0e} seconds")
     delete_on_complete = opts.get("delete_on_complete", True)
     if not isinstance(delete_on_complete, bool):
         raise TypeError(f"delete_on_complete must be a bool, not {delete_on_complete!r}")
@@ -154,8 +194,7 @@ def build_records(
         else:
             coalesce_id = None if cls.coalesce_id is Job.coalesce_id else job.coalesce_id()
         if coalesce_id is not None:
-            if not isinstance(coalesce_id, str):
-                raise TypeError(f"coalesce_id must be a string or None, not {coalesce_id!r}")
+            coalesce_id = check_text(coalesce_id, "coalesce_id")
             uniform = False
         records.append(_new_record(job_type, payload, r, now, coalesce_id))
     return records, uniform

@@ -22,8 +22,19 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from liteq.stores import connect
-from liteq.worker import EXIT_CODE_CHANGED, EXIT_MEMORY, EXIT_OK, EXIT_SIGNAL, Worker
+from liteq.errors import StoreCorrupt, StoreMoved
+from liteq.rescue import detect_hung_jobs
+from liteq.stores import BaseStore, connect
+from liteq.worker import (
+    EXIT_CODE_CHANGED,
+    EXIT_MEMORY,
+    EXIT_OK,
+    EXIT_SIGNAL,
+    EXIT_STORE_CORRUPT,
+    EXIT_STORE_MOVED,
+    Worker,
+    report_health,
+)
 
 log = logging.getLogger("liteq.supervisor")
 
@@ -35,6 +46,11 @@ QUICK_DEATHS, QUICK_WINDOW = 5, 10.0
 MAX_BACKOFF = 5.0
 #: How often the supervisor re-queues jobs of dead or hung workers.
 HUNG_CHECK_EVERY = 5.0
+#: The supervisor's loop runs at least this often, so that it notices its own pauses.
+TICK = 1.0
+#: After a pause, how long live workers have to renew their leases (their heartbeat
+#: threads look every half second) before one may be killed as stuck.
+PAUSE_GRACE = 2.0
 #: The signals the supervisor handles and forwards.
 _HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
 
@@ -44,7 +60,11 @@ _REASONS = {
     EXIT_CODE_CHANGED: "code changed",
     EXIT_SIGNAL: "signalled",
     EXIT_STARTUP_FAILED: "could not start",
+    EXIT_STORE_MOVED: "the queue file was deleted or replaced",
+    EXIT_STORE_CORRUPT: "the queue file is damaged",
 }
+#: Worker exits that no restart can mend: `liteq work` stops with the same status.
+_FATAL = frozenset({EXIT_STORE_MOVED, EXIT_STORE_CORRUPT})
 
 
 def describe_exit(status: int) -> str:
@@ -85,6 +105,9 @@ class Supervisor:
         self._ints = 0
         self._rolling = False
         self._failed = False
+        self._fatal: int | None = None
+        self._last_tick = time.monotonic()
+        self._grace_until = 0.0
 
     # -- signals: handlers only record; the loop acts ------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -98,16 +121,19 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in _HANDLED}
         old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         self._pipe = (read_fd, write_fd)
+        store = None
         try:
             store = connect(self.url)
+            store.close()  # opened again for each check: none is open when a worker forks
             log.info("supervisor %d: %d worker(s) on %s", os.getpid(), self.processes, self.url)
             for _ in range(self.processes):
                 self._spawn()
             next_check = time.monotonic() + self.hung_check_every
             while self._children or (self._pending_starts and not self._stopping):
-                timeout = max(0.0, min(next_check, self._next_start_due()) - time.monotonic())
+                wake = min(next_check, self._next_start_due(), time.monotonic() + TICK)
                 with contextlib.suppress(InterruptedError):
-                    select.select([read_fd], [], [], timeout)
+                    select.select([read_fd], [], [], max(0.0, wake - time.monotonic()))
+                self._notice_pause()
                 with contextlib.suppress(BlockingIOError):
                     while os.read(read_fd, 512):
                         pass
@@ -118,10 +144,15 @@ class Supervisor:
                 if time.monotonic() >= next_check:
                     self._rescue(store)
                     next_check = time.monotonic() + self.hung_check_every
-            self._rescue(store)
+            if self._fatal is None:
+                self._rescue(store)
             log.info("supervisor %d: all workers stopped", os.getpid())
+            if self._fatal is not None:
+                return self._fatal
             return 1 if self._failed and self.burst else 0
         finally:
+            if store is not None:
+                store.close()
             signal.set_wakeup_fd(old_fd)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -182,8 +213,16 @@ class Supervisor:
                 continue
             lived = time.monotonic() - child.started
             code = os.waitstatus_to_exitcode(status)
-            planned = code in (EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL)
+            planned = code in (EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL, *_FATAL)
             crashed |= not planned
+            if code in _FATAL and self._fatal is None:
+                log.error(
+                    "worker %d stopped: %s; no worker can go on with it, so liteq work stops",
+                    pid,
+                    _REASONS[code],
+                )
+                self._stop_all(code)
+                continue
             if self._stopping:
                 log.info("worker %d stopped: %s", pid, describe_exit(status))
                 continue
@@ -230,12 +269,36 @@ class Supervisor:
                 self._next_start = now + delay
                 return
 
-    def _rescue(self, store: Any) -> None:
+    def _stop_all(self, status: int) -> None:
+        self._fatal = status
+        self._stopping = True
+        self._forward(signal.SIGTERM)
+
+    def _notice_pause(self) -> None:
+        # The loop runs at least every TICK: a longer gap means this process was paused
+        # (SIGSTOP, a VM pause), and so perhaps were its workers, which then need a moment
+        # to renew their leases before any of them may be judged stuck.
+        now = time.monotonic()
+        if now - self._last_tick > TICK + 1.0:
+            log.info("supervisor: resumed after %.1fs", now - self._last_tick)
+            self._grace_until = now + PAUSE_GRACE
+        self._last_tick = now
+
+    def _rescue(self, store: BaseStore) -> None:
+        awake = time.monotonic() >= self._grace_until
         try:
-            for mjob in store.detect_hung_jobs():
+            for mjob in detect_hung_jobs(store, kill_live=awake):
                 log.warning("re-queued job %d of a dead or hung worker: %s", mjob.id, mjob.error)
+            report_health(store)
+        except (StoreMoved, StoreCorrupt) as exc:
+            if self._fatal is None:
+                log.error("%s; liteq work stops", exc)
+                code = EXIT_STORE_MOVED if isinstance(exc, StoreMoved) else EXIT_STORE_CORRUPT
+                self._stop_all(code)
         except Exception:
             log.exception("hung-job check failed")
+        finally:
+            store.close()
 
     def _spawn(self) -> None:
         # Signals stay blocked across fork(): a TERM forwarded to a child before it has
@@ -271,7 +334,7 @@ def _child_main(
     except BaseException:
         log.error("worker %d could not start:\n%s", os.getpid(), traceback.format_exc().rstrip())
         return EXIT_STARTUP_FAILED
-    worker = Worker(store, **options)
+    worker = Worker(store, check_health=False, **options)  # the supervisor checks it
     threading.Thread(target=_watch_parent, args=(worker, parent), daemon=True).start()
     try:
         return worker.start()

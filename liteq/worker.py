@@ -17,8 +17,9 @@ from typing import TypeVar
 
 import psutil
 
-from liteq.errors import LeaseLost, StoreError
+from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
 from liteq.managed import ManagedJob, Status
+from liteq.options import check_text
 from liteq.process import make_owner
 from liteq.stores._base import BaseStore
 
@@ -27,6 +28,9 @@ T = TypeVar("T")
 
 #: Exit statuses of Worker.start(); `liteq work` turns them into process exits.
 EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL = 0, 1, 2, 3
+#: The queue file was deleted or replaced under the worker / is damaged: restarting the
+#: worker cannot help, so `liteq work` stops.
+EXIT_STORE_MOVED, EXIT_STORE_CORRUPT = 4, 5
 
 DEFAULT_GUARANTEE_MEMORY = 64 * 1024 * 1024
 #: How often the memory pre-flight really reads memory figures (it is cheap, not free).
@@ -37,6 +41,8 @@ STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 30.0
 ACK_DELAY = 0.05
 #: After a job should have been interrupted, how long before the process exits hard.
 HARD_EXIT_GRACE = 5.0
+#: How often a worker asks its store for conditions an operator should hear of.
+HEALTH_EVERY = 10.0
 
 _SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGALRM")
 
@@ -106,6 +112,9 @@ class Worker:
             and leased by this worker until they run; on a stop, those not started are
             handed back; on a crash, they are rescued like any running job (at least once).
         check_code: return 2 when an imported module's source changes.
+        check_health: log, every 10 s, conditions of the store an operator should hear of
+            (a WAL file that a long reader keeps growing, say); `liteq work` does it
+            in its supervisor instead.
         max_rss: return 1 before a job once this process uses more bytes than this.
         handle_signals: in the main thread, handle TERM/QUIT/INT/HUP as described in the
             README and enforce max_runtime with SIGALRM.
@@ -125,12 +134,15 @@ class Worker:
         nice: int | None = None,
         lease: float = 30.0,
         check_code: bool = True,
+        check_health: bool = True,
         max_rss: int | None = None,
         handle_signals: bool = True,
         prefetch: int = 1,
     ) -> None:
         if isinstance(queues, str):
             raise TypeError(f"queues must be a list of names, not the string {queues!r}")
+        for queue in queues or ():
+            check_text(queue, "a queue name")
         if wakeup_every <= 0:
             raise ValueError(f"wakeup_every must be positive, not {wakeup_every!r}")
         if exit_after_n_jobs is not None and exit_after_n_jobs < 1:
@@ -151,6 +163,7 @@ class Worker:
         self.nice = nice
         self.lease = lease
         self.check_code = check_code
+        self.check_health = check_health
         self.max_rss = max_rss
         self.handle_signals = handle_signals
         self.prefetch = prefetch
@@ -188,7 +201,9 @@ class Worker:
         return self._current
 
     def start(self) -> int:
-        """Run jobs until stopped; return 0 (stopped or drained), 1 (memory) or 2 (code changed)."""
+        """Run jobs until stopped; return 0 (stopped or drained), 1 (memory), 2 (code
+        changed), 3 (a signal), 4 (the queue file was deleted or replaced) or 5 (the queue
+        file is damaged)."""
         self._stop.clear()
         self._stop_requested = False
         self._ints = 0
@@ -207,9 +222,13 @@ class Worker:
                 self._sleep(random.uniform(0, min(0.5, self.wakeup_every / 10)))  # noqa: S311
             log.info("worker %s started (queues: %s)", owner, self.queues or "all")
             try:
-                return self._loop(owner, code, began)
-            finally:
-                self._settle()
+                try:
+                    return self._loop(owner, code, began)
+                finally:
+                    self._settle()
+            except (StoreMoved, StoreCorrupt) as exc:
+                log.error("the worker stops: %s", exc)
+                return EXIT_STORE_MOVED if isinstance(exc, StoreMoved) else EXIT_STORE_CORRUPT
         finally:
             self._stop.set()
             heartbeat.join()
@@ -429,12 +448,16 @@ class Worker:
 
     def _heartbeat(self) -> None:
         renew_at = time.monotonic() + self.lease / 3
+        health_at = time.monotonic()
         while not self._stop.wait(0.5):
             if self._hard_exit_at is not None and time.monotonic() > self._hard_exit_at:
                 # The job could not be unwound (stuck outside Python): end the process; the
                 # supervisor or the lease re-queues the job once this process is gone.
                 log.error("job could not be interrupted: exiting hard")
                 os._exit(EXIT_SIGNAL)
+            if self.check_health and time.monotonic() >= health_at:
+                health_at = time.monotonic() + HEALTH_EVERY
+                report_health(self.store)
             if time.monotonic() < renew_at:
                 continue
             renew_at = time.monotonic() + self.lease / 3
@@ -445,6 +468,8 @@ class Worker:
             if mine:
                 try:
                     kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+                except (StoreMoved, StoreCorrupt):
+                    return  # the worker's loop meets it too, and stops
                 except StoreError as exc:
                     log.error("renewing leases failed (%s); trying again shortly", exc)
                     renew_at = time.monotonic() + 1.0
@@ -571,6 +596,8 @@ class Worker:
         while True:
             try:
                 return action()
+            except (StoreMoved, StoreCorrupt):
+                raise  # not transient: waiting cannot mend them
             except StoreError as exc:
                 what = what if isinstance(what, str) else what()
                 if self._stop_requested:
@@ -579,6 +606,15 @@ class Worker:
                 log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
+
+
+def report_health(store: BaseStore) -> None:
+    """Log what the store says an operator should hear of (each condition once)."""
+    try:
+        for warning in store.check_health():
+            log.warning("%s", warning)
+    except StoreError as exc:  # (the worker's own loop meets it too, and says so)
+        log.debug("checking the store's health failed: %s", exc)
 
 
 def _claiming(acks: list[ManagedJob]) -> str:

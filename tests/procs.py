@@ -45,6 +45,20 @@ def produce(db: str, trace_path: str, spec_path: str, out_path: str, start_at: s
     Path(out_path).write_text(json.dumps({"ids": ids, "done_at": time.time()}))
 
 
+def produce_until_refused(db: str, trace_path: str, out_path: str) -> None:
+    """Enqueue a job every millisecond until the store refuses; say how many it took."""
+    store = liteq.SQLiteStore(db)
+    acked = 0
+    try:
+        while True:
+            store.enqueue(Traced(trace_path, 0.002))
+            acked += 1
+            time.sleep(0.001)
+    except liteq.StoreError as exc:
+        result = {"acked": acked, "kind": type(exc).__name__, "error": str(exc)}
+        Path(out_path).write_text(json.dumps(result))
+
+
 def hold_write(db: str, holder: str, ready: str) -> None:
     """Hold the file's write lock until killed: as a liteq writer mid-transaction does
     (`liteq`), or as a program that knows nothing of liteq's writer gate (`sqlite`)."""

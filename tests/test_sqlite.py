@@ -21,6 +21,7 @@ import apsw
 import pytest
 
 import liteq
+from liteq import Status
 from liteq.stores.sqlite import SCHEMA_VERSION, schema_sql
 from tests.helpers import wait_until
 from tests.jobs import DefaultOptions, Noop, WithOptions
@@ -183,33 +184,6 @@ def test_an_enqueue_never_joins_a_transaction_left_open(tmp_path: Path) -> None:
     assert [m.job.n for m in store.jobs()] == [1, 3]  # type: ignore[union-attr]
 
 
-def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
-    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
-    store.enqueue(Noop(1))
-    parent_conn = store._db()
-    pid = os.fork()
-    if pid == 0:  # the child: use the store, never the parent's connection
-        code = 0
-        try:
-            if store._db() is parent_conn:
-                code = 3
-            store.enqueue(Noop(2))
-            mjob = store.claim("child")
-            if mjob is None:
-                code = 4
-            else:
-                store.complete(mjob)
-        except BaseException:
-            code = 5
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert store._db() is parent_conn
-    assert store.count() == 1
-    store.enqueue(Noop(3))
-    assert store.count() == 2
-
-
 @pytest.mark.parametrize("holder", ["liteq", "sqlite"])
 def test_a_write_waits_out_a_held_lock_and_says_when_it_stayed_held(
     tmp_path: Path, holder: str
@@ -361,47 +335,53 @@ def test_a_version_1_file_is_migrated_with_its_jobs_and_id_history(tmp_path: Pat
     assert store.enqueue(Noop(5)).id == 5  # the high water survives an empty queue
 
 
-def test_a_version_2_file_is_migrated_with_its_jobs_claims_and_id_history(
-    tmp_path: Path,
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_file_of_version_2_or_3_is_migrated_with_its_jobs_claims_and_id_history(
+    tmp_path: Path, version: int
 ) -> None:
-    path = tmp_path / "v2.sqlite"
+    path = tmp_path / f"v{version}.sqlite"
     conn = apsw.Connection(str(path))
-    for _ in conn.execute((ROOT / "tests" / "schema_v2.sql").read_text()):
+    for _ in conn.execute((ROOT / "tests" / f"schema_v{version}.sql").read_text()):
         pass
-    conn.close()
-    # Jobs as version 2 wrote them: one running (claimed, leased), one queued with a
+    # Jobs as that version wrote them: one running (claimed, leased), one queued with a
     # coalesce id, one deleted while it held the largest id.
-    with contextlib.ExitStack() as undo:
-        from liteq.stores import sqlite
-
-        for name, value in (("SCHEMA_VERSION", 2), ("MIGRATIONS", {1: sqlite.MIGRATIONS[1]})):
-            undo.callback(setattr, sqlite, name, getattr(sqlite, name))
-            setattr(sqlite, name, value)
-        undo.callback(setattr, sqlite, "schema_sql", sqlite.schema_sql)
-        sqlite.schema_sql = lambda: (ROOT / "tests" / "schema_v2.sql").read_text()
-        old = liteq.SQLiteStore(path)
-        waiting = old.enqueue(Noop(1))
-        nightly = old.enqueue(Noop(2), coalesce_id="nightly")
-        assert old.claim("worker-a", lease=60) is not None  # Noop(1), the oldest
-        gone = old.enqueue(Noop(3))
-        with old._transaction() as tx:
-            tx.delete(gone.id)
-        assert old._db().execute("PRAGMA user_version").fetchone() == (2,)
-        old.close()
+    now = time.time()
+    insert = (
+        "INSERT INTO liteq_jobs (id, job_type, payload, queue, priority, status, attempts, "
+        "max_attempts, run_at, created_at, coalesce_id, delete_on_complete, owner, "
+        "lease_until, started_at) VALUES (?, 'tests.jobs.Noop', ?, 'default', 0, ?, ?, 1, "
+        "?, ?, ?, 1, ?, ?, ?)"
+    )
+    for n, status, coalesce, owner in (
+        (1, "running", None, "worker-a"),
+        (2, "queued", "nightly", None),
+        (3, "queued", None, None),
+    ):
+        payload = json.dumps({"type": "tests.jobs.Noop", "state": {"n": n}})
+        lease = now + 60 if owner else None
+        attempts = int(owner is not None)
+        conn.execute(
+            insert, (n, payload, status, attempts, now, now, coalesce, owner, lease, lease)
+        )
+    conn.execute("DELETE FROM liteq_jobs WHERE id = 3")
+    conn.close()
 
     store = liteq.SQLiteStore(path)
     db = store._db()
     assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert store.get(waiting.id).status is liteq.Status.RUNNING
-    assert store.get(waiting.id).owner == "worker-a"
-    assert store.enqueue(Noop(9), coalesce_id="nightly").id == nightly.id  # still coalesced
-    assert store.enqueue(Noop(4)).id == gone.id + 1  # never gone.id again
+    running = store.get(1)
+    assert (running.status, running.owner, running.attempts) == (Status.RUNNING, "worker-a", 1)
+    assert store.enqueue(Noop(9), coalesce_id="nightly").id == 2  # still coalesced
+    assert store.enqueue(Noop(4)).id == 4  # never 3 again
     with pytest.raises(apsw.ConstraintError):  # the status check still holds
-        db.execute("UPDATE liteq_jobs SET status = 'lost' WHERE id = ?", (waiting.id,))
+        db.execute("UPDATE liteq_jobs SET status = 'lost' WHERE id = 1")
     schema = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert {"liteq_jobs_claim", "liteq_jobs_coalesce", "liteq_jobs_active"} <= schema
     assert "liteq_jobs_high_water" in schema and "liteq_jobs_v3" not in schema
+    # A job claimed before the migration is rescued by its lease, as it was then.
+    later = liteq.SQLiteStore(path, clock=lambda: now + 61)
+    assert [m.id for m in later.detect_hung_jobs()] == [1]
 
 
 def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(

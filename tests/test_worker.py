@@ -236,6 +236,10 @@ class Broken(liteq.Job):
         ),
         ('{"type": "tests.jobs.Noop", "state": [1]}', "not an object"),
         ('{"type": "tests.jobs.Noop", "pickle": "gAR9lC4="}', "does not allow pickled state"),
+        (  # deeper than any liteq writes: decoding it would exhaust the recursion limit
+            '{"type": "tests.jobs.Noop", "state": {"x": ' + "[" * 990 + "]" * 990 + "}}",
+            "nests too deeply to decode",
+        ),
     ],
 )
 def test_a_bad_row_fails_that_job_and_the_worker_goes_on(

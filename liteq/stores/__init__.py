@@ -13,6 +13,22 @@ from liteq.stores.sqlite import SQLiteStore
 __all__ = ["BaseStore", "EnqueueOptions", "MemoryStore", "SQLiteStore", "Store", "connect"]
 
 
+def sqlite_path(url: str) -> str:
+    """The file an `sqlite:` URL names; ValueError if it names none."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ValueError(f"{url!r} is not an sqlite: URL")
+    if parts.netloc:
+        raise ValueError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative.sqlite or "
+            "sqlite:////absolute/path.sqlite (three or four slashes)"
+        )
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
+    if not path:
+        raise ValueError(f"the SQLite URL {url!r} names no file")
+    return path
+
+
 def connect(url: str) -> BaseStore:
     """Open a store from a URL.
 
@@ -27,14 +43,7 @@ def connect(url: str) -> BaseStore:
     if scheme == "memory":
         return MemoryStore()
     if scheme == "sqlite":
-        if parts.netloc:
-            raise ValueError(
-                f"bad SQLite URL {url!r}: use sqlite:///relative.sqlite or "
-                "sqlite:////absolute/path.sqlite (three or four slashes)"
-            )
-        path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
-        if not path:
-            raise ValueError(f"the SQLite URL {url!r} names no file")
+        path = sqlite_path(url)
         options = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
         durability = options.pop("durability", "normal")
         page_size = options.pop("page_size", None)

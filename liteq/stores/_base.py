@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
+from liteq import rescue
 from liteq.errors import (
     InvalidState,
     InvalidStateChange,
@@ -37,11 +37,19 @@ from liteq.managed import (
     check_transition,
     evolve,
 )
-from liteq.options import EnqueueOptions, build_record, build_records
-from liteq.process import kill, owner_process_state, parse_owner
-from liteq.stores._contract import Changes, Event, StatusHook, Tx
+from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records, check_text
+from liteq.stores._contract import UNOWNED, Changes, Event, StatusHook, Tx
 
 log = logging.getLogger("liteq.store")
+
+
+def check_job_id(job_id: object) -> int:
+    """`job_id` if it can name a job in every store: TypeError or ValueError otherwise."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise TypeError(f"a job id is an int, not {job_id!r}")
+    if not 0 < job_id <= INT64_MAX:
+        raise ValueError(f"job ids run from 1 to 2**63-1, not {job_id!r}")
+    return job_id
 
 
 def _listens(job: Job | None) -> bool:
@@ -145,6 +153,11 @@ class BaseStore(abc.ABC):
             self._bell.acquire(timeout=remaining if poll is None else min(remaining, poll))
         self._busy_until = time.monotonic() + self._busy_window
         return True
+
+    def check_health(self) -> list[str]:
+        """Conditions an operator should hear of (a growing WAL file, say), each in a
+        sentence, new since the last call; workers and `liteq work` log them."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional: a store may have nothing to release
         """Release the store's resources."""
@@ -337,22 +350,26 @@ class BaseStore(abc.ABC):
     # -- reading -----------------------------------------------------------
     def get(self, job_id: int) -> ManagedJob:
         """Return the job with this id, or raise JobNotFound (works for undecodable rows too)."""
-        record = self._read(job_id)
+        record = self._read(check_job_id(job_id))
         if record is None:
             raise JobNotFound(f"no job with id {job_id}")
         return self._managed(record)
 
     def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None:
         """Return the job holding this coalesce id, or None."""
-        record = self._read_coalesce(coalesce_id)
+        record = self._read_coalesce(check_text(coalesce_id, "coalesce_id"))
         return None if record is None else self._managed(record)
 
     def count(self, queue: str | None = None, status: Status | None = None) -> int:
         """Count jobs, over every status and queue unless one is given."""
+        if queue is not None:
+            check_text(queue, "queue")
         return self._count(queue, None if status is None else Status(status))
 
     def jobs(self, queue: str | None = None, status: Status | None = None) -> Iterator[ManagedJob]:
         """Iterate jobs oldest first, streamed in pages (never the whole queue in memory)."""
+        if queue is not None:
+            check_text(queue, "queue")
         status = None if status is None else Status(status)
         after = 0
         while True:
@@ -388,7 +405,7 @@ class BaseStore(abc.ABC):
 
     def delete(self, job_id: int) -> None:
         """Delete a job; raise JobNotFound if missing, JobLocked if another holder locked it."""
-        self._delete(job_id, None)
+        self._delete(check_job_id(job_id), None)
 
     def _delete(self, job_id: int, token: str | None) -> None:
         with self._write() as tx:
@@ -452,8 +469,7 @@ class BaseStore(abc.ABC):
                 job,
                 max_attempts=max_attempts,
                 run_at=tx.now + delay,
-                owner=None,
-                lease_until=None,
+                **UNOWNED,
                 **fields,
             )
         if rec.status is Status.FAILED:
@@ -466,8 +482,7 @@ class BaseStore(abc.ABC):
             job,
             max_attempts=max_attempts,
             finished_at=tx.now,
-            owner=None,
-            lease_until=None,
+            **UNOWNED,
             **fields,
         )
 
@@ -489,8 +504,7 @@ class BaseStore(abc.ABC):
                 finished_at=None,
                 error=None,
                 traceback=None,
-                owner=None,
-                lease_until=None,
+                **UNOWNED,
             )
             mjob._record = self._apply(tx, rec.status, fresh, "restarted", mjob.job)
 
@@ -506,6 +520,7 @@ class BaseStore(abc.ABC):
             with store.locked(job_id) as mjob:
                 mjob.retry()
         """
+        check_job_id(job_id)
         token = secrets.token_hex(8)
         with self._write() as tx:
             rec = self._current(tx, job_id, None)
@@ -563,7 +578,7 @@ class BaseStore(abc.ABC):
         writes, changes = self._completions(done)
         with self._transaction() as tx:
             lost = self._complete_in(tx, done, writes)
-            records = tx.claim(queues, owner, tx.now + lease, limit)
+            records = tx.claim(queues, owner, lease, limit)
         if done:
             self._committed(self._completed(done, changes, lost))
         errors = [error for error in lost if error is not None]
@@ -572,7 +587,7 @@ class BaseStore(abc.ABC):
             # between the claim and this read is then either seen or marks a change.
             self._seen = self._marker()
             with self._transaction() as tx:
-                records = tx.claim(queues, owner, tx.now + lease, limit)
+                records = tx.claim(queues, owner, lease, limit)
         if not records:
             return errors, []
         self._busy_until = time.monotonic() + self._busy_window
@@ -596,7 +611,7 @@ class BaseStore(abc.ABC):
             for job in jobs:
                 rec = tx.get(job.id)
                 if rec is not None and self._owns(rec, job):
-                    tx.update(evolve(rec, lease_until=tx.now + lease))
+                    tx.update(evolve(rec, lease_until=tx.now + lease, lease_mono=tx.mono + lease))
                     owned.append(job)
         return owned
 
@@ -605,9 +620,12 @@ class BaseStore(abc.ABC):
         this worker no longer owns it — then it must not be run."""
         claimed = mjob._record
         with self._write() as tx:
-            if not tx.fenced_write(claimed, {"started_at": tx.now}):
+            changes: Changes = {"started_at": tx.now}
+            if claimed.max_runtime is not None:
+                changes["deadline_mono"] = tx.mono + claimed.max_runtime
+            if not tx.fenced_write(claimed, changes):
                 return False
-        mjob._record = evolve(claimed, started_at=tx.now)
+        mjob._record = evolve(claimed, **changes)
         return True
 
     def release(self, mjobs: Sequence[ManagedJob]) -> int:
@@ -623,8 +641,7 @@ class BaseStore(abc.ABC):
                     "status": Status.QUEUED,
                     "attempts": claimed.attempts - 1,
                     "started_at": None,
-                    "owner": None,
-                    "lease_until": None,
+                    **UNOWNED,
                 }
                 back = evolve(claimed, **changes)
                 if tx.fenced_write(claimed, changes):
@@ -669,8 +686,7 @@ class BaseStore(abc.ABC):
         changes: Changes = {
             "status": Status.COMPLETED,
             "finished_at": self.clock(),
-            "owner": None,
-            "lease_until": None,
+            **UNOWNED,
             "error": None,
             "traceback": None,
         }
@@ -733,8 +749,7 @@ class BaseStore(abc.ABC):
                 Status.WAIT_ASYNC,
                 "waiting for an async result",
                 mjob.job,
-                owner=None,
-                lease_until=None,
+                **UNOWNED,
             )
 
     def fail(
@@ -824,61 +839,37 @@ class BaseStore(abc.ABC):
         one whose worker is alive on another host is left to that worker until its
         lease expires.
         """
-        now = self.clock()
-        candidates = self._read_active()
-        rescued: list[ManagedJob] = []
-        for rec in candidates:
-            reason = self._hung_reason(rec, now)
-            if reason is None:
-                continue
-            with self._write() as tx:
-                current = tx.get(rec.id)
-                if current is None or (current.status, current.owner, current.attempts) != (
-                    rec.status,
-                    rec.owner,
-                    rec.attempts,
-                ):
-                    continue  # it moved on meanwhile
-                updated = self._requeue_or_fail(
-                    tx,
-                    current,
-                    mulligan=True,
-                    delay=0.0,
-                    job=None,
-                    message=f"hung: {reason}",
-                    error=f"hung: {reason}",
-                )
-            log.warning("job %d was hung (%s): %s", rec.id, reason, updated.status.value)
-            rescued.append(self._managed(updated))
-        return rescued
+        return rescue.detect_hung_jobs(self)
 
-    def _hung_reason(self, rec: Record, now: float) -> str | None:
-        overdue = (
-            rec.max_runtime is not None
-            and rec.started_at is not None
-            and now > rec.started_at + rec.max_runtime
-        )
-        if rec.status is Status.WAIT_ASYNC:
-            return f"waited more than max_runtime={rec.max_runtime}s" if overdue else None
-        state = owner_process_state(rec.owner) if rec.owner else "dead"
-        if state == "dead":
-            return f"its worker {rec.owner} is gone"
-        expired = rec.lease_until is not None and rec.lease_until < now
-        if state == "remote":
-            # Another host: its worker must stop once its lease is gone; we cannot stop it.
-            return f"the lease of {rec.owner} expired" if expired else None
-        parsed = parse_owner(rec.owner) if rec.owner else None
-        if not (expired or overdue) or parsed is None:
-            return None
-        # A live worker on this host (paused, stuck, or over time) is stopped before its job
-        # is handed to anyone else: never two runs at once.
-        pid = parsed[1]
-        if pid == os.getpid():
-            log.warning("job %d is hung in this very process; not re-queued", rec.id)
-            return None
-        kill(pid)
-        why = "its lease expired" if expired else f"it ran more than max_runtime={rec.max_runtime}s"
-        return f"{why}; its worker {rec.owner} was killed"
+    def rescue(self, seen: Record, decide: rescue.Decide) -> ManagedJob | None:
+        """Re-queue with a mulligan a job found hung in `seen`, if it still is.
+
+        In one write transaction: the row is read again (no other writer can change it
+        meanwhile), `decide(row, now, monotonic now)` says why it is hung or None (and
+        may stop its worker first), and the outcome is written. None if the job moved on
+        since `seen` or `decide` said no.
+        """
+        with self._write() as tx:
+            current = tx.get(seen.id)
+            if current is None or (current.status, current.owner, current.attempts) != (
+                seen.status,
+                seen.owner,
+                seen.attempts,
+            ):
+                return None
+            reason = decide(current, tx.now, tx.mono)
+            if reason is None:
+                return None
+            updated = self._requeue_or_fail(
+                tx,
+                current,
+                mulligan=True,
+                delay=0.0,
+                job=None,
+                message=f"hung: {reason}",
+                error=f"hung: {reason}",
+            )
+        return self._managed(updated)
 
 
 class _Write:

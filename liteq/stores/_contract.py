@@ -79,24 +79,38 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def start_run(record: Record, now: float, owner: str, lease_until: float, batch: bool) -> Record:
+#: The columns of a job no worker holds.
+UNOWNED: Changes = {"owner": None, "lease_until": None, "lease_mono": None, "deadline_mono": None}
+
+
+def start_run(
+    record: Record, now: float, mono: float, owner: str, lease: float, batch: bool
+) -> Record:
     """Make `record` (the caller's own copy) that of a claimed job, and return it: RUNNING,
-    its attempt counted, owned by `owner` and leased. In a batch, a job with max_runtime
-    gets no started_at: its clock starts when it really starts (mark_started)."""
+    its attempt counted, owned by `owner` and leased for `lease` seconds. In a batch, a job
+    with max_runtime is not started yet: its clock starts when it really starts
+    (mark_started)."""
+    started = not (batch and record.max_runtime is not None)
     record.status = Status.RUNNING
     record.attempts += 1
-    record.started_at = None if batch and record.max_runtime is not None else now
+    record.started_at = now if started else None
     record.finished_at = None
     record.owner = owner
-    record.lease_until = lease_until
+    record.lease_until = now + lease
+    record.lease_mono = mono + lease
+    record.deadline_mono = (
+        mono + record.max_runtime if started and record.max_runtime is not None else None
+    )
     return record
 
 
 class Tx(abc.ABC):
     """One write transaction of a store: the primitives the shared logic is built on."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, mono: float) -> None:
+        #: The store's clock, and this host's monotonic clock, when the transaction began.
         self.now = now
+        self.mono = mono
         self.events: list[Event] = []
 
     @abc.abstractmethod
@@ -129,11 +143,11 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def claim(
-        self, queues: Sequence[str] | None, owner: str, lease_until: float, limit: int
+        self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
     ) -> list[Record]:
         """Move the best `limit` due (run_at <= now), unlocked QUEUED rows of these queues
-        (None: all) to RUNNING for `owner`, counting the attempt; return them best first.
-        With limit > 1, a row with max_runtime gets no started_at (mark_started sets it)."""
+        (None: all) to RUNNING for `owner`, leased for `lease` seconds, counting the
+        attempt (as start_run does); return them best first."""
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         """fenced_write for many (claimed, changes) pairs; stores may batch the statements."""

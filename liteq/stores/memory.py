@@ -18,7 +18,7 @@ from liteq.stores._contract import StatusHook, Tx, start_run
 
 class _MemoryTx(Tx):
     def __init__(self, store: MemoryStore, now: float) -> None:
-        super().__init__(now)
+        super().__init__(now, time.monotonic())
         self._store = store
         self._undo: dict[int, Record | None] = {}
 
@@ -66,7 +66,7 @@ class _MemoryTx(Tx):
         self._put(None, job_id)
 
     def claim(
-        self, queues: Sequence[str] | None, owner: str, lease_until: float, limit: int
+        self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
     ) -> list[Record]:
         now = self.now
         due = (
@@ -75,7 +75,7 @@ class _MemoryTx(Tx):
             if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
         )
         claimed = [
-            start_run(evolve(r), now, owner, lease_until, limit > 1)
+            start_run(evolve(r), now, self.mono, owner, lease, limit > 1)
             for r in heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
         ]
         for record in claimed:

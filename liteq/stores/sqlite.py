@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 
 import apsw
 
-from liteq.errors import StoreError
+from liteq.errors import StoreCorrupt, StoreError, StoreMoved
 from liteq.managed import COLUMNS, Record, Status
 from liteq.stores._base import BaseStore
 from liteq.stores._contract import Changes, Event, StatusHook, Tx, start_run
@@ -29,7 +29,7 @@ from liteq.stores._contract import Changes, Event, StatusHook, Tx, start_run
 log = logging.getLogger("liteq.store")
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # 1 -> 2: ids without AUTOINCREMENT (its counter cost a page write per enqueue) and one
 # claim index instead of two. SQLite cannot drop AUTOINCREMENT in place: rebuild the table.
@@ -125,8 +125,14 @@ BEGIN
 END;
 """
 
+# 3 -> 4: a live worker's lease and max_runtime in its host's monotonic clock (schema.sql).
+_V3_TO_V4 = """
+ALTER TABLE liteq_jobs ADD COLUMN lease_mono REAL;
+ALTER TABLE liteq_jobs ADD COLUMN deadline_mono REAL;
+"""
+
 #: Migrations from version N to N+1, applied in order inside one transaction.
-MIGRATIONS: Final[dict[int, str]] = {1: _V1_TO_V2, 2: _V2_TO_V3}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1_TO_V2, 2: _V2_TO_V3, 3: _V3_TO_V4}
 
 _COLS = ", ".join(COLUMNS)
 _SELECT = f"SELECT {_COLS} FROM liteq_jobs"
@@ -148,13 +154,13 @@ _INSERT = f"{_INSERT_PLAIN} ON CONFLICT DO NOTHING"
 _INSERT_BATCH = (
     f"INSERT INTO liteq_jobs ({_COLS}) SELECT ?9 + key, value ->> 0, value ->> 1, "
     "?1, ?2, 'queued', 0, ?3, ?4, ?5, NULL, NULL, NULL, ?6, ?7, "
-    "NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
 )
 # The same when they are all of one type (most batches): a JSON array of their payloads.
 _INSERT_BATCH_OF_TYPE = (
     f"INSERT INTO liteq_jobs ({_COLS}) SELECT ?9 + key, ?10, value, "
     "?1, ?2, 'queued', 0, ?3, ?4, ?5, NULL, NULL, NULL, ?6, ?7, "
-    "NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM json_each(?8)"
 )
 #: What the jobs of one _INSERT_BATCH share: their options (every other column is as
 #: build_records makes it for a new job).
@@ -170,9 +176,9 @@ _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
 #: The other columns, and what they are in a new job.
 _fresh: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     *("status", "attempts", "coalesce_id", "started_at", "finished_at", "error", "traceback"),
-    *("owner", "lease_until", "lock_token", "lock_until"),
+    *("owner", "lease_until", "lock_token", "lock_until", "lease_mono", "deadline_mono"),
 )
-_FRESH = (Status.QUEUED, 0, None, None, None, None, None, None, None, None, None)
+_FRESH = (Status.QUEUED, 0, *(None,) * 13)
 _UPDATE = (
     "UPDATE liteq_jobs SET " + ", ".join(f"{c} = ?" for c in COLUMNS if c != "id") + " WHERE id = ?"
 )
@@ -206,19 +212,52 @@ _STATEMENT_CACHE: Final = 32
 #: 1.36-1.67x; bench/pages.py), and batches of 100 noop jobs 7-15 % faster (enqueue_many,
 #: prefetch=100). 512 bytes was slower than 1 KiB; 2 KiB got half the gain, at ~5 % on batches.
 _PAGE_SIZE: Final = 1024
+#: After a checkpoint that empties the WAL, SQLite truncates `-wal` to this size.
+_JOURNAL_LIMIT: Final = 64 << 20
 _PAGE_SIZES: Final = frozenset(512 << n for n in range(8))  # what SQLite accepts
 _TOLD_PAGE_SIZE: set[str] = set()  # files whose page size differs from the one asked for
 
-# Stores to reset in a child after fork(): a connection is never used across fork.
+# No connection is open across fork(). SQLite keeps its locking state per file for the whole
+# process, and the kernel's POSIX locks are not inherited: a child that opened its own
+# connection beside an inherited one would believe it holds locks it does not, and the next
+# process to open the file would think itself alone and reset the WAL under live writers.
+# So before fork() every store closes its connection (each process reopens on first use),
+# holding its mutex until the fork is done so that no thread reopens it meanwhile.
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_HELD: list[SQLiteStore] = []  # stores whose mutex is held across the fork
+#: Files that a connection this process inherited still has open (not one of liteq's stores,
+#: or one caught mid-transaction): unsafe to open here.
+_UNSAFE: set[str] = set()
+#: Those connections, kept referenced: a collected one would be closed, touching the file.
+_INHERITED: list[apsw.Connection] = []
+
+
+def _before_fork() -> None:
+    for store in list(_STORES):
+        store._mutex.acquire()
+        _HELD.append(store)
+        store._close_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop()._mutex.release()
 
 
 def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        store._forget_parent()
+    while _HELD:
+        _HELD.pop()._forked()
+    for conn in apsw.connections():
+        _INHERITED.append(conn)
+        if conn.filename:
+            _UNSAFE.add(os.path.realpath(conn.filename))
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 # Linux lets a thread's sleeps end up to its "timer slack" late, 50 µs by default: a 20 µs
@@ -251,11 +290,15 @@ def schema_sql() -> str:
     return (Path(__file__).resolve().parents[2] / "schema.sql").read_text(encoding="utf-8")
 
 
-def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
-    row = conn.execute(sql, args).fetchone()
+def _row(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Sequence[Any]:
+    row: Sequence[Any] | None = conn.execute(sql, args).fetchone()
     if row is None:
         raise StoreError(f"no row from {sql!r}")
-    return row[0]
+    return row
+
+
+def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
+    return _row(conn, sql, args)[0]
 
 
 _STATUS = {s.value: s for s in Status}
@@ -333,15 +376,50 @@ def _pick_sql(queue_count: int | None, limit: int) -> str:
 # instructions of a noop job.)
 _START_RUN = (
     "UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, started_at = ?1, "
-    "finished_at = NULL, owner = ?2, lease_until = ?3 WHERE id "
+    "finished_at = NULL, owner = ?2, lease_until = ?3, lease_mono = ?4, "
+    "deadline_mono = ?5 + max_runtime WHERE id "
 )
-_START_ONE = f"{_START_RUN}= ?4"
-_START_MANY = f"{_START_RUN}IN (SELECT value FROM json_each(?4))"  # one statement per batch
+_START_ONE = f"{_START_RUN}= ?6"
+_START_MANY = f"{_START_RUN}IN (SELECT value FROM json_each(?6))"  # one statement per batch
+
+
+def _schema(conn: apsw.Connection) -> tuple[int, list[str]]:
+    """The file's user_version and its tables (reads only; SQLite's own are left out)."""
+    version = int(_scalar(conn, "PRAGMA user_version"))
+    tables = [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY name"
+        )
+    ]
+    return version, tables
+
+
+def _refusal(version: int, tables: list[str]) -> str | None:
+    """Why a file with this user_version and these tables is no liteq queue (completing
+    "<path> …"), or None: a liteq queue, or a file empty of tables that liteq may set up."""
+    foreign = [t for t in tables if not t.startswith("liteq_")]
+    if foreign or (version != 0 and "liteq_jobs" not in tables):
+        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+        return (
+            f"is another application's database (tables: {shown or 'none'}; user_version "
+            f"{version}): liteq keeps its queue in a file of its own; give it a new path, "
+            "such as jobs.sqlite beside it"
+        )
+    if version > SCHEMA_VERSION:
+        return (
+            f"has schema version {version}, newer than this liteq understands "
+            f"({SCHEMA_VERSION}): upgrade liteq"
+        )
+    if version == 0 and tables:
+        return f"has liteq's tables ({', '.join(tables)}) but no schema version"
+    return None
 
 
 class _SQLiteTx(Tx):
     def __init__(self, conn: apsw.Connection, now: float) -> None:
-        super().__init__(now)
+        super().__init__(now, time.monotonic())
         self._conn = conn
         # One cursor for its statements: Connection.execute makes a cursor on every call
         # (0.6 µs; five statements a job). Each statement here runs to its end, or the
@@ -395,7 +473,7 @@ class _SQLiteTx(Tx):
         self._cursor.execute("DELETE FROM liteq_jobs WHERE id = ?", (job_id,))
 
     def claim(
-        self, queues: Sequence[str] | None, owner: str, lease_until: float, limit: int
+        self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
     ) -> list[Record]:
         names = None if queues is None else tuple(dict.fromkeys(queues))
         if names == ():
@@ -408,15 +486,22 @@ class _SQLiteTx(Tx):
         if not rows:
             sql = _pick_sql(None if names is None else len(names), limit)
             rows = self._cursor.execute(sql, args).fetchall()
-        batch = limit > 1
-        records = [start_run(_record(r), now, owner, lease_until, batch) for r in rows]
+        batch, mono = limit > 1, self.mono
+        records = [start_run(_record(r), now, mono, owner, lease, batch) for r in rows]
+        if not records:
+            return records
+        lease_until, lease_mono = records[0].lease_until, records[0].lease_mono
         if len(records) == 1:
             started = records[0].started_at
-            self._cursor.execute(_START_ONE, (started, owner, lease_until, records[0].id))
-        elif records:
-            for started in {r.started_at for r in records}:  # now, or None (start_run)
-                ids = json.dumps([r.id for r in records if r.started_at == started])
-                self._cursor.execute(_START_MANY, (started, owner, lease_until, ids))
+            clock = None if started is None else mono  # deadline_mono: started ones only
+            self._cursor.execute(
+                _START_ONE, (started, owner, lease_until, lease_mono, clock, records[0].id)
+            )
+            return records
+        for started in {r.started_at for r in records}:  # now, or None (start_run)
+            ids = json.dumps([r.id for r in records if r.started_at == started])
+            clock = None if started is None else mono
+            self._cursor.execute(_START_MANY, (started, owner, lease_until, lease_mono, clock, ids))
         return records
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
@@ -485,6 +570,7 @@ class _Transaction(_SQLiteTx):
                 raise store._translate(exc) from exc
             raise
         self.now = store.clock()
+        self.mono = time.monotonic()
         self.events = []
         return self
 
@@ -495,6 +581,9 @@ class _Transaction(_SQLiteTx):
         store = self._store
         try:
             if kind is None:
+                if not store._in_place(conn):  # nothing goes into a file no longer in use
+                    conn.execute("ROLLBACK")
+                    raise store._abandon(conn)
                 try:
                     self._cursor.execute("COMMIT")
                 except apsw.Error as error:
@@ -523,6 +612,7 @@ class SQLiteStore(BaseStore):
     Opens (creating with mode 0600 if needed) and migrates the file. WAL journal;
     `durability="normal"` (synchronous=NORMAL: survives a crash of any process,
     may lose the last commits on power loss) or `"full"` (survives power loss, slower).
+    `wal_warning`: check_health warns once `<path>-wal` passes this many bytes.
     `page_size` is the page size in bytes of a file liteq creates (1024 unless given;
     4096 suits jobs whose states are 10 KB or more); a file that exists keeps its own.
     Each process opens its own connection, also after fork().
@@ -544,6 +634,7 @@ class SQLiteStore(BaseStore):
         durability: Literal["normal", "full"] = "normal",
         page_size: int | None = None,
         busy_timeout: float = 10.0,
+        wal_warning: int = 64 << 20,
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
     ) -> None:
@@ -563,27 +654,34 @@ class SQLiteStore(BaseStore):
         self.durability = durability
         self.page_size = page_size
         self.busy_timeout = busy_timeout
+        self._wal_warn_at = wal_warning  # see check_health
         self._mutex = threading.RLock()
         self._conn: apsw.Connection | None = None
         self._session_pair: tuple[apsw.Connection, apsw.Cursor] | None = None
         self._pid = -1
         self._gate: int | None = None  # the descriptor of <path>-lock, see _enter_gate
         self._gate_closer: weakref.finalize[[int], SQLiteStore] | None = None  # on close or GC
-        # Connections inherited across fork(): never used, never closed (closing could
-        # disturb the parent's locks); kept referenced so nothing closes them.
-        self._inherited: list[apsw.Connection] = []
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file, see _bind
+        self._moved: str | None = None  # why the store no longer writes, see _gone
+        self._moved_flag = ctypes.c_int(0)  # SQLITE_FCNTL_HAS_MOVED answers here
+        self._moved_flag_address = ctypes.addressof(self._moved_flag)
         _STORES.add(self)
         self._db()
 
     # -- the connection ------------------------------------------------------
-    def _forget_parent(self) -> None:
+    def _close_for_fork(self) -> None:
+        """Before fork(), with the mutex held: close the connection, unless a transaction
+        is open on it (then the child must not use the file: see _after_fork_in_child)."""
+        if self._conn is None or self._conn.get_autocommit():
+            self._let_go()
+        self._close_gate()  # (the child's copy of the descriptor would keep its flock alive)
+
+    def _forked(self) -> None:
+        """In the child after fork(): fresh locks; a connection left open is never used."""
         self._mutex = threading.RLock()
         self._bell = threading.Lock()
         self._bell.acquire()
-        if self._conn is not None:
-            self._inherited.append(self._conn)
         self._conn = self._session_pair = None
-        self._close_gate()
 
     def _db(self) -> apsw.Connection:
         return self._session()[0]
@@ -591,8 +689,8 @@ class SQLiteStore(BaseStore):
     def _session(self) -> tuple[apsw.Connection, apsw.Cursor]:
         """This process's connection, and the cursor its write transactions share (the
         mutex makes them take turns; a cursor costs 0.3 µs to make)."""
-        # No os.getpid() here (a system call per transaction): after fork() the child's
-        # _forget_parent has already dropped the parent's connection.
+        # No os.getpid() here (a system call per transaction): a connection is never open
+        # across fork() (_before_fork).
         pair = self._session_pair
         if pair is None:
             with self._errors():
@@ -602,14 +700,31 @@ class SQLiteStore(BaseStore):
         return pair
 
     def _open(self) -> apsw.Connection:
+        if self._moved is not None:
+            raise StoreMoved(self._moved)
+        if os.path.realpath(self.path) in _UNSAFE:
+            raise StoreError(
+                f"{self.path} was open in this process's parent when it forked, and SQLite "
+                "cannot use that file safely in the child: close it before fork() and open "
+                "it in the child only (or start children with multiprocessing's 'spawn')"
+            )
         path = Path(self.path)
         if not path.exists():
+            if self._identity is not None:
+                raise self._gone("deleted")
             if not path.parent.is_dir():
                 raise StoreError(f"cannot create {self.path}: {path.parent} is not a directory")
             # Create it 0600 before SQLite does (its -wal and -shm files copy this mode).
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = apsw.Connection(self.path, statementcachesize=_STATEMENT_CACHE)
-        conn.setbusytimeout(int(self.busy_timeout * 1000))
+        try:
+            conn.setbusytimeout(int(self.busy_timeout * 1000))
+            # Look before anything is written: a file liteq must not use stays as it was.
+            found = self._inspect(conn)
+            self._bind(found)
+        except BaseException:
+            conn.close()
+            raise
         self._open_gate()
         # Before anything writes the header: SQLite applies it to an empty file only (a
         # file that exists keeps its page size; read back only to tell a user who asked).
@@ -627,12 +742,68 @@ class SQLiteStore(BaseStore):
                 )
         sync = {"normal": 1, "full": 2}[self.durability]
         self._pragma(conn, "synchronous", sync, sync)
-        self._pragma(conn, "journal_size_limit", 64 * 1024 * 1024, 64 * 1024 * 1024)
+        self._pragma(conn, "journal_size_limit", _JOURNAL_LIMIT, _JOURNAL_LIMIT)
         # A claim's subqueries build small temporary tables: in memory, not in a temp file
         # (which cost ~150 µs a claim).
         self._pragma(conn, "temp_store", "memory", 2)
         self._migrate(conn)
         return conn
+
+    def _inspect(self, conn: apsw.Connection) -> tuple[int, int]:
+        """Refuse, having changed nothing, a file liteq must not use; return its identity."""
+        if conn.readonly("main"):  # (SQLite opens a file it may not write read-only)
+            raise StoreError(
+                f"{self.path} is read-only for this process (its permissions, or a read-only "
+                "file system): liteq must be able to write the queue file"
+            )
+        try:
+            version, tables = _schema(conn)
+        except apsw.Error as exc:
+            raise self._translate(exc) from exc
+        refusal = _refusal(version, tables)
+        if refusal is not None:
+            raise StoreError(f"{self.path} {refusal}")
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def _bind(self, identity: tuple[int, int]) -> None:
+        """A store stays with the file it first opened: reopened (after fork(), or close())
+        on another file at its path, it refuses instead of writing elsewhere."""
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            raise self._gone("replaced")
+
+    def _gone(self, how: str) -> StoreMoved:
+        self._moved = (
+            f"{self.path} was {how} while liteq had it open: nothing more is written to it "
+            "from this process (jobs enqueued meanwhile went into the file that was there); "
+            "restore the file, or restart every process that uses the queue"
+        )
+        return StoreMoved(self._moved)
+
+    def _in_place(self, conn: apsw.Connection) -> bool:
+        """Whether the path still names the file `conn` has open (one stat, in SQLite)."""
+        conn.file_control("main", apsw.SQLITE_FCNTL_HAS_MOVED, self._moved_flag_address)
+        return not self._moved_flag.value
+
+    def _check_in_place(self, conn: apsw.Connection) -> None:
+        """Raise StoreMoved, and give up the connection, if its file left the path."""
+        if not self._in_place(conn):
+            raise self._abandon(conn)
+
+    def _abandon(self, conn: apsw.Connection) -> StoreMoved:
+        # Move what the log holds into the file it belongs to (wherever that is now) and
+        # empty `<path>-wal`: a file put at the path would otherwise be read through a log
+        # of another database. Then never close the connection: closing the last one
+        # deletes `<path>-wal` by name, which may by then be the new file's.
+        with contextlib.suppress(apsw.Error):
+            conn.setbusytimeout(100)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        _INHERITED.append(conn)
+        self._conn = self._session_pair = None
+        self._close_gate()
+        return self._gone("deleted or replaced")
 
     def _pragma(self, conn: apsw.Connection, name: str, value: object, expect: object) -> None:
         # One statement per call, read back: a pragma can fail silently (WAL on a busy file).
@@ -647,23 +818,12 @@ class SQLiteStore(BaseStore):
     def _migrate(self, conn: apsw.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = _scalar(conn, "PRAGMA user_version")
-            has_table = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'liteq_jobs'"
-            ).fetchone()
-            if version != 0 and not has_table:
-                raise StoreError(
-                    f"{self.path} is another application's database "
-                    f"(user_version {version}, no liteq_jobs table)"
-                )
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this liteq "
-                    f"understands ({SCHEMA_VERSION}): upgrade liteq"
-                )
+            # Again, now that no other process can be initialising it meanwhile.
+            version, tables = _schema(conn)
+            refusal = _refusal(version, tables)
+            if refusal is not None:
+                raise StoreError(f"{self.path} {refusal}")
             if version == 0:
-                if has_table:
-                    raise StoreError(f"{self.path} has a liteq_jobs table but no schema version")
                 # Iterate: apsw runs a script's later statements only as its cursor advances.
                 for _ in conn.execute(schema_sql()):
                     pass
@@ -765,7 +925,13 @@ class SQLiteStore(BaseStore):
         if isinstance(exc, apsw.FullError):
             return StoreError(f"the disk holding {self.path} is full: {exc}")
         if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
-            return StoreError(f"{self.path} is not a usable SQLite database: {exc}")
+            # Not transient: retrying cannot help, and writing on may spread the damage.
+            return StoreCorrupt(
+                f"{self.path} is not a usable SQLite database ({exc}): stop every process "
+                "that uses it, then restore it from a backup, or save what it holds with "
+                f"`sqlite3 {self.path} .recover | sqlite3 recovered.sqlite`; "
+                f"`liteq db check --db {self.path}` checks a file"
+            )
         if isinstance(exc, apsw.CantOpenError):
             return StoreError(f"cannot open {self.path}: {exc}")
         if isinstance(exc, apsw.ReadOnlyError):
@@ -777,10 +943,19 @@ class SQLiteStore(BaseStore):
     def close(self) -> None:
         """Close this process's connection (it reopens if the store is used again)."""
         with self._mutex:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = self._session_pair = None
-            self._close_gate()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Close the connection, or, if its file is no longer at the path, abandon it."""
+        conn = self._conn
+        if conn is not None and self._pid == os.getpid():
+            try:
+                self._check_in_place(conn)
+            except StoreMoved:
+                return  # abandoned, not closed
+            conn.close()
+        self._conn = self._session_pair = None
+        self._close_gate()
 
     # -- primitives ----------------------------------------------------------
     def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
@@ -804,6 +979,8 @@ class SQLiteStore(BaseStore):
             try:
                 cursor.execute(_INSERT_PLAIN, _new_values(record))
                 record.id = conn.last_insert_rowid()
+                if not self._in_place(conn):  # committed, but to a file no longer in use
+                    raise self._abandon(conn)
             except apsw.Error as exc:
                 raise self._translate(exc) from exc
             finally:
@@ -875,9 +1052,49 @@ class SQLiteStore(BaseStore):
         return best
 
     def _external_marker(self) -> object:
-        # Changes whenever another connection commits; ~10 µs a call.
+        # Changes whenever another connection commits; ~10 µs a call. An idle worker also
+        # notices here, within its poll, that its file was deleted or replaced.
         with self._reading() as conn:
+            self._check_in_place(conn)
             return _scalar(conn, "PRAGMA data_version")
+
+    def integrity(self, *, full: bool = False) -> list[str]:
+        """The problems SQLite finds in the file (`PRAGMA quick_check`, or with full=True
+        the slower `integrity_check`, which also checks indexes against their tables);
+        empty when there are none."""
+        pragma = "integrity_check" if full else "quick_check"
+        found: list[str] = []
+        with self._reading() as conn:
+            try:
+                found.extend(str(row[0]) for row in conn.execute(f"PRAGMA {pragma}"))
+            except apsw.CorruptError as exc:  # damage that stops the check itself
+                found.append(f"the check stopped: {exc}")
+        return [] if found == ["ok"] else found
+
+    def wal_bytes(self) -> int:
+        """The size of the file's write-ahead log, `<path>-wal`, in bytes."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def check_health(self) -> list[str]:
+        """Warn when `<path>-wal` passes `wal_warning` bytes (then at each doubling) because
+        a checkpoint cannot get past a reader."""
+        size = self.wal_bytes()
+        if size < self._wal_warn_at:
+            return []
+        with self._reading() as conn:
+            _, frames, copied = _row(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+        if copied >= frames:  # nothing holds it back: the next write starts the log over
+            return []
+        self._wal_warn_at = 2 * size
+        return [
+            f"{self.path}-wal has grown to {size >> 20} MiB: checkpoints cannot get past a "
+            "reader that keeps a transaction open on the file (a long query or report, a "
+            "backup tool, an open sqlite3 shell?); it stops growing once that reader ends, "
+            f"and shrinks to {_JOURNAL_LIMIT >> 20} MiB after"
+        ]
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"

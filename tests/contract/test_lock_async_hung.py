@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 
-import psutil
 import pytest
 
 import liteq
 from liteq import Status
+from liteq.process import make_owner
 from tests.conftest import OWNER, Clock
 from tests.jobs import Noop, Waits
 
@@ -178,8 +177,7 @@ def test_a_job_whose_worker_process_is_gone_is_requeued_at_once(
 
 def test_a_live_worker_within_its_lease_is_left_alone(store: liteq.stores.BaseStore) -> None:
     store.enqueue(Noop(), max_runtime=3600)
-    alive = f"{socket.gethostname()}/{os.getpid()}/{psutil.Process().create_time():.2f}/me"
-    assert store.claim(alive) is not None
+    assert store.claim(make_owner()) is not None
     assert store.detect_hung_jobs() == []
 
 
