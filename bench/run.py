@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import liteq  # noqa: E402 - after the path is set
 from bench import pickup  # noqa: E402
 from bench.jobs import Noop, Sleep, liteq_work  # noqa: E402
-from liteq.stores import sqlite  # noqa: E402
+from liteq.options import build_record  # noqa: E402
 
 PAYLOAD = json.dumps({"type": "bench.jobs.Noop", "state": {"n": 1}})
 FLOOR_SCHEMA = [
@@ -225,20 +225,23 @@ def huey_workload(tmp: Path, n: int) -> tuple[float, float] | None:
     return enqueue, rate(n, drain)
 
 
-def liteq_statements_enqueue(store: liteq.SQLiteStore, n: int) -> None:
-    """What a liteq enqueue (no coalesce id) does in SQLite, with none of its Python around
-    it: the writer gate and its one INSERT, of a row built beforehand, in autocommit mode.
-    The ceiling of liteq's enqueue as a ratio to the floor."""
-    from liteq.options import build_record
+def page_size_of(path: Path) -> int:
+    """The page size of an SQLite file (liteq's own choice for the files it makes)."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchall()[0][0])
+    finally:
+        conn.close()
 
-    values = sqlite._new_values(build_record(Noop(1), {}, time.time()))
-    conn, cursor = store._session()
+
+def liteq_insert_alone(store: liteq.SQLiteStore, n: int) -> None:
+    """What a liteq enqueue (no coalesce id) asks of its backend, with none of the Python
+    around it: the Backend primitive `_insert_one` (its writer gate, one INSERT in
+    autocommit mode, the check that the file is still at its path) of a row built
+    beforehand. The ceiling of liteq's enqueue as a ratio to the floor."""
+    record = build_record(Noop(1), {}, time.time())
     for _ in range(n):
-        gated = store._enter_gate(sqlite._PROMPT)
-        cursor.execute(sqlite._INSERT_PLAIN, values)
-        conn.last_insert_rowid()
-        if gated:
-            store._leave_gate()
+        store._insert_one(record)
 
 
 def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
@@ -252,9 +255,9 @@ def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
         rate(n, lambda: repeat(lambda: store.enqueue(Noop(1)), n)),
     )
     sql_only = liteq.SQLiteStore(tmp / "liteq-sql.sqlite")
-    out["enqueue, liteq's statements alone (no Python around them)"] = (
+    out["enqueue, the backend's insert alone (Store._insert_one)"] = (
         f,
-        rate(n, lambda: liteq_statements_enqueue(sql_only, n)),
+        rate(n, lambda: liteq_insert_alone(sql_only, n)),
     )
     sql_only.close()
     f = rate(n, lambda: floor_drain(floor, n))
@@ -262,8 +265,9 @@ def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
         f,
         rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
     )
-    small = floor_db(tmp / "floor-small-pages.sqlite", page_size=sqlite._PAGE_SIZE)
-    pages = f"{sqlite._PAGE_SIZE // 1024} KiB pages"
+    page_size = page_size_of(tmp / "liteq.sqlite")
+    small = floor_db(tmp / "floor-small-pages.sqlite", page_size=page_size)
+    pages = f"{page_size // 1024} KiB pages"
     out[f"enqueue, against a floor with liteq's {pages}"] = (
         rate(n, lambda: floor_enqueue(small, n)),
         out["enqueue, one per transaction"][1],

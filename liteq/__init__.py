@@ -10,12 +10,16 @@ from liteq.errors import (
     LeaseLost,
     LiteqError,
     PayloadError,
+    StoreCorrupt,
     StoreError,
+    StoreMoved,
     UnknownJobType,
 )
-from liteq.job import Job, Task
-from liteq.managed import ManagedJob, Status
+from liteq.job import Job
+from liteq.managed import ManagedJob
+from liteq.status import Status
 from liteq.stores import EnqueueOptions, MemoryStore, SQLiteStore, Store, connect
+from liteq.task import Task
 from liteq.worker import Worker
 
 __version__ = "0.1.0"
@@ -35,7 +39,9 @@ __all__ = [
     "SQLiteStore",
     "Status",
     "Store",
+    "StoreCorrupt",
     "StoreError",
+    "StoreMoved",
     "Task",
     "UnknownJobType",
     "Worker",

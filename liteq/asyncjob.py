@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from liteq.errors import InvalidState, InvalidStateChange, PayloadError
-from liteq.managed import Status
-from liteq.stores._base import BaseStore
+from liteq.status import Status
+
+if TYPE_CHECKING:
+    from liteq.stores.contract import Store
 
 _RESULTS = frozenset({Status.COMPLETED, Status.FAILED, Status.QUEUED, Status.WAIT_ASYNC})
 
 
 def resolve_wait_async(
-    store: BaseStore, job_id: int, data: Any, convert_exceptions: bool = False
+    store: Store, job_id: int, data: Any, convert_exceptions: bool = False
 ) -> Status:
     """Finish an async job: lock it, call `job.resolve_wait_async(data)`, apply the Status it returns.
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from liteq.job import Job
+from liteq.stores.memory import MemoryStore
+from liteq.worker import Worker
 
 log = logging.getLogger("liteq.delayed")
 
@@ -48,9 +50,6 @@ def do_later(fn_or_job: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> 
 
 
 def _run_job(job: Job) -> None:
-    from liteq.stores.memory import MemoryStore  # here: delayed is imported by the stores package
-    from liteq.worker import Worker
-
     store = MemoryStore()
     store.enqueue(job)
     Worker(store, exit_if_no_jobs=True, jitter=False, check_code=False).start()

@@ -14,7 +14,8 @@ from typing import Any, TextIO
 
 from liteq.asyncjob import resolve_wait_async
 from liteq.job import Job
-from liteq.managed import ManagedJob, Status
+from liteq.managed import ManagedJob
+from liteq.status import Status
 from liteq.stores.sqlite import SQLiteStore
 from liteq.worker import Worker
 

@@ -1,101 +1,16 @@
-"""Status, the status machine, and ManagedJob: the record that wraps a Job."""
+"""ManagedJob: a job on file, the record that wraps a Job."""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import operator
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from liteq.errors import InvalidStateChange
+from liteq.record import Record
+from liteq.status import Status
 
 if TYPE_CHECKING:
     from liteq.job import Job
-    from liteq.stores._base import BaseStore
-
-
-class Status(enum.StrEnum):
-    """The status of a ManagedJob. The values are stored in files: never rename them."""
-
-    UNQUEUED = "unqueued"
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAIT_ASYNC = "wait_async"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-#: Every status change the machine allows. `restart()` and `delete()` bypass it.
-TRANSITIONS: Final[Mapping[Status, frozenset[Status]]] = {
-    Status.UNQUEUED: frozenset({Status.QUEUED}),
-    Status.QUEUED: frozenset({Status.RUNNING}),
-    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.WAIT_ASYNC, Status.QUEUED}),
-    Status.WAIT_ASYNC: frozenset({Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.QUEUED}),
-    Status.COMPLETED: frozenset(),
-    Status.FAILED: frozenset({Status.QUEUED}),
-}
-
-#: Statuses in which a job holds its coalesce_id (a COMPLETED job kept on file does not).
-COALESCE_HOLDING: Final = frozenset(
-    {Status.UNQUEUED, Status.QUEUED, Status.RUNNING, Status.WAIT_ASYNC, Status.FAILED}
-)
-
-#: A mulligan raises max_attempts by one, but not past this.
-MULLIGAN_CAP: Final = 20
-
-
-def check_transition(job_id: int, old: Status, new: Status) -> None:
-    """Raise InvalidStateChange unless the machine allows `old` → `new`."""
-    if new not in TRANSITIONS[old]:
-        raise InvalidStateChange(f"job {job_id} cannot move from {old.value} to {new.value}")
-
-
-@dataclasses.dataclass(slots=True)
-class Record:
-    """One stored row, as the stores keep it. Times are epoch seconds."""
-
-    id: int
-    job_type: str
-    payload: str
-    queue: str
-    priority: int
-    status: Status
-    attempts: int
-    max_attempts: int
-    run_at: float
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    coalesce_id: str | None
-    max_runtime: float | None
-    delete_on_complete: bool
-    error: str | None
-    traceback: str | None
-    owner: str | None
-    lease_until: float | None
-    lock_token: str | None
-    lock_until: float | None
-    #: The owner host's monotonic clock when the lease ends / when max_runtime is up: a live
-    #: worker on this host is judged by them, as no wall-clock step can move them.
-    lease_mono: float | None = None
-    deadline_mono: float | None = None
-
-
-#: Column order of Record, which the SQL stores select and insert in.
-COLUMNS: Final = tuple(f.name for f in dataclasses.fields(Record))
-
-
-_fields = operator.attrgetter(*COLUMNS)
-
-
-def evolve(record: Record, **changes: object) -> Record:
-    """A copy of `record` with `changes`: dataclasses.replace, without its cost on hot paths."""
-    copy = Record(*_fields(record))
-    for name, value in changes.items():
-        setattr(copy, name, value)
-    return copy
+    from liteq.stores.contract import Store
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -118,19 +33,39 @@ class ManagedJob:
 
     def __init__(
         self,
-        store: BaseStore,
+        store: Store,
         record: Record,
         job: Job | None,
         decode_error: str | None,
         lock_token: str | None = None,
+        claimed: bool = False,
     ) -> None:
         self._store = store
         self._record = record
         self._job = job
         self.decode_error = decode_error
         self._lock_token = lock_token
-        # True only for the ManagedJob a worker got from claim(): it may finish the run.
-        self._claimed = False
+        self._claimed = claimed
+
+    # -- for stores and workers ----------------------------------------------
+    @property
+    def record(self) -> Record:
+        """The row as this ManagedJob last saw it (a store's own; do not change it)."""
+        return self._record
+
+    def replace_record(self, record: Record) -> None:
+        """Make `record` this job's row: a store does so after a change made through it."""
+        self._record = record
+
+    @property
+    def claimed(self) -> bool:
+        """True only for the ManagedJob a worker got from a claim: it may finish the run."""
+        return self._claimed
+
+    @property
+    def lock_token(self) -> str | None:
+        """The token of `store.locked()`, for the ManagedJob that block yields."""
+        return self._lock_token
 
     # -- what is on file -------------------------------------------------
     @property
@@ -224,7 +159,7 @@ class ManagedJob:
         return _utc(self._record.finished_at)
 
     @property
-    def store(self) -> BaseStore:
+    def store(self) -> Store:
         """The store this job lives in."""
         return self._store
 
@@ -237,7 +172,7 @@ class ManagedJob:
         Allowed from FAILED and WAIT_ASYNC, and from RUNNING only for the worker that
         claimed the job. Raises InvalidStateChange or InvalidState otherwise.
         """
-        return self._store._retry(self, mulligan=mulligan)
+        return self._store.retry(self, mulligan=mulligan)
 
     def restart(self) -> None:
         """Re-queue the job as new (attempts 0, due now) from any status but RUNNING.
@@ -245,11 +180,11 @@ class ManagedJob:
         A RUNNING job is refused with InvalidState: restarting it would let a second
         worker run it while the first still does.
         """
-        self._store._restart(self)
+        self._store.restart(self)
 
     def delete(self) -> None:
         """Delete the job. A worker still running it finds it gone and logs that."""
-        self._store._delete(self.id, self._lock_token)
+        self._store.delete(self)
 
     def refresh(self) -> ManagedJob:
         """Return the job as it is on file now."""

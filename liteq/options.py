@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple, TypedDict
 
-from liteq.job import HowToEncode, Job, encode_as, how_to_encode
-from liteq.managed import Record, Status
+from liteq.codec import HowToEncode, encode_as, how_to_encode
+from liteq.job import Job
+from liteq.record import Record
+from liteq.status import Status
 
 
 class EnqueueOptions(TypedDict, total=False):

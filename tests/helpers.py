@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import liteq
+from liteq.codec import encode_as, how_to_encode
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -50,3 +53,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.005)
+
+
+def encode(job: liteq.Job) -> tuple[str, str]:
+    """(type name, payload) that enqueueing `job` stores."""
+    return encode_as(job, how_to_encode(type(job)))

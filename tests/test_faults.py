@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 import liteq
-import liteq.worker
-from liteq.process import owner_state
+import liteq.worker.heartbeat
+from liteq.worker.identity import owner_state
 from tests.helpers import ROOT, bare_worker, wait_until
 from tests.jobs import Noop, SlowFirst, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
@@ -352,7 +352,7 @@ def test_a_reader_holding_a_transaction_is_named_when_the_wal_grows(
     assert "-wal has grown to" in warning and "reader that keeps a transaction open" in warning
     assert store.check_health() == []  # said once, then again only if it doubles
 
-    monkeypatch.setattr(liteq.worker, "HEALTH_EVERY", 0.1)
+    monkeypatch.setattr(liteq.worker.heartbeat, "HEALTH_EVERY", 0.1)
     later = liteq.SQLiteStore(path, wal_warning=512 << 10)
     worker = liteq.Worker(later, jitter=False, wakeup_every=0.1, check_code=False)
     with caplog.at_level("WARNING", logger="liteq.worker"):

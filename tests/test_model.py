@@ -1,6 +1,6 @@
 """A Hypothesis state machine: random operations on a store, checked against a small model.
 
-The model is DESIGN.md's semantics in a few lines of plain Python: which job a claim
+The model is liteq's semantics (docs/concepts.md) in a few lines of plain Python: which job a claim
 returns (priority, run_at, FIFO), coalescing, attempts, retries, mulligans, locks, async
 results and hung-job rescue. After every step the store and the model must agree.
 """
@@ -24,7 +24,7 @@ from hypothesis.stateful import (
 
 import liteq
 from liteq import Status
-from liteq.managed import COALESCE_HOLDING, MULLIGAN_CAP
+from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP
 from tests.conftest import STORES, Clock, open_store
 from tests.jobs import Waits
 

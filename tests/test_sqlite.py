@@ -22,7 +22,7 @@ import pytest
 
 import liteq
 from liteq import Status
-from liteq.stores.sqlite import SCHEMA_VERSION, schema_sql
+from liteq.stores.sqlite.schema import SCHEMA_VERSION, schema_sql
 from tests.helpers import wait_until
 from tests.jobs import DefaultOptions, Noop, WithOptions
 
@@ -152,7 +152,7 @@ def test_a_transaction_given_up_halfway_leaves_the_store_usable(tmp_path: Path) 
     store.enqueue_many([Noop(i) for i in range(3)])
 
     def give_up_halfway() -> None:
-        with store._write() as tx:
+        with store._transaction() as tx:
             tx.insert(store.get(1)._record)  # type: ignore[union-attr]
             rows = tx._cursor.execute("SELECT id FROM liteq_jobs")  # type: ignore[attr-defined]
             next(rows)
@@ -387,7 +387,7 @@ def test_a_file_of_version_2_or_3_is_migrated_with_its_jobs_claims_and_id_histor
 def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     tmp_path: Path,
 ) -> None:
-    from liteq.stores import sqlite
+    from liteq.stores.sqlite import queries as sqlite
 
     store = liteq.SQLiteStore(tmp_path / "q.sqlite")
     db = store._db()
@@ -395,17 +395,17 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     def plan(sql: str, args: tuple[object, ...]) -> str:
         return " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
 
-    claim = plan(sqlite._pick_sql(1, 1), (1.0, "default"))
+    claim = plan(sqlite.pick(1, 1), (1.0, "default"))
     assert "USING INDEX liteq_jobs_claim (queue=?)" in claim
-    holder = plan(f"{sqlite._SELECT} WHERE coalesce_id = +? AND status <> 'completed'", ("x",))
+    holder = plan(sqlite.COALESCE_HOLDER, ("x",))
     assert "USING INDEX liteq_jobs_coalesce (coalesce_id=?)" in holder
-    active = plan(f"{sqlite._SELECT} WHERE status IN ('running', 'wait_async')", ())
+    active = plan(sqlite.ACTIVE, ())
     assert "USING INDEX liteq_jobs_active (status=?)" in active
     # An IN list of more than two values makes SQLite build a b-tree per execution
     # (schema.sql), and so does an INSERT … SELECT that reads the table it fills (its rows
     # are copied aside first): an enqueue, a batch enqueue and a completion must not.
-    batches = (sqlite._INSERT_BATCH, sqlite._INSERT_BATCH_OF_TYPE)
-    for sql in (sqlite._INSERT, sqlite._INSERT_PLAIN, *batches, sqlite._DELETE_FENCED):
+    batches = (sqlite.INSERT_ALIKE, sqlite.INSERT_ALIKE_OF_TYPE)
+    for sql in (sqlite.INSERT_OR_NOTHING, sqlite.INSERT, *batches, sqlite.DELETE_FENCED):
         numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
         params = max(numbered) if numbered else sql.count("?")
         ops = [row[1] for row in db.execute(f"EXPLAIN {sql}", [None] * params)]
@@ -413,7 +413,7 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     # An enqueue without a coalesce id is that INSERT alone, in autocommit mode. It must
     # take the write lock before it reads anything, as BEGIN IMMEDIATE would: SQLite's
     # program starts (where Init jumps) with a write Transaction on the main database.
-    plain = sqlite._INSERT_PLAIN
+    plain = sqlite.INSERT
     program = list(db.execute(f"EXPLAIN {plain}", [None] * plain.count("?")))
     assert program[0][1] == "Init"
     first = program[program[0][3]]
@@ -423,7 +423,7 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
 def test_an_older_schema_is_migrated_on_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from liteq.stores import sqlite
+    from liteq.stores.sqlite import schema as sqlite
 
     path = tmp_path / "q.sqlite"
     old = liteq.SQLiteStore(path)
@@ -442,7 +442,7 @@ def test_an_older_schema_is_migrated_on_open(
 
 
 def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) -> None:
-    from liteq.job import encode
+    from tests.helpers import encode
 
     store = liteq.SQLiteStore(tmp_path / "q.sqlite", clock=lambda: 1000.0)
     tricky = ["é ☃ \U0001f600", 'quote " back \\ slash', "line\nbreak\ttab\x00nul", "", "[1, 2]"]

@@ -33,7 +33,7 @@ def test_minimal_use_from_the_design_runs_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    # -- DESIGN.md, "The minimal use", verbatim --
+    # -- the minimal use (README.md), verbatim --
     # fmt: off
     import liteq
 

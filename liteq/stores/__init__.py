@@ -5,12 +5,22 @@ from __future__ import annotations
 from urllib.parse import unquote, urlsplit
 
 from liteq.options import EnqueueOptions
-from liteq.stores._base import BaseStore
-from liteq.stores._contract import Store
+from liteq.stores.base import BaseStore
+from liteq.stores.contract import JobQuery, QueueCount, Store
 from liteq.stores.memory import MemoryStore
 from liteq.stores.sqlite import SQLiteStore
 
-__all__ = ["BaseStore", "EnqueueOptions", "MemoryStore", "SQLiteStore", "Store", "connect"]
+__all__ = [
+    "BaseStore",
+    "EnqueueOptions",
+    "JobQuery",
+    "MemoryStore",
+    "QueueCount",
+    "SQLiteStore",
+    "Store",
+    "connect",
+    "sqlite_path",
+]
 
 
 def sqlite_path(url: str) -> str:

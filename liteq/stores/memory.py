@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import heapq
@@ -11,12 +12,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from liteq.errors import LiteqError
-from liteq.managed import COALESCE_HOLDING, Record, Status, evolve
-from liteq.stores._base import BaseStore
-from liteq.stores._contract import StatusHook, Tx, start_run
+from liteq.record import Record, evolve
+from liteq.status import COALESCE_HOLDING, Status
+from liteq.stores.base import BaseStore
+from liteq.stores.contract import JobQuery, QueueCount, Tx, start_run
+from liteq.stores.hooks import StatusHook
 
 
 class _MemoryTx(Tx):
+    __slots__ = ("_store", "_undo")
+
     def __init__(self, store: MemoryStore, now: float) -> None:
         super().__init__(now, time.monotonic())
         self._store = store
@@ -24,46 +29,30 @@ class _MemoryTx(Tx):
 
     def _touch(self, job_id: int) -> None:
         if job_id not in self._undo:
-            self._undo[job_id] = self._store._rows.get(job_id)
-
-    def _put(self, record: Record | None, job_id: int) -> None:
-        rows, holders = self._store._rows, self._store._holders
-        old = rows.pop(job_id, None)
-        if (
-            old is not None
-            and old.coalesce_id is not None
-            and holders.get(old.coalesce_id) == job_id
-        ):
-            del holders[old.coalesce_id]
-        if record is not None:
-            rows[job_id] = record
-            if record.coalesce_id is not None and record.status in COALESCE_HOLDING:
-                if holders.get(record.coalesce_id, job_id) != job_id:
-                    raise LiteqError(f"coalesce id {record.coalesce_id!r} is held twice")
-                holders[record.coalesce_id] = job_id
+            self._undo[job_id] = self._store.rows.get(job_id)
 
     def get(self, job_id: int) -> Record | None:
-        return self._store._rows.get(job_id)
+        return self._store.rows.get(job_id)
 
     def coalesce_holder(self, coalesce_id: str) -> Record | None:
-        job_id = self._store._holders.get(coalesce_id)
-        return None if job_id is None else self._store._rows[job_id]
+        job_id = self._store.holders.get(coalesce_id)
+        return None if job_id is None else self._store.rows[job_id]
 
     def insert(self, record: Record) -> int | None:
-        if record.coalesce_id is not None and record.coalesce_id in self._store._holders:
+        if record.coalesce_id is not None and record.coalesce_id in self._store.holders:
             return None
-        job_id = next(self._store._ids)
+        job_id = self._store.next_id()
         self._touch(job_id)
-        self._put(dataclasses.replace(record, id=job_id), job_id)
+        self._store.put(dataclasses.replace(record, id=job_id), job_id)
         return job_id
 
     def update(self, record: Record) -> None:
         self._touch(record.id)
-        self._put(dataclasses.replace(record), record.id)
+        self._store.put(dataclasses.replace(record), record.id)
 
     def delete(self, job_id: int) -> None:
         self._touch(job_id)
-        self._put(None, job_id)
+        self._store.put(None, job_id)
 
     def claim(
         self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
@@ -71,20 +60,18 @@ class _MemoryTx(Tx):
         now = self.now
         due = (
             r
-            for r in self._store._due(queues)
+            for r in self._store.queued(queues)
             if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
         )
-        claimed = [
-            start_run(evolve(r), now, self.mono, owner, lease, limit > 1)
-            for r in heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
-        ]
+        best = heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
+        claimed = [start_run(evolve(r), now, self.mono, owner, lease) for r in best]
         for record in claimed:
             self.update(record)
         return claimed
 
     def rollback(self) -> None:
         for job_id, record in self._undo.items():
-            self._put(record, job_id)
+            self._store.put(record, job_id)
 
 
 class MemoryStore(BaseStore):
@@ -103,13 +90,40 @@ class MemoryStore(BaseStore):
         on_status_change: StatusHook | None = None,
     ) -> None:
         super().__init__(clock=clock, on_status_change=on_status_change)
-        self._rows: dict[int, Record] = {}
-        self._holders: dict[str, int] = {}
+        self.rows: dict[int, Record] = {}
+        self.holders: dict[str, int] = {}  # coalesce id -> the job holding it
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
+    def next_id(self) -> int:
+        """A new job id, never used before."""
+        return next(self._ids)
+
+    def put(self, record: Record | None, job_id: int) -> None:
+        """Store `record` as the row `job_id` (None: delete it), keeping `holders` true."""
+        old = self.rows.pop(job_id, None)
+        if (
+            old is not None
+            and old.coalesce_id is not None
+            and self.holders.get(old.coalesce_id) == job_id
+        ):
+            del self.holders[old.coalesce_id]
+        if record is not None:
+            self.rows[job_id] = record
+            if record.coalesce_id is not None and record.status in COALESCE_HOLDING:
+                if self.holders.get(record.coalesce_id, job_id) != job_id:
+                    raise LiteqError(f"coalesce id {record.coalesce_id!r} is held twice")
+                self.holders[record.coalesce_id] = job_id
+
+    def queued(self, queues: Sequence[str] | None) -> Iterator[Record]:
+        """The QUEUED rows of these queues (None: all)."""
+        for record in self.rows.values():
+            if record.status is Status.QUEUED and (queues is None or record.queue in queues):
+                yield record
+
+    # -- primitives ----------------------------------------------------------
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Tx]:
+    def _transaction(self, prompt: bool = False) -> Iterator[Tx]:
         with self._lock:
             tx = _MemoryTx(self, self.clock())
             try:
@@ -119,15 +133,16 @@ class MemoryStore(BaseStore):
                 raise
 
     def _read(self, job_id: int) -> Record | None:
-        with self._lock:  # the same lookup a transaction makes, outside one
-            return _MemoryTx(self, self.clock()).get(job_id)
+        with self._lock:
+            return self.rows.get(job_id)
 
     def _read_coalesce(self, coalesce_id: str) -> Record | None:
         with self._lock:
-            return _MemoryTx(self, self.clock()).coalesce_holder(coalesce_id)
+            job_id = self.holders.get(coalesce_id)
+            return None if job_id is None else self.rows[job_id]
 
     def _matching(self, queue: str | None, status: Status | None) -> Iterator[Record]:
-        for record in self._rows.values():
+        for record in self.rows.values():
             if (queue is None or record.queue == queue) and (
                 status is None or record.status is status
             ):
@@ -137,27 +152,52 @@ class MemoryStore(BaseStore):
         with self._lock:
             return sum(1 for _ in self._matching(queue, status))
 
-    def _page(
-        self, after_id: int, queue: str | None, status: Status | None, limit: int
-    ) -> list[Record]:
+    def _search(self, query: JobQuery) -> list[Record]:
         with self._lock:
-            found = sorted(
-                (r for r in self._matching(queue, status) if r.id > after_id),
-                key=lambda r: r.id,
-            )
-            return found[:limit]
+            found = [
+                r
+                for r in self._matching(query.queue, query.status)
+                if (r.id < query.before if query.before is not None else r.id > query.after)
+                and (query.job_type is None or r.job_type == query.job_type)
+                and (query.error_contains is None or query.error_contains in (r.error or ""))
+                and (
+                    query.finished_since is None
+                    or (r.finished_at is not None and r.finished_at >= query.finished_since)
+                )
+            ]
+        found.sort(key=lambda r: r.id, reverse=query.before is not None)
+        return found[: query.limit]
+
+    def _summary(self, now: float) -> list[QueueCount]:
+        counts: collections.Counter[tuple[str, Status]] = collections.Counter()
+        oldest: dict[str, float] = {}
+        with self._lock:
+            for r in self.rows.values():
+                counts[r.queue, r.status] += 1
+                if r.status is Status.QUEUED and r.run_at <= now:
+                    oldest[r.queue] = min(r.run_at, oldest.get(r.queue, r.run_at))
+        return [
+            QueueCount(queue, status, n, oldest.get(queue) if status is Status.QUEUED else None)
+            for (queue, status), n in sorted(counts.items())
+        ]
+
+    def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
+        with self._transaction() as tx:
+            gone = [
+                r.id
+                for r in self._matching(queue, status)
+                if before is None or (r.finished_at is not None and r.finished_at < before)
+            ][:limit]
+            for job_id in gone:
+                tx.delete(job_id)
+        return len(gone)
 
     def _read_active(self) -> list[Record]:
         with self._lock:
             return [
-                r for r in self._rows.values() if r.status in (Status.RUNNING, Status.WAIT_ASYNC)
+                r for r in self.rows.values() if r.status in (Status.RUNNING, Status.WAIT_ASYNC)
             ]
-
-    def _due(self, queues: Sequence[str] | None) -> Iterator[Record]:
-        for record in self._rows.values():
-            if record.status is Status.QUEUED and (queues is None or record.queue in queues):
-                yield record
 
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
         with self._lock:
-            return min((r.run_at for r in self._due(queues)), default=None)
+            return min((r.run_at for r in self.queued(queues)), default=None)

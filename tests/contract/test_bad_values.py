@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import liteq
-from liteq.job import MAX_DEPTH
+from liteq.codec import MAX_DEPTH
 from liteq.options import LATEST
 from tests.conftest import OWNER
 from tests.jobs import Noop, Pickled

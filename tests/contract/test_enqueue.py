@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 import liteq
 from liteq import Status
-from liteq.job import decode, encode
+from liteq.codec import decode
 from tests.conftest import Clock
+from tests.helpers import encode
 from tests.jobs import Noop, Record, WithOptions
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import liteq
 from liteq import Status
-from liteq.process import make_owner
+from liteq.worker.identity import make_owner
 from tests.conftest import OWNER, Clock
 from tests.jobs import Noop, Waits
 

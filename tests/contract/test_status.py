@@ -9,7 +9,8 @@ import pytest
 
 import liteq
 from liteq import Status
-from liteq.managed import TRANSITIONS, check_transition
+from liteq.status import TRANSITIONS, check_transition
+from liteq.stores import transitions
 from tests.conftest import OWNER, Clock, StoreFactory
 from tests.jobs import Fails, Noop, Waits
 
@@ -230,8 +231,8 @@ def test_hooks_never_see_a_rolled_back_change(make_store: StoreFactory, clock: C
     seen.clear()
 
     def change_then_fail() -> None:  # as a disk error after the first write would
-        with store._write() as tx:
-            store._change(tx, mjob._record, Status.RUNNING, "started")
+        with store._write() as w:
+            transitions.change(w, mjob.record, Status.RUNNING, "started", None)
             raise RuntimeError("after the change, before the commit")
 
     with pytest.raises(RuntimeError, match="before the commit"):

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from liteq.errors import LiteqError, StoreCorrupt, StoreError
-from liteq.managed import Status
+from liteq.status import Status
 from liteq.stores import connect, sqlite_path
 
 
@@ -243,7 +243,8 @@ def _db_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _work(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from liteq.supervisor import Supervisor
+    from liteq.worker.options import WorkerOptions
+    from liteq.worker.supervisor import Supervisor
 
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(
@@ -254,20 +255,20 @@ def _work(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         connect(url).close()  # a bad URL or file is an error now, not a crash loop later
     except (ValueError, LiteqError) as exc:
         parser.error(str(exc))
-    options = {
-        "queues": args.queues,
-        "wakeup_every": args.wakeup_every,
-        "exit_if_no_jobs": args.burst,
-        "exit_after_n_jobs": args.max_jobs,
-        "max_time": args.max_time,
-        "guarantee_memory": args.guarantee_memory,
-        "max_rss": args.max_rss,
-        "graceful_shutdown_timeout": args.graceful_timeout,
-        "jitter": not args.no_jitter,
-        "nice": args.nice,
-        "prefetch": args.prefetch,
-        "lease": args.lease,
-    }
+    options = WorkerOptions(
+        queues=args.queues,
+        wakeup_every=args.wakeup_every,
+        exit_if_no_jobs=args.burst,
+        exit_after_n_jobs=args.max_jobs,
+        max_time=args.max_time,
+        guarantee_memory=args.guarantee_memory,
+        max_rss=args.max_rss,
+        graceful_shutdown_timeout=args.graceful_timeout,
+        jitter=not args.no_jitter,
+        nice=args.nice,
+        prefetch=args.prefetch,
+        lease=args.lease,
+    )
     supervisor = Supervisor(
         url,
         imports=args.imports,

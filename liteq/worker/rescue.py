@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from liteq.managed import Record, Status
-from liteq.process import Owner, kill, owner_state, parse_owner
+from liteq.record import Record
+from liteq.status import Status
+from liteq.worker.identity import Owner, kill, owner_state, parse_owner
 
 if TYPE_CHECKING:
     from liteq.managed import ManagedJob
-    from liteq.stores._base import BaseStore
+    from liteq.stores.contract import Store
 
 log = logging.getLogger("liteq.rescue")
 
@@ -27,9 +27,6 @@ log = logging.getLogger("liteq.rescue")
 #: was paused or starved meanwhile, and so, perhaps, was the worker it would kill, which has
 #: not had the time to renew its lease since.
 STALE_VERDICT = 1.0
-
-#: (row as it is now, store clock, this host's monotonic clock) -> why it is hung, or None.
-Decide = Callable[[Record, float, float], str | None]
 
 
 class Verdict(NamedTuple):
@@ -81,14 +78,14 @@ def _over_time(rec: Record, now: float) -> bool:
     )
 
 
-def detect_hung_jobs(store: BaseStore, *, kill_live: bool = True) -> list[ManagedJob]:
+def detect_hung_jobs(store: Store, *, kill_live: bool = True) -> list[ManagedJob]:
     """Re-queue with a mulligan every hung job of `store`; return them.
 
     With kill_live=False a live worker of this host is left alone this time, whatever its
     lease says (its supervisor was itself paused: see Supervisor).
     """
     rescued = []
-    for rec in store._read_active():
+    for rec in store.active():
         seen = time.monotonic()
         if assess(rec, store.clock(), seen) is None:
             continue

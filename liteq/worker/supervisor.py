@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -20,26 +21,30 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 from liteq.errors import StoreCorrupt, StoreMoved
-from liteq.rescue import detect_hung_jobs
-from liteq.stores import BaseStore, connect
-from liteq.worker import (
-    EXIT_CODE_CHANGED,
+from liteq.stores import connect
+from liteq.stores.contract import Store
+from liteq.worker.exits import (
+    EXIT_CRASHED,
     EXIT_MEMORY,
     EXIT_OK,
     EXIT_SIGNAL,
+    EXIT_STARTUP_FAILED,
     EXIT_STORE_CORRUPT,
     EXIT_STORE_MOVED,
-    Worker,
-    report_health,
+    FATAL,
+    PLANNED,
+    describe_exit,
+    reason,
 )
+from liteq.worker.heartbeat import report_health
+from liteq.worker.loop import Worker
+from liteq.worker.options import WorkerOptions
+from liteq.worker.rescue import detect_hung_jobs
 
 log = logging.getLogger("liteq.supervisor")
 
-#: A worker that could not start (bad --import, bad store URL).
-EXIT_STARTUP_FAILED = 70
 #: Quick deaths that start a backoff: this many within QUICK_WINDOW seconds.
 QUICK_DEATHS, QUICK_WINDOW = 5, 10.0
 #: The longest a crash-looping worker waits before it is started again.
@@ -53,26 +58,6 @@ TICK = 1.0
 PAUSE_GRACE = 2.0
 #: The signals the supervisor handles and forwards.
 _HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
-
-_REASONS = {
-    EXIT_OK: "finished (max-jobs, max-time or drained)",
-    EXIT_MEMORY: "memory limit",
-    EXIT_CODE_CHANGED: "code changed",
-    EXIT_SIGNAL: "signalled",
-    EXIT_STARTUP_FAILED: "could not start",
-    EXIT_STORE_MOVED: "the queue file was deleted or replaced",
-    EXIT_STORE_CORRUPT: "the queue file is damaged",
-}
-#: Worker exits that no restart can mend: `liteq work` stops with the same status.
-_FATAL = frozenset({EXIT_STORE_MOVED, EXIT_STORE_CORRUPT})
-
-
-def describe_exit(status: int) -> str:
-    """A waitpid status in words: 'exit 2 (code changed)', 'killed by SIGKILL'."""
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    code = os.waitstatus_to_exitcode(status)
-    return f"exit {code} ({_REASONS.get(code, 'crashed')})"
 
 
 @dataclass
@@ -89,7 +74,7 @@ class Supervisor:
     url: str
     imports: Sequence[str] = ()
     processes: int = 1
-    worker_options: dict[str, Any] = field(default_factory=dict)
+    worker_options: WorkerOptions = field(default_factory=WorkerOptions)
     burst: bool = False
     hung_check_every: float = HUNG_CHECK_EVERY
 
@@ -213,13 +198,13 @@ class Supervisor:
                 continue
             lived = time.monotonic() - child.started
             code = os.waitstatus_to_exitcode(status)
-            planned = code in (EXIT_OK, EXIT_MEMORY, EXIT_CODE_CHANGED, EXIT_SIGNAL, *_FATAL)
+            planned = os.WIFEXITED(status) and code in PLANNED
             crashed |= not planned
-            if code in _FATAL and self._fatal is None:
+            if code in FATAL and self._fatal is None:
                 log.error(
                     "worker %d stopped: %s; no worker can go on with it, so liteq work stops",
                     pid,
-                    _REASONS[code],
+                    reason(code),
                 )
                 self._stop_all(code)
                 continue
@@ -284,7 +269,7 @@ class Supervisor:
             self._grace_until = now + PAUSE_GRACE
         self._last_tick = now
 
-    def _rescue(self, store: BaseStore) -> None:
+    def _rescue(self, store: Store) -> None:
         awake = time.monotonic() >= self._grace_until
         try:
             for mjob in detect_hung_jobs(store, kill_live=awake):
@@ -315,7 +300,7 @@ class Supervisor:
 
 
 def _child_main(
-    url: str, imports: Sequence[str], options: dict[str, Any], pipe: tuple[int, int]
+    url: str, imports: Sequence[str], options: WorkerOptions, pipe: tuple[int, int]
 ) -> int:
     parent = os.getppid()
     try:
@@ -334,13 +319,14 @@ def _child_main(
     except BaseException:
         log.error("worker %d could not start:\n%s", os.getpid(), traceback.format_exc().rstrip())
         return EXIT_STARTUP_FAILED
-    worker = Worker(store, check_health=False, **options)  # the supervisor checks it
+    # The supervisor reports the store's health, once for all its workers.
+    worker = Worker.with_options(store, dataclasses.replace(options, check_health=False))
     threading.Thread(target=_watch_parent, args=(worker, parent), daemon=True).start()
     try:
         return worker.start()
     except BaseException:
         log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc().rstrip())
-        return 1 if isinstance(sys.exc_info()[1], MemoryError) else EXIT_STARTUP_FAILED + 1
+        return EXIT_MEMORY if isinstance(sys.exc_info()[1], MemoryError) else EXIT_CRASHED
 
 
 def _watch_parent(worker: Worker, parent: int) -> None:

@@ -1,0 +1,124 @@
+"""Operations an operator runs on a queue, over any store: what the command line and the
+dashboard both call. Each works through the public Store contract only."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from liteq.errors import InvalidState, InvalidStateChange, JobLocked, JobNotFound
+from liteq.managed import ManagedJob
+from liteq.status import Status
+from liteq.stores.contract import JobQuery, Store
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueState:
+    """One queue at a glance: jobs by status, and how long its oldest due job has waited."""
+
+    queue: str
+    counts: dict[Status, int]
+    oldest_wait: float | None  # seconds, or None when no job is due
+
+    @property
+    def total(self) -> int:
+        """Every job of the queue, whatever its status."""
+        return sum(self.counts.values())
+
+
+def queues(store: Store) -> list[QueueState]:
+    """Every queue that holds jobs, by name, from one read of the store."""
+    now = store.clock()
+    found: dict[str, QueueState] = {}
+    for row in store.summary():
+        state = found.setdefault(row.queue, QueueState(row.queue, {}, None))
+        state.counts[row.status] = row.count
+        if row.oldest_due is not None:
+            found[row.queue] = dataclasses.replace(state, oldest_wait=now - row.oldest_due)
+    return [found[name] for name in sorted(found)]
+
+
+def each(store: Store, query: JobQuery) -> Iterator[ManagedJob]:
+    """Every job matching `query` from its `after` on, page by page (the whole of a large
+    queue is never in memory)."""
+    while True:
+        page = store.search(query)
+        yield from page
+        if len(page) < query.limit:
+            return
+        query = dataclasses.replace(query, after=page[-1].id, before=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a bulk operation did: the jobs it changed, and why it left others alone."""
+
+    done: list[int] = dataclasses.field(default_factory=list)
+    refused: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+def retry(store: Store, ids: list[int]) -> Outcome:
+    """Give each job (FAILED, or WAIT_ASYNC) another attempt now, as a mulligan: its
+    max_attempts rises by one, up to 20 (past that, restart it)."""
+    outcome = Outcome()
+    for job_id in ids:
+        try:
+            if store.get(job_id).retry(mulligan=True):
+                outcome.done.append(job_id)
+            else:
+                outcome.refused[job_id] = "it has used its 20 attempts: restart it instead"
+        except (JobNotFound, JobLocked, InvalidState, InvalidStateChange) as exc:
+            outcome.refused[job_id] = str(exc)
+    return outcome
+
+
+def retry_failed(store: Store, queue: str | None = None) -> Outcome:
+    """retry() every FAILED job (of one queue)."""
+    failed = [m.id for m in each(store, JobQuery(queue=queue, status=Status.FAILED, limit=500))]
+    return retry(store, failed)
+
+
+def restart(store: Store, ids: list[int]) -> Outcome:
+    """Re-queue each job as new (attempts 0, due now); a RUNNING one is refused."""
+    outcome = Outcome()
+    for job_id in ids:
+        try:
+            store.get(job_id).restart()
+            outcome.done.append(job_id)
+        except (JobNotFound, JobLocked, InvalidState) as exc:
+            outcome.refused[job_id] = str(exc)
+    return outcome
+
+
+def delete(store: Store, ids: list[int]) -> Outcome:
+    """Delete each job (a worker still running one finds it gone and logs that)."""
+    outcome = Outcome()
+    for job_id in ids:
+        try:
+            store.delete(job_id)
+            outcome.done.append(job_id)
+        except (JobNotFound, JobLocked) as exc:
+            outcome.refused[job_id] = str(exc)
+    return outcome
+
+
+def purge(
+    store: Store, status: Status, *, queue: str | None = None, older_than: float | None = None
+) -> int:
+    """Delete the COMPLETED or FAILED jobs (of one queue) that finished more than
+    `older_than` seconds ago (None: all of them); return how many."""
+    before = None if older_than is None else store.clock() - older_than
+    return store.purge(status, queue=queue, before=before)
+
+
+def purgeable(
+    store: Store, status: Status, *, queue: str | None = None, older_than: float | None = None
+) -> int:
+    """How many jobs purge() would delete now (for a dry run, or a confirmation)."""
+    before = None if older_than is None else store.clock() - older_than
+    return sum(
+        1
+        for mjob in each(store, JobQuery(queue=queue, status=Status(status), limit=500))
+        if before is None
+        or (mjob.finished_at is not None and mjob.finished_at.timestamp() < before)
+    )

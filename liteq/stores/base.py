@@ -1,0 +1,416 @@
+"""BaseStore: the rules every store shares, built on its backend's primitives.
+
+Options, the status machine, retries, mulligans, coalescing, locks and hooks live here
+once, so every store behaves the same and runs the same contract suite; the worker's side
+(claims, leases, acknowledgements) is in `runs`, the status rules in `transitions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Unpack
+
+from liteq.codec import decode
+from liteq.errors import InvalidState, JobNotFound, LiteqError
+from liteq.job import Job
+from liteq.managed import ManagedJob
+from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records, check_text
+from liteq.record import Record, evolve
+from liteq.status import Status, check_transition
+from liteq.stores import transitions
+from liteq.stores.contract import Decide, JobQuery, QueueCount, Tx
+from liteq.stores.hooks import Event, StatusHook, Write, listens
+from liteq.stores.runs import Runs
+from liteq.stores.wakeup import Waker
+from liteq.task import Task
+
+log = logging.getLogger("liteq.store")
+
+#: Rows a purge deletes per transaction: other writers get the file in between.
+PURGE_BATCH = 1000
+
+
+def check_job_id(job_id: object) -> int:
+    """`job_id` if it can name a job in every store: TypeError or ValueError otherwise."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int):
+        raise TypeError(f"a job id is an int, not {job_id!r}")
+    if not 0 < job_id <= INT64_MAX:
+        raise ValueError(f"job ids run from 1 to 2**63-1, not {job_id!r}")
+    return job_id
+
+
+class BaseStore(Runs):
+    """Shared semantics of every store. Subclasses implement the primitives only."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_status_change: StatusHook | None = None,
+        waker: Waker | None = None,
+    ) -> None:
+        self.clock = clock
+        self.on_status_change = on_status_change
+        self._waker = waker or Waker()
+
+    def _write(self) -> Write:
+        return Write(self._transaction(prompt=True), self._committed)
+
+    # -- hooks -------------------------------------------------------------
+    def status_did_change(self, job: ManagedJob, old_status: Status, message: str | None) -> None:
+        """Called after every status change; override in a subclass or pass `on_status_change`."""
+        if self.on_status_change is not None:
+            self.on_status_change(job, old_status, message)
+
+    def _committed(self, events: list[Event]) -> None:
+        self._waker.ring()
+        if events:
+            self._fire(events)
+
+    def _store_listens(self) -> bool:
+        return (
+            self.on_status_change is not None
+            or type(self).status_did_change is not BaseStore.status_did_change
+        )
+
+    def _fire(self, events: list[Event]) -> None:
+        store_listens = self._store_listens()
+        for record, old, message, job in events:
+            if not (store_listens or listens(job)):
+                continue
+            mjob = self._managed(evolve(record), job)  # its own copy, whatever it does later
+            if mjob.job is not None:
+                try:
+                    mjob.job.status_did_change(mjob, old, message)
+                except Exception:
+                    log.exception("status_did_change of job %d raised", record.id)
+            try:
+                self.status_did_change(mjob, old, message)
+            except Exception:
+                log.exception("the store's status hook raised for job %d", record.id)
+
+    def _managed(
+        self,
+        record: Record,
+        job: Job | None = None,
+        claimed: bool = False,
+        lock_token: str | None = None,
+    ) -> ManagedJob:
+        error = None
+        if job is None:
+            try:
+                job = decode(record.payload)
+            except LiteqError as exc:
+                error = str(exc)
+        return ManagedJob(self, record, job, error, lock_token, claimed)
+
+    # -- waking idle workers -------------------------------------------------
+    def _saw_nothing(self) -> None:
+        self._waker.saw_nothing()
+
+    def _claimed_some(self) -> None:
+        self._waker.busy()
+
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool:
+        """Block up to `timeout` seconds; return True early once the queue may have changed
+        since this process's last claim (an enqueue here or a commit by another process)."""
+        return self._waker.wait(timeout)
+
+    def wake(self) -> None:
+        """Make every wait_for_jobs in this process return now (Worker.stop uses it)."""
+        self._waker.ring()
+
+    # -- enqueue -----------------------------------------------------------
+    def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob:
+        """Enqueue a job and return its ManagedJob.
+
+        With a coalesce_id that a queued, running, waiting or failed job holds, return
+        that job and create nothing. Raises TypeError (unencodable state, bad option
+        type) or ValueError (bad option value) before anything is written.
+
+            mjob = store.enqueue(SendEmail("ann@example.com"), priority=5, delay=60)
+        """
+        record = build_record(job, options, self.clock())
+        events: list[Event] = []
+        if self._store_listens() or listens(job):
+            events.append((record, Status.UNQUEUED, "enqueued", job))
+        if record.coalesce_id is None:  # nothing can conflict: a write of its own
+            record.id = self._insert_one(record)
+            self._committed(events)
+            return ManagedJob(self, record, job, None)
+        with self._write() as w:
+            new_id = w.tx.insert(record)
+            if new_id is None:
+                holder = self._holder(w.tx, record)
+            else:
+                record.id = new_id
+                w.events.extend(events)
+        if new_id is None:  # outside the transaction: other processes may write meanwhile
+            return self._managed(holder)
+        return ManagedJob(self, record, job, None)
+
+    def enqueue_many(
+        self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
+    ) -> list[ManagedJob]:
+        """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
+        jobs = list(jobs)
+        records, alike = build_records(jobs, options, self.clock())
+        holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
+        store_listens = self._store_listens()
+        with self._write() as w:
+            tx = w.tx
+            new_ids = tx.insert_alike(records) if alike else tx.insert_many(records)
+            for i, new_id in enumerate(new_ids):
+                record = records[i]
+                if new_id is None:
+                    holders[i] = self._holder(tx, record)
+                    continue
+                record.id = new_id
+                if store_listens or listens(jobs[i]):
+                    w.events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
+        managed = [
+            ManagedJob(self, record, job, None) for record, job in zip(records, jobs, strict=True)
+        ]
+        for i, holder in holders.items():  # outside the transaction: others may write meanwhile
+            managed[i] = self._managed(holder)
+        return managed
+
+    @staticmethod
+    def _holder(tx: Tx, record: Record) -> Record:
+        """The job holding the coalesce id of `record`, which was therefore not inserted."""
+        holder = tx.coalesce_holder(record.coalesce_id) if record.coalesce_id else None
+        if holder is None:
+            raise LiteqError(
+                f"job {record.job_type} was not inserted and no job holds its coalesce id"
+            )
+        return holder
+
+    def task(
+        self, func: Callable[..., Any] | None = None, **options: Unpack[EnqueueOptions]
+    ) -> Any:
+        """Decorate a module-level function to make it a job type on this store.
+
+        @store.task(queue="mail", max_attempts=3)
+        def send_email(to: str) -> None: ...
+
+        send_email.enqueue("ann@example.com")
+        """
+        if func is not None:
+            return Task(self, func, options)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return Task(self, f, options)
+
+        return decorate
+
+    # -- reading -----------------------------------------------------------
+    def get(self, job_id: int) -> ManagedJob:
+        """Return the job with this id, or raise JobNotFound (works for undecodable rows too)."""
+        record = self._read(check_job_id(job_id))
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return self._managed(record)
+
+    def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None:
+        """Return the job holding this coalesce id, or None."""
+        record = self._read_coalesce(check_text(coalesce_id, "coalesce_id"))
+        return None if record is None else self._managed(record)
+
+    def count(self, queue: str | None = None, status: Status | None = None) -> int:
+        """Count jobs, over every status and queue unless one is given."""
+        if queue is not None:
+            check_text(queue, "queue")
+        return self._count(queue, None if status is None else Status(status))
+
+    def jobs(self, queue: str | None = None, status: Status | None = None) -> Iterator[ManagedJob]:
+        """Iterate jobs oldest first, streamed in pages (never the whole queue in memory)."""
+        status = None if status is None else Status(status)
+        after = 0
+        while True:
+            page = self.search(JobQuery(queue=queue, status=status, after=after, limit=500))
+            yield from page
+            if len(page) < 500:
+                return
+            after = page[-1].id
+
+    def search(self, query: JobQuery) -> list[ManagedJob]:
+        """A page of jobs matching `query` (see JobQuery)."""
+        for text, name in ((query.queue, "queue"), (query.job_type, "job type")):
+            if text is not None:
+                check_text(text, name)
+        return [self._managed(record) for record in self._search(query)]
+
+    def summary(self) -> list[QueueCount]:
+        """How many jobs each queue holds by status, and its oldest due job, in one read."""
+        return self._summary(self.clock())
+
+    def purge(
+        self, status: Status, *, queue: str | None = None, before: float | None = None
+    ) -> int:
+        """Delete the COMPLETED or FAILED jobs (of this queue) that finished before
+        `before` (epoch seconds; None: all); return how many. In batches: other writers
+        get the file in between."""
+        status = Status(status)
+        if status not in (Status.COMPLETED, Status.FAILED):
+            raise ValueError(f"purge deletes completed or failed jobs, not {status.value}")
+        if queue is not None:
+            check_text(queue, "queue")
+        deleted = 0
+        while True:
+            gone = self._purge(status, queue, before, PURGE_BATCH)
+            deleted += gone
+            if gone < PURGE_BATCH:
+                return deleted
+
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
+        """Epoch seconds when the next queued job in these queues is due, or None."""
+        return self._next_run_at(queues)
+
+    def active(self) -> list[Record]:
+        """Every RUNNING or WAIT_ASYNC row: what the hung-job check looks at."""
+        return self._read_active()
+
+    # -- changes by users ----------------------------------------------------
+    def _waiting(self, w: Write, mjob: ManagedJob) -> Record:
+        rec = transitions.current(w, mjob.id, mjob.lock_token)
+        if rec.status is not Status.WAIT_ASYNC:
+            raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
+        return rec
+
+    def delete(self, job: int | ManagedJob) -> None:
+        """Delete a job (by id, or a ManagedJob); raise JobNotFound if missing, JobLocked if
+        another holder locked it. A worker still running it finds it gone and logs that."""
+        token = job.lock_token if isinstance(job, ManagedJob) else None
+        job_id = check_job_id(job.id if isinstance(job, ManagedJob) else job)
+        with self._write() as w:
+            transitions.current(w, job_id, token)
+            w.tx.delete(job_id)
+
+    def retry(self, mjob: ManagedJob, *, mulligan: bool = False) -> bool:
+        """mjob.retry(): see ManagedJob.retry."""
+        with self._write() as w:
+            rec = w.tx.get(mjob.id)
+            if rec is None:
+                raise JobNotFound(f"no job with id {mjob.id}")
+            own = transitions.owns(rec, mjob.record, mjob.claimed)
+            if rec.status is Status.RUNNING and not own:
+                raise InvalidState(
+                    f"job {rec.id} is running in {rec.owner}; only that worker may retry it"
+                )
+            if not own:  # the running worker's own hand-back ignores locks
+                transitions.unlocked(rec, mjob.lock_token, w.tx.now)
+            if rec.status is Status.FAILED and rec.attempts >= rec.max_attempts and not mulligan:
+                return False
+            check_transition(rec.id, rec.status, Status.QUEUED)
+            requeued = transitions.requeue_or_fail(
+                w,
+                rec,
+                mulligan=mulligan,
+                delay=0.0,
+                job=mjob.job,
+                message="retried with a mulligan" if mulligan else "retried",
+            )
+        mjob.replace_record(requeued)
+        return requeued.status is Status.QUEUED
+
+    def restart(self, mjob: ManagedJob) -> None:
+        """mjob.restart(): see ManagedJob.restart."""
+        with self._write() as w:
+            rec = transitions.current(w, mjob.id, mjob.lock_token)
+            if rec.status is Status.RUNNING:
+                raise InvalidState(
+                    f"job {rec.id} is running in {rec.owner}; restarting it would run "
+                    "it twice at once: stop its worker or wait for it"
+                )
+            fresh = transitions.restarted(rec, w.tx.now)
+            mjob.replace_record(transitions.apply(w, rec.status, fresh, "restarted", mjob.job))
+
+    @contextlib.contextmanager
+    def locked(self, job_id: int, lease: float = 60.0) -> Iterator[ManagedJob]:
+        """Hold the job's mutex for the block and yield the job.
+
+        Raises JobLocked if another holder has it, JobNotFound if there is no such job.
+        While held, workers do not claim the job and other holders cannot change it.
+        The lock is released on leaving the block, whatever happens; a holder that dies
+        loses it after `lease` seconds.
+
+            with store.locked(job_id) as mjob:
+                mjob.retry()
+        """
+        check_job_id(job_id)
+        token = secrets.token_hex(8)
+        with self._write() as w:
+            rec = transitions.current(w, job_id, None)
+            rec = evolve(rec, lock_token=token, lock_until=w.tx.now + lease)
+            w.tx.update(rec)
+        try:
+            yield self._managed(rec, lock_token=token)
+        finally:
+            with self._write() as w:
+                current = w.tx.get(job_id)
+                if current is not None and current.lock_token == token:
+                    w.tx.update(evolve(current, lock_token=None, lock_until=None))
+
+    # -- hung jobs ---------------------------------------------------------
+    def detect_hung_jobs(self) -> list[ManagedJob]:
+        """Re-queue with a mulligan every hung job; return them.
+
+        Hung: RUNNING or WAIT_ASYNC past max_runtime, or RUNNING with an expired lease or
+        a worker process that is gone from this host. A hung job whose worker is still
+        alive on this host is stopped (SIGKILL) first, so it never runs twice at once;
+        one whose worker is alive on another host is left to that worker until its
+        lease expires.
+        """
+        # Processes are the workers' business: the rules that know them live there.
+        from liteq.worker.rescue import detect_hung_jobs
+
+        return detect_hung_jobs(self)
+
+    def rescue(self, seen: Record, decide: Decide) -> ManagedJob | None:
+        """Re-queue with a mulligan a job found hung in `seen`, if it still is.
+
+        In one write transaction: the row is read again (no other writer can change it
+        meanwhile), `decide(row, now, monotonic now)` says why it is hung or None (and
+        may stop its worker first), and the outcome is written. None if the job moved on
+        since `seen` or `decide` said no.
+        """
+        with self._write() as w:
+            current = w.tx.get(seen.id)
+            if current is None or (current.status, current.owner, current.attempts) != (
+                seen.status,
+                seen.owner,
+                seen.attempts,
+            ):
+                return None
+            reason = decide(current, w.tx.now, w.tx.mono)
+            if reason is None:
+                return None
+            updated = transitions.requeue_or_fail(
+                w,
+                current,
+                mulligan=True,
+                delay=0.0,
+                job=None,
+                message=f"hung: {reason}",
+                error=f"hung: {reason}",
+            )
+        return self._managed(updated)
+
+    # -- the store itself ------------------------------------------------------
+    def check_health(self) -> list[str]:
+        """Conditions an operator should hear of (a growing WAL file, say), each in a
+        sentence, new since the last call; workers and `liteq work` log them."""
+        return []
+
+    def close(self) -> None:
+        """Release the store's resources."""
+
+    def __enter__(self) -> BaseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,287 @@
+"""The store contract: what applications and workers call, and what a backend implements.
+
+`Store` is what the rest of liteq is typed against: users, workers, async resolution,
+ManagedJob and the admin operations. `BaseStore` implements it once for every backend, as
+rules over a dozen primitives; a backend (MemoryStore, SQLiteStore, ...) subclasses it and
+supplies those primitives (`Backend`) and its write transaction (`Tx`). The contract suite
+in `tests/contract/` runs against every backend: a new one joins by passing it.
+
+Locking rules a backend must keep:
+
+- A write transaction (`Backend._transaction`) sees its own writes and no one else's
+  uncommitted ones; it commits on a clean exit and rolls back on an exception, whole.
+- Read for update: a row `Tx.get` or `Tx.coalesce_holder` returns stays as read until the
+  transaction ends (SQLite: the file's write lock is taken at BEGIN IMMEDIATE; PostgreSQL:
+  SELECT … FOR UPDATE). The rules read, decide, then write on that promise.
+- `Tx.claim` skips rows another transaction holds (PostgreSQL: FOR UPDATE SKIP LOCKED) and
+  never returns a row another claim returned, committed or not.
+- A held coalesce id is not an error: `Tx.insert` returns None and the transaction goes on
+  (a unique violation is translated, never raised).
+- A fenced write changes a row only while it is still the claimed run (RUNNING, same owner,
+  same attempt).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, Unpack, runtime_checkable
+
+from liteq.record import Changes, Record, evolve
+from liteq.status import Status
+
+if TYPE_CHECKING:
+    from liteq.errors import LeaseLost
+    from liteq.job import Job
+    from liteq.managed import ManagedJob
+    from liteq.options import EnqueueOptions
+
+#: (row as it is now, store clock, this host's monotonic clock) -> why it is hung, or None.
+Decide = Callable[[Record, float, float], str | None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueCount:
+    """How many jobs of one status a queue holds; for queued jobs, since when the oldest
+    due one has waited (its run_at, epoch seconds; None if none is due)."""
+
+    queue: str
+    status: Status
+    count: int
+    oldest_due: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobQuery:
+    """A page of a filtered listing, by id: after `after` (ascending) or before `before`
+    (descending, newest first)."""
+
+    queue: str | None = None
+    status: Status | None = None
+    job_type: str | None = None
+    error_contains: str | None = None
+    finished_since: float | None = None
+    after: int = 0
+    before: int | None = None
+    limit: int = 50
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where ManagedJobs live; all claiming and locking happen here."""
+
+    clock: Callable[[], float]
+
+    # -- applications ---------------------------------------------------------
+    def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob: ...
+    def enqueue_many(
+        self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
+    ) -> list[ManagedJob]: ...
+    def get(self, job_id: int) -> ManagedJob: ...
+    def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None: ...
+    def count(self, queue: str | None = None, status: Status | None = None) -> int: ...
+    def jobs(
+        self, queue: str | None = None, status: Status | None = None
+    ) -> Iterator[ManagedJob]: ...
+    def delete(self, job: int | ManagedJob) -> None: ...
+    def retry(self, mjob: ManagedJob, *, mulligan: bool = False) -> bool: ...
+    def restart(self, mjob: ManagedJob) -> None: ...
+    def locked(
+        self, job_id: int, lease: float = 60.0
+    ) -> contextlib.AbstractContextManager[ManagedJob]: ...
+    def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
+    def close(self) -> None: ...
+
+    # -- operators ------------------------------------------------------------
+    def summary(self) -> list[QueueCount]: ...
+    def search(self, query: JobQuery) -> list[ManagedJob]: ...
+    def purge(
+        self, status: Status, *, queue: str | None = None, before: float | None = None
+    ) -> int: ...
+    def detect_hung_jobs(self) -> list[ManagedJob]: ...
+    def check_health(self) -> list[str]: ...
+
+    # -- workers --------------------------------------------------------------
+    def claim(
+        self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
+    ) -> ManagedJob | None: ...
+    def claim_many(
+        self,
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> list[ManagedJob]: ...
+    def complete_and_claim(
+        self,
+        done: Sequence[ManagedJob],
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> tuple[list[LeaseLost], list[ManagedJob]]: ...
+    def complete(self, mjob: ManagedJob) -> None: ...
+    def complete_many(self, mjobs: Sequence[ManagedJob]) -> list[LeaseLost]: ...
+    def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool: ...
+    def renew_leases(self, jobs: Sequence[ManagedJob], lease: float = 30.0) -> list[ManagedJob]: ...
+    def release(self, mjobs: Sequence[ManagedJob]) -> int: ...
+    def mark_started(self, mjob: ManagedJob) -> bool: ...
+    def wait_async(self, mjob: ManagedJob) -> None: ...
+    def fail(
+        self,
+        mjob: ManagedJob,
+        error: str,
+        traceback: str | None = None,
+        *,
+        retry: bool = True,
+        mulligan: bool = False,
+    ) -> Status: ...
+    def active(self) -> list[Record]: ...
+    def rescue(self, seen: Record, decide: Decide) -> ManagedJob | None: ...
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
+    def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
+    def wake(self) -> None: ...
+
+
+def start_run(record: Record, now: float, mono: float, owner: str, lease: float) -> Record:
+    """What a claim makes of `record` (the caller's own copy), and returns: RUNNING, its
+    attempt counted, started now, owned by `owner` and leased for `lease` seconds."""
+    record.status = Status.RUNNING
+    record.attempts += 1
+    record.started_at = now
+    record.finished_at = None
+    record.owner = owner
+    record.lease_until = now + lease
+    record.lease_mono = mono + lease
+    record.deadline_mono = None if record.max_runtime is None else mono + record.max_runtime
+    return record
+
+
+class Tx(abc.ABC):
+    """One write transaction of a backend (see the locking rules above)."""
+
+    __slots__ = ("mono", "now")
+
+    def __init__(self, now: float, mono: float) -> None:
+        #: The store's clock, and this host's monotonic clock, when the transaction began.
+        self.now = now
+        self.mono = mono
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> Record | None:
+        """The row with this id, for update; or None."""
+
+    @abc.abstractmethod
+    def coalesce_holder(self, coalesce_id: str) -> Record | None:
+        """The row holding this coalesce id (its status is in COALESCE_HOLDING), for
+        update; or None."""
+
+    @abc.abstractmethod
+    def insert(self, record: Record) -> int | None:
+        """Insert (ignoring record.id); return the new id, never one used before, or None
+        if the coalesce id is held."""
+
+    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
+        """insert() for each record, in order; a backend may batch the statements."""
+        return [self.insert(record) for record in records]
+
+    def insert_alike(self, records: Sequence[Record]) -> list[int]:
+        """Insert new jobs that differ only in job_type and payload and hold no coalesce
+        id; a backend may do it with one statement."""
+        ids = self.insert_many(records)
+        return [job_id for job_id in ids if job_id is not None]
+
+    @abc.abstractmethod
+    def update(self, record: Record) -> None:
+        """Write every field of the row with record.id."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: int) -> None:
+        """Delete the row if it exists."""
+
+    @abc.abstractmethod
+    def claim(
+        self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
+    ) -> list[Record]:
+        """Pick the best `limit` due (run_at <= now), unlocked (no lock, or one past its
+        lock_until) QUEUED rows of these queues (None: all), best first: highest
+        priority, then earliest run_at, then lowest id. Start each as `start_run` says,
+        write that, and return the started records."""
+
+    def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
+        """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
+        return [self.fenced_write(claimed, changes) for claimed, changes in writes]
+
+    def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
+        """Set these columns (or, with None, delete the row) only while the row is still
+        `claimed`'s run: RUNNING, same owner, same attempt. Return False, changing
+        nothing, otherwise. Only the named columns are written: others (a lock someone
+        else took meanwhile, say) stay as they are.
+
+        A backend may do it in one conditional statement; this default reads, then writes.
+        """
+        rec = self.get(claimed.id)
+        if rec is None or (rec.status, rec.owner, rec.attempts) != (
+            Status.RUNNING,
+            claimed.owner,
+            claimed.attempts,
+        ):
+            return False
+        if changes is None:
+            self.delete(claimed.id)
+        else:
+            self.update(evolve(rec, **changes))
+        return True
+
+
+class Backend(abc.ABC):
+    """The primitives a store supplies; BaseStore builds every rule on them."""
+
+    @abc.abstractmethod
+    def _transaction(self, prompt: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction. `prompt`: a caller waits on it (an enqueue, a change
+        made by hand), rather than a worker's own bookkeeping: a backend may favour it."""
+
+    def _insert_one(self, record: Record) -> int:
+        """Insert a new job that holds no coalesce id, committed on its own; return its
+        id. A backend may do it with less than a transaction."""
+        with self._transaction(prompt=True) as tx:
+            job_id = tx.insert(record)
+        if job_id is None:
+            raise RuntimeError(f"job {record.job_type} was not inserted")
+        return job_id
+
+    @abc.abstractmethod
+    def _read(self, job_id: int) -> Record | None:
+        """The row with this id, or None (outside any transaction)."""
+
+    @abc.abstractmethod
+    def _read_coalesce(self, coalesce_id: str) -> Record | None:
+        """The row holding this coalesce id, or None."""
+
+    @abc.abstractmethod
+    def _count(self, queue: str | None, status: Status | None) -> int:
+        """How many rows match."""
+
+    @abc.abstractmethod
+    def _search(self, query: JobQuery) -> list[Record]:
+        """A page of the rows that match `query`, in its order."""
+
+    @abc.abstractmethod
+    def _summary(self, now: float) -> list[QueueCount]:
+        """Rows per queue and status, with the oldest due run_at of queued ones."""
+
+    @abc.abstractmethod
+    def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
+        """Delete up to `limit` rows of this status (and queue) that finished before
+        `before`, in one transaction; return how many."""
+
+    @abc.abstractmethod
+    def _read_active(self) -> list[Record]:
+        """Every RUNNING or WAIT_ASYNC row."""
+
+    @abc.abstractmethod
+    def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
+        """The earliest run_at among QUEUED rows in these queues, or None."""

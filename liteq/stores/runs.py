@@ -1,0 +1,369 @@
+"""The worker's side of a store: claiming runs, leases, acknowledgements, failures."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+from liteq.errors import InvalidState, InvalidStateChange, LeaseLost
+from liteq.job import backoff
+from liteq.record import UNOWNED, Changes, Record, evolve
+from liteq.status import Status, check_transition
+from liteq.stores import transitions
+from liteq.stores.contract import Backend, Tx
+from liteq.stores.hooks import Event, Write, listens
+
+if TYPE_CHECKING:
+    from liteq.job import Job
+    from liteq.managed import ManagedJob
+
+
+#: What a prefetched job has not yet had while it waits for its turn.
+_NOT_STARTED: Final[Changes] = {"started_at": None, "deadline_mono": None}
+
+
+class Runs(Backend):
+    """What workers call. Every acknowledgement is fenced on its run (id, owner, attempt):
+    a worker whose job was re-queued and run elsewhere cannot finish the newer run."""
+
+    # -- what the rest of the store provides (BaseStore) ------------------------------
+    @abc.abstractmethod
+    def _write(self) -> Write:
+        """A prompt write transaction whose commit announces its events."""
+
+    @abc.abstractmethod
+    def _committed(self, events: list[Event]) -> None:
+        """After a commit: wake this process's waiting workers, run the hooks."""
+
+    @abc.abstractmethod
+    def _managed(self, record: Record, job: Job | None = None, claimed: bool = False) -> ManagedJob:
+        """A ManagedJob of this store for `record`."""
+
+    @abc.abstractmethod
+    def _store_listens(self) -> bool:
+        """Whether the store itself has a status hook."""
+
+    @abc.abstractmethod
+    def _waiting(self, w: Write, mjob: ManagedJob) -> Record:
+        """The job as it is now, which must still be WAIT_ASYNC."""
+
+    @abc.abstractmethod
+    def _saw_nothing(self) -> None:
+        """A claim found no job (see Waker.saw_nothing)."""
+
+    @abc.abstractmethod
+    def _claimed_some(self) -> None:
+        """A claim found jobs (see Waker.busy)."""
+
+    @abc.abstractmethod
+    def _fire(self, events: list[Event]) -> None:
+        """Run the hooks of events already committed."""
+
+    #: The store's clock (set by BaseStore).
+    clock: Callable[[], float]
+
+    # -- claims ---------------------------------------------------------------------------
+    def claim(
+        self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
+    ) -> ManagedJob | None:
+        """Move the best due job in `queues` to RUNNING for `owner` and return it, or None.
+
+        Best: highest priority, then earliest run_at, then lowest id. The claim holds a
+        lease of `lease` seconds; renew it with `renew_lease` while the job runs.
+        """
+        claimed = self.claim_many(owner, queues, lease, 1)
+        return claimed[0] if claimed else None
+
+    def claim_many(
+        self,
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> list[ManagedJob]:
+        """Claim up to `limit` jobs in one transaction, best first (a worker's prefetch).
+
+        Each is RUNNING, owned by `owner` and leased, exactly as if claimed alone: run
+        them in order, acknowledge each, and renew their leases while holding them. With
+        limit > 1, a job with max_runtime has no started_at until `mark_started`.
+        """
+        return self.complete_and_claim((), owner, queues, lease, limit)[1]
+
+    def complete_and_claim(
+        self,
+        done: Sequence[ManagedJob],
+        owner: str,
+        queues: Sequence[str] | None = None,
+        lease: float = 30.0,
+        limit: int = 1,
+    ) -> tuple[list[LeaseLost], list[ManagedJob]]:
+        """complete_many(done) and claim_many(...) in one transaction: a worker's steady
+        state, one commit per job instead of two. Returns (the LeaseLost errors of `done`,
+        the jobs claimed).
+        """
+        # Only the backend's statements run inside: other workers' Python overlaps them.
+        writes, changes = self._completions(done)
+        with self._transaction() as tx:
+            lost = self._complete_in(tx, done, writes)
+            records = self._claim_in(tx, queues, owner, lease, limit)
+        if done:
+            self._committed(self._completed(done, changes, lost))
+        errors = [error for error in lost if error is not None]
+        if not records:
+            # Note the queue's state for wait_for_jobs, then look once more: a commit
+            # between the claim and that note is then either seen or marks a change.
+            self._saw_nothing()
+            with self._transaction() as tx:
+                records = self._claim_in(tx, queues, owner, lease, limit)
+        if not records:
+            return errors, []
+        self._claimed_some()
+        mjobs = [self._managed(record, None, True) for record in records]
+        listening = self._store_listens()
+        for mjob in mjobs:
+            listening = listening or listens(mjob.job)
+        if listening:  # (most often nothing does: then no events are made)
+            self._fire([(m.record, Status.QUEUED, "started", m.job) for m in mjobs])
+        return errors, mjobs
+
+    @staticmethod
+    def _claim_in(
+        tx: Tx, queues: Sequence[str] | None, owner: str, lease: float, limit: int
+    ) -> list[Record]:
+        records = tx.claim(queues, owner, lease, limit)
+        if limit > 1:
+            # A prefetched job waits for its turn: its max_runtime counts from when it
+            # really starts (mark_started), not from the claim.
+            waiting = [r for r in records if r.max_runtime is not None]
+            if waiting:
+                tx.fenced_write_many([(r, _NOT_STARTED) for r in waiting])
+                for record in waiting:
+                    record.started_at = record.deadline_mono = None
+        return records
+
+    # -- leases -----------------------------------------------------------------------------
+    def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool:
+        """Extend a claimed job's lease; False if this worker no longer owns it."""
+        return self.renew_leases([job], lease) == [job]
+
+    def renew_leases(self, jobs: Sequence[ManagedJob], lease: float = 30.0) -> list[ManagedJob]:
+        """Extend the leases of claimed jobs in one transaction; return those still owned."""
+        claimed = [job for job in jobs if job.claimed]
+        with self._transaction() as tx:
+            renewed: Changes = {"lease_until": tx.now + lease, "lease_mono": tx.mono + lease}
+            kept = tx.fenced_write_many([(job.record, renewed) for job in claimed])
+        return [job for job, ok in zip(claimed, kept, strict=True) if ok]
+
+    def mark_started(self, mjob: ManagedJob) -> bool:
+        """Record that a prefetched job starts now (max_runtime counts from here); False if
+        this worker no longer owns it — then it must not be run."""
+        claimed = mjob.record
+        with self._transaction(prompt=True) as tx:
+            changes: Changes = {"started_at": tx.now}
+            if claimed.max_runtime is not None:
+                changes["deadline_mono"] = tx.mono + claimed.max_runtime
+            if not tx.fenced_write(claimed, changes):
+                return False
+        mjob.replace_record(evolve(claimed, **changes))
+        return True
+
+    def release(self, mjobs: Sequence[ManagedJob]) -> int:
+        """Hand back claimed jobs that never started: QUEUED again, the attempt not counted.
+
+        Returns how many were handed back (a job no longer this worker's is left alone).
+        """
+        released = 0
+        with self._write() as w:
+            for mjob in mjobs:
+                claimed = mjob.record
+                changes: Changes = {
+                    "status": Status.QUEUED,
+                    "attempts": claimed.attempts - 1,
+                    "started_at": None,
+                    **UNOWNED,
+                }
+                back = evolve(claimed, **changes)
+                if w.tx.fenced_write(claimed, changes):
+                    w.events.append((back, Status.RUNNING, "released unstarted", mjob.job))
+                    mjob.replace_record(back)
+                    released += 1
+        return released
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def complete(self, mjob: ManagedJob) -> None:
+        """Mark a claimed job COMPLETED (deleted if delete_on_complete); LeaseLost if not ours."""
+        lost = self.complete_many([mjob])
+        if lost:
+            raise lost[0]
+
+    def complete_many(self, mjobs: Sequence[ManagedJob]) -> list[LeaseLost]:
+        """Complete claimed jobs in one transaction (a worker's batched acknowledgement).
+
+        Each is fenced on its own run; a job this worker no longer owns is left as it is
+        and reported in the returned list of LeaseLost errors.
+        """
+        writes, changes = self._completions(mjobs)
+        with self._transaction() as tx:
+            lost = self._complete_in(tx, mjobs, writes)
+        self._committed(self._completed(mjobs, changes, lost))
+        return [error for error in lost if error is not None]
+
+    def _completions(
+        self, mjobs: Sequence[ManagedJob]
+    ) -> tuple[list[tuple[Record, Changes | None]], Changes]:
+        """The fenced writes that complete claimed jobs, and the changes they make."""
+        changes: Changes = {
+            "status": Status.COMPLETED,
+            "finished_at": self.clock(),
+            **UNOWNED,
+            "error": None,
+            "traceback": None,
+        }
+        writes: list[tuple[Record, Changes | None]] = []
+        for mjob in mjobs:
+            if not mjob.claimed:
+                raise InvalidState(f"job {mjob.id} was not claimed by this worker")
+            claimed = mjob.record
+            check_transition(claimed.id, claimed.status, Status.COMPLETED)
+            writes.append((claimed, None if claimed.delete_on_complete else changes))
+        return writes, changes
+
+    @staticmethod
+    def _complete_in(
+        tx: Tx, mjobs: Sequence[ManagedJob], writes: list[tuple[Record, Changes | None]]
+    ) -> list[LeaseLost | None]:
+        """Make the `_completions` writes in `tx`, fenced. Per job: None if it completed,
+        else the LeaseLost error saying why not."""
+        applied = tx.fenced_write_many(writes) if writes else []
+        return [
+            None
+            if ok
+            # (should the fence and `owns` disagree, never let that pass as done)
+            else _lost(tx.get(mjob.id), mjob) or LeaseLost(f"job {mjob.id} was not completed")
+            for mjob, ok in zip(mjobs, applied, strict=True)
+        ]
+
+    def _completed(
+        self, mjobs: Sequence[ManagedJob], changes: Changes, lost: list[LeaseLost | None]
+    ) -> list[Event]:
+        """After the commit: the completed jobs' records, and their events (made only for
+        jobs something listens to). A claimed job's record is its ManagedJob's own and
+        changes in place: hooks get copies."""
+        store_listens = self._store_listens()
+        events: list[Event] = []
+        for mjob, error in zip(mjobs, lost, strict=True):
+            if error is None:
+                record = mjob.record
+                for name, value in changes.items():
+                    setattr(record, name, value)
+                if store_listens or listens(mjob.job):
+                    events.append((record, Status.RUNNING, "completed", mjob.job))
+        return events
+
+    def wait_async(self, mjob: ManagedJob) -> None:
+        """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""
+        with self._write() as w:
+            rec = _owned(w.tx.get(mjob.id), mjob)
+            mjob.replace_record(
+                transitions.change(
+                    w, rec, Status.WAIT_ASYNC, "waiting for an async result", mjob.job, **UNOWNED
+                )
+            )
+
+    def fail(
+        self,
+        mjob: ManagedJob,
+        error: str,
+        traceback: str | None = None,
+        *,
+        retry: bool = True,
+        mulligan: bool = False,
+    ) -> Status:
+        """Record a failed attempt; re-queue with backoff while attempts remain, else FAILED.
+
+        With retry=False the failure is final. With mulligan=True the job is re-queued
+        at once without using up an attempt. Returns the job's new status.
+        """
+        with self._write() as w:
+            if mjob.status is Status.WAIT_ASYNC and not mjob.claimed:
+                rec = self._waiting(w, mjob)
+            else:
+                rec = _owned(w.tx.get(mjob.id), mjob)
+            if not retry:
+                rec = evolve(rec, max_attempts=rec.attempts)
+            delay = 0.0
+            if not mulligan and rec.attempts < rec.max_attempts:
+                delay = mjob.job.retry_delay(rec.attempts) if mjob.job else backoff(rec.attempts)
+            mjob.replace_record(
+                transitions.requeue_or_fail(
+                    w,
+                    rec,
+                    mulligan=mulligan,
+                    delay=delay,
+                    job=mjob.job,
+                    message=error,
+                    error=error,
+                    traceback=traceback,
+                )
+            )
+        return mjob.status
+
+    def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status:
+        """Apply the Status an async job's resolve_wait_async returned (see resolve_wait_async)."""
+        with self._write() as w:
+            rec = self._waiting(w, mjob)
+            if new is Status.COMPLETED:
+                updated = transitions.change(
+                    w,
+                    rec,
+                    new,
+                    "async result: completed",
+                    mjob.job,
+                    finished_at=w.tx.now,
+                    error=None,
+                    traceback=None,
+                )
+            elif new is Status.FAILED:
+                error = rec.error or "the async result reported failure"
+                updated = transitions.change(
+                    w, rec, new, "async result: failed", mjob.job, finished_at=w.tx.now, error=error
+                )
+            elif new is Status.QUEUED:
+                updated = transitions.requeue_or_fail(
+                    w,
+                    rec,
+                    mulligan=False,
+                    delay=0.0,
+                    job=mjob.job,
+                    message="async result: run again",
+                )
+            elif new is Status.WAIT_ASYNC:
+                updated = rec
+            else:
+                raise InvalidStateChange(
+                    f"resolve_wait_async of job {rec.id} returned {new!r}; return "
+                    "COMPLETED, FAILED, QUEUED (run again) or WAIT_ASYNC (keep waiting)"
+                )
+            mjob.replace_record(updated)
+        return mjob.status
+
+
+def _owned(rec: Record | None, mjob: ManagedJob) -> Record:
+    """`rec`, the row of a job the worker of `mjob` still runs; LeaseLost otherwise."""
+    error = _lost(rec, mjob)
+    if error is not None or rec is None:
+        raise error or LeaseLost(f"job {mjob.id} was deleted while it ran")
+    return rec
+
+
+def _lost(rec: Record | None, mjob: ManagedJob) -> LeaseLost | None:
+    """Why `rec` is no longer the run `mjob` claimed, or None if it still is."""
+    if rec is None:
+        return LeaseLost(f"job {mjob.id} was deleted while it ran")
+    if not transitions.owns(rec, mjob.record, mjob.claimed):
+        return LeaseLost(
+            f"job {mjob.id} is no longer this worker's: it was re-queued "
+            f"(status {rec.status.value}, attempt {rec.attempts})"
+        )
+    return None

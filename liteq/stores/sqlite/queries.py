@@ -1,0 +1,135 @@
+"""SQLiteStore's statements, read from queries.sql by name and completed once."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from liteq.record import COLUMNS
+from liteq.stores.contract import JobQuery
+
+
+def _blocks(text: str) -> dict[str, str]:
+    """{name: statement} of the `-- name: NAME` blocks of `text`, comments left out."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        found = re.fullmatch(r"-- name: (\w+)", line.strip())
+        if found:
+            name = found.group(1)
+            blocks[name] = ""
+        elif name is not None and line.strip() and not line.lstrip().startswith("--"):
+            blocks[name] += line.strip() + " "
+    return {key: value.strip() for key, value in blocks.items()}
+
+
+_SQL: Final = _blocks(
+    importlib.resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
+)
+_FIXED: Final = {
+    "columns": ", ".join(COLUMNS),
+    "c_columns": ", ".join(f"c.{c}" for c in COLUMNS),
+    "values": ", ".join("?" * (len(COLUMNS) - 1)),
+    "assignments": ", ".join(f"{c} = ?" for c in COLUMNS[1:]),
+}
+
+
+def _sql(name: str, **parts: object) -> str:
+    return _SQL[name].format(**_FIXED, **parts)
+
+
+GET: Final = _sql("get")
+COALESCE_HOLDER: Final = _sql("coalesce_holder")
+ACTIVE: Final = _sql("active")
+NEXT_ID: Final = _sql("next_id")
+INSERT: Final = _sql("insert")
+INSERT_OR_NOTHING: Final = _sql("insert_or_nothing")
+INSERT_ALIKE: Final = _sql("insert_alike")
+INSERT_ALIKE_OF_TYPE: Final = _sql("insert_alike_of_type")
+UPDATE: Final = _sql("update")
+DELETE: Final = _sql("delete")
+DELETE_FENCED: Final = _sql("delete_fenced")
+START_ONE: Final = _sql("start_one")
+START_MANY: Final = _sql("start_many")
+QUEUE_NAMES: Final = _sql("queued_queues", names=_SQL["queue_names"])
+TOP_PRIORITY: Final = _sql("top_priority")
+NEXT_PRIORITY: Final = _sql("next_priority")
+FIRST_DUE: Final = _sql("first_due")
+SUMMARY: Final = _sql("summary")
+DATA_VERSION: Final = _sql("data_version")
+WAL_CHECKPOINT: Final = _sql("wal_checkpoint")
+EMPTY_WAL: Final = _sql("empty_wal")
+USER_VERSION: Final = _sql("user_version")
+TABLES: Final = _sql("tables")
+
+#: pick()'s queue count meaning "every queue, while only one holds queued jobs".
+ONLY_QUEUE: Final = 0
+
+
+@functools.cache
+def pick(queue_count: int | None, limit: int) -> str:
+    """The rows of the best `limit` due jobs of `queue_count` named queues (None: every
+    queue; ONLY_QUEUE: every queue, while only one holds queued jobs), best first.
+    Parameters: ?1 now, ?2… the queue names."""
+    if queue_count == 1:
+        return _sql("pick_in_queue", limit=int(limit))
+    if queue_count == ONLY_QUEUE:
+        return _sql("pick_in_only_queue", limit=int(limit))
+    if queue_count is None:
+        names = _SQL["queue_names"]
+    else:
+        names = _sql("listed_names", names=", ".join(f"(?{2 + i})" for i in range(queue_count)))
+    return _sql("pick_in_queues", names=names, limit=int(limit))
+
+
+@functools.lru_cache(maxsize=64)
+def update_fenced(columns: tuple[str, ...]) -> str:
+    """Set these columns (liteq's own names) of a claimed run, fenced: parameters are
+    their values, then id, owner, attempts."""
+    return _SQL["update_fenced"].format(assignments=", ".join(f"{c} = ?" for c in columns))
+
+
+@functools.lru_cache(maxsize=64)
+def delete_fenced_many(count: int) -> str:
+    """Delete `count` runs of one owner: parameters (id, attempts) each, then the owner."""
+    return _SQL["delete_fenced_many"].format(pairs=", ".join("(?, ?)" for _ in range(count)))
+
+
+def _filters(pairs: Sequence[tuple[str, object]]) -> tuple[str, list[Any]]:
+    """The filter clauses for the (name, value) pairs whose value is not None."""
+    given = [(name, value) for name, value in pairs if value is not None]
+    return " ".join(_SQL[f"filter_{name}"] for name, _ in given), [v for _, v in given]
+
+
+def count(queue: str | None, status: str | None) -> tuple[str, list[Any]]:
+    """How many rows of this queue and status (None: any)."""
+    where, args = _filters([("queue", queue), ("status", status)])
+    return _SQL["count"].format(where=where), args
+
+
+def search(query: JobQuery) -> tuple[str, list[Any]]:
+    """A page of rows matching `query`, and the parameters."""
+    where, args = _filters(
+        [
+            ("queue", query.queue),
+            ("status", None if query.status is None else query.status.value),
+            ("type", query.job_type),
+            ("error", query.error_contains),
+            ("finished_since", query.finished_since),
+            ("before", query.before),
+            ("after", query.after if query.before is None else None),
+        ]
+    )
+    order = "ASC" if query.before is None else "DESC"
+    return _sql("search", where=where, order=order), [*args, query.limit]
+
+
+def purge(
+    status: str, queue: str | None, before: float | None, limit: int
+) -> tuple[str, list[Any]]:
+    """Delete up to `limit` rows of this status (and queue) finished before `before`."""
+    where, args = _filters([("queue", queue), ("finished_before", before)])
+    return _SQL["purge"].format(where=where), [status, *args, limit]

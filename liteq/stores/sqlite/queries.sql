@@ -1,0 +1,200 @@
+-- The statements of SQLiteStore, by name (`-- name: NAME` starts a block). Python fills
+-- in what is fixed by the schema ({columns}: every column of liteq_jobs, in Record order;
+-- {values}: a `?` for each but the id; {assignments}: `column = ?` for each but the id) or
+-- by the call ({limit}, {names}, {pairs}, {where}, {order}: only from liteq's own code,
+-- never from input). schema.sql says why the status tests are written as they are.
+--
+-- A value compared with an indexed column is bound as `+?`: this SQLite is built with
+-- STAT4, and a plain `?` there makes it plan the statement again on every run; `+` keeps
+-- the value out of the planner and the index is used all the same.
+
+-- name: get
+SELECT {columns} FROM liteq_jobs WHERE id = ?
+
+-- name: coalesce_holder
+SELECT {columns} FROM liteq_jobs WHERE coalesce_id = +? AND status <> 'completed'
+
+-- name: active
+SELECT {columns} FROM liteq_jobs WHERE status IN ('running', 'wait_async')
+
+-- A new id: above every id there is and every id there was (schema.sql, liteq_meta).
+-- name: next_id
+SELECT max(coalesce((SELECT max(id) FROM liteq_jobs), 0), high_water) + 1 FROM liteq_meta
+
+-- name: insert
+INSERT INTO liteq_jobs ({columns}) VALUES (
+    (SELECT max(coalesce((SELECT max(id) FROM liteq_jobs), 0), high_water) + 1 FROM liteq_meta),
+    {values})
+
+-- A held coalesce id makes it insert nothing (then changes() is 0). No RETURNING: it costs
+-- more than asking for the new rowid.
+-- name: insert_or_nothing
+INSERT INTO liteq_jobs ({columns}) VALUES (
+    (SELECT max(coalesce((SELECT max(id) FROM liteq_jobs), 0), high_water) + 1 FROM liteq_meta),
+    {values})
+ON CONFLICT DO NOTHING
+
+-- Many new jobs that share their options, in one statement: their (type, payload) pairs go
+-- in as one JSON array (?8), which SQLite walks in C. Their ids run on from ?9, the next id,
+-- read first: a SELECT that read liteq_jobs itself would make SQLite copy every row aside
+-- before inserting any. ?1 queue, ?2 priority, ?3 max_attempts, ?4 run_at, ?5 created_at,
+-- ?6 max_runtime, ?7 delete_on_complete.
+-- name: insert_alike
+INSERT INTO liteq_jobs ({columns})
+SELECT ?9 + key, value ->> 0, value ->> 1, ?1, ?2, 'queued', 0, ?3, ?4, ?5,
+       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM json_each(?8)
+
+-- The same when they are all of one type, ?10 (most batches): ?8 is an array of payloads.
+-- name: insert_alike_of_type
+INSERT INTO liteq_jobs ({columns})
+SELECT ?9 + key, ?10, value, ?1, ?2, 'queued', 0, ?3, ?4, ?5,
+       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM json_each(?8)
+
+-- name: update
+UPDATE liteq_jobs SET {assignments} WHERE id = ?
+
+-- name: delete
+DELETE FROM liteq_jobs WHERE id = ?
+
+-- Fenced: only while the row is still the claimed run (id, owner, attempt).
+-- name: delete_fenced
+DELETE FROM liteq_jobs WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
+
+-- name: update_fenced
+UPDATE liteq_jobs SET {assignments}
+WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
+
+-- One owner's runs, each (id, attempts) of {pairs}, at once.
+-- name: delete_fenced_many
+DELETE FROM liteq_jobs WHERE (id, attempts) IN (VALUES {pairs})
+    AND owner = ? AND status = 'running'
+RETURNING id
+
+-- What a claim writes (contract.start_run) on the rows it picked. Picked, then written:
+-- inside BEGIN IMMEDIATE nothing can come between. (UPDATE … RETURNING would do both, but
+-- SQLite fills a temporary table with what RETURNING returns.) ?1 now, ?2 owner,
+-- ?3 lease_until, ?4 lease_mono, ?5 this host's monotonic clock, ?6 the id.
+-- name: start_one
+UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, started_at = ?1,
+    finished_at = NULL, owner = ?2, lease_until = ?3, lease_mono = ?4,
+    deadline_mono = ?5 + max_runtime
+WHERE id = ?6
+
+-- The same for many rows: ?6 is a JSON array of their ids.
+-- name: start_many
+UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, started_at = ?1,
+    finished_at = NULL, owner = ?2, lease_until = ?3, lease_mono = ?4,
+    deadline_mono = ?5 + max_runtime
+WHERE id IN (SELECT value FROM json_each(?6))
+
+-- Picking the best {limit} due jobs. ?1 is now; ?2… the queue names. The claim index is
+-- per queue: for one queue this is a plain seek.
+-- name: pick_in_queue
+SELECT {columns} FROM liteq_jobs
+WHERE status = 'queued' AND queue = +?2 AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
+ORDER BY priority DESC, run_at, id LIMIT {limit}
+
+-- Every queue, while a single queue holds queued jobs (most often): two more seeks check
+-- that, and the statement selects nothing otherwise.
+-- name: pick_in_only_queue
+SELECT {columns} FROM liteq_jobs
+WHERE status = 'queued'
+    AND queue = (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued')
+    AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
+    AND (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued')
+        = (SELECT max(queue) FROM liteq_jobs WHERE status = 'queued')
+ORDER BY priority DESC, run_at, id LIMIT {limit}
+
+-- Several queues: the best {limit} of each, then the best of those (about twice the cost).
+-- {names} is the table of queue names: `queue_names` (every queue holding queued jobs,
+-- a seek each) or `VALUES (?2), (?3), …`.
+-- name: pick_in_queues
+{names} SELECT {c_columns} FROM names, liteq_jobs AS c
+WHERE c.id IN (
+    SELECT id FROM liteq_jobs WHERE status = 'queued' AND queue = names.name
+        AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
+    ORDER BY priority DESC, run_at, id LIMIT {limit})
+ORDER BY c.priority DESC, c.run_at, c.id LIMIT {limit}
+
+-- name: queue_names
+WITH RECURSIVE names(name) AS (
+    SELECT min(queue) FROM liteq_jobs WHERE status = 'queued'
+    UNION ALL
+    SELECT (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued' AND queue > name)
+    FROM names WHERE name IS NOT NULL)
+
+-- The names of every queue holding queued jobs.
+-- name: queued_queues
+{names} SELECT name FROM names WHERE name IS NOT NULL
+
+-- name: listed_names
+WITH names(name) AS (VALUES {names})
+
+-- When the next queued job of a queue is due: per priority, a seek each.
+-- name: top_priority
+SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1
+
+-- name: next_priority
+SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND priority < +?2
+
+-- name: first_due
+SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND priority = +?2
+
+-- name: count
+SELECT count(*) FROM liteq_jobs WHERE 1 {where}
+
+-- name: search
+SELECT {columns} FROM liteq_jobs WHERE 1 {where} ORDER BY id {order} LIMIT ?
+
+-- name: summary
+SELECT queue, status, count(*),
+    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END)
+FROM liteq_jobs GROUP BY queue, status ORDER BY queue, status
+
+-- name: purge
+DELETE FROM liteq_jobs WHERE id IN (
+    SELECT id FROM liteq_jobs WHERE status = ? {where} ORDER BY id LIMIT ?)
+
+-- What has changed since: another connection's commit moves it.
+-- name: data_version
+PRAGMA data_version
+
+-- name: wal_checkpoint
+PRAGMA wal_checkpoint(PASSIVE)
+
+-- name: empty_wal
+PRAGMA wal_checkpoint(TRUNCATE)
+
+-- name: user_version
+PRAGMA user_version
+
+-- name: tables
+SELECT name FROM sqlite_master
+WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY name
+
+-- Filters of count, search and purge, joined in the order given.
+-- name: filter_queue
+AND queue = ?
+
+-- name: filter_status
+AND status = ?
+
+-- name: filter_type
+AND job_type = ?
+
+-- name: filter_error
+AND instr(error, ?) > 0
+
+-- name: filter_finished_since
+AND finished_at >= ?
+
+-- name: filter_finished_before
+AND finished_at < ?
+
+-- name: filter_after
+AND id > ?
+
+-- name: filter_before
+AND id < ?

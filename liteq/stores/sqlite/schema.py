@@ -1,0 +1,97 @@
+"""The queue file's schema: its version, the migrations to it, and which files are queues.
+
+`schema.sql` (at the top of the repository, shipped inside the wheel) is the schema's one
+source of truth; `migrations/NN_*.sql` take a file of version NN-1 to version NN.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from pathlib import Path
+from typing import Final
+
+import apsw
+
+from liteq.errors import StoreError
+from liteq.stores.sqlite import queries
+
+#: The schema version this code writes; older files are migrated on open.
+SCHEMA_VERSION: Final = 4
+
+
+def schema_sql() -> str:
+    """The text of schema.sql (inside the wheel, or at the top of a checkout)."""
+    packaged = importlib.resources.files("liteq").joinpath("schema.sql")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[3] / "schema.sql").read_text(encoding="utf-8")
+
+
+def _migrations() -> dict[int, str]:
+    """{from version N: the script to N + 1}, from migrations/."""
+    found = {}
+    for entry in importlib.resources.files(__package__).joinpath("migrations").iterdir():
+        numbered = re.match(r"(\d+)_\w+\.sql$", entry.name)
+        if numbered:
+            found[int(numbered.group(1)) - 1] = entry.read_text(encoding="utf-8")
+    return found
+
+
+#: Migrations from version N to N+1, applied in order inside one transaction.
+MIGRATIONS: Final[dict[int, str]] = _migrations()
+
+
+def read(conn: apsw.Connection) -> tuple[int, list[str]]:
+    """The file's user_version and its tables (reads only; SQLite's own are left out)."""
+    row = conn.execute(queries.USER_VERSION).fetchone()
+    version = 0 if row is None else int(row[0])
+    return version, [row[0] for row in conn.execute(queries.TABLES)]
+
+
+def refusal(version: int, tables: list[str]) -> str | None:
+    """Why a file with this user_version and these tables is no liteq queue (completing
+    "<path> …"), or None: a liteq queue, or a file empty of tables that liteq may set up."""
+    foreign = [t for t in tables if not t.startswith("liteq_")]
+    if foreign or (version != 0 and "liteq_jobs" not in tables):
+        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+        return (
+            f"is another application's database (tables: {shown or 'none'}; user_version "
+            f"{version}): liteq keeps its queue in a file of its own; give it a new path, "
+            "such as jobs.sqlite beside it"
+        )
+    if version > SCHEMA_VERSION:
+        return (
+            f"has schema version {version}, newer than this liteq understands "
+            f"({SCHEMA_VERSION}): upgrade liteq"
+        )
+    if version == 0 and tables:
+        return f"has liteq's tables ({', '.join(tables)}) but no schema version"
+    return None
+
+
+def migrate(conn: apsw.Connection, path: str) -> None:
+    """Set up a new file, or bring an older one to SCHEMA_VERSION, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Again, now that no other process can be setting it up meanwhile.
+        version, tables = read(conn)
+        why = refusal(version, tables)
+        if why is not None:
+            raise StoreError(f"{path} {why}")
+        if version == 0:
+            # Iterate: apsw runs a script's later statements only as its cursor advances.
+            for _ in conn.execute(schema_sql()):
+                pass
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                for _ in conn.execute(MIGRATIONS[step]):
+                    pass
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+        got = read(conn)[0]
+        if got != SCHEMA_VERSION:
+            raise StoreError(f"schema of {path} is at {got}, expected {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,224 @@
+"""SQLiteStore: the queue is one SQLite file shared by every process on the host."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import apsw
+
+from liteq.record import Record
+from liteq.status import Status
+from liteq.stores.base import BaseStore
+from liteq.stores.contract import JobQuery, QueueCount, Tx
+from liteq.stores.hooks import StatusHook
+from liteq.stores.sqlite import queries
+from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
+from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
+from liteq.stores.sqlite.transaction import SQLiteTx, Transaction, new_values, record_of
+from liteq.stores.wakeup import Waker
+
+#: How often an idle worker polls for commits of other processes: quickly for two seconds
+#: after activity, then more slowly (docs/performance.md: pick-up latency and idle cost).
+POLL, IDLE_POLL = 0.01, 0.05
+
+
+class SQLiteStore(BaseStore):
+    """The default store: one SQLite file, many processes on one host.
+
+    Opens (creating with mode 0600 if needed) and migrates the file; refuses, leaving it
+    as it was, a file that is not a liteq queue. WAL journal; `durability="normal"`
+    (synchronous=NORMAL: survives a crash of any process, may lose the last commits on
+    power loss) or `"full"` (survives power loss, slower). `page_size` is the page size in
+    bytes of a file liteq creates (1024 unless given; 4096 suits jobs whose states are
+    10 KB or more); a file that exists keeps its own. `wal_warning`: check_health warns
+    once `<path>-wal` passes this many bytes. Each process opens its own connection.
+
+    Beside the file, `<path>-lock` (empty) lines up liteq's writers (see gate).
+
+        store = liteq.SQLiteStore("jobs.sqlite")
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["normal", "full"] = "normal",
+        page_size: int | None = None,
+        busy_timeout: float = 10.0,
+        wal_warning: int = 64 << 20,
+        clock: Callable[[], float] = time.time,
+        on_status_change: StatusHook | None = None,
+    ) -> None:
+        waker = Waker(self._data_version, poll=POLL, idle_poll=IDLE_POLL)
+        super().__init__(clock=clock, on_status_change=on_status_change, waker=waker)
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if page_size is not None and (type(page_size) is not int or page_size not in PAGE_SIZES):
+            raise ValueError(
+                f"page_size must be a power of two from 512 to 65536 (bytes), not {page_size!r}"
+            )
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise ValueError(
+                f"SQLiteStore needs a file path, not {self.path!r}; "
+                "use liteq.MemoryStore() for a queue in memory"
+            )
+        self.durability = durability
+        self.page_size = page_size
+        self.busy_timeout = busy_timeout
+        self._wal_warn_at = wal_warning  # see check_health
+        self.file = QueueFile(
+            self.path, durability=durability, page_size=page_size, busy_timeout=busy_timeout
+        )
+        self._db()
+
+    def _db(self) -> apsw.Connection:
+        """This process's connection (tests and tools look through it)."""
+        with self.file.mutex:
+            return self.file.session()[0]
+
+    # -- primitives ----------------------------------------------------------
+    def _transaction(self, prompt: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        return Transaction(self.file, self.clock, PROMPT if prompt else PATIENT)
+
+    def _insert_one(self, record: Record) -> int:
+        # One INSERT in autocommit mode: SQLite takes the write lock before the statement
+        # reads anything (its program opens with a write Transaction opcode), so, like
+        # BEGIN IMMEDIATE, it waits for the lock and never meets the read-then-write BUSY.
+        file = self.file
+        with file.mutex:
+            conn, cursor = file.session()
+            if not conn.get_autocommit():  # a transaction was left open: BEGIN will say so
+                return super()._insert_one(record)
+            gated = False
+            try:
+                gated = file.gate.enter(PROMPT, file.busy_timeout)
+                cursor.execute(queries.INSERT, new_values(record))
+                job_id: int = conn.last_insert_rowid()
+                if not file.in_place(conn):  # committed, but to a file no longer in use
+                    raise file.abandon(conn)
+            except (apsw.Error, Busy) as exc:
+                raise file.translate(exc) from exc
+            finally:
+                if gated:
+                    file.gate.leave()
+        return job_id
+
+    def _read(self, job_id: int) -> Record | None:
+        with self.file.reading() as conn:  # the lookup a transaction makes, outside one
+            return SQLiteTx(conn, conn.cursor(), self.clock()).get(job_id)
+
+    def _read_coalesce(self, coalesce_id: str) -> Record | None:
+        with self.file.reading() as conn:
+            return SQLiteTx(conn, conn.cursor(), self.clock()).coalesce_holder(coalesce_id)
+
+    def _count(self, queue: str | None, status: Status | None) -> int:
+        sql, args = queries.count(queue, None if status is None else status.value)
+        with self.file.reading() as conn:
+            return int(_scalar(conn, sql, args))
+
+    def _search(self, query: JobQuery) -> list[Record]:
+        sql, args = queries.search(query)
+        with self.file.reading() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [record_of(r) for r in rows]
+
+    def _summary(self, now: float) -> list[QueueCount]:
+        with self.file.reading() as conn:
+            rows: list[tuple[Any, ...]] = conn.execute(queries.SUMMARY, (now,)).fetchall()
+        return [
+            QueueCount(str(queue), Status(status), int(n), None if due is None else float(due))
+            for queue, status, n, due in rows
+        ]
+
+    def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
+        sql, args = queries.purge(status.value, queue, before, limit)
+        with self._transaction(prompt=True):
+            conn = self.file.session()[0]
+            conn.execute(sql, args)
+            deleted = int(conn.changes())
+        return deleted
+
+    def _read_active(self) -> list[Record]:
+        with self.file.reading() as conn:
+            rows = conn.execute(queries.ACTIVE).fetchall()
+        return [record_of(r) for r in rows]
+
+    def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
+        # The claim index orders run_at within (queue, priority): seek the first job of each
+        # such group rather than scan every queued job (a million delayed jobs, say).
+        best: float | None = None
+        with self.file.reading() as conn:
+            if queues is None:
+                names = [row[0] for row in conn.execute(queries.QUEUE_NAMES)]
+            else:
+                names = list(dict.fromkeys(queues))
+            for name in names:
+                priority = _scalar(conn, queries.TOP_PRIORITY, (name,))
+                while priority is not None:
+                    due = float(_scalar(conn, queries.FIRST_DUE, (name, priority)))
+                    best = due if best is None else min(best, due)
+                    priority = _scalar(conn, queries.NEXT_PRIORITY, (name, priority))
+        return best
+
+    def _data_version(self) -> object:
+        # Changes whenever another connection commits. An idle worker also notices here,
+        # within its poll, that its file was deleted or replaced.
+        with self.file.reading() as conn:
+            self.file.check_in_place(conn)
+            return _scalar(conn, queries.DATA_VERSION)
+
+    # -- the file ------------------------------------------------------------
+    def integrity(self, *, full: bool = False) -> list[str]:
+        """The problems SQLite finds in the file (`PRAGMA quick_check`, or with full=True
+        the slower `integrity_check`, which also checks indexes against their tables);
+        empty when there are none."""
+        pragma = "integrity_check" if full else "quick_check"
+        found: list[str] = []
+        with self.file.reading() as conn:
+            try:
+                found.extend(str(row[0]) for row in conn.execute(f"PRAGMA {pragma}"))
+            except apsw.CorruptError as exc:  # damage that stops the check itself
+                found.append(f"the check stopped: {exc}")
+        return [] if found == ["ok"] else found
+
+    def wal_bytes(self) -> int:
+        """The size of the file's write-ahead log, `<path>-wal`, in bytes."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def check_health(self) -> list[str]:
+        """Warn when `<path>-wal` passes `wal_warning` bytes (then at each doubling) because
+        a checkpoint cannot get past a reader."""
+        size = self.wal_bytes()
+        if size < self._wal_warn_at:
+            return []
+        with self.file.reading() as conn:
+            row = conn.execute(queries.WAL_CHECKPOINT).fetchone()
+        if row is None or row[2] >= row[1]:  # nothing holds it back: the log starts over
+            return []
+        self._wal_warn_at = 2 * size
+        return [
+            f"{self.path}-wal has grown to {size >> 20} MiB: checkpoints cannot get past a "
+            "reader that keeps a transaction open on the file (a long query or report, a "
+            "backup tool, an open sqlite3 shell?); it stops growing once that reader ends, "
+            f"and shrinks to {JOURNAL_LIMIT >> 20} MiB after"
+        ]
+
+    def close(self) -> None:
+        """Close this process's connection (it reopens if the store is used again)."""
+        self.file.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+
+def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,222 @@
+"""SQLite's write transaction: BEGIN IMMEDIATE … COMMIT, and the Tx primitives inside it."""
+
+from __future__ import annotations
+
+import json
+import operator
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import apsw
+
+from liteq.record import COLUMNS, Changes, Record
+from liteq.status import Status
+from liteq.stores.contract import Tx, start_run
+from liteq.stores.sqlite import queries
+from liteq.stores.sqlite.gate import Busy
+
+if TYPE_CHECKING:
+    from liteq.stores.sqlite.file import QueueFile
+
+_STATUS = {s.value: s for s in Status}
+
+
+def record_of(row: Sequence[Any]) -> Record:
+    """The Record of a row selected with queries' {columns}."""
+    record = Record(*row)
+    record.status = _STATUS[record.status]
+    record.delete_on_complete = bool(record.delete_on_complete)
+    return record
+
+
+#: A row's values in column order (a Status binds as its text: it is a str).
+values_of: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS)
+#: The same without the id, which an insert computes.
+new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS[1:])
+#: What new jobs inserted by one INSERT_ALIKE share: their options.
+_shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
+    "queue", "priority", "max_attempts", "run_at", "created_at", "max_runtime",
+    "delete_on_complete",
+)  # fmt: skip
+#: The other columns, and what they are in a new job.
+_fresh: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
+    "status", "attempts", "coalesce_id", "started_at", "finished_at", "error", "traceback",
+    "owner", "lease_until", "lock_token", "lock_until", "lease_mono", "deadline_mono",
+)  # fmt: skip
+_FRESH: Final = (Status.QUEUED, 0, *(None,) * 13)
+
+
+class SQLiteTx(Tx):
+    """The primitives over one connection's cursor, inside a transaction."""
+
+    __slots__ = ("_conn", "_cursor")
+
+    def __init__(self, conn: apsw.Connection, cursor: apsw.Cursor, now: float) -> None:
+        super().__init__(now, time.monotonic())
+        self._conn = conn
+        # One cursor for its statements (Connection.execute makes one per call). Each
+        # statement here runs to its end, or the next one on the cursor resets it.
+        self._cursor = cursor
+
+    def get(self, job_id: int) -> Record | None:
+        row = self._cursor.execute(queries.GET, (job_id,)).fetchone()
+        return None if row is None else record_of(row)
+
+    def coalesce_holder(self, coalesce_id: str) -> Record | None:
+        row = self._cursor.execute(queries.COALESCE_HOLDER, (coalesce_id,)).fetchone()
+        return None if row is None else record_of(row)
+
+    def insert(self, record: Record) -> int | None:
+        self._cursor.execute(queries.INSERT_OR_NOTHING, new_values(record))
+        conn = self._conn
+        return conn.last_insert_rowid() if conn.changes() else None
+
+    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
+        if len(records) < 2 or any(r.coalesce_id is not None for r in records):
+            return super().insert_many(records)
+        # (Jobs whose classes give enqueue options are not alike, but may agree.)
+        shared = _shared(records[0])
+        if all(_shared(r) == shared and _fresh(r) == _FRESH for r in records):
+            return list(self.insert_alike(records))
+        self._cursor.executemany(queries.INSERT, [new_values(r) for r in records])
+        return list(self._last_ids(len(records)))
+
+    def insert_alike(self, records: Sequence[Record]) -> list[int]:
+        if len(records) < 2:
+            return [job_id for job_id in map(self.insert, records) if job_id is not None]
+        # No coalesce id, so no conflict. Inside this BEGIN IMMEDIATE no other writer can
+        # come between, and each row's id is the last one's + 1.
+        cursor = self._cursor
+        first_id = next(cursor.execute(queries.NEXT_ID))[0]  # (liteq_meta has its row)
+        shared = _shared(records[0])
+        job_type = records[0].job_type
+        if all(r.job_type == job_type for r in records):
+            payloads = json.dumps([r.payload for r in records])
+            cursor.execute(queries.INSERT_ALIKE_OF_TYPE, (*shared, payloads, first_id, job_type))
+        else:
+            pairs = json.dumps([(r.job_type, r.payload) for r in records])
+            cursor.execute(queries.INSERT_ALIKE, (*shared, pairs, first_id))
+        return self._last_ids(len(records))
+
+    def _last_ids(self, count: int) -> list[int]:
+        last = self._conn.last_insert_rowid()
+        return list(range(last - count + 1, last + 1))
+
+    def update(self, record: Record) -> None:
+        values = values_of(record)
+        self._cursor.execute(queries.UPDATE, (*values[1:], values[0]))
+
+    def delete(self, job_id: int) -> None:
+        self._cursor.execute(queries.DELETE, (job_id,))
+
+    def claim(
+        self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
+    ) -> list[Record]:
+        names = None if queues is None else tuple(dict.fromkeys(queues))
+        if names == ():
+            return []
+        now, mono = self.now, self.mono
+        args = (now, *(names or ()))
+        rows = []
+        if names is None:  # most often a single queue holds jobs: try the plain pick first
+            rows = self._cursor.execute(queries.pick(queries.ONLY_QUEUE, limit), args).fetchall()
+        if not rows:
+            sql = queries.pick(None if names is None else len(names), limit)
+            rows = self._cursor.execute(sql, args).fetchall()
+        records = [start_run(record_of(r), now, mono, owner, lease) for r in rows]
+        if records:
+            lease_until, lease_mono = now + lease, mono + lease
+            which: int | str = records[0].id
+            start = queries.START_ONE
+            if len(records) > 1:
+                start, which = queries.START_MANY, json.dumps([r.id for r in records])
+            self._cursor.execute(start, (now, owner, lease_until, lease_mono, mono, which))
+        return records
+
+    def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
+        if len(writes) == 1:  # a worker's steady state
+            return [self.fenced_write(*writes[0])]
+        # Deletes of one owner's runs go in one statement, fenced on (id, attempts).
+        deletes = [c for c, u in writes if u is None and c.owner is not None]
+        owners = {c.owner for c in deletes}
+        if len(deletes) < 2 or len(owners) != 1 or len(deletes) > 10_000:
+            return super().fenced_write_many(writes)
+        params = [v for c in deletes for v in (c.id, c.attempts)]
+        sql = queries.delete_fenced_many(len(deletes))
+        gone = {row[0] for row in self._cursor.execute(sql, (*params, deletes[0].owner))}
+        return [
+            (claimed.id in gone) if changes is None else self.fenced_write(claimed, changes)
+            for claimed, changes in writes
+        ]
+
+    def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
+        fence = (claimed.id, claimed.owner, claimed.attempts)
+        if changes is None:
+            self._cursor.execute(queries.DELETE_FENCED, fence)
+        else:
+            sql = queries.update_fenced(tuple(changes))
+            self._cursor.execute(sql, (*changes.values(), *fence))
+        return bool(self._conn.changes())
+
+
+class Transaction(SQLiteTx):
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on an error), with the file's mutex and its
+    writer gate held: the transaction and its Tx in one object, as it runs once or twice
+    per job on a worker's hot path. `max_pause` bounds the waits for the gate."""
+
+    __slots__ = ("_clock", "_file", "_gated", "_max_pause")
+
+    # (No SQLiteTx.__init__: __enter__ gives the Tx its connection, cursor and times.)
+    def __init__(self, file: QueueFile, clock: Callable[[], float], max_pause: float) -> None:
+        self._file = file
+        self._clock = clock
+        self._max_pause = max_pause
+        self._gated = False
+
+    def __enter__(self) -> Tx:
+        file = self._file
+        file.mutex.acquire()
+        try:
+            self._conn, self._cursor = file.session()
+            self._gated = file.gate.enter(self._max_pause, file.busy_timeout)
+            self._cursor.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            if self._gated:
+                file.gate.leave()
+            file.mutex.release()
+            if isinstance(exc, apsw.Error | Busy):
+                raise file.translate(exc) from exc
+            raise
+        self.now = self._clock()
+        self.mono = time.monotonic()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn = self._conn
+        file = self._file
+        try:
+            if kind is None:
+                if not file.in_place(conn):  # nothing goes into a file no longer in use
+                    conn.execute("ROLLBACK")
+                    raise file.abandon(conn)
+                try:
+                    self._cursor.execute("COMMIT")
+                except apsw.Error as error:
+                    if not conn.get_autocommit():
+                        conn.execute("ROLLBACK")
+                    raise file.translate(error) from error
+            else:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, apsw.Error):
+                    raise file.translate(exc) from exc
+        finally:
+            try:
+                if self._gated:
+                    file.gate.leave()
+            finally:
+                file.mutex.release()

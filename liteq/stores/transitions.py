@@ -1,0 +1,122 @@
+"""The rules of a status change, applied inside a write transaction."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from liteq.errors import InvalidState, JobLocked, JobNotFound
+from liteq.record import UNOWNED, Record, evolve
+from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP, Status, check_transition
+
+if TYPE_CHECKING:
+    from liteq.job import Job
+    from liteq.stores.hooks import Write
+
+
+def change(
+    w: Write, rec: Record, new: Status, message: str | None, job: Job | None, **fields: Any
+) -> Record:
+    """Move `rec` to `new` as the status machine allows, with these other fields."""
+    check_transition(rec.id, rec.status, new)
+    return apply(w, rec.status, evolve(rec, status=new, **fields), message, job)
+
+
+def apply(w: Write, old: Status, updated: Record, message: str | None, job: Job | None) -> Record:
+    """Write `updated` (a job now taking its coalesce id back must find it free; a job
+    completed with delete_on_complete goes) and record the event."""
+    new = updated.status
+    if updated.coalesce_id is not None and new in COALESCE_HOLDING and old not in COALESCE_HOLDING:
+        holder = w.tx.coalesce_holder(updated.coalesce_id)
+        if holder is not None and holder.id != updated.id:
+            raise InvalidState(
+                f"job {updated.id} cannot be re-queued: job {holder.id} holds its "
+                f"coalesce id {updated.coalesce_id!r}"
+            )
+    if new is Status.COMPLETED and updated.delete_on_complete:
+        w.tx.delete(updated.id)
+    else:
+        w.tx.update(updated)
+    w.events.append((updated, old, message, job))
+    return updated
+
+
+def requeue_or_fail(
+    w: Write,
+    rec: Record,
+    *,
+    mulligan: bool,
+    delay: float,
+    job: Job | None,
+    message: str,
+    **fields: Any,
+) -> Record:
+    """QUEUED again after `delay` seconds while attempts remain (a mulligan grants one
+    more, up to MULLIGAN_CAP), else FAILED."""
+    max_attempts = rec.max_attempts
+    if mulligan and max_attempts < MULLIGAN_CAP:
+        max_attempts += 1
+    if rec.attempts < max_attempts:
+        return change(
+            w,
+            rec,
+            Status.QUEUED,
+            message,
+            job,
+            max_attempts=max_attempts,
+            run_at=w.tx.now + delay,
+            **UNOWNED,
+            **fields,
+        )
+    if rec.status is Status.FAILED:
+        return rec
+    return change(
+        w,
+        rec,
+        Status.FAILED,
+        message,
+        job,
+        max_attempts=max_attempts,
+        finished_at=w.tx.now,
+        **UNOWNED,
+        **fields,
+    )
+
+
+def restarted(rec: Record, now: float) -> Record:
+    """The job as new (attempts 0, due now): restart() bypasses the machine on purpose."""
+    return evolve(
+        rec,
+        status=Status.QUEUED,
+        attempts=0,
+        run_at=now,
+        started_at=None,
+        finished_at=None,
+        error=None,
+        traceback=None,
+        **UNOWNED,
+    )
+
+
+def unlocked(rec: Record, token: str | None, now: float) -> Record:
+    """`rec`, unless a holder other than `token` has locked it: JobLocked."""
+    if rec.lock_token is not None and rec.lock_token != token and (rec.lock_until or 0) > now:
+        raise JobLocked(f"job {rec.id} is locked by another holder")
+    return rec
+
+
+def current(w: Write, job_id: int, token: str | None) -> Record:
+    """The job as it is now, not locked by another holder; JobNotFound if it is gone."""
+    rec = w.tx.get(job_id)
+    if rec is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return unlocked(rec, token, w.tx.now)
+
+
+def owns(rec: Record, claimed: Record, is_claim: bool) -> bool:
+    """Whether `rec` is still the run a worker claimed as `claimed`."""
+    return (
+        is_claim
+        and rec.status is Status.RUNNING
+        and rec.owner == claimed.owner
+        and rec.attempts == claimed.attempts
+    )

@@ -1,0 +1,78 @@
+"""Task: a module-level function made into a job type by `@store.task(...)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
+
+from liteq.job import Job
+from liteq.status import Status
+
+if TYPE_CHECKING:
+    from liteq.managed import ManagedJob
+    from liteq.options import EnqueueOptions
+    from liteq.stores.contract import Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskJob(Job):
+    """A call of a function decorated with `@store.task`; its state is the arguments."""
+
+    func: ClassVar[Callable[..., Any]]
+
+    def __init__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def run(self, job: ManagedJob) -> Status | None:
+        """Call the function with the stored arguments."""
+        result = type(self).func(*self.args, **self.kwargs)
+        return Status.WAIT_ASYNC if result is Status.WAIT_ASYNC else None
+
+    def description(self) -> str:
+        """`module.function(args)`."""
+        parts = [repr(a) for a in self.args]
+        parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{type(self).__qualname__}({', '.join(parts)})"
+
+
+class Task(Generic[P, R]):
+    """A function made into a job type by `@store.task(...)`.
+
+    Call it to run it now; `enqueue(*args, **kwargs)` to run it in a worker.
+    """
+
+    def __init__(self, store: Store, func: Callable[P, R], options: EnqueueOptions) -> None:
+        if "<locals>" in func.__qualname__:
+            raise TypeError(f"@task needs a module-level function; {func.__qualname__} is nested")
+        self.store = store
+        self.func = func
+        self.options = options
+        self.job_class: type[TaskJob] = type(
+            func.__name__,
+            (TaskJob,),
+            {
+                "func": staticmethod(func),
+                "__module__": func.__module__,
+                "__qualname__": func.__qualname__,
+            },
+        )
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> ManagedJob:
+        """Enqueue a call with these (JSON-encodable) arguments; return its ManagedJob."""
+        return self.store.enqueue(self.job_class(list(args), dict(kwargs)), **self.options)
+
+    def enqueue_with(
+        self,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ManagedJob:
+        """Enqueue a call with enqueue options for this call only (they win over the decorator's)."""
+        merged: dict[str, Any] = {**self.options, **options}
+        return self.store.enqueue(self.job_class(list(args), dict(kwargs or {})), **merged)

@@ -1,0 +1,428 @@
+"""Worker: runs jobs from a store in this process, one at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+
+from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
+from liteq.managed import ManagedJob
+from liteq.status import Status
+from liteq.stores.contract import Store
+from liteq.worker.exits import (
+    EXIT_CODE_CHANGED,
+    EXIT_MEMORY,
+    EXIT_OK,
+    EXIT_STORE_CORRUPT,
+    EXIT_STORE_MOVED,
+)
+from liteq.worker.heartbeat import Heartbeat
+from liteq.worker.identity import make_owner
+from liteq.worker.limits import CodeWatch, MemoryLimit
+from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
+from liteq.worker.signals import Interrupted, Signals
+
+log = logging.getLogger("liteq.worker")
+T = TypeVar("T")
+
+#: While the store fails, a worker retries after this long, doubling up to the max.
+STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 30.0
+#: With prefetch, the longest a completion waits for its batch before a job starts.
+ACK_DELAY: Final = 0.05
+
+
+class Worker:
+    """Runs jobs from `store` in this process until stopped or an exit condition is met.
+
+        liteq.Worker(store, queues=["mail"], exit_if_no_jobs=True).start()
+
+    Args:
+        queues: the queues to serve (default: all).
+        wakeup_every: seconds between re-checks when idle (new jobs wake it sooner).
+        exit_if_no_jobs: return once no job in its queues is due now.
+        exit_after_n_jobs / max_time: return after that many jobs / seconds.
+        guarantee_memory: return 1 before a job if less available memory would remain.
+        graceful_shutdown_timeout: seconds a signalled worker lets its job finish.
+        jitter: randomize start-up and idle re-checks (never the pick-up of a new job).
+        nice: add this to the process's niceness.
+        lease: seconds a claim is valid; renewed while the job runs.
+        prefetch: claim up to this many jobs per transaction and acknowledge completions
+            in batches of as many: far faster for short jobs. Prefetched jobs are RUNNING
+            and leased by this worker until they run; on a stop, those not started are
+            handed back; on a crash, they are rescued like any running job (at least once).
+        check_code: return 2 when an imported module's source changes.
+        check_health: log, every 10 s, conditions of the store an operator should hear of
+            (a WAL file that a long reader keeps growing, say); `liteq work` does it
+            in its supervisor instead.
+        max_rss: return 1 before a job once this process uses more bytes than this.
+        handle_signals: in the main thread, handle TERM/QUIT/INT/HUP as described in
+            docs/deploying.md and enforce max_runtime with SIGALRM.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        queues: Sequence[str] | None = None,
+        wakeup_every: float = 5.0,
+        exit_if_no_jobs: bool = False,
+        exit_after_n_jobs: int | None = None,
+        max_time: float | None = None,
+        guarantee_memory: int = DEFAULT_GUARANTEE_MEMORY,
+        graceful_shutdown_timeout: float = 5.0,
+        jitter: bool = True,
+        nice: int | None = None,
+        lease: float = 30.0,
+        check_code: bool = True,
+        check_health: bool = True,
+        max_rss: int | None = None,
+        handle_signals: bool = True,
+        prefetch: int = 1,
+    ) -> None:
+        self.options = WorkerOptions(
+            queues=queues,
+            wakeup_every=wakeup_every,
+            exit_if_no_jobs=exit_if_no_jobs,
+            exit_after_n_jobs=exit_after_n_jobs,
+            max_time=max_time,
+            guarantee_memory=guarantee_memory,
+            graceful_shutdown_timeout=graceful_shutdown_timeout,
+            jitter=jitter,
+            nice=nice,
+            lease=lease,
+            check_code=check_code,
+            check_health=check_health,
+            max_rss=max_rss,
+            handle_signals=handle_signals,
+            prefetch=prefetch,
+        )
+        self.store = store
+        #: Jobs this worker has run (any outcome).
+        self.jobs_processed = 0
+        self._queues = self.options.queues
+        self._held: list[ManagedJob] = []  # claimed, not yet started
+        self._acks: list[ManagedJob] = []  # completed, not yet acknowledged
+        self._acks_since = 0.0
+        self._current: ManagedJob | None = None
+        self._lock = threading.Lock()  # for what the heartbeat reads: _held, _acks, _current
+        self._batch_head: ManagedJob | None = None
+        self._recheck_after = lease / 2  # see _still_mine
+        self._signals = Signals(graceful_shutdown_timeout)
+        self._memory = MemoryLimit(guarantee_memory, max_rss)
+        self._heartbeat = Heartbeat(
+            store, self._holding, self._signals, lease=lease, check_health=check_health
+        )
+
+    @classmethod
+    def with_options(cls, store: Store, options: WorkerOptions) -> Worker:
+        """A Worker with these options (as `liteq work` makes its workers)."""
+        return cls(store, **dataclasses.asdict(options))
+
+    # -- control -------------------------------------------------------------
+    def stop(self, exit_status: int = EXIT_OK) -> None:
+        """Ask the worker to finish its current job and return from start(). Thread-safe."""
+        self._signals.request_stop(exit_status)
+        self.store.wake()
+
+    def start(self) -> int:
+        """Run jobs until stopped; return 0 (stopped or drained), 1 (memory), 2 (code
+        changed), 3 (a signal), 4 (the queue file was deleted or replaced) or 5 (the queue
+        file is damaged)."""
+        options = self.options
+        self._signals.reset()
+        if options.nice:
+            os.nice(options.nice)
+        owner = make_owner()
+        code = CodeWatch() if options.check_code else None
+        began = time.monotonic()
+        if options.handle_signals:
+            self._signals.install()
+        self._heartbeat.start()
+        try:
+            if options.jitter and not options.exit_if_no_jobs:
+                self._sleep(random.uniform(0, min(0.5, options.wakeup_every / 10)))  # noqa: S311
+            log.info("worker %s started (queues: %s)", owner, self._queues or "all")
+            try:
+                try:
+                    return self._loop(owner, code, began)
+                finally:
+                    self._settle()
+            except (StoreMoved, StoreCorrupt) as exc:
+                log.error("the worker stops: %s", exc)
+                return EXIT_STORE_MOVED if isinstance(exc, StoreMoved) else EXIT_STORE_CORRUPT
+        finally:
+            self._heartbeat.stop()
+            self._signals.restore()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._signals.stop_requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+
+    def _holding(self) -> list[ManagedJob]:
+        """The jobs whose leases this worker holds (for the heartbeat)."""
+        with self._lock:
+            mine = [*self._held, *self._acks]
+            if self._current is not None:
+                mine.append(self._current)
+        return mine
+
+    # -- the loop ----------------------------------------------------------------
+    def _loop(self, owner: str, code: CodeWatch | None, began: float) -> int:
+        options, signals = self.options, self._signals
+        while not signals.stop_requested:
+            if options.max_time is not None and time.monotonic() - began >= options.max_time:
+                log.info("max_time of %ss reached", options.max_time)
+                return EXIT_OK
+            limit = options.prefetch
+            if options.exit_after_n_jobs is not None:
+                left = options.exit_after_n_jobs - self.jobs_processed
+                if left <= 0:
+                    log.info("ran %d jobs: exiting", self.jobs_processed)
+                    return EXIT_OK
+                limit = min(limit, left)
+            short = self._memory.exceeded()
+            if short is not None:
+                log.warning("%s: exiting so a fresh worker can start", short)
+                return EXIT_MEMORY
+            changed = code.changed() if code is not None else None
+            if changed is not None:
+                log.info("source file %s changed: exiting to restart with the new code", changed)
+                return EXIT_CODE_CHANGED
+            if not self._held:
+                held = self._complete_and_claim(owner, limit)
+                if held is None:  # the store failed and the worker is stopping
+                    break
+                if not held:
+                    if options.exit_if_no_jobs:
+                        return EXIT_OK
+                    self._patiently("waiting for jobs", lambda: self._idle(self._idle_timeout()))
+                    continue
+                with self._lock:
+                    self._held = held
+                self._batch_head = held[0]
+                self._heartbeat.renewed = time.monotonic()
+            with self._lock:
+                mjob = self._held.pop(0)
+            if self._acks and time.monotonic() - self._acks_since > ACK_DELAY:
+                self._flush_acks()  # finished jobs do not wait on a slow one
+            if not self._still_mine(mjob):
+                continue
+            self._run(mjob)
+        return signals.exit_status
+
+    def _still_mine(self, mjob: ManagedJob) -> bool:
+        """Before a prefetched job starts: is it still this worker's to run?
+
+        The first job of a batch was claimed just now. A later one is checked against the
+        store when the leases were not renewed lately (the process was paused, say), and
+        gets its real start time recorded when max_runtime is to count from it.
+        """
+        if mjob.record.started_at is not None and (
+            mjob is self._batch_head
+            or time.monotonic() - self._heartbeat.renewed <= self._recheck_after
+        ):
+            return True  # (with no started_at, its max_runtime clock starts now)
+        if self.store.mark_started(mjob):
+            return True
+        log.warning("prefetched job %d is no longer this worker's: not run here", mjob.id)
+        return False
+
+    def _settle(self) -> None:
+        """On the way out: hand back jobs claimed but never started, acknowledge the done."""
+        with self._lock:
+            held, self._held = self._held, []
+        if held:
+            released = self._patiently("handing back jobs", lambda: self.store.release(held))
+            if released:
+                log.info("handed back %d prefetched job(s) that had not started", released)
+        self._flush_acks()
+
+    def _complete_and_claim(self, owner: str, limit: int) -> list[ManagedJob] | None:
+        """Record the finished jobs and claim the next in one transaction (None: stopping)."""
+        acks = self._acks  # they stay there, leased, until recorded
+        claim = functools.partial(
+            self.store.complete_and_claim, acks, owner, self._queues, self.options.lease, limit
+        )
+        outcome = self._patiently(functools.partial(_claiming, acks), claim)
+        if outcome is None:
+            return None
+        if acks:
+            self._forget_acks(acks)
+        lost, held = outcome
+        for error in lost:
+            log.warning("%s; its result is dropped", error)
+        return held
+
+    def _flush_acks(self) -> None:
+        acks = self._acks  # (as in _complete_and_claim: only this thread adds to it)
+        if acks:
+            lost = self._patiently(
+                "recording completed jobs", lambda: self.store.complete_many(acks)
+            )
+            if lost is not None:
+                self._forget_acks(acks)
+            for error in lost or []:
+                log.warning("%s; its result is dropped", error)
+
+    def _forget_acks(self, recorded: list[ManagedJob]) -> None:
+        # They are the first of _acks: only this thread (the worker's) adds to it.
+        with self._lock:
+            self._acks = self._acks[len(recorded) :]
+
+    def _idle(self, timeout: float) -> None:
+        # In slices, so a signal's stop request is seen within a tenth of a second.
+        deadline = time.monotonic() + timeout
+        while not self._signals.stop_requested and (left := deadline - time.monotonic()) > 0:
+            if self.store.wait_for_jobs(self._queues, min(left, 0.1)):
+                return
+
+    def _idle_timeout(self) -> float:
+        timeout = self.options.wakeup_every
+        if self.options.jitter:
+            timeout *= random.uniform(0.8, 1.2)  # noqa: S311 - spreads re-checks, not crypto
+        due = self.store.next_run_at(self._queues)
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self.store.clock()))
+        return timeout
+
+    # -- one job -------------------------------------------------------------
+    def _run(self, mjob: ManagedJob) -> None:
+        job = mjob.job
+        if job is None:
+            log.error("job %d cannot run: %s", mjob.id, mjob.decode_error)
+            self._ack(
+                mjob, lambda: self.store.fail(mjob, f"cannot run: {mjob.decode_error}", retry=False)
+            )
+            self.jobs_processed += 1
+            return
+        signals = self._signals
+        with self._lock:
+            self._current = mjob
+        signals.job_current = True
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("job %d (%s) started, attempt %d", mjob.id, _name(mjob), mjob.attempts)
+        if mjob.max_runtime is not None or signals.stop_requested:
+            signals.job_starts(mjob.max_runtime)
+        try:
+            try:
+                signals.in_job = True
+                try:
+                    result = job.run(mjob)
+                finally:
+                    signals.in_job = False
+            finally:
+                signals.job_ends()
+                try:
+                    job.cleanup()
+                except Exception:
+                    log.exception("cleanup() of job %d raised", mjob.id)
+        except Interrupted as exc:
+            # The job's code has unwound: only now may it be handed back.
+            reason = f"interrupted: {exc}"
+            self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
+            log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, _name(mjob), reason)
+            if exc.stop_worker:
+                signals.stop_requested = True
+        except (Exception, SystemExit) as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            tb = traceback.format_exc()
+            status = self._ack(mjob, lambda: self.store.fail(mjob, message, tb))
+            log.error(
+                "job %d (%s) failed on attempt %d/%d: %s -> %s\n%s",
+                mjob.id,
+                _name(mjob),
+                mjob.attempts,
+                mjob.max_attempts,
+                message,
+                status.value if status else "lost",
+                tb.rstrip(),
+            )
+        except BaseException:
+            # KeyboardInterrupt and the like: hand the job back untouched, then stop.
+            self._ack(mjob, lambda: self.store.fail(mjob, "interrupted", mulligan=True))
+            raise
+        else:
+            if result is Status.WAIT_ASYNC:
+                self._ack(mjob, lambda: self.store.wait_async(mjob))
+            elif result is None or result is Status.COMPLETED:
+                # Recorded with the next claim, in its transaction (which comes at once
+                # when no claimed job is waiting) or, mid-batch, after ACK_DELAY.
+                with self._lock:
+                    if not self._acks:
+                        self._acks_since = time.monotonic()
+                    self._acks.append(mjob)
+            else:
+                message = f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
+                self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
+                log.error("job %d (%s): %s", mjob.id, _name(mjob), message)
+            if debug:
+                log.debug("job %d (%s) returned %r", mjob.id, _name(mjob), result)
+        finally:
+            with self._lock:
+                self._current = None
+            signals.job_current = False
+            signals.hard_exit_at = None
+            self.jobs_processed += 1
+
+    def _ack(self, mjob: ManagedJob, action: Callable[[], object]) -> Status | None:
+        """Record a job's outcome; its new status, or None if it was not recorded."""
+
+        def record() -> bool:
+            action()
+            return True  # (the action's own result may be None)
+
+        try:
+            if not self._patiently(f"recording the outcome of job {mjob.id}", record):
+                return None
+        except LeaseLost as exc:
+            log.warning("job %d: %s; its result is dropped", mjob.id, exc)
+            return None
+        return mjob.status
+
+    def _patiently(self, what: str | Callable[[], str], action: Callable[[], T]) -> T | None:
+        """Run a store operation; while the store fails (disk full, locked for too long, I/O
+        error), log it and retry with backoff. Returns None if the worker is asked to stop
+        meanwhile: a job whose outcome was not recorded stays RUNNING and is re-queued once
+        this worker is gone (at least once, never twice at a time). A moved or damaged
+        file is not transient: it is raised."""
+        delay = STORE_RETRY_FIRST
+        while True:
+            try:
+                return action()
+            except (StoreMoved, StoreCorrupt):
+                raise
+            except StoreError as exc:
+                what = what if isinstance(what, str) else what()
+                if self._signals.stop_requested:
+                    log.error("%s failed (%s); giving up, the worker is stopping", what, exc)
+                    return None
+                log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                self._sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+
+
+def _claiming(acks: list[ManagedJob]) -> str:
+    """What _complete_and_claim does, for a log line when it fails."""
+    if not acks:
+        return "claiming jobs"
+    ids = ", ".join(str(m.id) for m in acks[:5]) + (", …" if len(acks) > 5 else "")
+    return f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
+
+
+def _name(mjob: ManagedJob) -> str:
+    """The job's description for a log line (computed only when a line is written)."""
+    if mjob.job is None:
+        return mjob.job_type
+    try:
+        return mjob.job.description()
+    except Exception as exc:  # a broken description() must not break the worker
+        return f"{mjob.job_type} (description() raised {type(exc).__name__})"
