@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 4 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 5 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
@@ -63,4 +63,33 @@ BEGIN
     UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
 END;
 
-PRAGMA user_version = 4;
+-- Queue settings. A paused queue accepts jobs; workers claim none from it.
+CREATE TABLE liteq_queues (
+    name   TEXT    PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Live workers, for `liteq status`: each registers when it starts and beats at least every
+-- lease/3 seconds while it runs; a row whose beat is older than its lease is a dead worker's.
+CREATE TABLE liteq_workers (
+    owner       TEXT    PRIMARY KEY,  -- host/pid/start/token, as on the jobs it claims
+    host        TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    queues      TEXT,                 -- a JSON list of names, or NULL: every queue
+    started_at  REAL    NOT NULL,
+    beat_at     REAL    NOT NULL,
+    lease       REAL    NOT NULL,
+    jobs_done   INTEGER NOT NULL DEFAULT 0,
+    current_job INTEGER               -- the job it runs now, if any
+) WITHOUT ROWID;
+
+-- Jobs workers finished, per minute and queue (minute: epoch seconds // 60), kept a day.
+CREATE TABLE liteq_stats (
+    minute    INTEGER NOT NULL,
+    queue     TEXT    NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, queue)
+) WITHOUT ROWID;
+
+PRAGMA user_version = 5;

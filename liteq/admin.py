@@ -4,12 +4,13 @@ dashboard both call. Each works through the public Store contract only."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from liteq.errors import InvalidState, InvalidStateChange, JobLocked, JobNotFound
 from liteq.managed import ManagedJob
 from liteq.status import Status
-from liteq.stores.contract import JobQuery, Store
+from liteq.stores.contract import JobQuery, Store, WorkerInfo
+from liteq.worker.identity import owner_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,8 @@ class QueueState:
     queue: str
     counts: dict[Status, int]
     oldest_wait: float | None  # seconds, or None when no job is due
+    due: int = 0  # queued jobs due now
+    unknown_type: int = 0  # queued jobs waiting for a worker that knows their type
 
     @property
     def total(self) -> int:
@@ -33,9 +36,18 @@ def queues(store: Store) -> list[QueueState]:
     for row in store.summary():
         state = found.setdefault(row.queue, QueueState(row.queue, {}, None))
         state.counts[row.status] = row.count
-        if row.oldest_due is not None:
-            found[row.queue] = dataclasses.replace(state, oldest_wait=now - row.oldest_due)
+        if row.status is Status.QUEUED:
+            wait = None if row.oldest_due is None else now - row.oldest_due
+            found[row.queue] = dataclasses.replace(
+                state, oldest_wait=wait, due=row.due, unknown_type=row.unknown_type
+            )
     return [found[name] for name in sorted(found)]
+
+
+def live_workers(store: Store) -> list[WorkerInfo]:
+    """The workers that beat within their lease, less those of this host whose process is
+    gone (a worker killed outright leaves its row behind until its lease runs out)."""
+    return [w for w in store.workers() if owner_state(w.owner) != "dead"]
 
 
 def each(store: Store, query: JobQuery) -> Iterator[ManagedJob]:
@@ -103,12 +115,18 @@ def delete(store: Store, ids: list[int]) -> Outcome:
 
 
 def purge(
-    store: Store, status: Status, *, queue: str | None = None, older_than: float | None = None
+    store: Store,
+    status: Status,
+    *,
+    queue: str | None = None,
+    older_than: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Delete the COMPLETED or FAILED jobs (of one queue) that finished more than
-    `older_than` seconds ago (None: all of them); return how many."""
+    `older_than` seconds ago (None: all of them); return how many (`progress` is told the
+    count so far after each batch)."""
     before = None if older_than is None else store.clock() - older_than
-    return store.purge(status, queue=queue, before=before)
+    return store.purge(status, queue=queue, before=before, progress=progress)
 
 
 def purgeable(

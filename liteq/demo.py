@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from liteq.asyncjob import resolve_wait_async
+from liteq.errors import StoreError
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.status import Status
@@ -175,11 +176,31 @@ def table(jobs: list[ManagedJob]) -> str:
     return "\n".join(lines)
 
 
+def _is_a_demo_queue(path: str) -> bool:
+    """Whether `path` holds nothing but the demo's jobs (so the demo may start it afresh)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return True
+    try:
+        store = SQLiteStore(path, readonly=True)
+    except StoreError:
+        return False
+    try:
+        return all(m.job_type.startswith(f"{__name__}.") for m in store.jobs())
+    finally:
+        store.close()
+
+
 def run_demo(path: str = "liteq-demo.sqlite", out: TextIO = sys.stdout) -> int:
-    """Run the demo into a fresh file at `path`; return 0 if every job ended as expected."""
+    """Run the demo into a fresh file at `path` (a demo queue there is replaced; any other
+    file is refused); return 0 if every job ended as expected."""
+    if not _is_a_demo_queue(path):
+        raise StoreError(
+            f"{path} exists and is not a liteq demo queue: the demo replaces its file, so "
+            "give it another (liteq demo --db demo.sqlite)"
+        )
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path + suffix)  # a fresh file: no connection to it is open yet
+            os.remove(path + suffix)  # a fresh file: no connection to it is open now
     logging.getLogger("liteq").setLevel(logging.CRITICAL)  # the table shows the errors
     store = SQLiteStore(path)
     total = _enqueue(store, out)

@@ -29,7 +29,15 @@ class ManagedJob:
     process (then `error` says why). Times are timezone-aware UTC datetimes.
     """
 
-    __slots__ = ("_claimed", "_job", "_lock_token", "_record", "_store", "decode_error")
+    __slots__ = (
+        "_claimed",
+        "_job",
+        "_lock_token",
+        "_record",
+        "_store",
+        "decode_error",
+        "unknown_type",
+    )
 
     def __init__(
         self,
@@ -39,11 +47,15 @@ class ManagedJob:
         decode_error: str | None,
         lock_token: str | None = None,
         claimed: bool = False,
+        unknown_type: bool = False,
     ) -> None:
         self._store = store
         self._record = record
         self._job = job
         self.decode_error = decode_error
+        #: No Job class of its type is imported in this process (a deployment matter, not
+        #: the job's fault: a worker hands such a job back for one that knows its type).
+        self.unknown_type = unknown_type
         self._lock_token = lock_token
         self._claimed = claimed
 

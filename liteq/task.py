@@ -21,6 +21,9 @@ class TaskJob(Job):
     """A call of a function decorated with `@store.task`; its state is the arguments."""
 
     func: ClassVar[Callable[..., Any]]
+    #: The decorator's enqueue options: they apply however a call is enqueued (`liteq
+    #: enqueue` too), explicit options winning as always.
+    task_options: ClassVar[EnqueueOptions]
 
     def __init__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         self.args = args
@@ -30,6 +33,10 @@ class TaskJob(Job):
         """Call the function with the stored arguments."""
         result = type(self).func(*self.args, **self.kwargs)
         return Status.WAIT_ASYNC if result is Status.WAIT_ASYNC else None
+
+    def enqueue_options(self) -> EnqueueOptions:
+        """The options given to `@store.task(...)`."""
+        return type(self).task_options
 
     def description(self) -> str:
         """`module.function(args)`."""
@@ -55,6 +62,7 @@ class Task(Generic[P, R]):
             (TaskJob,),
             {
                 "func": staticmethod(func),
+                "task_options": dict(options),
                 "__module__": func.__module__,
                 "__qualname__": func.__qualname__,
             },
@@ -65,7 +73,7 @@ class Task(Generic[P, R]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> ManagedJob:
         """Enqueue a call with these (JSON-encodable) arguments; return its ManagedJob."""
-        return self.store.enqueue(self.job_class(list(args), dict(kwargs)), **self.options)
+        return self.store.enqueue(self.job_class(list(args), dict(kwargs)))
 
     def enqueue_with(
         self,
@@ -74,5 +82,4 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> ManagedJob:
         """Enqueue a call with enqueue options for this call only (they win over the decorator's)."""
-        merged: dict[str, Any] = {**self.options, **options}
-        return self.store.enqueue(self.job_class(list(args), dict(kwargs or {})), **merged)
+        return self.store.enqueue(self.job_class(list(args), dict(kwargs or {})), **options)

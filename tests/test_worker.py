@@ -225,8 +225,6 @@ class Broken(liteq.Job):
 @pytest.mark.parametrize(
     ("payload", "words"),
     [
-        ('{"type": "tests.nowhere.Gone", "state": {}}', "unknown job type 'tests.nowhere.Gone'"),
-        ('{"type": "__main__.Local", "state": {}}', "not __main__"),
         ("{not json", "not valid JSON"),
         ('{"type": "tests.jobs.Noop", "state": {}} and more', "not valid JSON: Extra data"),
         ('{"state": {}}', "no job type"),
@@ -258,6 +256,42 @@ def test_a_bad_row_fails_that_job_and_the_worker_goes_on(
     failed = store.get(bad.id)
     assert failed.status is Status.FAILED and words in (failed.error or "")
     assert Record.ran == ["after"]
+
+
+@pytest.mark.parametrize(
+    ("job_type", "words"),
+    [
+        ("tests.nowhere.Gone", "liteq work --import tests.nowhere"),
+        ("__main__.Local", "not __main__"),
+    ],
+)
+def test_a_job_of_an_unknown_type_waits_for_a_worker_that_knows_it(
+    store: liteq.stores.BaseStore, clock: Clock, job_type: str, words: str
+) -> None:
+    # A deploy mistake (a worker without the job's module) must not fail the backlog.
+    Record.ran.clear()
+    waiting = store.enqueue(Strict(1), max_attempts=2)
+    store.enqueue(Record("after"))
+    with store._transaction() as tx:
+        record = tx.get(waiting.id)
+        assert record is not None
+        tx.update(dataclasses.replace(record, payload=f'{{"type": "{job_type}", "state": {{}}}}'))
+    clock.advance(60)
+    burst(store)
+    assert Record.ran == ["after"]
+    back = store.get(waiting.id)
+    assert (back.status, back.attempts, back.max_attempts) == (Status.QUEUED, 0, 2)
+    assert "waiting for a worker that knows its type" in (back.error or "") and words in (
+        back.error or ""
+    )
+    assert back.run_at.timestamp() > clock.now  # not at once: it backs off
+    with store._transaction() as tx:  # the deploy is fixed: its type is known again
+        record = tx.get(waiting.id)
+        assert record is not None
+        tx.update(dataclasses.replace(record, payload=waiting.record.payload))
+    clock.advance(3600)
+    burst(store)
+    assert store.count() == 0
 
 
 @pytest.mark.parametrize("by_hand", ["spaces around it", "stored as a BLOB"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import unquote, urlsplit
 
 from liteq.options import EnqueueOptions
@@ -39,15 +40,24 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def connect(url: str) -> BaseStore:
-    """Open a store from a URL.
+def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:
+    """Open a store from a URL; with none, from the environment variable LITEQ_URL (which
+    `liteq work --db URL` sets for its workers, so a jobs module can write
+    `store = liteq.connect()` and get the worker's own store).
 
     `sqlite:///relative/path.sqlite`, `sqlite:////absolute/path.sqlite`, `memory://`.
     A query string sets SQLiteStore options: `?durability=full`, `?page_size=4096`
-    (both: `?durability=full&page_size=4096`).
+    (both: `?durability=full&page_size=4096`). A bare path means an SQLite file.
+    `readonly=True` opens an existing queue only to read it (no file is created).
 
         store = liteq.connect("sqlite:///jobs.sqlite")
     """
+    if url is None:
+        url = os.environ.get("LITEQ_URL")
+        if not url:
+            raise ValueError("no store URL: give one, or set LITEQ_URL")
+    if "://" not in url:
+        url = f"sqlite:///{url}"
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "memory":
@@ -67,6 +77,7 @@ def connect(url: str) -> BaseStore:
             path,
             durability="full" if durability == "full" else "normal",
             page_size=None if page_size is None else int(page_size),
+            readonly=readonly,
         )
     if scheme in ("postgres", "postgresql"):
         raise ValueError("PostgresStore is not available yet in this version of liteq")

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Unpack
 
 from liteq.codec import decode
-from liteq.errors import InvalidState, JobNotFound, LiteqError
+from liteq.errors import InvalidState, JobNotFound, LiteqError, UnknownJobType
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records, check_text
 from liteq.record import Record, evolve
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
-from liteq.stores.contract import Decide, JobQuery, QueueCount, Tx
+from liteq.stores.contract import Decide, Finished, JobQuery, QueueCount, Tx, WorkerInfo
 from liteq.stores.hooks import Event, StatusHook, Write, listens
 from liteq.stores.runs import Runs
 from liteq.stores.wakeup import Waker
@@ -101,12 +101,13 @@ class BaseStore(Runs):
         lock_token: str | None = None,
     ) -> ManagedJob:
         error = None
+        unknown = False
         if job is None:
             try:
                 job = decode(record.payload)
             except LiteqError as exc:
-                error = str(exc)
-        return ManagedJob(self, record, job, error, lock_token, claimed)
+                error, unknown = str(exc), isinstance(exc, UnknownJobType)
+        return ManagedJob(self, record, job, error, lock_token, claimed, unknown)
 
     # -- waking idle workers -------------------------------------------------
     def _saw_nothing(self) -> None:
@@ -200,12 +201,21 @@ class BaseStore(Runs):
         send_email.enqueue("ann@example.com")
         """
         if func is not None:
-            return Task(self, func, options)
+            return self._task(func, options)
+        return lambda f: self._task(f, options)
 
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            return Task(self, f, options)
+    #: Whether only this process runs this store's jobs (MemoryStore): then a task may
+    #: live in `__main__`, which no other process can import.
+    in_process = False
 
-        return decorate
+    def _task(self, func: Callable[..., Any], options: EnqueueOptions) -> Task[Any, Any]:
+        if func.__module__ == "__main__" and not self.in_process:
+            raise TypeError(
+                f"@task on {func.__qualname__}, defined in the script being run (__main__): "
+                "no worker process can import that; define the task in a module and import "
+                "it (liteq work --import that module)"
+            )
+        return Task(self, func, options)
 
     # -- reading -----------------------------------------------------------
     def get(self, job_id: int) -> ManagedJob:
@@ -249,11 +259,16 @@ class BaseStore(Runs):
         return self._summary(self.clock())
 
     def purge(
-        self, status: Status, *, queue: str | None = None, before: float | None = None
+        self,
+        status: Status,
+        *,
+        queue: str | None = None,
+        before: float | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
         """Delete the COMPLETED or FAILED jobs (of this queue) that finished before
-        `before` (epoch seconds; None: all); return how many. In batches: other writers
-        get the file in between."""
+        `before` (epoch seconds; None: all); return how many. In batches, other writers
+        getting the file in between; `progress` is told the count after each."""
         status = Status(status)
         if status not in (Status.COMPLETED, Status.FAILED):
             raise ValueError(f"purge deletes completed or failed jobs, not {status.value}")
@@ -263,6 +278,8 @@ class BaseStore(Runs):
         while True:
             gone = self._purge(status, queue, before, PURGE_BATCH)
             deleted += gone
+            if progress is not None:
+                progress(deleted)
             if gone < PURGE_BATCH:
                 return deleted
 
@@ -399,6 +416,49 @@ class BaseStore(Runs):
                 error=f"hung: {reason}",
             )
         return self._managed(updated)
+
+    # -- queues and workers ----------------------------------------------------
+    def pause(self, queue: str) -> None:
+        """Pause a queue: it accepts jobs, and workers claim none from it until resume()."""
+        self._set_paused(check_text(queue, "queue"), True)
+        self._waker.ring()
+
+    def resume(self, queue: str) -> None:
+        """Let workers claim jobs from a paused queue again."""
+        self._set_paused(check_text(queue, "queue"), False)
+        self._waker.ring()
+
+    def paused(self) -> set[str]:
+        """The paused queues."""
+        return self._paused()
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Record a worker that starts (it beats while it runs, and unregisters when done)."""
+        self._register(info)
+
+    def beat(
+        self, owner: str, *, jobs_done: int, current_job: int | None, finished: Finished
+    ) -> None:
+        """A worker is alive: its count of jobs, the job it runs now, and the jobs it
+        finished since its last beat, per queue (completed, failed)."""
+        self._beat(owner, self.clock(), jobs_done, current_job, finished)
+
+    def unregister_worker(self, owner: str) -> None:
+        """Forget a worker that stops."""
+        self._unregister(owner)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The registered workers that beat within their lease, oldest first."""
+        now = self.clock()
+        return sorted(
+            (w for w in self._workers() if w.beat_at + w.lease >= now),
+            key=lambda w: (w.started_at, w.owner),
+        )
+
+    def finished(self, since: float) -> Finished:
+        """Per queue, the jobs workers completed and the attempts that failed since `since`
+        (epoch seconds; counted by the minute, kept a day)."""
+        return self._finished(int(since // 60))
 
     # -- the store itself ------------------------------------------------------
     def check_health(self) -> list[str]:

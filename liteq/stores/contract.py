@@ -44,13 +44,16 @@ Decide = Callable[[Record, float, float], str | None]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueCount:
-    """How many jobs of one status a queue holds; for queued jobs, since when the oldest
-    due one has waited (its run_at, epoch seconds; None if none is due)."""
+    """How many jobs of one status a queue holds. For queued jobs also: how many are due,
+    since when the oldest due one has waited (its run_at, epoch seconds; None if none is
+    due), and how many wait for a worker that knows their type."""
 
     queue: str
     status: Status
     count: int
     oldest_due: float | None = None
+    due: int = 0
+    unknown_type: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +69,29 @@ class JobQuery:
     after: int = 0
     before: int | None = None
     limit: int = 50
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as it registered, and its last beat (times: the store's clock)."""
+
+    owner: str
+    host: str
+    pid: int
+    queues: tuple[str, ...] | None
+    started_at: float
+    beat_at: float
+    lease: float
+    jobs_done: int = 0
+    current_job: int | None = None
+
+
+#: Per queue: (jobs completed, attempts failed).
+Finished = dict[str, tuple[int, int]]
+#: How the error of a job handed back for a worker that knows its type begins.
+WAITS_FOR_ITS_TYPE = "waiting for a worker that knows its type"
+#: How long finished counts are kept: a day, by the minute.
+STATS_MINUTES = 24 * 60
 
 
 @runtime_checkable
@@ -98,10 +124,20 @@ class Store(Protocol):
     def summary(self) -> list[QueueCount]: ...
     def search(self, query: JobQuery) -> list[ManagedJob]: ...
     def purge(
-        self, status: Status, *, queue: str | None = None, before: float | None = None
+        self,
+        status: Status,
+        *,
+        queue: str | None = None,
+        before: float | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> int: ...
     def detect_hung_jobs(self) -> list[ManagedJob]: ...
     def check_health(self) -> list[str]: ...
+    def pause(self, queue: str) -> None: ...
+    def resume(self, queue: str) -> None: ...
+    def paused(self) -> set[str]: ...
+    def workers(self) -> list[WorkerInfo]: ...
+    def finished(self, since: float) -> Finished: ...
 
     # -- workers --------------------------------------------------------------
     def claim(
@@ -126,7 +162,9 @@ class Store(Protocol):
     def complete_many(self, mjobs: Sequence[ManagedJob]) -> list[LeaseLost]: ...
     def renew_lease(self, job: ManagedJob, lease: float = 30.0) -> bool: ...
     def renew_leases(self, jobs: Sequence[ManagedJob], lease: float = 30.0) -> list[ManagedJob]: ...
-    def release(self, mjobs: Sequence[ManagedJob]) -> int: ...
+    def release(
+        self, mjobs: Sequence[ManagedJob], *, delay: float = 0.0, error: str | None = None
+    ) -> int: ...
     def mark_started(self, mjob: ManagedJob) -> bool: ...
     def wait_async(self, mjob: ManagedJob) -> None: ...
     def fail(
@@ -140,6 +178,11 @@ class Store(Protocol):
     ) -> Status: ...
     def active(self) -> list[Record]: ...
     def rescue(self, seen: Record, decide: Decide) -> ManagedJob | None: ...
+    def register_worker(self, info: WorkerInfo) -> None: ...
+    def beat(
+        self, owner: str, *, jobs_done: int, current_job: int | None, finished: Finished
+    ) -> None: ...
+    def unregister_worker(self, owner: str) -> None: ...
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
     def wake(self) -> None: ...
@@ -206,7 +249,7 @@ class Tx(abc.ABC):
         self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
     ) -> list[Record]:
         """Pick the best `limit` due (run_at <= now), unlocked (no lock, or one past its
-        lock_until) QUEUED rows of these queues (None: all), best first: highest
+        lock_until) QUEUED rows of these queues (None: all) that are not paused, best first: highest
         priority, then earliest run_at, then lowest id. Start each as `start_run` says,
         write that, and return the started records."""
 
@@ -279,9 +322,46 @@ class Backend(abc.ABC):
         `before`, in one transaction; return how many."""
 
     @abc.abstractmethod
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume a queue (a committed write of its own)."""
+
+    @abc.abstractmethod
+    def _paused(self) -> set[str]:
+        """The paused queues."""
+
+    @abc.abstractmethod
+    def _register(self, info: WorkerInfo) -> None:
+        """Record a worker that starts (replacing a row of the same owner)."""
+
+    @abc.abstractmethod
+    def _beat(
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        finished: Finished,
+    ) -> None:
+        """In one write: a worker's beat, its finished counts added to the minute of `now`,
+        and rows of workers silent for three leases or counts older than a day deleted."""
+
+    @abc.abstractmethod
+    def _unregister(self, owner: str) -> None:
+        """Forget a worker that stops."""
+
+    @abc.abstractmethod
+    def _workers(self) -> list[WorkerInfo]:
+        """Every registered worker's row."""
+
+    @abc.abstractmethod
+    def _finished(self, since_minute: int) -> Finished:
+        """Finished counts per queue since this minute (epoch seconds // 60)."""
+
+    @abc.abstractmethod
     def _read_active(self) -> list[Record]:
         """Every RUNNING or WAIT_ASYNC row."""
 
     @abc.abstractmethod
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
-        """The earliest run_at among QUEUED rows in these queues, or None."""
+        """The earliest run_at among QUEUED rows in these queues, paused ones left out; or
+        None."""

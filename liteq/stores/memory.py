@@ -15,7 +15,16 @@ from liteq.errors import LiteqError
 from liteq.record import Record, evolve
 from liteq.status import COALESCE_HOLDING, Status
 from liteq.stores.base import BaseStore
-from liteq.stores.contract import JobQuery, QueueCount, Tx, start_run
+from liteq.stores.contract import (
+    STATS_MINUTES,
+    WAITS_FOR_ITS_TYPE,
+    Finished,
+    JobQuery,
+    QueueCount,
+    Tx,
+    WorkerInfo,
+    start_run,
+)
 from liteq.stores.hooks import StatusHook
 
 
@@ -63,6 +72,9 @@ class _MemoryTx(Tx):
             for r in self._store.queued(queues)
             if r.run_at <= now and (r.lock_token is None or (r.lock_until or 0) < now)
         )
+        paused = self._store.paused_queues
+        if paused:
+            due = (r for r in due if r.queue not in paused)
         best = heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
         claimed = [start_run(evolve(r), now, self.mono, owner, lease) for r in best]
         for record in claimed:
@@ -83,6 +95,8 @@ class MemoryStore(BaseStore):
         store = liteq.MemoryStore()
     """
 
+    in_process = True
+
     def __init__(
         self,
         *,
@@ -94,6 +108,9 @@ class MemoryStore(BaseStore):
         self.holders: dict[str, int] = {}  # coalesce id -> the job holding it
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        self.paused_queues: set[str] = set()
+        self._registry: dict[str, WorkerInfo] = {}
+        self._stats: dict[tuple[int, str], tuple[int, int]] = {}
 
     def next_id(self) -> int:
         """A new job id, never used before."""
@@ -171,13 +188,21 @@ class MemoryStore(BaseStore):
     def _summary(self, now: float) -> list[QueueCount]:
         counts: collections.Counter[tuple[str, Status]] = collections.Counter()
         oldest: dict[str, float] = {}
+        due: collections.Counter[str] = collections.Counter()
+        unknown: collections.Counter[str] = collections.Counter()
         with self._lock:
             for r in self.rows.values():
                 counts[r.queue, r.status] += 1
-                if r.status is Status.QUEUED and r.run_at <= now:
-                    oldest[r.queue] = min(r.run_at, oldest.get(r.queue, r.run_at))
+                if r.status is Status.QUEUED:
+                    if r.run_at <= now:
+                        oldest[r.queue] = min(r.run_at, oldest.get(r.queue, r.run_at))
+                        due[r.queue] += 1
+                    if (r.error or "").startswith(WAITS_FOR_ITS_TYPE):
+                        unknown[r.queue] += 1
         return [
-            QueueCount(queue, status, n, oldest.get(queue) if status is Status.QUEUED else None)
+            QueueCount(queue, status, n, oldest.get(queue), due[queue], unknown[queue])
+            if status is Status.QUEUED
+            else QueueCount(queue, status, n)
             for (queue, status), n in sorted(counts.items())
         ]
 
@@ -200,4 +225,59 @@ class MemoryStore(BaseStore):
 
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
         with self._lock:
-            return min((r.run_at for r in self.queued(queues)), default=None)
+            return min(
+                (r.run_at for r in self.queued(queues) if r.queue not in self.paused_queues),
+                default=None,
+            )
+
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        with self._lock:
+            (self.paused_queues.add if paused else self.paused_queues.discard)(queue)
+
+    def _paused(self) -> set[str]:
+        with self._lock:
+            return set(self.paused_queues)
+
+    def _register(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._registry[info.owner] = info
+
+    def _beat(
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        finished: Finished,
+    ) -> None:
+        with self._lock:
+            info = self._registry.get(owner)
+            if info is not None:
+                self._registry[owner] = dataclasses.replace(
+                    info, beat_at=now, jobs_done=jobs_done, current_job=current_job
+                )
+            minute = int(now // 60)
+            for queue, (completed, failed) in finished.items():
+                had = self._stats.get((minute, queue), (0, 0))
+                self._stats[minute, queue] = (had[0] + completed, had[1] + failed)
+            for key in [k for k in self._stats if k[0] < minute - STATS_MINUTES]:
+                del self._stats[key]
+            for gone in [o for o, w in self._registry.items() if w.beat_at + 3 * w.lease < now]:
+                del self._registry[gone]
+
+    def _unregister(self, owner: str) -> None:
+        with self._lock:
+            self._registry.pop(owner, None)
+
+    def _workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            return list(self._registry.values())
+
+    def _finished(self, since_minute: int) -> Finished:
+        totals: Finished = {}
+        with self._lock:
+            for (minute, queue), (completed, failed) in self._stats.items():
+                if minute >= since_minute:
+                    had = totals.get(queue, (0, 0))
+                    totals[queue] = (had[0] + completed, had[1] + failed)
+        return totals

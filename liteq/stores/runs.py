@@ -168,8 +168,11 @@ class Runs(Backend):
         mjob.replace_record(evolve(claimed, **changes))
         return True
 
-    def release(self, mjobs: Sequence[ManagedJob]) -> int:
-        """Hand back claimed jobs that never started: QUEUED again, the attempt not counted.
+    def release(
+        self, mjobs: Sequence[ManagedJob], *, delay: float = 0.0, error: str | None = None
+    ) -> int:
+        """Hand back claimed jobs that never started: QUEUED again (due in `delay` seconds,
+        with `error` saying why), the attempt not counted.
 
         Returns how many were handed back (a job no longer this worker's is left alone).
         """
@@ -183,9 +186,13 @@ class Runs(Backend):
                     "started_at": None,
                     **UNOWNED,
                 }
+                if delay:  # (otherwise it keeps its place: its run_at as it was)
+                    changes["run_at"] = w.tx.now + delay
+                if error is not None:
+                    changes["error"] = error
                 back = evolve(claimed, **changes)
                 if w.tx.fenced_write(claimed, changes):
-                    w.events.append((back, Status.RUNNING, "released unstarted", mjob.job))
+                    w.events.append((back, Status.RUNNING, error or "released unstarted", mjob.job))
                     mjob.replace_record(back)
                     released += 1
         return released

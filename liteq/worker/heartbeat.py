@@ -16,7 +16,7 @@ from liteq.worker.exits import EXIT_SIGNAL
 
 if TYPE_CHECKING:
     from liteq.managed import ManagedJob
-    from liteq.stores.contract import Store
+    from liteq.stores.contract import Finished, Store, WorkerInfo
     from liteq.worker.signals import Signals
 
 log = logging.getLogger("liteq.worker")
@@ -35,12 +35,15 @@ def report_health(store: Store) -> None:
 
 
 class Heartbeat:
-    """Renews, every `lease`/3 seconds, the leases of the jobs `holding()` returns."""
+    """Every `lease`/3 seconds: renews the leases of the jobs `holding()` returns, and
+    beats in the store's registry of workers with `progress()` (jobs done, the job running
+    now) and the outcomes counted since the last beat."""
 
     def __init__(
         self,
         store: Store,
         holding: Callable[[], list[ManagedJob]],
+        progress: Callable[[], tuple[int, int | None]],
         signals: Signals,
         *,
         lease: float,
@@ -48,28 +51,79 @@ class Heartbeat:
     ) -> None:
         self.store = store
         self.holding = holding
+        self.progress = progress
         self.signals = signals
         self.lease = lease
         self.check_health = check_health
         #: When leases were last renewed (monotonic clock).
         self.renewed = time.monotonic()
+        self._info: WorkerInfo | None = None
+        self._registered = False
+        # Running totals per queue, written by the worker's thread alone (no lock on every
+        # job); a beat tells the difference from the totals it told last.
+        self._completed: dict[str, int] = {}
+        self._failed: dict[str, int] = {}
+        self._told: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the thread."""
+    def count(self, queue: str, completed: bool) -> None:
+        """A job of `queue` completed, or an attempt failed: told at the next beat."""
+        totals = self._completed if completed else self._failed
+        totals[queue] = totals.get(queue, 0) + 1
+
+    def start(self, info: WorkerInfo) -> None:
+        """Register the worker `info` describes, and start the thread."""
+        self._info = info
+        self._registered = False
+        self._register()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="liteq-heartbeat", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and wait for it."""
+        """Stop the thread and wait for it; beat a last time."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+            self.beat()
+
+    def _register(self) -> None:
+        # Best effort: the worker runs jobs all the same, and the next beat tries again.
+        if self._info is None or self._registered:
+            return
+        try:
+            self.store.register_worker(self._info)
+        except StoreError as exc:
+            log.debug("registering the worker failed: %s", exc)
+        else:
+            self._registered = True
+
+    def beat(self) -> bool:
+        """Tell the registry this worker lives, and what it finished; False if it failed."""
+        if self._info is None:
+            return False
+        self._register()
+        # (Copying a dict of str keys is one step under the GIL: no torn read.)
+        totals = dict(self._completed), dict(self._failed)
+        finished: Finished = {}
+        for queue in totals[0].keys() | totals[1].keys():
+            done = totals[0].get(queue, 0) - self._told[0].get(queue, 0)
+            failed = totals[1].get(queue, 0) - self._told[1].get(queue, 0)
+            if done or failed:
+                finished[queue] = (done, failed)
+        jobs_done, current = self.progress()
+        try:
+            owner = self._info.owner
+            self.store.beat(owner, jobs_done=jobs_done, current_job=current, finished=finished)
+        except StoreError:
+            return False  # told next time
+        self._told = totals
+        return True
 
     def _run(self) -> None:
-        renew_at = time.monotonic() + self.lease / 3
+        beat_at = time.monotonic() + self.lease / 3
         health_at = time.monotonic()
         while not self._stop.wait(0.5):
             hard_exit_at = self.signals.hard_exit_at
@@ -81,21 +135,24 @@ class Heartbeat:
             if self.check_health and time.monotonic() >= health_at:
                 health_at = time.monotonic() + HEALTH_EVERY
                 report_health(self.store)
-            if time.monotonic() < renew_at:
+            if time.monotonic() < beat_at:
                 continue
-            renew_at = time.monotonic() + self.lease / 3
-            mine = self.holding()
-            if not mine:
-                continue
+            beat_at = time.monotonic() + self.lease / 3
             try:
-                kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+                self._renew(self.holding())
             except (StoreMoved, StoreCorrupt):
                 return  # the worker's loop meets it too, and stops
             except StoreError as exc:
                 log.error("renewing leases failed (%s); trying again shortly", exc)
-                renew_at = time.monotonic() + 1.0
+                beat_at = time.monotonic() + 1.0
                 continue
-            self.renewed = time.monotonic()
-            for mjob in mine:  # (one finished meanwhile is no longer RUNNING here)
-                if id(mjob) not in kept and mjob.status is Status.RUNNING:
-                    log.warning("job %d: lease lost; it was re-queued elsewhere", mjob.id)
+            self.beat()
+
+    def _renew(self, mine: list[ManagedJob]) -> None:
+        if not mine:
+            return
+        kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+        self.renewed = time.monotonic()
+        for mjob in mine:  # (one finished meanwhile is no longer RUNNING here)
+            if id(mjob) not in kept and mjob.status is Status.RUNNING:
+                log.warning("job %d: lease lost; it was re-queued elsewhere", mjob.id)

@@ -16,7 +16,7 @@ from typing import Final, TypeVar
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
 from liteq.managed import ManagedJob
 from liteq.status import Status
-from liteq.stores.contract import Store
+from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
 from liteq.worker.exits import (
     EXIT_CODE_CHANGED,
     EXIT_MEMORY,
@@ -25,7 +25,7 @@ from liteq.worker.exits import (
     EXIT_STORE_MOVED,
 )
 from liteq.worker.heartbeat import Heartbeat
-from liteq.worker.identity import make_owner
+from liteq.worker.identity import make_owner, parse_owner
 from liteq.worker.limits import CodeWatch, MemoryLimit
 from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
 from liteq.worker.signals import Interrupted, Signals
@@ -37,6 +37,8 @@ T = TypeVar("T")
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 30.0
 #: With prefetch, the longest a completion waits for its batch before a job starts.
 ACK_DELAY: Final = 0.05
+#: The longest a job of an unknown type waits before a worker looks at it again.
+UNKNOWN_TYPE_WAIT: Final = 300.0
 
 
 class Worker:
@@ -117,8 +119,14 @@ class Worker:
         self._signals = Signals(graceful_shutdown_timeout)
         self._memory = MemoryLimit(guarantee_memory, max_rss)
         self._heartbeat = Heartbeat(
-            store, self._holding, self._signals, lease=lease, check_health=check_health
+            store,
+            self._holding,
+            self._progress,
+            self._signals,
+            lease=lease,
+            check_health=check_health,
         )
+        self._unknown_types: set[str] = set()  # said once each, see _hand_back
 
     @classmethod
     def with_options(cls, store: Store, options: WorkerOptions) -> Worker:
@@ -144,27 +152,54 @@ class Worker:
         began = time.monotonic()
         if options.handle_signals:
             self._signals.install()
-        self._heartbeat.start()
         try:
-            if options.jitter and not options.exit_if_no_jobs:
-                self._sleep(random.uniform(0, min(0.5, options.wakeup_every / 10)))  # noqa: S311
-            log.info("worker %s started (queues: %s)", owner, self._queues or "all")
             try:
+                self._heartbeat.start(self._info(owner))
+                if options.jitter and not options.exit_if_no_jobs:
+                    self._sleep(random.uniform(0, min(0.5, options.wakeup_every / 10)))  # noqa: S311
+                log.info("worker %s started (queues: %s)", owner, self._queues or "all")
                 try:
                     return self._loop(owner, code, began)
                 finally:
                     self._settle()
-            except (StoreMoved, StoreCorrupt) as exc:
-                log.error("the worker stops: %s", exc)
-                return EXIT_STORE_MOVED if isinstance(exc, StoreMoved) else EXIT_STORE_CORRUPT
+            finally:
+                self._heartbeat.stop()
+                self._unregister(owner)
+        except (StoreMoved, StoreCorrupt) as exc:
+            log.error("the worker stops: %s", exc)
+            return EXIT_STORE_MOVED if isinstance(exc, StoreMoved) else EXIT_STORE_CORRUPT
         finally:
-            self._heartbeat.stop()
             self._signals.restore()
+
+    def _info(self, owner: str) -> WorkerInfo:
+        """This worker, for the store's registry of live workers (`liteq status`)."""
+        identity = parse_owner(owner)
+        now = self.store.clock()
+        return WorkerInfo(
+            owner=owner,
+            host=identity.host if identity else "",
+            pid=os.getpid(),
+            queues=None if self._queues is None else tuple(self._queues),
+            started_at=now,
+            beat_at=now,
+            lease=self.options.lease,
+        )
+
+    def _unregister(self, owner: str) -> None:
+        try:
+            self.store.unregister_worker(owner)
+        except StoreError as exc:  # (its row goes once silent for three leases)
+            log.debug("could not unregister: %s", exc)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._signals.stop_requested and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.05))
+
+    def _progress(self) -> tuple[int, int | None]:
+        """Jobs run so far, and the one running now (for the heartbeat)."""
+        current = self._current
+        return self.jobs_processed, None if current is None else current.id
 
     def _holding(self) -> list[ManagedJob]:
         """The jobs whose leases this worker holds (for the heartbeat)."""
@@ -294,13 +329,32 @@ class Worker:
         return timeout
 
     # -- one job -------------------------------------------------------------
+    def _hand_back(self, mjob: ManagedJob) -> None:
+        """A job of a type no class here knows: a deployment mismatch, not the job's fault.
+        It goes back, using no attempt, for a worker that knows its type; the longer it has
+        waited, the longer before it is tried again (up to UNKNOWN_TYPE_WAIT)."""
+        if mjob.job_type not in self._unknown_types:
+            self._unknown_types.add(mjob.job_type)
+            log.warning("%s; its jobs wait for a worker that knows their type", mjob.decode_error)
+        waited = self.store.clock() - mjob.created_at.timestamp()
+        delay = min(max(waited / 2, 1.0), UNKNOWN_TYPE_WAIT)
+        error = f"{WAITS_FOR_ITS_TYPE}: {mjob.decode_error}"
+        self._patiently(
+            f"handing back job {mjob.id}",
+            lambda: self.store.release([mjob], delay=delay, error=error),
+        )
+
     def _run(self, mjob: ManagedJob) -> None:
         job = mjob.job
         if job is None:
+            if mjob.unknown_type:
+                self._hand_back(mjob)
+                return
             log.error("job %d cannot run: %s", mjob.id, mjob.decode_error)
             self._ack(
                 mjob, lambda: self.store.fail(mjob, f"cannot run: {mjob.decode_error}", retry=False)
             )
+            self._heartbeat.count(mjob.queue, completed=False)
             self.jobs_processed += 1
             return
         signals = self._signals
@@ -329,6 +383,7 @@ class Worker:
             # The job's code has unwound: only now may it be handed back.
             reason = f"interrupted: {exc}"
             self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
+            self._heartbeat.count(mjob.queue, completed=False)
             log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, _name(mjob), reason)
             if exc.stop_worker:
                 signals.stop_requested = True
@@ -336,6 +391,7 @@ class Worker:
             message = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc()
             status = self._ack(mjob, lambda: self.store.fail(mjob, message, tb))
+            self._heartbeat.count(mjob.queue, completed=False)
             log.error(
                 "job %d (%s) failed on attempt %d/%d: %s -> %s\n%s",
                 mjob.id,
@@ -360,9 +416,11 @@ class Worker:
                     if not self._acks:
                         self._acks_since = time.monotonic()
                     self._acks.append(mjob)
+                self._heartbeat.count(mjob.queue, completed=True)
             else:
                 message = f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
                 self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
+                self._heartbeat.count(mjob.queue, completed=False)
                 log.error("job %d (%s): %s", mjob.id, _name(mjob), message)
             if debug:
                 log.debug("job %d (%s) returned %r", mjob.id, _name(mjob), result)

@@ -25,6 +25,7 @@ from types import FrameType
 from liteq.errors import StoreCorrupt, StoreMoved
 from liteq.stores import connect
 from liteq.stores.contract import Store
+from liteq.stores.sqlite import open_queue_files
 from liteq.worker.exits import (
     EXIT_CRASHED,
     EXIT_MEMORY,
@@ -77,6 +78,8 @@ class Supervisor:
     worker_options: WorkerOptions = field(default_factory=WorkerOptions)
     burst: bool = False
     hung_check_every: float = HUNG_CHECK_EVERY
+    #: Log a worker's traceback when it cannot start (else one line says why).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -91,6 +94,7 @@ class Supervisor:
         self._rolling = False
         self._failed = False
         self._fatal: int | None = None
+        self._failed_starts = 0  # in a row
         self._last_tick = time.monotonic()
         self._grace_until = 0.0
 
@@ -214,8 +218,25 @@ class Supervisor:
             if self.burst and code == EXIT_OK:
                 log.info("worker %d drained the queue", pid)
                 continue
+            if self.burst and code == EXIT_STARTUP_FAILED and self._fatal is None:
+                log.error("worker %d could not start: liteq work --burst stops", pid)
+                self._stop_all(code)
+                continue
             if self.burst and not planned:
                 self._failed = True
+            if code == EXIT_STARTUP_FAILED:
+                # It will not start on the next try either until the cause is mended: wait
+                # at once, longer each time, and say so once per wait.
+                # Workers of one round that fail together count as one failed try.
+                self._pending_starts += 1
+                if time.monotonic() < self._next_start:
+                    continue
+                self._failed_starts += 1
+                delay = min(MAX_BACKOFF, 0.5 * 2 ** (self._failed_starts - 1))
+                self._next_start = time.monotonic() + delay
+                log.warning("workers cannot start (see above): next try in %.1fs", delay)
+                continue
+            self._failed_starts = 0
             if not planned or lived < 1.0:
                 self._deaths.append(time.monotonic())
             log.log(
@@ -292,17 +313,16 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:  # the worker: never returns
-                os._exit(_child_main(self.url, self.imports, self.worker_options, self._pipe))
+                os._exit(_child_main(self, self._pipe))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         self._children[pid] = _Child(pid, time.monotonic())
         log.debug("started worker %d", pid)
 
 
-def _child_main(
-    url: str, imports: Sequence[str], options: WorkerOptions, pipe: tuple[int, int]
-) -> int:
+def _child_main(supervisor: Supervisor, pipe: tuple[int, int]) -> int:
     parent = os.getppid()
+    url = supervisor.url
     try:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which
         # forwards it once (otherwise each worker would see it twice and stop at once).
@@ -313,20 +333,44 @@ def _child_main(
         for signum in _HANDLED:
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # a pending TERM now ends it
-        for module in imports:  # after fork: each new worker loads the current code
+        # As `python -m` does: the application's own modules import from where it runs;
+        # and its code finds this queue with liteq.connect().
+        os.environ["LITEQ_URL"] = url
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        for module in supervisor.imports:  # after fork: each new worker loads the current code
             importlib.import_module(module)
         store = connect(url)
-    except BaseException:
-        log.error("worker %d could not start:\n%s", os.getpid(), traceback.format_exc().rstrip())
+    except BaseException as exc:
+        if supervisor.verbose:
+            log.error("worker %d could not start:\n%s", os.getpid(), traceback.format_exc())
+        else:
+            log.error("worker %d could not start: %s: %s", os.getpid(), type(exc).__name__, exc)
         return EXIT_STARTUP_FAILED
+    _warn_of_other_queues(store)
     # The supervisor reports the store's health, once for all its workers.
-    worker = Worker.with_options(store, dataclasses.replace(options, check_health=False))
+    options = dataclasses.replace(supervisor.worker_options, check_health=False)
+    worker = Worker.with_options(store, options)
     threading.Thread(target=_watch_parent, args=(worker, parent), daemon=True).start()
     try:
         return worker.start()
     except BaseException:
         log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc().rstrip())
         return EXIT_MEMORY if isinstance(sys.exc_info()[1], MemoryError) else EXIT_CRASHED
+
+
+def _warn_of_other_queues(store: Store) -> None:
+    """A jobs module that opened a queue of its own (a module-level SQLiteStore("x")) would
+    send the jobs it enqueues there, not to this worker's queue: say so once."""
+    ours = os.path.realpath(getattr(store, "path", ""))
+    for other in sorted(open_queue_files() - {ours}):
+        log.warning(
+            "an imported module opened the queue %s, not the one liteq work serves (%s): jobs "
+            "it enqueues go there; write `store = liteq.connect()` in it to use the "
+            "worker's queue (liteq work sets LITEQ_URL)",
+            other,
+            ours,
+        )
 
 
 def _watch_parent(worker: Worker, parent: int) -> None:

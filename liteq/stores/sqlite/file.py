@@ -80,6 +80,11 @@ os.register_at_fork(
 )
 
 
+def open_queue_files() -> set[str]:
+    """The real paths of the queue files this process's stores use."""
+    return {os.path.realpath(file.path) for file in list(_FILES)}
+
+
 class QueueFile:
     """This process's connection to one queue file (opened on first use, and again after
     close() or fork()), the mutex its users take turns on, and its writer gate."""
@@ -91,8 +96,10 @@ class QueueFile:
         durability: Literal["normal", "full"],
         page_size: int | None,
         busy_timeout: float,
+        readonly: bool = False,
     ) -> None:
         self.path = path
+        self.readonly = readonly
         self.durability = durability
         self.page_size = page_size
         self.busy_timeout = busy_timeout
@@ -136,6 +143,8 @@ class QueueFile:
                 "it in the child only (or start children with multiprocessing's 'spawn')"
             )
         path = Path(self.path)
+        if self.readonly:
+            return self._open_to_read(path)
         if not path.exists():
             if self._identity is not None:
                 raise self._gone("deleted")
@@ -170,6 +179,39 @@ class QueueFile:
         # A claim's subqueries build small temporary tables: in memory, not in a file.
         self._pragma(conn, "temp_store", "memory", 2)
         schema.migrate(conn, self.path)
+        return conn
+
+    def _open_to_read(self, path: Path) -> apsw.Connection:
+        """A connection only to read: nothing is created, set up, migrated or written. (It
+        is opened for writing all the same, when it may be: the last connection to close
+        then removes the `-wal` and `-shm` files reading made, as a read-only one cannot.)"""
+        if not path.is_file():
+            if self._identity is not None:
+                raise self._gone("deleted")
+            raise StoreError(f"no queue at {self.path}")
+        flags = apsw.SQLITE_OPEN_READWRITE
+        conn = apsw.Connection(self.path, flags=flags, statementcachesize=STATEMENT_CACHE)
+        try:
+            conn.setbusytimeout(int(self.busy_timeout * 1000))
+            try:
+                version, tables = schema.read(conn)
+            except apsw.Error as exc:
+                raise self.translate(exc) from exc
+            refusal = schema.refusal(version, tables)
+            if refusal is not None:
+                raise StoreError(f"{self.path} {refusal}")
+            if version == 0:
+                raise StoreError(f"no queue at {self.path} (the file holds no tables)")
+            if version != schema.SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version} and this liteq reads "
+                    f"{schema.SCHEMA_VERSION}: a worker of this liteq brings it up to date"
+                )
+            st = os.stat(self.path)
+            self._bind((st.st_dev, st.st_ino))
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _inspect(self, conn: apsw.Connection) -> tuple[int, int]:

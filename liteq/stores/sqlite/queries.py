@@ -62,8 +62,23 @@ SUMMARY: Final = _sql("summary")
 DATA_VERSION: Final = _sql("data_version")
 WAL_CHECKPOINT: Final = _sql("wal_checkpoint")
 EMPTY_WAL: Final = _sql("empty_wal")
+VACUUM: Final = _sql("vacuum")
+ROLLBACK_JOURNAL: Final = _sql("rollback_journal")
+WAL_JOURNAL: Final = _sql("wal_journal")
+PAGE_SIZE: Final = _sql("page_size")
 USER_VERSION: Final = _sql("user_version")
 TABLES: Final = _sql("tables")
+
+SET_PAUSED: Final = _sql("set_paused")
+PAUSED: Final = _sql("paused")
+REGISTER: Final = _sql("register")
+BEAT: Final = _sql("beat")
+COUNT_FINISHED: Final = _sql("count_finished")
+FORGET_OLD_STATS: Final = _sql("forget_old_stats")
+FORGET_SILENT_WORKERS: Final = _sql("forget_silent_workers")
+UNREGISTER: Final = _sql("unregister")
+WORKERS: Final = _sql("workers")
+FINISHED: Final = _sql("finished")
 
 #: pick()'s queue count meaning "every queue, while only one holds queued jobs".
 ONLY_QUEUE: Final = 0

@@ -94,6 +94,7 @@ WHERE id IN (SELECT value FROM json_each(?6))
 -- name: pick_in_queue
 SELECT {columns} FROM liteq_jobs
 WHERE status = 'queued' AND queue = +?2 AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
+    AND NOT EXISTS (SELECT 1 FROM liteq_queues WHERE name = ?2 AND paused)
 ORDER BY priority DESC, run_at, id LIMIT {limit}
 
 -- Every queue, while a single queue holds queued jobs (most often): two more seeks check
@@ -105,6 +106,7 @@ WHERE status = 'queued'
     AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
     AND (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued')
         = (SELECT max(queue) FROM liteq_jobs WHERE status = 'queued')
+    AND NOT EXISTS (SELECT 1 FROM liteq_queues WHERE name = liteq_jobs.queue AND paused)
 ORDER BY priority DESC, run_at, id LIMIT {limit}
 
 -- Several queues: the best {limit} of each, then the best of those (about twice the cost).
@@ -112,7 +114,8 @@ ORDER BY priority DESC, run_at, id LIMIT {limit}
 -- a seek each) or `VALUES (?2), (?3), …`.
 -- name: pick_in_queues
 {names} SELECT {c_columns} FROM names, liteq_jobs AS c
-WHERE c.id IN (
+WHERE NOT EXISTS (SELECT 1 FROM liteq_queues AS q WHERE q.name = names.name AND q.paused)
+AND c.id IN (
     SELECT id FROM liteq_jobs WHERE status = 'queued' AND queue = names.name
         AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
     ORDER BY priority DESC, run_at, id LIMIT {limit})
@@ -150,7 +153,9 @@ SELECT {columns} FROM liteq_jobs WHERE 1 {where} ORDER BY id {order} LIMIT ?
 
 -- name: summary
 SELECT queue, status, count(*),
-    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END)
+    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END),
+    sum(status = 'queued' AND run_at <= ?1),
+    sum(status = 'queued' AND substr(error, 1, length(?2)) = ?2)
 FROM liteq_jobs GROUP BY queue, status ORDER BY queue, status
 
 -- name: purge
@@ -167,12 +172,63 @@ PRAGMA wal_checkpoint(PASSIVE)
 -- name: empty_wal
 PRAGMA wal_checkpoint(TRUNCATE)
 
+-- Upkeep of the file: rewrite it compactly, or with another page size (which only a
+-- rollback journal allows).
+-- name: vacuum
+VACUUM
+
+-- name: rollback_journal
+PRAGMA journal_mode = DELETE
+
+-- name: wal_journal
+PRAGMA journal_mode = WAL
+
+-- name: page_size
+PRAGMA page_size
+
 -- name: user_version
 PRAGMA user_version
 
 -- name: tables
 SELECT name FROM sqlite_master
 WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY name
+
+-- Queues, workers and their counts of finished jobs.
+-- name: set_paused
+INSERT INTO liteq_queues (name, paused) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+
+-- name: paused
+SELECT name FROM liteq_queues WHERE paused
+
+-- name: register
+INSERT OR REPLACE INTO liteq_workers
+    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: beat
+UPDATE liteq_workers SET beat_at = ?, jobs_done = ?, current_job = ? WHERE owner = ?
+
+-- name: count_finished
+INSERT INTO liteq_stats (minute, queue, completed, failed) VALUES (?, ?, ?, ?)
+ON CONFLICT (minute, queue) DO UPDATE
+SET completed = completed + excluded.completed, failed = failed + excluded.failed
+
+-- name: forget_old_stats
+DELETE FROM liteq_stats WHERE minute < ?
+
+-- name: forget_silent_workers
+DELETE FROM liteq_workers WHERE beat_at + 3 * lease < ?
+
+-- name: unregister
+DELETE FROM liteq_workers WHERE owner = ?
+
+-- name: workers
+SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job
+FROM liteq_workers
+
+-- name: finished
+SELECT queue, sum(completed), sum(failed) FROM liteq_stats WHERE minute >= ? GROUP BY queue
 
 -- Filters of count, search and purge, joined in the order given.
 -- name: filter_queue

@@ -17,7 +17,7 @@ from liteq.errors import StoreError
 from liteq.stores.sqlite import queries
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 
 def schema_sql() -> str:

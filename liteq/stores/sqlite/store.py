@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -10,10 +12,19 @@ from typing import Any, Literal
 
 import apsw
 
+from liteq.errors import StoreError
 from liteq.record import Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore
-from liteq.stores.contract import JobQuery, QueueCount, Tx
+from liteq.stores.contract import (
+    STATS_MINUTES,
+    WAITS_FOR_ITS_TYPE,
+    Finished,
+    JobQuery,
+    QueueCount,
+    Tx,
+    WorkerInfo,
+)
 from liteq.stores.hooks import StatusHook
 from liteq.stores.sqlite import queries
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
@@ -35,7 +46,9 @@ class SQLiteStore(BaseStore):
     power loss) or `"full"` (survives power loss, slower). `page_size` is the page size in
     bytes of a file liteq creates (1024 unless given; 4096 suits jobs whose states are
     10 KB or more); a file that exists keeps its own. `wal_warning`: check_health warns
-    once `<path>-wal` passes this many bytes. Each process opens its own connection.
+    once `<path>-wal` passes this many bytes. `readonly=True` opens an existing queue to
+    read it only (`liteq status`, say): nothing is created, migrated or written. Each
+    process opens its own connection.
 
     Beside the file, `<path>-lock` (empty) lines up liteq's writers (see gate).
 
@@ -50,6 +63,7 @@ class SQLiteStore(BaseStore):
         page_size: int | None = None,
         busy_timeout: float = 10.0,
         wal_warning: int = 64 << 20,
+        readonly: bool = False,
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
     ) -> None:
@@ -71,8 +85,13 @@ class SQLiteStore(BaseStore):
         self.page_size = page_size
         self.busy_timeout = busy_timeout
         self._wal_warn_at = wal_warning  # see check_health
+        self.readonly = readonly
         self.file = QueueFile(
-            self.path, durability=durability, page_size=page_size, busy_timeout=busy_timeout
+            self.path,
+            durability=durability,
+            page_size=page_size,
+            busy_timeout=busy_timeout,
+            readonly=readonly,
         )
         self._db()
 
@@ -129,10 +148,12 @@ class SQLiteStore(BaseStore):
 
     def _summary(self, now: float) -> list[QueueCount]:
         with self.file.reading() as conn:
-            rows: list[tuple[Any, ...]] = conn.execute(queries.SUMMARY, (now,)).fetchall()
+            rows: list[tuple[Any, ...]] = conn.execute(
+                queries.SUMMARY, (now, WAITS_FOR_ITS_TYPE)
+            ).fetchall()
         return [
-            QueueCount(str(queue), Status(status), int(n), None if due is None else float(due))
-            for queue, status, n, due in rows
+            QueueCount(queue, Status(status), n, oldest, due or 0, unknown or 0)
+            for queue, status, n, oldest, due, unknown in rows
         ]
 
     def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
@@ -148,6 +169,14 @@ class SQLiteStore(BaseStore):
             rows = conn.execute(queries.ACTIVE).fetchall()
         return [record_of(r) for r in rows]
 
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        with self._transaction(prompt=True):
+            self.file.session()[0].execute(queries.SET_PAUSED, (queue, int(paused)))
+
+    def _paused(self) -> set[str]:
+        with self.file.reading() as conn:
+            return {row[0] for row in conn.execute(queries.PAUSED)}
+
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
         # The claim index orders run_at within (queue, priority): seek the first job of each
         # such group rather than scan every queued job (a million delayed jobs, say).
@@ -157,13 +186,66 @@ class SQLiteStore(BaseStore):
                 names = [row[0] for row in conn.execute(queries.QUEUE_NAMES)]
             else:
                 names = list(dict.fromkeys(queues))
+            paused = {row[0] for row in conn.execute(queries.PAUSED)}
             for name in names:
+                if name in paused:
+                    continue
                 priority = _scalar(conn, queries.TOP_PRIORITY, (name,))
                 while priority is not None:
                     due = float(_scalar(conn, queries.FIRST_DUE, (name, priority)))
                     best = due if best is None else min(best, due)
                     priority = _scalar(conn, queries.NEXT_PRIORITY, (name, priority))
         return best
+
+    def _register(self, info: WorkerInfo) -> None:
+        queues = None if info.queues is None else json.dumps(list(info.queues))
+        row = dataclasses.astuple(dataclasses.replace(info, queues=None))
+        with self._transaction(prompt=True):
+            self.file.session()[0].execute(queries.REGISTER, (*row[:3], queues, *row[4:]))
+
+    def _beat(
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        finished: Finished,
+    ) -> None:
+        minute = int(now // 60)
+        with self._transaction():
+            conn = self.file.session()[0]
+            conn.execute(queries.BEAT, (now, jobs_done, current_job, owner))
+            for queue, (completed, failed) in finished.items():
+                conn.execute(queries.COUNT_FINISHED, (minute, queue, completed, failed))
+            conn.execute(queries.FORGET_OLD_STATS, (minute - STATS_MINUTES,))
+            conn.execute(queries.FORGET_SILENT_WORKERS, (now,))
+
+    def _unregister(self, owner: str) -> None:
+        with self._transaction():
+            self.file.session()[0].execute(queries.UNREGISTER, (owner,))
+
+    def _workers(self) -> list[WorkerInfo]:
+        with self.file.reading() as conn:
+            rows: list[tuple[Any, ...]] = conn.execute(queries.WORKERS).fetchall()
+        return [
+            WorkerInfo(
+                owner=owner,
+                host=host,
+                pid=pid,
+                queues=None if queues is None else tuple(json.loads(queues)),
+                started_at=started_at,
+                beat_at=beat_at,
+                lease=lease,
+                jobs_done=jobs_done,
+                current_job=current_job,
+            )
+            for owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job in rows
+        ]
+
+    def _finished(self, since_minute: int) -> Finished:
+        with self.file.reading() as conn:
+            rows: list[tuple[Any, ...]] = conn.execute(queries.FINISHED, (since_minute,)).fetchall()
+        return {queue: (int(completed), int(failed)) for queue, completed, failed in rows}
 
     def _data_version(self) -> object:
         # Changes whenever another connection commits. An idle worker also notices here,
@@ -185,6 +267,55 @@ class SQLiteStore(BaseStore):
             except apsw.CorruptError as exc:  # damage that stops the check itself
                 found.append(f"the check stopped: {exc}")
         return [] if found == ["ok"] else found
+
+    def checkpoint(self) -> tuple[bool, int]:
+        """Copy the write-ahead log into the file and empty it (`wal_checkpoint(TRUNCATE)`);
+        return (whether it got through, the log's size after, in bytes)."""
+        with self.file.reading() as conn:
+            row = conn.execute(queries.EMPTY_WAL).fetchone()
+        return (row is not None and row[0] == 0), self.wal_bytes()
+
+    def vacuum(
+        self, page_size: int | None = None, progress: Callable[[], None] | None = None
+    ) -> None:
+        """Rewrite the file compactly (VACUUM), with `page_size` pages if given; `progress`
+        is called now and then meanwhile. A new page size needs the file to itself: a
+        StoreError says so while another process has it open."""
+        if page_size is not None and page_size not in PAGE_SIZES:
+            raise ValueError(
+                f"page_size must be a power of two from 512 to 65536, not {page_size!r}"
+            )
+        with self.file.reading() as conn:
+            if progress is not None:
+
+                def going_on() -> bool:
+                    progress()
+                    return False  # (True would stop the statement)
+
+                conn.set_progress_handler(going_on, 100_000)
+            try:
+                if page_size is None:
+                    conn.execute(queries.VACUUM)
+                    return
+                # Only a rollback journal lets VACUUM change the page size, and SQLite leaves
+                # WAL only when no other connection has the file open.
+                if conn.execute(queries.ROLLBACK_JOURNAL).fetchall() != [("delete",)]:
+                    raise StoreError(
+                        f"{self.path} is in use by another process (a worker?): stop every "
+                        "process that uses it, then convert it"
+                    )
+                try:
+                    conn.execute(f"{queries.PAGE_SIZE} = {int(page_size)}").fetchall()
+                    conn.execute(queries.VACUUM)
+                finally:
+                    conn.execute(queries.WAL_JOURNAL).fetchall()
+            finally:
+                conn.set_progress_handler(None)
+
+    def page_size_now(self) -> int:
+        """The file's page size, in bytes."""
+        with self.file.reading() as conn:
+            return int(_scalar(conn, queries.PAGE_SIZE))
 
     def wal_bytes(self) -> int:
         """The size of the file's write-ahead log, `<path>-wal`, in bytes."""

@@ -1,4 +1,4 @@
-"""The command line, the demo, and do_later, each run as a user would: in a real process."""
+"""The demo and do_later, each run as a user would: in a real process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import liteq
-from liteq.cli import main
 from tests.jobs import Noop
 
 ROOT = Path(__file__).parents[1]
@@ -31,37 +30,6 @@ def test_liteq_demo(tmp_path: Path) -> None:
     assert (tmp_path / "liteq-demo.sqlite").exists()
     again = run([sys.executable, "-m", "liteq", "demo"], tmp_path)  # replaces its file
     assert again.returncode == 0 and "Enqueued 13 jobs" in again.stdout
-
-
-def test_liteq_jobs_lists_a_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = liteq.SQLiteStore(tmp_path / "q.sqlite")
-    store.enqueue(Noop(7), queue="mail")
-    assert main(["jobs", "--db", f"sqlite:///{tmp_path}/q.sqlite", "--import", "tests.jobs"]) == 0
-    out = capsys.readouterr().out
-    assert "Noop" in out and "mail" in out and "queued" in out
-
-
-def test_cli_errors_are_clear(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("LITEQ_URL", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["jobs"])
-    assert exit_info.value.code == 2
-    assert "give --db URL" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["frobnicate"])
-
-
-def test_every_command_has_help_and_is_in_the_readme() -> None:
-    from liteq.cli import _parser
-
-    readme = (ROOT / "README.md").read_text()
-    parser = _parser()
-    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
-    for name, sub in subparsers.choices.items():  # type: ignore[union-attr]
-        assert sub.format_help(), name
-        assert f"liteq {name}" in readme, f"`liteq {name}` is not documented in README.md"
 
 
 def test_do_later_runs_after_the_script_in_order(tmp_path: Path) -> None:

@@ -1,0 +1,329 @@
+"""Commands that look at a queue without changing it: status, jobs, show."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from typing import Any
+
+from liteq import admin
+from liteq.cli.common import (
+    OK,
+    PARTLY,
+    Commands,
+    Failure,
+    add_db,
+    add_json,
+    duration,
+    import_modules,
+    job_id,
+    open_store,
+    positive_float,
+    positive_int,
+    store_url,
+)
+from liteq.cli.output import ago, emit_json, table, when
+from liteq.errors import JobNotFound
+from liteq.managed import ManagedJob
+from liteq.status import Status
+from liteq.stores import JobQuery, SQLiteStore
+
+
+def add_parsers(sub: Commands) -> None:
+    """Register status, jobs and show."""
+    status = sub.add_parser(
+        "status",
+        help="each queue's jobs, throughput and live workers at a glance",
+        description="Per queue: jobs by status, how long the oldest due job has waited, jobs "
+        "completed and attempts failed in the last 1, 5 and 15 minutes, jobs waiting for a "
+        "worker that knows their type, paused or not; then the live workers.",
+    )
+    add_db(status)
+    add_json(status)
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=positive_float,
+        metavar="S",
+        help="show it again every S seconds (default 2) until Ctrl-C",
+    )
+    status.set_defaults(func=_status)
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first, with filters")
+    add_db(jobs)
+    add_json(jobs)
+    jobs.add_argument("--queue", help="only this queue")
+    jobs.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    jobs.add_argument("--type", dest="job_type", metavar="TYPE", help="only this job type")
+    jobs.add_argument("--error", metavar="TEXT", help="only jobs whose error holds TEXT")
+    jobs.add_argument(
+        "--failed-since",
+        type=duration,
+        metavar="AGO",
+        help="only jobs that failed in the last AGO (e.g. 1h); implies --status failed",
+    )
+    jobs.add_argument(
+        "--limit", type=positive_int, metavar="N", help="at most N (default: a screenful)"
+    )
+    jobs.add_argument(
+        "--before", type=job_id, metavar="ID", help="the page after this one: ids below ID"
+    )
+    jobs.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import job classes from MODULE to show their descriptions (repeatable)",
+    )
+    jobs.set_defaults(func=_jobs)
+
+    show = sub.add_parser(
+        "show", help="one job in full: every field, its state, the whole error and traceback"
+    )
+    add_db(show)
+    add_json(show)
+    show.add_argument("id", type=job_id, help="the job's id")
+    show.set_defaults(func=_show)
+
+
+# -- status ---------------------------------------------------------------------------------
+def _status(args: argparse.Namespace) -> int:
+    store = open_store(args, readonly=True)
+    if args.watch is None:
+        _print_status(store, args.json)
+        return OK
+    while True:  # until Ctrl-C
+        sys.stdout.write("\033[H\033[2J")
+        _print_status(store, args.json)
+        sys.stdout.write(f"\n(every {args.watch:g}s; Ctrl-C to stop)\n")
+        sys.stdout.flush()
+        time.sleep(args.watch)
+
+
+def status_of(store: Any) -> dict[str, Any]:
+    """What `liteq status` shows, as data."""
+    now = store.clock()
+    paused = store.paused()
+    windows = {minutes: store.finished(since=now - 60 * minutes) for minutes in (1, 5, 15)}
+    queues = []
+    # A queue shows while it holds jobs, is paused, or finished jobs in the last 15 minutes.
+    names = {name: admin.QueueState(name, {}, None) for name in paused | set(windows[15])}
+    names |= {q.queue: q for q in admin.queues(store)}
+    for name in sorted(names):
+        state = names[name]
+        queues.append(
+            {
+                "queue": name,
+                "paused": name in paused,
+                "counts": {s.value: n for s, n in state.counts.items()},
+                "due": state.due,
+                "oldest_wait": state.oldest_wait,
+                "unknown_type": state.unknown_type,
+                "completed": {f"{m}m": windows[m].get(name, (0, 0))[0] for m in windows},
+                "failed": {f"{m}m": windows[m].get(name, (0, 0))[1] for m in windows},
+            }
+        )
+    workers = [
+        {
+            "host": w.host,
+            "pid": w.pid,
+            "since": w.started_at,
+            "jobs_done": w.jobs_done,
+            "current_job": w.current_job,
+            "queues": w.queues,
+            "last_beat": w.beat_at,
+        }
+        for w in admin.live_workers(store)
+    ]
+    report: dict[str, Any] = {"queues": queues, "workers": workers}
+    if isinstance(store, SQLiteStore):
+        report["file"] = {"path": store.path, "wal_bytes": store.wal_bytes()}
+    return report
+
+
+def _print_status(store: Any, as_json: bool) -> None:
+    report = status_of(store)
+    if as_json:
+        emit_json(report)
+        return
+    rows = []
+    for q in report["queues"]:
+        counts = q["counts"]
+        rows.append(
+            (
+                q["queue"] + (" (paused)" if q["paused"] else ""),
+                counts.get("queued", 0),
+                q["due"],
+                counts.get("running", 0),
+                counts.get("wait_async", 0),
+                counts.get("failed", 0),
+                counts.get("completed", 0),
+                ago(q["oldest_wait"]),
+                "/".join(str(q["completed"][w]) for w in ("1m", "5m", "15m")),
+                q["failed"]["15m"],
+                q["unknown_type"] or "",
+            )
+        )
+    if rows:
+        head = (
+            "queue", "queued", "due", "running", "waiting", "failed", "completed",
+            "oldest wait", "done 1/5/15m", "failed 15m", "unknown type",
+        )  # fmt: skip
+        table(head, rows)
+    else:
+        print("no jobs")
+    workers = report["workers"]
+    print(f"\n{len(workers)} live worker{'' if len(workers) == 1 else 's'}")
+    if workers:
+        now = time.time()
+        table(
+            ("host", "pid", "since", "jobs done", "running job", "queues"),
+            [
+                (
+                    w["host"],
+                    w["pid"],
+                    ago(now - w["since"]) + " ago",
+                    w["jobs_done"],
+                    w["current_job"] or "-",
+                    ",".join(w["queues"]) if w["queues"] else "all",
+                )
+                for w in workers
+            ],
+        )
+    if "file" in report:
+        print(f"\n{report['file']['path']}: write-ahead log {report['file']['wal_bytes']:,} bytes")
+
+
+# -- jobs -----------------------------------------------------------------------------------
+def _jobs(args: argparse.Namespace) -> int:
+    if args.imports:
+        import_modules(args.imports, store_url(args))
+    store = open_store(args, readonly=True)
+    status = Status(args.status) if args.status else None
+    since = None
+    if args.failed_since is not None:
+        status, since = Status.FAILED, store.clock() - args.failed_since
+    limit = args.limit or max(10, shutil.get_terminal_size((80, 24)).lines - 6)
+    query = JobQuery(
+        queue=args.queue,
+        status=status,
+        job_type=args.job_type,
+        error_contains=args.error,
+        finished_since=since,
+        before=args.before or 2**63 - 1,
+        limit=limit + 1,  # one more, to know whether there is a next page
+    )
+    found = store.search(query)
+    page, more = found[:limit], len(found) > limit
+    if args.json:
+        emit_json({"jobs": [_fields(m) for m in page], "more": more})
+        return OK
+    if not page:
+        print("no jobs")
+        return OK
+    table(
+        ("id", "job", "queue", "pri", "status", "tries", "created", "finished", "error"),
+        [
+            (
+                m.id,
+                _describe(m),
+                m.queue,
+                m.priority,
+                m.status.value,
+                f"{m.attempts}/{m.max_attempts}",
+                when(m.created_at),
+                when(m.finished_at),
+                _problem(m),
+            )
+            for m in page
+        ],
+    )
+    if more:
+        print(f"(more: liteq jobs ... --before {page[-1].id}; `liteq show ID` for one job)")
+    return OK
+
+
+def _problem(mjob: ManagedJob) -> str:
+    """Its last error; or, if its payload cannot be read at all, why (a type not imported
+    here is no problem of the job's)."""
+    if mjob.record.error:
+        return mjob.record.error
+    return "" if mjob.unknown_type else mjob.decode_error or ""
+
+
+def _describe(mjob: ManagedJob) -> str:
+    if mjob.job is None:
+        return mjob.job_type
+    try:
+        return mjob.job.description()
+    except Exception as exc:  # a broken description() must not break the listing
+        return f"{mjob.job_type} (description() raised {type(exc).__name__})"
+
+
+# -- show -----------------------------------------------------------------------------------
+def _show(args: argparse.Namespace) -> int:
+    store = open_store(args, readonly=True)
+    try:
+        mjob = store.get(args.id)
+    except JobNotFound as exc:
+        raise Failure(str(exc), PARTLY) from None
+    fields = _fields(mjob)
+    fields["state"] = _state(mjob)
+    fields["traceback"] = mjob.traceback
+    if args.json:
+        emit_json(fields)
+        return OK
+    for name, value in fields.items():
+        if name in ("state", "traceback", "error"):
+            continue
+        print(f"{name + ':':<19}{'-' if value is None else value}")
+    print("state:")
+    print(_indent(json.dumps(fields["state"], indent=2, ensure_ascii=False)))
+    for name in ("error", "traceback"):
+        if fields[name]:
+            print(f"{name}:")
+            print(_indent(str(fields[name]).rstrip()))
+    return OK
+
+
+def _fields(mjob: ManagedJob) -> dict[str, Any]:
+    rec = mjob.record
+    return {
+        "id": mjob.id,
+        "type": mjob.job_type,
+        "queue": mjob.queue,
+        "priority": mjob.priority,
+        "status": mjob.status.value,
+        "attempts": mjob.attempts,
+        "max_attempts": mjob.max_attempts,
+        "created": when(mjob.created_at),
+        "run_at": when(mjob.run_at),
+        "started": when(mjob.started_at),
+        "finished": when(mjob.finished_at),
+        "coalesce_id": mjob.coalesce_id,
+        "max_runtime": mjob.max_runtime,
+        "delete_on_complete": mjob.delete_on_complete,
+        "owner": mjob.owner,
+        "locked": rec.lock_token is not None,
+        "error": rec.error,
+    }
+
+
+def _state(mjob: ManagedJob) -> Any:
+    """The job's stored state, read as JSON: no class of it need be imported."""
+    try:
+        doc = json.loads(mjob.record.payload)
+    except (ValueError, RecursionError) as exc:
+        return f"(the payload is not JSON: {exc})"
+    if isinstance(doc, dict) and "pickle" in doc:
+        return f"(pickled state, {len(str(doc['pickle']))} characters of base64)"
+    return doc.get("state") if isinstance(doc, dict) else doc
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

@@ -1,0 +1,181 @@
+"""`liteq work`: worker processes under a supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+
+from liteq.cli.common import (
+    Commands,
+    Failure,
+    add_db,
+    open_store,
+    positive_float,
+    positive_int,
+    size,
+    store_url,
+)
+from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
+
+#: `liteq work`'s own exit when its workers cannot import their modules.
+EXIT_IMPORTS: int = 70
+
+
+def add_parser(sub: Commands) -> None:
+    """Register `liteq work`."""
+    work = sub.add_parser(
+        "work",
+        help="run worker processes under a supervisor",
+        description="Fork N worker processes, restart any that exits, forward signals. "
+        "TERM/QUIT: workers finish their jobs (or re-queue them after --graceful-timeout) "
+        "and everything exits; INT: finish then exit, a second INT stops now; "
+        "HUP: rolling restart (new code, no job lost). Workers import each --import module "
+        "after fork, from the working directory too, and find the queue's URL in LITEQ_URL.",
+    )
+    add_db(work)
+    work.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module defining job classes, imported in each worker (repeatable; required)",
+    )
+    work.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        metavar="QUEUE",
+        help="serve only this queue (repeatable; default: all)",
+    )
+    work.add_argument(
+        "--processes", "-n", type=positive_int, default=1, metavar="N", help="workers (default 1)"
+    )
+    work.add_argument(
+        "--max-jobs", type=positive_int, metavar="N", help="restart a worker after N jobs"
+    )
+    work.add_argument(
+        "--max-time", type=positive_float, metavar="S", help="restart a worker after S seconds"
+    )
+    work.add_argument(
+        "--graceful-timeout",
+        type=positive_float,
+        default=5.0,
+        metavar="S",
+        help="on TERM, seconds a job may take to finish before it is re-queued (default 5)",
+    )
+    work.add_argument(
+        "--wakeup-every",
+        type=positive_float,
+        default=5.0,
+        metavar="S",
+        help="idle re-check interval; new jobs wake workers sooner (default 5)",
+    )
+    work.add_argument(
+        "--guarantee-memory",
+        type=size,
+        default=DEFAULT_GUARANTEE_MEMORY,
+        metavar="BYTES",
+        help="restart a worker before a job if less memory is available (default 64M)",
+    )
+    work.add_argument(
+        "--max-rss",
+        type=size,
+        metavar="BYTES",
+        help="restart a worker before a job once it uses more memory than this",
+    )
+    work.add_argument(
+        "--lease",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds a worker's claim holds without renewal before its job may be "
+        "rescued (renewed every S/3 while the job runs; default 30)",
+    )
+    work.add_argument(
+        "--prefetch",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="claim K jobs per transaction and acknowledge in batches (short jobs)",
+    )
+    work.add_argument("--nice", type=int, metavar="N", help="add N to the workers' niceness")
+    work.add_argument("--no-jitter", action="store_true", help="no random start-up/idle delays")
+    work.add_argument(
+        "--burst",
+        action="store_true",
+        help="workers exit when no job is due, and then so does liteq work",
+    )
+    work.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    work.set_defaults(func=_work)
+
+
+def _work(args: argparse.Namespace) -> int:
+    from liteq.worker.supervisor import Supervisor  # (the other commands need none of it)
+
+    if not args.imports:
+        raise Failure(
+            "liteq work needs --import MODULE: the module that defines your job classes "
+            "(workers that know no job type would only hand every job back)"
+        )
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s",
+        force=True,
+    )
+    url = store_url(args)
+    open_store(args, readonly=False).close()  # a bad URL or file fails now, not in a loop
+    _check_imports(args.imports, url)
+    options = WorkerOptions(
+        queues=args.queues,
+        wakeup_every=args.wakeup_every,
+        exit_if_no_jobs=args.burst,
+        exit_after_n_jobs=args.max_jobs,
+        max_time=args.max_time,
+        guarantee_memory=args.guarantee_memory,
+        max_rss=args.max_rss,
+        graceful_shutdown_timeout=args.graceful_timeout,
+        jitter=not args.no_jitter,
+        nice=args.nice,
+        prefetch=args.prefetch,
+        lease=args.lease,
+    )
+    supervisor = Supervisor(
+        url,
+        imports=args.imports,
+        processes=args.processes,
+        worker_options=options,
+        burst=args.burst,
+        verbose=args.verbose > 0,
+    )
+    return supervisor.run()
+
+
+def _check_imports(modules: list[str], url: str) -> None:
+    """Import the modules as a worker will (in a process of its own: the supervisor never
+    imports the application's code), and say in one line why one cannot be."""
+    code = (
+        "import importlib, os, sys\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except BaseException as exc:\n"
+        "        print(f'{name}: {type(exc).__name__}: {exc}', file=sys.stderr)\n"
+        "        sys.exit(1)\n"
+    )
+    env = {**os.environ, "LITEQ_URL": url}
+    result = subprocess.run(  # noqa: S603 - this interpreter, liteq's own code
+        [sys.executable, "-c", code, *modules], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "?"
+        raise Failure(
+            f"workers could not import {reason} (the working directory {os.getcwd()} is on "
+            "the import path)",
+            EXIT_IMPORTS,
+        )
