@@ -48,7 +48,22 @@ def check_text(value: object, name: str) -> str:
         raise ValueError(
             f"{name} must be valid Unicode text, not {value!r} (it holds a lone surrogate)"
         ) from None
+    if "\x00" in value:  # PostgreSQL's text cannot hold one
+        raise ValueError(f"{name} must not hold a NUL character, not {value!r}")
     return value
+
+
+def storable(text: str) -> str:
+    """Text from outside liteq (an exception's message, a traceback) made storable in every
+    store: a lone surrogate (a file name decoded with surrogateescape, say) and NUL become
+    visible escapes instead of making the write fail."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _int64(value: object, name: str) -> int:

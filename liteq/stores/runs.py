@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final
 
 from liteq.errors import InvalidState, InvalidStateChange, LeaseLost
 from liteq.job import backoff
+from liteq.options import storable
 from liteq.record import UNOWNED, Changes, Record, evolve
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
@@ -177,6 +178,7 @@ class Runs(Backend):
         Returns how many were handed back (a job no longer this worker's is left alone).
         """
         released = 0
+        error = None if error is None else storable(error)
         with self._write() as w:
             for mjob in mjobs:
                 claimed = mjob.record
@@ -292,6 +294,8 @@ class Runs(Backend):
         With retry=False the failure is final. With mulligan=True the job is re-queued
         at once without using up an attempt. Returns the job's new status.
         """
+        error = storable(error)
+        traceback = None if traceback is None else storable(traceback)
         with self._write() as w:
             if mjob.status is Status.WAIT_ASYNC and not mjob.claimed:
                 rec = self._waiting(w, mjob)

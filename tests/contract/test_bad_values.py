@@ -24,6 +24,8 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"max_runtime": 1e300}, ValueError, "max_runtime must be at most"),
     ({"queue": "mail\ud800"}, ValueError, "lone surrogate"),
     ({"coalesce_id": "nightly\udfff"}, ValueError, "lone surrogate"),
+    ({"queue": "mail\x00"}, ValueError, "NUL character"),
+    ({"coalesce_id": "a\x00b"}, ValueError, "NUL character"),
     ({"queue": ""}, ValueError, "not the empty string"),
     ({"queue": b"mail"}, TypeError, "queue must be a string"),
 ]
@@ -52,6 +54,20 @@ def test_the_extremes_of_every_range_are_stored_and_read_back(
     assert store.count(queue="\U0001f600 ☃") == 1
     claimed = store.claim_many(OWNER, limit=3)
     assert [m.id for m in claimed] == [top.id, bottom.id]  # the late one is not due
+
+
+def test_an_error_message_no_store_could_hold_is_recorded_readably(
+    store: liteq.stores.BaseStore,
+) -> None:
+    # An exception about a file name decoded with surrogateescape, or holding a NUL,
+    # used to make the worker's write of the failure itself fail.
+    store.enqueue(Noop(1))
+    (mjob,) = store.claim_many(OWNER)
+    bad = "OSError: no such file 'caf\udce9' (\x00)"
+    assert store.fail(mjob, bad, f"Traceback\n{bad}", retry=False) is liteq.Status.FAILED
+    failed = store.get(mjob.id)
+    assert failed.error == "OSError: no such file 'caf\\udce9' (\\x00)"
+    assert failed.traceback is not None and "caf\\udce9" in failed.traceback
 
 
 @pytest.mark.parametrize(
