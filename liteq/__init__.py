@@ -1,5 +1,7 @@
 """liteq: a job queue for Python whose queue is one SQLite file."""
 
+from typing import TYPE_CHECKING
+
 from liteq.asyncjob import resolve_wait_async
 from liteq.delayed import do_later
 from liteq.errors import (
@@ -13,14 +15,18 @@ from liteq.errors import (
     StoreCorrupt,
     StoreError,
     StoreMoved,
+    StoreUnavailable,
     UnknownJobType,
 )
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.status import Status
-from liteq.stores import EnqueueOptions, MemoryStore, SQLiteStore, Store, connect
+from liteq.stores import EnqueueOptions, MemoryStore, SQLiteStore, Store, connect, postgres_store
 from liteq.task import Task
 from liteq.worker import Worker
+
+if TYPE_CHECKING:
+    from liteq.stores.postgres import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -36,12 +42,14 @@ __all__ = [
     "ManagedJob",
     "MemoryStore",
     "PayloadError",
+    "PostgresStore",
     "SQLiteStore",
     "Status",
     "Store",
     "StoreCorrupt",
     "StoreError",
     "StoreMoved",
+    "StoreUnavailable",
     "Task",
     "UnknownJobType",
     "Worker",
@@ -50,3 +58,10 @@ __all__ = [
     "do_later",
     "resolve_wait_async",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStore needs psycopg, an optional extra: imported when first asked for.
+    if name == "PostgresStore":
+        return postgres_store()
+    raise AttributeError(f"module 'liteq' has no attribute {name!r}")

@@ -52,3 +52,9 @@ class StoreCorrupt(StoreError):
 
 class StoreMoved(StoreError):
     """The queue file was deleted or replaced while open: nothing more is written to it."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached now (down, restarting, or the connection was
+    lost): the operation did not happen, or, if the connection was lost as it committed,
+    may have. Trying again later may succeed."""

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import liteq
+from tests import pg
 
 # Hypothesis profiles: "ci" (the default) keeps the suite fast; "soak" runs far more
 # examples: LITEQ_HYPOTHESIS_PROFILE=soak pytest tests/test_model.py tests/test_concurrency.py
@@ -48,15 +49,26 @@ StoreFactory = Callable[..., liteq.stores.BaseStore]
 
 
 def open_store(kind: str, directory: Path, **kwargs: object) -> liteq.stores.BaseStore:
-    """A new store of this kind: the one place a new store joins every contract test."""
+    """A new store of this kind: the one place a new store joins every contract test.
+    Close it with close_store()."""
     if kind == "memory":
         return liteq.MemoryStore(**kwargs)  # type: ignore[arg-type]
     if kind == "sqlite":
         return liteq.SQLiteStore(directory / "jobs.sqlite", **kwargs)  # type: ignore[arg-type]
+    if kind == "postgres":  # a schema of its own on the test server
+        dsn = pg.dsn_or_skip()
+        return liteq.PostgresStore(dsn, schema=pg.new_schema(), **kwargs)  # type: ignore[arg-type]
     raise ValueError(f"unknown store kind {kind!r}")
 
 
-STORES = ["memory", "sqlite"]
+def close_store(store: liteq.stores.BaseStore) -> None:
+    """Close a store open_store() made, and drop what it left on a server."""
+    store.close()
+    if isinstance(store, liteq.PostgresStore):
+        pg.drop_schema(store.schema)
+
+
+STORES = ["memory", "sqlite", "postgres"]
 
 
 @pytest.fixture
@@ -76,7 +88,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 
     yield factory
     for store in made:
-        store.close()
+        close_store(store)
 
 
 @pytest.fixture

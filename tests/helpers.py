@@ -15,8 +15,9 @@ from liteq.codec import encode_as, how_to_encode
 ROOT = Path(__file__).parents[1]
 
 
-def liteq_work(db: Path, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start `liteq work` on `db` (job classes from tests.jobs, no jitter) in its own session."""
+def liteq_work(db: Path | str, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start `liteq work` on `db` (a path or a URL; job classes from tests.jobs, no jitter) in
+    its own session."""
     return subprocess.Popen(
         [
             sys.executable,

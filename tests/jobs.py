@@ -236,3 +236,21 @@ class Unstoppable(SlowFirst):
 
     def before_sleep(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+
+
+class Stoppable(liteq.Job):
+    """Sleeps long on its first attempt, and records when something stops it there."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start", job.attempts)
+        if job.attempts == 1:
+            try:
+                time.sleep(self.seconds)
+            except BaseException:
+                trace(self.path, job.id, "stopped", job.attempts)
+                raise
+        trace(self.path, job.id, "end", job.attempts)

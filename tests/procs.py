@@ -1,4 +1,5 @@
-"""Entry points for the tests' child processes: `python -m tests.procs COMMAND DB ...`."""
+"""Entry points for the tests' child processes: `python -m tests.procs COMMAND DB ...`
+(DB: a path, or a store URL)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.jobs import Logs, Noop, Traced
 
 
 def enqueue_coalesced(db: str, start_at: str, keys: str) -> None:
-    store = liteq.SQLiteStore(db)
+    store = liteq.connect(db)
     while time.time() < float(start_at):  # all processes collide at the same moment
         time.sleep(0.0005)
     for key in keys.split(","):
@@ -22,19 +23,19 @@ def enqueue_coalesced(db: str, start_at: str, keys: str) -> None:
 
 
 def enqueue_logs(db: str, log: str, count: str) -> None:
-    store = liteq.SQLiteStore(db)
+    store = liteq.connect(db)
     # 10 ms each: long enough that every worker process is up before the queue drains.
     store.enqueue_many([Logs(log, 0.01) for _ in range(int(count))])
 
 
 def work(db: str) -> None:
-    store = liteq.SQLiteStore(db)
+    store = liteq.connect(db)
     sys.exit(liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start())
 
 
 def produce(db: str, trace_path: str, spec_path: str, out_path: str, start_at: str) -> None:
     """Enqueue the jobs of a spec file ([priority, coalesce_id, run_at] each); write their ids."""
-    store = liteq.SQLiteStore(db)
+    store = liteq.connect(db)
     specs = json.loads(Path(spec_path).read_text())
     while time.time() < float(start_at):  # every producer starts at the same moment
         time.sleep(0.0005)

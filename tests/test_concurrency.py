@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 import liteq
+from tests import pg
 from tests.helpers import ROOT, liteq_work
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
@@ -66,14 +68,22 @@ def children(pid: int) -> list[int]:
         "seed": 0,
     }
 )
-def test_many_processes_keep_every_guarantee(schedule: dict[str, object]) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_many_processes_keep_every_guarantee(kind: str, schedule: dict[str, object]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run_schedule(Path(tmp), schedule)
+        if kind == "sqlite":
+            run_schedule(Path(tmp), str(Path(tmp) / "q.sqlite"), schedule)
+            return
+        schema = pg.new_schema()
+        try:
+            run_schedule(Path(tmp), pg.url(schema), schedule)
+        finally:
+            pg.drop_schema(schema)
 
 
-def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
-    db, trace = tmp / "q.sqlite", tmp / "trace.jsonl"
-    store = liteq.SQLiteStore(db)
+def run_schedule(tmp: Path, db: str, schedule: dict[str, object]) -> None:
+    trace = tmp / "trace.jsonl"
+    store = liteq.connect(db)
     jobs: list[tuple[int, str | None]] = schedule["jobs"]  # type: ignore[assignment]
     producers: int = schedule["producers"]  # type: ignore[assignment]
     rng = random.Random(schedule["seed"])  # type: ignore[arg-type]
@@ -163,6 +173,7 @@ def run_schedule(tmp: Path, schedule: dict[str, object]) -> None:
     runs = runs_by_job(trace)
     assert sorted(runs) == sorted(plain_ids), "a job was lost or one appeared from nowhere"
     assert_runs_never_overlap(runs, killed)
+    store.close()
 
     if not ordered:
         event(

@@ -23,6 +23,7 @@ import pytest
 import liteq
 import liteq.worker.heartbeat
 from liteq.worker.identity import owner_state
+from tests import pg
 from tests.helpers import ROOT, bare_worker, wait_until
 from tests.jobs import Noop, SlowFirst, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
@@ -38,7 +39,7 @@ def integrity(path: Path) -> str:
         conn.close()
 
 
-def start_work(db: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_work(db: Path | str, log: Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("a") as out:
         command = ["work", "--db", str(db), "--import", "tests.jobs", "--no-jitter"]
         return subprocess.Popen(
@@ -65,17 +66,28 @@ def gone(pids: set[int]) -> bool:
     return True
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new queue's URL: an SQLite file, or a schema of the test server's."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "q.sqlite")
+        return
+    schema = pg.new_schema()
+    yield pg.url(schema)
+    pg.drop_schema(schema)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("victims", ["supervisor", "supervisor and workers"])
 def test_killing_the_supervisor_and_restarting_at_once_keeps_every_promise(
-    tmp_path: Path, victims: str
+    tmp_path: Path, queue: str, victims: str
 ) -> None:
     # What `Restart=always` does after an OOM kill: a new supervisor starts at once, while
     # the old one's workers (when only it died) are still finishing their jobs.
-    db, log, trace = tmp_path / "q.sqlite", tmp_path / "work.log", tmp_path / "q.trace"
+    db, log, trace = queue, tmp_path / "work.log", tmp_path / "q.trace"
     jobs = 16_000
-    store = liteq.SQLiteStore(db)
+    store = liteq.connect(db)
     store.enqueue_many([Traced(str(trace), 0.001) for _ in range(jobs)])
     store.close()
     killed: dict[int, float] = {}
@@ -94,7 +106,7 @@ def test_killing_the_supervisor_and_restarting_at_once_keeps_every_promise(
                 killed[pid] = time.time()
         proc.wait()
         proc = start_work(db, log, "--processes", "2")
-    reader = liteq.SQLiteStore(db)
+    reader = liteq.connect(db)
     assert reader.count() > 0, "the storm ended after the jobs: give it more"
     wait_until(lambda: len(children(proc.pid)) == 2, 20, "two workers")
     wait_until(lambda: reader.count() == 0, 120, "every job to complete")
@@ -104,7 +116,8 @@ def test_killing_the_supervisor_and_restarting_at_once_keeps_every_promise(
     wait_until(lambda: gone(every_pid), 30, "the old supervisors' workers to exit")
     reader.close()
 
-    assert integrity(db) == "ok"
+    if not db.startswith("postgresql:"):
+        assert integrity(Path(db)) == "ok"
     runs = runs_by_job(trace)
     assert len(runs) == jobs, "some jobs never ran"
     assert_runs_never_overlap(runs, killed)

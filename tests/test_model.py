@@ -25,7 +25,7 @@ from hypothesis.stateful import (
 import liteq
 from liteq import Status
 from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP
-from tests.conftest import STORES, Clock, open_store
+from tests.conftest import STORES, Clock, close_store, open_store
 from tests.jobs import Waits
 
 QUEUES = ["a", "b"]
@@ -81,7 +81,7 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for holder in self.locks.values():
             holder.__exit__(None, None, None)
-        self.store.close()
+        close_store(self.store)
 
     # -- helpers -------------------------------------------------------------
     def holder(self, cid: str) -> Model | None:

@@ -266,7 +266,7 @@ def test_connect_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("sqlite:///x.sqlite?fast=1", "unknown option"),
         ("sqlite:///x.sqlite?page_size=4k", "page_size must be a number of bytes"),
         ("sqlite:///x.sqlite?page_size=1000", "power of two"),
-        ("postgresql://x", "not available"),
+        ("postgresql://x/db?schema=not-a-name", "schema must be a plain name"),
     ]:
         with pytest.raises(ValueError, match=words):
             liteq.connect(bad)

@@ -277,6 +277,26 @@ def test_a_job_past_max_runtime_is_interrupted_and_rerun(
     assert w.stop() == 0
 
 
+def test_a_running_job_that_is_no_longer_its_workers_is_stopped(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    # Its lease is gone (deleted here; rescued elsewhere, on another host, say): it must not
+    # run on as though it were still this worker's.
+    from tests.jobs import Stoppable
+
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjob = store.enqueue(Stoppable(str(trace), 60))
+    w = work("--lease", "3")
+    wait_until(trace.exists, 20, "the job to start")
+    store.delete(mjob.id)
+    deleted = time.time()
+    wait_until(lambda: "stopped" in trace.read_text(), 10, "the job to be stopped")
+    assert time.time() - deleted < 3  # at its next renewal, a second after at most
+    wait_until(lambda: "lease lost" in w.log(), 10, "the log to say why")
+    assert w.stop() == 0
+
+
 def test_detect_hung_jobs_kills_a_live_worker_past_max_runtime(db: Path) -> None:
     trace = db.with_suffix(".trace")
     store = liteq.SQLiteStore(db)

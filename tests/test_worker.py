@@ -296,6 +296,8 @@ def test_a_job_of_an_unknown_type_waits_for_a_worker_that_knows_it(
 
 @pytest.mark.parametrize("by_hand", ["spaces around it", "stored as a BLOB"])
 def test_a_payload_written_by_hand_still_runs(store: liteq.stores.BaseStore, by_hand: str) -> None:
+    if by_hand == "stored as a BLOB" and isinstance(store, liteq.PostgresStore):
+        pytest.skip("SQLite's typing lets a BLOB into a text column; PostgreSQL's does not")
     Record.ran.clear()
     mjob = store.enqueue(Record("edited"))
     with store._transaction() as tx:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 from liteq.cli.common import (
     Commands,
@@ -18,10 +19,15 @@ from liteq.cli.common import (
     size,
     store_url,
 )
+from liteq.errors import StoreUnavailable
 from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
 
 #: `liteq work`'s own exit when its workers cannot import their modules.
 EXIT_IMPORTS: int = 70
+#: The longest wait between tries to reach a store's server at start.
+MAX_WAIT = 30.0
+
+log = logging.getLogger("liteq.supervisor")
 
 
 def add_parser(sub: Commands) -> None:
@@ -128,7 +134,7 @@ def _work(args: argparse.Namespace) -> int:
         force=True,
     )
     url = store_url(args)
-    open_store(args, readonly=False).close()  # a bad URL or file fails now, not in a loop
+    _open_patiently(args)  # a bad URL or file fails now, not in a loop
     _check_imports(args.imports, url)
     options = WorkerOptions(
         queues=args.queues,
@@ -153,6 +159,20 @@ def _work(args: argparse.Namespace) -> int:
         verbose=args.verbose > 0,
     )
     return supervisor.run()
+
+
+def _open_patiently(args: argparse.Namespace) -> None:
+    """Open the store once, to check it; while its server cannot be reached (a database
+    that starts after liteq work does, at boot), wait and try again, saying why."""
+    delay = 1.0
+    while True:
+        try:
+            open_store(args, readonly=False).close()
+            return
+        except StoreUnavailable as exc:
+            log.warning("%s: trying again in %.0fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_WAIT)
 
 
 def _check_imports(modules: list[str], url: str) -> None:

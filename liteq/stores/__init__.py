@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from liteq.options import EnqueueOptions
 from liteq.stores.base import BaseStore
 from liteq.stores.contract import JobQuery, QueueCount, Store
 from liteq.stores.memory import MemoryStore
 from liteq.stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from liteq.stores.postgres import PostgresStore
 
 __all__ = [
     "BaseStore",
@@ -20,8 +24,23 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "connect",
+    "postgres_store",
     "sqlite_path",
 ]
+
+
+def postgres_store() -> type[PostgresStore]:
+    """The PostgresStore class; ImportError saying how to install it without psycopg."""
+    try:
+        from liteq.stores.postgres import PostgresStore
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("psycopg"):
+            raise
+        raise ImportError(
+            "liteq's PostgresStore needs psycopg: pip install 'liteq-jobs[postgres]'",
+            name=exc.name,
+        ) from exc
+    return PostgresStore
 
 
 def sqlite_path(url: str) -> str:
@@ -45,7 +64,9 @@ def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:
     `liteq work --db URL` sets for its workers, so a jobs module can write
     `store = liteq.connect()` and get the worker's own store).
 
-    `sqlite:///relative/path.sqlite`, `sqlite:////absolute/path.sqlite`, `memory://`.
+    `sqlite:///relative/path.sqlite`, `sqlite:////absolute/path.sqlite`, `memory://`, or
+    `postgresql://user:password@host:5432/database` (`?schema=NAME`: liteq's tables in that
+    schema, `liteq` unless given; other parameters are libpq's).
     A query string sets SQLiteStore options: `?durability=full`, `?page_size=4096`
     (both: `?durability=full&page_size=4096`). A bare path means an SQLite file.
     `readonly=True` opens an existing queue only to read it (no file is created).
@@ -80,5 +101,11 @@ def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:
             readonly=readonly,
         )
     if scheme in ("postgres", "postgresql"):
-        raise ValueError("PostgresStore is not available yet in this version of liteq")
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path.sqlite or memory://")
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        schema = query.pop("schema", "liteq")  # liteq's own; the rest are libpq's
+        dsn = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+        return postgres_store()(dsn, schema=schema, readonly=readonly)
+    raise ValueError(
+        f"unsupported store URL {url!r}: use sqlite:///path.sqlite, "
+        "postgresql://user@host/database or memory://"
+    )

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("liteq.worker")
 
+#: The share of its lease a running job outlives without a renewal before it is stopped:
+#: past the lease it may be rescued and run elsewhere, and it must not run twice at once.
+LEASE_GIVEN_UP: Final = 0.8
+
 #: How often a worker asks its store for conditions an operator should hear of.
 HEALTH_EVERY: Final = 10.0
 
@@ -66,6 +70,7 @@ class Heartbeat:
         self._told: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopped: int | None = None  # the job stopped for want of a lease
 
     def count(self, queue: str, completed: bool) -> None:
         """A job of `queue` completed, or an attempt failed: told at the next beat."""
@@ -138,13 +143,25 @@ class Heartbeat:
             if time.monotonic() < beat_at:
                 continue
             beat_at = time.monotonic() + self.lease / 3
+            mine = self.holding()
             try:
-                self._renew(self.holding())
+                self._renew(mine)
             except (StoreMoved, StoreCorrupt):
                 return  # the worker's loop meets it too, and stops
             except StoreError as exc:
                 log.error("renewing leases failed (%s); trying again shortly", exc)
                 beat_at = time.monotonic() + 1.0
+                _, running = self.progress()
+                given_up = self.lease * LEASE_GIVEN_UP
+                overdue = time.monotonic() - self.renewed > given_up
+                if running is not None and running != self._stopped and overdue:
+                    self._stopped = running  # (once: it is handed back when it has unwound)
+                    reason = (
+                        f"its lease could not be renewed for {given_up:.1f}s (the store could "
+                        "not be reached), so it may be run elsewhere"
+                    )
+                    log.error("job %d: %s: stopping it", running, reason)
+                    self.signals.lose_lease(reason)
                 continue
             self.beat()
 
@@ -153,6 +170,9 @@ class Heartbeat:
             return
         kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
         self.renewed = time.monotonic()
+        _, running = self.progress()
         for mjob in mine:  # (one finished meanwhile is no longer RUNNING here)
             if id(mjob) not in kept and mjob.status is Status.RUNNING:
                 log.warning("job %d: lease lost; it was re-queued elsewhere", mjob.id)
+                if mjob.id == running:
+                    self.signals.lose_lease("its lease was lost: it was re-queued elsewhere")

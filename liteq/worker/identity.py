@@ -19,8 +19,9 @@ import psutil
 
 
 def host() -> str:
-    """This host's name as owners record it."""
-    return socket.gethostname()
+    """This host's name as owners record it: LITEQ_HOST if set (for hosts whose names are
+    not unique, such as containers), else the host name."""
+    return os.environ.get("LITEQ_HOST") or socket.gethostname()
 
 
 def _linux_start(pid: int) -> str | None:

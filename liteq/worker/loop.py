@@ -380,7 +380,9 @@ class Worker:
                 except Exception:
                     log.exception("cleanup() of job %d raised", mjob.id)
         except Interrupted as exc:
-            # The job's code has unwound: only now may it be handed back.
+            # The job's code has unwound: only now may it be handed back (however long
+            # that takes: the hard exit was for a job that would not unwind).
+            signals.hard_exit_at = None
             reason = f"interrupted: {exc}"
             self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
             self._heartbeat.count(mjob.queue, completed=False)

@@ -45,6 +45,8 @@ class Signals:
         self.runtime_deadline: float | None = None
         #: When the heartbeat ends the process, if a job could not be interrupted.
         self.hard_exit_at: float | None = None
+        #: Why the running job's lease is lost (the heartbeat says so from its thread).
+        self.lease_lost: str | None = None
         self._previous: dict[int, object] = {}
 
     @property
@@ -122,9 +124,20 @@ class Signals:
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop(EXIT_SIGNAL)
 
+    def lose_lease(self, reason: str) -> None:
+        """Stop the running job: its lease is lost, so it may run elsewhere now (called
+        from the heartbeat's thread; the job is stopped in the main thread by ALRM)."""
+        if not self.installed or not self.in_job:
+            return
+        self.lease_lost = reason
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
+
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
-        if self.graceful_deadline is not None and now >= self.graceful_deadline:
+        if self.lease_lost is not None:
+            reason, self.lease_lost = self.lease_lost, None
+            self._interrupt(reason, stop_worker=False)
+        elif self.graceful_deadline is not None and now >= self.graceful_deadline:
             self._interrupt(
                 f"the job outlasted the graceful shutdown timeout of {self.graceful_timeout}s",
                 stop_worker=True,

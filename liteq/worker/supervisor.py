@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from liteq.errors import StoreCorrupt, StoreMoved
+from liteq.errors import StoreCorrupt, StoreError, StoreMoved
 from liteq.stores import connect
 from liteq.stores.contract import Store
 from liteq.stores.sqlite import open_queue_files
@@ -110,10 +110,8 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in _HANDLED}
         old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         self._pipe = (read_fd, write_fd)
-        store = None
+        store: Store | None = None
         try:
-            store = connect(self.url)
-            store.close()  # opened again for each check: none is open when a worker forks
             log.info("supervisor %d: %d worker(s) on %s", os.getpid(), self.processes, self.url)
             for _ in range(self.processes):
                 self._spawn()
@@ -128,13 +126,13 @@ class Supervisor:
                         pass
                 self._handle_signals()
                 if self._reap():
-                    self._rescue(store)
+                    store = self._rescue(store)
                 self._start_due()
                 if time.monotonic() >= next_check:
-                    self._rescue(store)
+                    store = self._rescue(store)
                     next_check = time.monotonic() + self.hung_check_every
             if self._fatal is None:
-                self._rescue(store)
+                store = self._rescue(store)
             log.info("supervisor %d: all workers stopped", os.getpid())
             if self._fatal is not None:
                 return self._fatal
@@ -290,9 +288,13 @@ class Supervisor:
             self._grace_until = now + PAUSE_GRACE
         self._last_tick = now
 
-    def _rescue(self, store: Store) -> None:
+    def _rescue(self, store: Store | None) -> Store | None:
+        """Re-queue the jobs of dead or hung workers; the store, opened on first use (and
+        closed after each check: none is open when a worker forks)."""
         awake = time.monotonic() >= self._grace_until
         try:
+            if store is None:
+                store = connect(self.url)
             for mjob in detect_hung_jobs(store, kill_live=awake):
                 log.warning("re-queued job %d of a dead or hung worker: %s", mjob.id, mjob.error)
             report_health(store)
@@ -301,10 +303,14 @@ class Supervisor:
                 log.error("%s; liteq work stops", exc)
                 code = EXIT_STORE_MOVED if isinstance(exc, StoreMoved) else EXIT_STORE_CORRUPT
                 self._stop_all(code)
+        except StoreError as exc:  # the server is down, say: the next check tries again
+            log.warning("hung-job check failed: %s", exc)
         except Exception:
             log.exception("hung-job check failed")
         finally:
-            store.close()
+            if store is not None:
+                store.close()
+        return store
 
     def _spawn(self) -> None:
         # Signals stay blocked across fork(): a TERM forwarded to a child before it has
@@ -362,7 +368,8 @@ def _child_main(supervisor: Supervisor, pipe: tuple[int, int]) -> int:
 def _warn_of_other_queues(store: Store) -> None:
     """A jobs module that opened a queue of its own (a module-level SQLiteStore("x")) would
     send the jobs it enqueues there, not to this worker's queue: say so once."""
-    ours = os.path.realpath(getattr(store, "path", ""))
+    path = getattr(store, "path", None)
+    ours = os.path.realpath(path) if isinstance(path, str) else repr(store)
     for other in sorted(open_queue_files() - {ours}):
         log.warning(
             "an imported module opened the queue %s, not the one liteq work serves (%s): jobs "

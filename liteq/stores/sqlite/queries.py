@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import functools
-import importlib.resources
-import re
-from collections.abc import Sequence
 from typing import Any, Final
 
 from liteq.record import COLUMNS
 from liteq.stores.contract import JobQuery
+from liteq.stores.sqltext import filters, read_blocks, search_filters
 
-
-def _blocks(text: str) -> dict[str, str]:
-    """{name: statement} of the `-- name: NAME` blocks of `text`, comments left out."""
-    blocks: dict[str, str] = {}
-    name = None
-    for line in text.splitlines():
-        found = re.fullmatch(r"-- name: (\w+)", line.strip())
-        if found:
-            name = found.group(1)
-            blocks[name] = ""
-        elif name is not None and line.strip() and not line.lstrip().startswith("--"):
-            blocks[name] += line.strip() + " "
-    return {key: value.strip() for key, value in blocks.items()}
-
-
-_SQL: Final = _blocks(
-    importlib.resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
-)
+_SQL: Final = read_blocks(__package__, "queries.sql")
 _FIXED: Final = {
     "columns": ", ".join(COLUMNS),
     "c_columns": ", ".join(f"c.{c}" for c in COLUMNS),
@@ -113,31 +94,15 @@ def delete_fenced_many(count: int) -> str:
     return _SQL["delete_fenced_many"].format(pairs=", ".join("(?, ?)" for _ in range(count)))
 
 
-def _filters(pairs: Sequence[tuple[str, object]]) -> tuple[str, list[Any]]:
-    """The filter clauses for the (name, value) pairs whose value is not None."""
-    given = [(name, value) for name, value in pairs if value is not None]
-    return " ".join(_SQL[f"filter_{name}"] for name, _ in given), [v for _, v in given]
-
-
 def count(queue: str | None, status: str | None) -> tuple[str, list[Any]]:
     """How many rows of this queue and status (None: any)."""
-    where, args = _filters([("queue", queue), ("status", status)])
+    where, args = filters(_SQL, [("queue", queue), ("status", status)])
     return _SQL["count"].format(where=where), args
 
 
 def search(query: JobQuery) -> tuple[str, list[Any]]:
     """A page of rows matching `query`, and the parameters."""
-    where, args = _filters(
-        [
-            ("queue", query.queue),
-            ("status", None if query.status is None else query.status.value),
-            ("type", query.job_type),
-            ("error", query.error_contains),
-            ("finished_since", query.finished_since),
-            ("before", query.before),
-            ("after", query.after if query.before is None else None),
-        ]
-    )
+    where, args = filters(_SQL, search_filters(query))
     order = "ASC" if query.before is None else "DESC"
     return _sql("search", where=where, order=order), [*args, query.limit]
 
@@ -146,5 +111,5 @@ def purge(
     status: str, queue: str | None, before: float | None, limit: int
 ) -> tuple[str, list[Any]]:
     """Delete up to `limit` rows of this status (and queue) finished before `before`."""
-    where, args = _filters([("queue", queue), ("finished_before", before)])
+    where, args = filters(_SQL, [("queue", queue), ("finished_before", before)])
     return _SQL["purge"].format(where=where), [status, *args, limit]

@@ -1,0 +1,257 @@
+"""PostgresStore against a raw psycopg floor, measured in one run on this machine.
+
+    python bench/postgres.py                     # about three minutes
+    python bench/postgres.py --quick             # smaller counts, one pass
+    python bench/postgres.py --dsn postgresql://user@host/db
+
+The server: --dsn, else LITEQ_BENCH_POSTGRES, else what the tests use (tests/pg.py: a
+server on 127.0.0.1:5432, or a throwaway cluster). Each measure runs in a schema of its own,
+dropped after.
+
+The floor is what any PostgreSQL queue must do, written directly with psycopg: a table with
+a claim index; one INSERT per enqueue (autocommit); per job, a transaction that claims with
+UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING, then a DELETE;
+and the same in batches of 100. Its connection has liteq's planner settings, so that its
+claims use the claim index as liteq's do. liteq does more per job (its fence, leases, attempts,
+options, a notification per enqueue): the ratios say what that costs. Passes take turns,
+and medians are reported: read the ratios, which compare runs made seconds apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import liteq  # noqa: E402 - after the path is set
+from bench.jobs import Noop, Sleep, Stamp  # noqa: E402
+from liteq.stores.postgres.link import where  # noqa: E402
+from liteq.stores.postgres.queries import queries  # noqa: E402
+
+PAYLOAD = json.dumps({"type": "bench.jobs.Noop", "state": {"n": 1}})
+FLOOR_TABLE = (
+    "CREATE TABLE {s}.jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " queue text NOT NULL, priority bigint NOT NULL, status text NOT NULL,"
+    " run_at double precision NOT NULL, payload text NOT NULL)"
+)
+FLOOR_INDEX = "CREATE INDEX ON {s}.jobs (priority DESC, run_at, id) WHERE status = 'queued'"
+FLOOR_INSERT = (
+    "INSERT INTO {s}.jobs (queue, priority, status, run_at, payload)"
+    " VALUES ('default', 0, 'queued', %s, %s)"
+)
+FLOOR_CLAIM = (
+    "UPDATE {s}.jobs SET status = 'running' WHERE id IN (SELECT id FROM {s}.jobs"
+    " WHERE status = 'queued' AND run_at <= %s ORDER BY priority DESC, run_at, id"
+    " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, payload"
+)
+FLOOR_DELETE = "DELETE FROM {s}.jobs WHERE id = ANY(%s)"
+
+
+def server(dsn: str | None) -> str:
+    """The server to measure on."""
+    found = dsn or os.environ.get("LITEQ_BENCH_POSTGRES")
+    if found:
+        return found
+    from tests import pg  # the tests' own finder (and throwaway cluster)
+
+    found = pg.server()
+    if found is None:
+        raise SystemExit(pg.HOW)
+    return found
+
+
+@contextmanager
+def schema(dsn: str) -> Iterator[str]:
+    """A fresh schema's name, dropped after."""
+    name = f"bench_{os.getpid()}_{random.randrange(1 << 30)}"
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE".encode())
+
+
+def rate(n: int, fn: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - began)
+
+
+# -- the floor -------------------------------------------------------------------------
+def floor_conn(dsn: str, s: str) -> psycopg.Connection[tuple[object, ...]]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(queries(s).PLANNER_SETTINGS.encode())  # the claim's plan, as liteq's
+    conn.execute(f"CREATE SCHEMA {s}".encode())
+    conn.execute(FLOOR_TABLE.format(s=s).encode())
+    conn.execute(FLOOR_INDEX.format(s=s).encode())
+    return conn
+
+
+def floor_enqueue(conn: psycopg.Connection[tuple[object, ...]], s: str, n: int) -> None:
+    sql = FLOOR_INSERT.format(s=s).encode()
+    for _ in range(n):
+        conn.execute(sql, (time.time(), PAYLOAD))
+
+
+def floor_enqueue_batched(conn: psycopg.Connection[tuple[object, ...]], s: str, n: int) -> None:
+    sql = FLOOR_INSERT.format(s=s).encode()
+    cursor = conn.cursor()
+    for _ in range(n // 100):
+        with conn.transaction():
+            cursor.executemany(sql, [(time.time(), PAYLOAD)] * 100)
+
+
+def floor_drain(conn: psycopg.Connection[tuple[object, ...]], s: str, n: int, batch: int) -> None:
+    claim, delete = FLOOR_CLAIM.format(s=s).encode(), FLOOR_DELETE.format(s=s).encode()
+    for _ in range(n // batch):
+        with conn.transaction():
+            rows = conn.execute(claim, (time.time(), batch)).fetchall()
+        for row in rows:
+            json.loads(str(row[1]))
+        conn.execute(delete, ([row[0] for row in rows],))
+
+
+# -- liteq ----------------------------------------------------------------------------------
+def liteq_enqueue(store: liteq.stores.BaseStore, n: int) -> None:
+    for _ in range(n):
+        store.enqueue(Noop(1))
+
+
+def liteq_enqueue_many(store: liteq.stores.BaseStore, n: int) -> None:
+    for _ in range(n // 100):
+        store.enqueue_many([Noop(1) for _ in range(100)])
+
+
+def liteq_drain(store: liteq.stores.BaseStore, prefetch: int) -> None:
+    liteq.Worker(
+        store, exit_if_no_jobs=True, jitter=False, handle_signals=False, prefetch=prefetch
+    ).start()
+
+
+def liteq_work(url: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            *[sys.executable, "-m", "liteq", "work", "--db", url, "--import", "bench.jobs"],
+            *["--no-jitter", "-q", *args],
+        ],
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def drain_in_processes(url: str, processes: int, n: int) -> float:
+    """Jobs/s of `liteq work --burst --processes N` draining n 1 ms jobs."""
+    with liteq.connect(url) as store:
+        store.enqueue_many([Sleep(0.001) for _ in range(n)])
+    began = time.perf_counter()
+    work = liteq_work(url, "--processes", str(processes), "--burst")
+    if work.wait() != 0:
+        raise RuntimeError(f"liteq work exited {work.returncode}")
+    return n / (time.perf_counter() - began)
+
+
+def pickup(url: str, samples: int) -> list[float]:
+    """Seconds from enqueue to start of a job, the worker idle (--wakeup-every 60: only a
+    notification wakes it in time)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stamps.txt"
+        work = liteq_work(url, "--wakeup-every", "60")
+        try:
+            store = liteq.connect(url)
+            deadline = time.monotonic() + 30
+            while not store.workers() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            for _ in range(samples):
+                time.sleep(random.uniform(0.02, 0.2))
+                store.enqueue(Stamp(str(out), time.time()))
+                while not out.exists() or len(out.read_text().splitlines()) < _ + 1:
+                    time.sleep(0.001)
+            store.close()
+        finally:
+            os.killpg(work.pid, signal.SIGTERM)
+            work.wait(30)
+        return [float(line) for line in out.read_text().splitlines()]
+
+
+# -- the run --------------------------------------------------------------------------------
+def one_pass(dsn: str, n: int, batched: int) -> dict[str, float]:
+    """One measure of each, the floor and liteq in turn, each on fresh tables."""
+    got: dict[str, float] = {}
+    with schema(dsn) as s:
+        conn = floor_conn(dsn, s)
+        got["floor enqueue"] = rate(n, lambda: floor_enqueue(conn, s, n))
+        got["floor drain"] = rate(n, lambda: floor_drain(conn, s, n, 1))
+        got["floor enqueue 100"] = rate(batched, lambda: floor_enqueue_batched(conn, s, batched))
+        got["floor drain 100"] = rate(batched, lambda: floor_drain(conn, s, batched, 100))
+        conn.close()
+    with schema(dsn) as s:
+        store = liteq.PostgresStore(dsn, schema=s)
+        got["liteq enqueue"] = rate(n, lambda: liteq_enqueue(store, n))
+        got["liteq drain"] = rate(n, lambda: liteq_drain(store, 1))
+        got["liteq enqueue_many"] = rate(batched, lambda: liteq_enqueue_many(store, batched))
+        got["liteq drain prefetch"] = rate(batched, lambda: liteq_drain(store, 100))
+        store.close()
+    return got
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", help="the server (default: see the module's docstring)")
+    parser.add_argument("--quick", action="store_true", help="small counts, one pass")
+    args = parser.parse_args()
+    dsn = server(args.dsn)
+    n, batched, passes = (500, 5_000, 1) if args.quick else (3_000, 30_000, 3)
+    print(f"{where(dsn)}, {passes} pass(es)", flush=True)
+    results: dict[str, list[float]] = {}
+    for _ in range(passes):
+        for name, value in one_pass(dsn, n, batched).items():
+            results.setdefault(name, []).append(value)
+    med = {name: statistics.median(values) for name, values in results.items()}
+    rows = [
+        ("enqueue, one per transaction", "floor enqueue", "liteq enqueue"),
+        ("claim + complete, one job per transaction", "floor drain", "liteq drain"),
+        ("enqueue, 100 per transaction", "floor enqueue 100", "liteq enqueue_many"),
+        (
+            "claim + complete, 100 per transaction (prefetch)",
+            "floor drain 100",
+            "liteq drain prefetch",
+        ),
+    ]
+    print("| measure | raw psycopg floor | liteq | liteq / floor |\n|---|---|---|---|")
+    for what, floor, ours in rows:
+        print(
+            f"| {what} | {med[floor]:,.0f} jobs/s | {med[ours]:,.0f} jobs/s | {med[ours] / med[floor]:.2f} |"
+        )
+
+    with schema(dsn) as s:
+        url = f"{dsn}{'&' if '?' in dsn else '?'}schema={s}"
+        jobs = 1_000 if args.quick else 4_000
+        one = drain_in_processes(url, 1, jobs)
+        four = drain_in_processes(url, 4, jobs)
+        print(
+            f"| `liteq work`, 1 ms jobs, 4 processes / 1 | {one:,.0f} jobs/s | {four:,.0f} jobs/s | {four / one:.2f} |"
+        )
+        stamps = sorted(pickup(url, 30 if args.quick else 150))
+        p50, p90 = stamps[len(stamps) // 2], stamps[int(len(stamps) * 0.9)]
+        print(
+            f"| pick-up latency of an idle worker (LISTEN/NOTIFY) | | p50 {p50 * 1000:.1f} ms, "
+            f"p90 {p90 * 1000:.1f} ms, max {stamps[-1] * 1000:.1f} ms | |"
+        )
+
+
+if __name__ == "__main__":
+    main()

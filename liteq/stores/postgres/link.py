@@ -1,0 +1,198 @@
+"""A process's connection to PostgreSQL: opened on first use, and again after a fault or a fork.
+
+No connection is open across fork(): a child sharing its parent's socket would interleave
+its messages with the parent's, and closing it in the child would end the parent's session.
+So before fork() every link closes its connection (both processes reconnect on first use),
+holding its mutex until the fork is done so that no thread reopens it meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any, Final
+
+import psycopg
+import psycopg.errors
+
+from liteq.errors import StoreError, StoreUnavailable
+
+log = logging.getLogger("liteq.store")
+
+#: Seconds a connection attempt may take before it is a failure.
+CONNECT_TIMEOUT: Final = 10
+
+_LINKS: weakref.WeakSet[Link] = weakref.WeakSet()
+_HELD: list[Link] = []
+
+
+def _before_fork() -> None:
+    for link in list(_LINKS):
+        link.mutex.acquire()
+        _HELD.append(link)
+        link.close_quietly()
+
+
+def _after_fork() -> None:
+    while _HELD:
+        _HELD.pop().mutex.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+def where(conninfo: str) -> str:
+    """The server a conninfo names, for messages (never its password)."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "PostgreSQL"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    db = params.get("dbname") or params.get("user") or ""
+    return f"PostgreSQL at {host}:{port}/{db}"
+
+
+def connect(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A new autocommit connection; StoreUnavailable if the server cannot be reached."""
+    try:
+        return psycopg.connect(
+            conninfo,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name="liteq",
+        )
+    except psycopg.ProgrammingError as exc:  # (before the server is asked)
+        raise ValueError(f"bad PostgreSQL URL or connection string: {_first_line(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        message = f"cannot connect to {where(conninfo)}: {_first_line(exc)}"
+        if any(words in str(exc) for words in _REFUSALS):
+            raise StoreError(message) from exc  # trying again would not help
+        raise StoreUnavailable(message) from exc
+
+
+#: What a server says when it refuses a connection for good (a wrong database, user,
+#: password or setting); anything else (no answer, starting up, too many clients) may pass.
+_REFUSALS: Final = (
+    "does not exist",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "unrecognized configuration parameter",
+    "invalid value for parameter",
+    "permission denied",
+    "invalid connection option",
+    "invalid URI",
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> StoreError | None:
+    """The StoreError a fault of the server or the connection is, or None for any other
+    error (a bug, or a constraint liteq relies on: raised as it is)."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return StoreError(f"{server} cancelled a statement: {_first_line(exc)}")
+    if isinstance(exc, psycopg.errors.TransactionRollback):  # a deadlock, say
+        return StoreError(f"{server} rolled back a transaction: {_first_line(exc)}; try again")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if committing:
+            return StoreUnavailable(
+                f"the connection to {server} was lost while committing ({_first_line(exc)}): "
+                "the change may or may not have been made"
+            )
+        return StoreUnavailable(f"lost the connection to {server}: {_first_line(exc)}")
+    return None
+
+
+def _alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection is still open: one the server ended (a restart, an idle
+    timeout, pg_terminate_backend) has its last words waiting on the socket, which costs
+    one poll to see, so that the statement sent next does not fail for it."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        for _ in range(3):  # (its error message, then the end of the stream)
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+            if not readable:
+                return conn.pgconn.status == psycopg.pq.ConnStatus.OK
+            conn.pgconn.consume_input()
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return conn.pgconn.status == psycopg.pq.ConnStatus.OK
+
+
+class Link:
+    """This process's connection for one store, its users taking turns on `mutex`."""
+
+    def __init__(self, conninfo: str, setup: str = "") -> None:
+        self.conninfo = conninfo
+        self.setup = setup  # statements run on each new connection
+        self.server = where(conninfo)
+        self.mutex = threading.RLock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._lost = False  # the last connection was lost: say so when it is back
+        _LINKS.add(self)
+
+    def connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The open connection (call with the mutex held), connecting if there is none."""
+        conn = self._conn
+        if conn is not None and not _alive(conn):
+            self._lost = True
+            self.close_quietly()
+            log.warning("the connection to %s was closed by the server", self.server)
+            conn = None
+        if conn is None or conn.closed:
+            conn = connect(self.conninfo)
+            if self.setup:
+                try:
+                    conn.execute(self.setup.encode())
+                except psycopg.Error as exc:
+                    conn.close()
+                    raise translate(exc, self.server) or exc from exc
+            self._conn = conn
+            if self._lost:
+                self._lost = False
+                log.warning("connected to %s again", self.server)
+        return conn
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """The connection, held for the block; a fault of the server or the connection
+        comes out as StoreError (a broken connection is dropped, and made again next time)."""
+        with self.mutex:
+            conn = self.connection()
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                raise self.fault(exc) from exc
+
+    def fault(self, exc: psycopg.Error, *, committing: bool = False) -> BaseException:
+        """What to raise for `exc`; drops the connection if it is broken."""
+        conn = self._conn
+        if conn is not None and (conn.broken or conn.closed):
+            self._lost = True
+            self.close_quietly()
+        return translate(exc, self.server, committing=committing) or exc
+
+    def close_quietly(self) -> None:
+        """Close the connection, whatever state it is in."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close the connection (a later use opens a new one)."""
+        with self.mutex:
+            self.close_quietly()
+
+    def __del__(self) -> None:  # a store nobody closed: end its session tidily
+        self.close_quietly()

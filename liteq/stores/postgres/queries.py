@@ -1,0 +1,113 @@
+"""PostgresStore's statements, read from queries.sql and completed for one schema."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Final
+
+from liteq.record import COLUMNS
+from liteq.stores.contract import JobQuery
+from liteq.stores.sqltext import filters, read_blocks, search_filters
+
+_SQL: Final = read_blocks(__package__, "queries.sql")
+
+#: A schema name liteq accepts: a plain identifier, short enough that its notification
+#: channel's name ("liteq." + it) fits PostgreSQL's 63 bytes.
+SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,56}")
+
+
+def quoted(schema: str) -> str:
+    """The schema's name as SQL writes it."""
+    return f'"{schema}"'
+
+
+def channel(schema: str) -> str:
+    """The channel NOTIFY wakes the idle workers of this schema's queue on."""
+    return f"liteq.{schema}"
+
+
+class Queries:
+    """Every statement, completed for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._fixed = {
+            "s": quoted(schema),
+            "columns": ", ".join(COLUMNS),
+            "new_columns": ", ".join(COLUMNS[1:]),
+            "j_columns": ", ".join(f"j.{c}" for c in COLUMNS),
+            "values": ", ".join(["%s"] * (len(COLUMNS) - 1)),
+            "assignments": ", ".join(f"{c} = %s" for c in COLUMNS[1:]),
+        }
+        sql = self._sql
+        self.channel = channel(schema)
+        self.GET = sql("get")
+        self.GET_FOR_UPDATE = sql("get_for_update")
+        self.COALESCE_HOLDER = sql("coalesce_holder")
+        self.COALESCE_HOLDER_FOR_UPDATE = sql("coalesce_holder_for_update")
+        self.ACTIVE = sql("active")
+        self.INSERT = sql("insert")
+        self.INSERT_BATCH = sql("insert_batch")
+        self.UPDATE = sql("update")
+        self.DELETE = sql("delete")
+        self.DELETE_FENCED = sql("delete_fenced")
+        self.DELETE_FENCED_MANY = sql("delete_fenced_many")
+        self.CLAIM_ANY = sql("claim", where="")
+        self.CLAIM_ONE_QUEUE = sql("claim", where=_SQL["in_one_queue"])
+        self.CLAIM_QUEUES = sql("claim", where=_SQL["in_queues"])
+        self.QUEUED_QUEUES = sql("queued_queues")
+        self.FIRST_DUE = sql("first_due")
+        self.SUMMARY = sql("summary")
+        self.SET_PAUSED = sql("set_paused")
+        self.PAUSED = sql("paused")
+        self.REGISTER = sql("register")
+        self.BEAT = sql("beat")
+        self.COUNT_FINISHED = sql("count_finished")
+        self.FORGET_OLD_STATS = sql("forget_old_stats")
+        self.FORGET_SILENT_WORKERS = sql("forget_silent_workers")
+        self.UNREGISTER = sql("unregister")
+        self.WORKERS = sql("workers")
+        self.FINISHED = sql("finished")
+        self.NOTIFY = sql("notify")
+        self.PLANNER_SETTINGS = sql("planner_settings")
+        self.TABLES = sql("tables")
+        self.META_VERSION = sql("meta_version")
+        self.MIGRATION_LOCK = sql("migration_lock")
+        self.CREATE_SCHEMA = sql("create_schema")
+        self.CREATE_META = sql("create_meta")
+        self.INIT_META = sql("init_meta")
+        self.SET_VERSION = sql("set_version")
+
+    def _sql(self, name: str, **parts: str) -> str:
+        return _SQL[name].format(**self._fixed, **parts)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one Queries per store, kept for its life
+    def update_fenced(self, columns: tuple[str, ...]) -> str:
+        """Set these columns of a claimed run, fenced: parameters are their values, then
+        id, owner, attempts."""
+        return self._sql("update_fenced", set=", ".join(f"{c} = %s" for c in columns))
+
+    def count(self, queue: str | None, status: str | None) -> tuple[str, list[Any]]:
+        """How many rows of this queue and status (None: any)."""
+        where, args = filters(_SQL, [("queue", queue), ("status", status)])
+        return self._sql("count", where=where), args
+
+    def search(self, query: JobQuery) -> tuple[str, list[Any]]:
+        """A page of rows matching `query`, and the parameters."""
+        where, args = filters(_SQL, search_filters(query))
+        order = "ASC" if query.before is None else "DESC"
+        return self._sql("search", where=where, order=order), [*args, query.limit]
+
+    def purge(
+        self, status: str, queue: str | None, before: float | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """Delete up to `limit` rows of this status (and queue) finished before `before`."""
+        where, args = filters(_SQL, [("queue", queue), ("finished_before", before)])
+        return self._sql("purge", where=where), [status, *args, limit]
+
+
+@functools.cache
+def queries(schema: str) -> Queries:
+    """The statements of this schema (made once per process)."""
+    return Queries(schema)

@@ -1,0 +1,225 @@
+-- The statements of PostgresStore, by name (`-- name: NAME` starts a block). Python fills
+-- in {s} (the schema's quoted name), {columns} (every column of jobs, in Record order),
+-- {values} and {assignments} (each column but the id), and, from liteq's own code only,
+-- {where}, {order} and {set}. Parameters are psycopg's: %s, or %(name)s.
+
+-- name: get
+SELECT {columns} FROM {s}.jobs WHERE id = %s
+
+-- Read for update: the row stays as read until the transaction ends.
+-- name: get_for_update
+SELECT {columns} FROM {s}.jobs WHERE id = %s FOR UPDATE
+
+-- name: coalesce_holder
+SELECT {columns} FROM {s}.jobs WHERE coalesce_id = %s AND status <> 'completed'
+
+-- name: coalesce_holder_for_update
+SELECT {columns} FROM {s}.jobs WHERE coalesce_id = %s AND status <> 'completed' FOR UPDATE
+
+-- name: active
+SELECT {columns} FROM {s}.jobs WHERE status IN ('running', 'wait_async')
+
+-- A held coalesce id makes it insert nothing and return no row.
+-- name: insert
+INSERT INTO {s}.jobs ({new_columns}) VALUES ({values}) ON CONFLICT DO NOTHING RETURNING id
+
+-- A batch of new jobs that hold no coalesce id, one array per column but the id, sent in
+-- binary (%b: text arrays would be quoted element by element). Their ids are taken in the
+-- arrays' order (PostgreSQL evaluates a volatile output column after ORDER BY), so that
+-- sorted, the ids returned are the jobs' in order.
+-- name: insert_batch
+INSERT INTO {s}.jobs ({columns}) OVERRIDING SYSTEM VALUE
+SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id')), job_type, payload, queue, priority,
+    status, attempts, max_attempts, run_at, created_at, started_at, finished_at, coalesce_id,
+    max_runtime, delete_on_complete, error, traceback, owner, lease_until, lock_token,
+    lock_until, lease_mono, deadline_mono
+FROM unnest(
+    %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
+    %b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::float8[],
+    %b::boolean[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::float8[],
+    %b::float8[], %b::float8[])
+    WITH ORDINALITY AS t({new_columns}, n)
+ORDER BY n
+RETURNING id
+
+-- name: update
+UPDATE {s}.jobs SET {assignments} WHERE id = %s
+
+-- name: delete
+DELETE FROM {s}.jobs WHERE id = %s
+
+-- Fenced: only while the row is still the claimed run (id, owner, attempt).
+-- name: delete_fenced
+DELETE FROM {s}.jobs WHERE id = %s AND owner = %s AND attempts = %s AND status = 'running'
+
+-- name: update_fenced
+UPDATE {s}.jobs SET {set} WHERE id = %s AND owner = %s AND attempts = %s AND status = 'running'
+
+-- One owner's runs at once: their ids and attempts as two arrays.
+-- name: delete_fenced_many
+DELETE FROM {s}.jobs AS j USING unnest(%s::bigint[], %s::bigint[]) AS f(id, attempts)
+WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = %s AND j.status = 'running'
+RETURNING j.id
+
+-- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once.
+-- SKIP LOCKED passes over rows other claims hold, so workers claim side by side instead
+-- of in turn. {where} narrows it to some queues. The rows come back in no order.
+-- name: claim
+WITH picked AS (
+    SELECT id FROM {s}.jobs AS c
+    WHERE status = 'queued' AND run_at <= %(now)s
+        AND (lock_token IS NULL OR lock_until < %(now)s) {where}
+        AND NOT EXISTS (SELECT 1 FROM {s}.queues AS q WHERE q.name = c.queue AND q.paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+UPDATE {s}.jobs AS j SET status = 'running', attempts = j.attempts + 1,
+    started_at = %(now)s, finished_at = NULL, owner = %(owner)s,
+    lease_until = %(lease_until)s, lease_mono = %(lease_mono)s,
+    deadline_mono = %(mono)s + j.max_runtime
+FROM picked WHERE j.id = picked.id
+RETURNING {j_columns}
+
+-- name: in_one_queue
+AND queue = %(queue)s
+
+-- name: in_queues
+AND queue = ANY(%(queues)s)
+
+-- Queue names holding queued jobs, a seek each (a loose index scan of jobs_claim).
+-- name: queued_queues
+WITH RECURSIVE names(name) AS (
+    (SELECT queue FROM {s}.jobs WHERE status = 'queued' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue FROM {s}.jobs
+            WHERE status = 'queued' AND queue > names.name ORDER BY queue LIMIT 1)
+    FROM names WHERE names.name IS NOT NULL)
+SELECT name FROM names WHERE name IS NOT NULL
+
+-- When a queue's next queued job is due: the first run_at of each priority, a seek each.
+-- name: first_due
+WITH RECURSIVE levels(priority) AS (
+    (SELECT priority FROM {s}.jobs WHERE status = 'queued' AND queue = %(queue)s
+     ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT priority FROM {s}.jobs
+            WHERE status = 'queued' AND queue = %(queue)s AND priority < levels.priority
+            ORDER BY priority DESC LIMIT 1)
+    FROM levels WHERE levels.priority IS NOT NULL)
+SELECT min((SELECT run_at FROM {s}.jobs
+            WHERE status = 'queued' AND queue = %(queue)s AND priority = levels.priority
+            ORDER BY run_at LIMIT 1))
+FROM levels WHERE levels.priority IS NOT NULL
+
+-- name: count
+SELECT count(*) FROM {s}.jobs WHERE true {where}
+
+-- name: search
+SELECT {columns} FROM {s}.jobs WHERE true {where} ORDER BY id {order} LIMIT %s
+
+-- name: summary
+SELECT queue, status, count(*),
+    min(run_at) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
+    count(*) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
+    count(*) FILTER (WHERE status = 'queued' AND starts_with(error, %(waits)s))
+FROM {s}.jobs GROUP BY queue, status ORDER BY queue COLLATE "C", status
+
+-- name: purge
+DELETE FROM {s}.jobs WHERE id IN (
+    SELECT id FROM {s}.jobs WHERE status = %s {where} ORDER BY id LIMIT %s)
+
+-- Queues, workers and their counts of finished jobs.
+-- name: set_paused
+INSERT INTO {s}.queues (name, paused) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+
+-- name: paused
+SELECT name FROM {s}.queues WHERE paused
+
+-- name: register
+INSERT INTO {s}.workers
+    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (owner) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+    queues = excluded.queues, started_at = excluded.started_at, beat_at = excluded.beat_at,
+    lease = excluded.lease, jobs_done = excluded.jobs_done, current_job = excluded.current_job
+
+-- name: beat
+UPDATE {s}.workers SET beat_at = %s, jobs_done = %s, current_job = %s WHERE owner = %s
+
+-- name: count_finished
+INSERT INTO {s}.stats AS t (minute, queue, completed, failed) VALUES (%s, %s, %s, %s)
+ON CONFLICT (minute, queue) DO UPDATE
+SET completed = t.completed + excluded.completed, failed = t.failed + excluded.failed
+
+-- name: forget_old_stats
+DELETE FROM {s}.stats WHERE minute < %s
+
+-- name: forget_silent_workers
+DELETE FROM {s}.workers WHERE beat_at + 3 * lease < %s
+
+-- name: unregister
+DELETE FROM {s}.workers WHERE owner = %s
+
+-- name: workers
+SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job
+FROM {s}.workers
+
+-- name: finished
+SELECT queue, sum(completed), sum(failed) FROM {s}.stats WHERE minute >= %s GROUP BY queue
+
+-- name: notify
+SELECT pg_notify(%s, '')
+
+-- Filters of count, search and purge, joined in the order given.
+-- name: filter_queue
+AND queue = %s
+
+-- name: filter_status
+AND status = %s
+
+-- name: filter_type
+AND job_type = %s
+
+-- name: filter_error
+AND strpos(error, %s) > 0
+
+-- name: filter_finished_since
+AND finished_at >= %s
+
+-- name: filter_finished_before
+AND finished_at < %s
+
+-- name: filter_after
+AND id > %s
+
+-- name: filter_before
+AND id < %s
+
+-- Setting up and migrating the schema (schema.py).
+-- name: tables
+SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename
+
+-- name: meta_version
+SELECT version FROM {s}.meta
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(hashtext(%s))
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {s}
+
+-- name: create_meta
+CREATE TABLE {s}.meta (one integer PRIMARY KEY CHECK (one = 1), version integer NOT NULL)
+
+-- name: init_meta
+INSERT INTO {s}.meta VALUES (1, 0)
+
+-- name: set_version
+UPDATE {s}.meta SET version = %s
+
+-- Set on each of liteq's own connections. A queue's table swings from empty to a large
+-- backlog faster than ANALYZE keeps up; with rows underestimated, the planner would claim by
+-- reading every due job and sorting them, where the claim index yields them in order.
+-- name: planner_settings
+SET enable_bitmapscan = off; SET enable_sort = off

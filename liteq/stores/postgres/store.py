@@ -1,0 +1,284 @@
+"""PostgresStore: the same queue in a PostgreSQL database, with workers on many hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Unpack
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from liteq.errors import StoreError
+from liteq.job import Job
+from liteq.managed import ManagedJob
+from liteq.options import EnqueueOptions
+from liteq.record import Record
+from liteq.status import Status
+from liteq.stores.base import BaseStore
+from liteq.stores.contract import (
+    STATS_MINUTES,
+    WAITS_FOR_ITS_TYPE,
+    Finished,
+    JobQuery,
+    QueueCount,
+    Tx,
+    WorkerInfo,
+)
+from liteq.stores.hooks import StatusHook
+from liteq.stores.postgres import schema as pg_schema
+from liteq.stores.postgres.link import Link, translate
+from liteq.stores.postgres.listener import Listener
+from liteq.stores.postgres.queries import SCHEMA_NAME, queries
+from liteq.stores.postgres.transaction import PgTx, Transaction, new_values, record_of
+from liteq.stores.wakeup import Waker
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_FAILED = psycopg.pq.TransactionStatus.INERROR
+
+
+class PostgresStore(BaseStore):
+    """A queue in a PostgreSQL database: many processes on many hosts.
+
+    `dsn`: a `postgresql://` URL or a libpq connection string. liteq keeps its tables in
+    the schema `schema` (created, with its tables, on first open; a schema holding other
+    tables, or made by a newer liteq, is refused). Workers claim side by side with
+    `FOR UPDATE SKIP LOCKED`, and wake within milliseconds of an enqueue by LISTEN/NOTIFY.
+    `readonly=True` opens an existing queue to read it only: nothing is created.
+    Each process opens its own connections (one for its work, one to listen while a
+    worker waits); hosts' clocks must agree to well within a lease (NTP does).
+
+        store = liteq.PostgresStore("postgresql://app@db.internal/app")
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "liteq",
+        readonly: bool = False,
+        clock: Callable[[], float] = time.time,
+        on_status_change: StatusHook | None = None,
+    ) -> None:
+        super().__init__(clock=clock, on_status_change=on_status_change, waker=Waker())
+        if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(
+                f"schema must be a plain name (letters, digits, _; at most 57), not {schema!r}"
+            )
+        self.dsn = dsn
+        self.schema = schema
+        self.readonly = readonly
+        self._q = queries(schema)
+        self._link = Link(dsn, self._q.PLANNER_SETTINGS)
+        self._listener = Listener(dsn, self._q.channel, self._waker)
+        self._local = threading.local()  # the application's connection an enqueue joins
+        with self._link.using() as conn:
+            if readonly:
+                pg_schema.check_readable(conn, schema, self._link.server)
+            else:
+                pg_schema.migrate(conn, schema)
+
+    # -- joining an application's transaction ------------------------------------
+    def enqueue(
+        self,
+        job: Job,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> ManagedJob:
+        """Enqueue a job (see BaseStore.enqueue). With `connection`, an application's
+        psycopg connection, inside its transaction: the job exists if and only if that
+        transaction commits (hooks run at once, before it does).
+
+            with app_db.transaction():
+                app_db.execute("INSERT INTO orders …")
+                store.enqueue(SendReceipt(order_id), connection=app_db)
+        """
+        if connection is None:
+            return super().enqueue(job, **options)
+        with self._joining(connection):
+            return super().enqueue(job, **options)
+
+    def enqueue_many(
+        self,
+        jobs: Iterable[Job],
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> list[ManagedJob]:
+        """Enqueue jobs in one transaction (see BaseStore.enqueue_many); with `connection`,
+        in the application's, as enqueue() does."""
+        if connection is None:
+            return super().enqueue_many(jobs, **options)
+        with self._joining(connection):
+            return super().enqueue_many(jobs, **options)
+
+    @contextlib.contextmanager
+    def _joining(self, connection: psycopg.Connection[Any]) -> Iterator[None]:
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(f"connection must be a psycopg Connection, not {connection!r}")
+        self._local.joined = connection
+        try:
+            yield
+        finally:
+            self._local.joined = None
+
+    @contextlib.contextmanager
+    def _in_application_transaction(self, conn: psycopg.Connection[Any]) -> Iterator[Tx]:
+        status = conn.info.transaction_status
+        if status == _FAILED:
+            raise StoreError("the connection's transaction has failed: roll it back first")
+        cursor = conn.cursor(row_factory=tuple_row)
+        try:
+            if status == _IDLE and conn.autocommit:  # no transaction to join: one of its own
+                with conn.transaction():
+                    yield PgTx(cursor, self._q, self.clock())
+            else:  # inside the application's: it commits, or rolls back, the job with it
+                yield PgTx(cursor, self._q, self.clock())
+        except psycopg.Error as exc:
+            raise translate(exc, self._link.server) or exc from exc
+
+    # -- primitives ----------------------------------------------------------
+    def _transaction(self, prompt: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        joined = getattr(self._local, "joined", None)
+        if joined is not None:
+            return self._in_application_transaction(joined)
+        return Transaction(self._link, self._q, self.clock)
+
+    def _insert_one(self, record: Record) -> int:
+        if getattr(self._local, "joined", None) is not None:
+            return super()._insert_one(record)
+        with self._link.using() as conn:  # one statement, committed on its own
+            row = conn.execute(self._q.INSERT, new_values(record)).fetchone()
+        if row is None:
+            raise StoreError(f"job {record.job_type} was not inserted")
+        return int(row[0])
+
+    def _rows(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        with self._link.using() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def _value(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        rows = self._rows(sql, args)
+        return rows[0][0] if rows else None
+
+    def _read(self, job_id: int) -> Record | None:
+        rows = self._rows(self._q.GET, (job_id,))
+        return record_of(rows[0]) if rows else None
+
+    def _read_coalesce(self, coalesce_id: str) -> Record | None:
+        rows = self._rows(self._q.COALESCE_HOLDER, (coalesce_id,))
+        return record_of(rows[0]) if rows else None
+
+    def _count(self, queue: str | None, status: Status | None) -> int:
+        sql, args = self._q.count(queue, None if status is None else status.value)
+        return int(self._value(sql, args))
+
+    def _search(self, query: JobQuery) -> list[Record]:
+        sql, args = self._q.search(query)
+        return [record_of(row) for row in self._rows(sql, args)]
+
+    def _summary(self, now: float) -> list[QueueCount]:
+        rows = self._rows(self._q.SUMMARY, {"now": now, "waits": WAITS_FOR_ITS_TYPE})
+        return [
+            QueueCount(queue, Status(status), n, oldest, due, unknown)
+            for queue, status, n, oldest, due, unknown in rows
+        ]
+
+    def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
+        sql, args = self._q.purge(status.value, queue, before, limit)
+        with self._link.using() as conn:
+            return conn.execute(sql, args).rowcount
+
+    def _read_active(self) -> list[Record]:
+        return [record_of(row) for row in self._rows(self._q.ACTIVE)]
+
+    def _next_run_at(self, queues: Sequence[str] | None) -> float | None:
+        # Per queue and priority, a seek in the claim index: never a scan of every queued
+        # job (a million delayed ones, say).
+        if queues is None:
+            names = [row[0] for row in self._rows(self._q.QUEUED_QUEUES)]
+        else:
+            names = list(dict.fromkeys(queues))
+        paused = self._paused()
+        dues = [self._value(self._q.FIRST_DUE, {"queue": n}) for n in names if n not in paused]
+        found = [float(d) for d in dues if d is not None]
+        return min(found) if found else None
+
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        with self._transaction(prompt=True) as tx:
+            assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
+            tx.execute(self._q.SET_PAUSED, (queue, paused))
+            if not paused:  # its jobs may be claimed again: wake the idle workers
+                tx.execute(self._q.NOTIFY, (self._q.channel,))
+
+    def _paused(self) -> set[str]:
+        return {row[0] for row in self._rows(self._q.PAUSED)}
+
+    def _register(self, info: WorkerInfo) -> None:
+        queues = None if info.queues is None else json.dumps(list(info.queues))
+        row = dataclasses.astuple(dataclasses.replace(info, queues=None))
+        with self._link.using() as conn:
+            conn.execute(self._q.REGISTER, (*row[:3], queues, *row[4:]))
+
+    def _beat(
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        finished: Finished,
+    ) -> None:
+        minute = int(now // 60)
+        with self._transaction() as tx:
+            assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
+            tx.execute(self._q.BEAT, (now, jobs_done, current_job, owner))
+            for queue, (completed, failed) in sorted(finished.items()):
+                tx.execute(self._q.COUNT_FINISHED, (minute, queue, completed, failed))
+            tx.execute(self._q.FORGET_OLD_STATS, (minute - STATS_MINUTES,))
+            tx.execute(self._q.FORGET_SILENT_WORKERS, (now,))
+
+    def _unregister(self, owner: str) -> None:
+        with self._link.using() as conn:
+            conn.execute(self._q.UNREGISTER, (owner,))
+
+    def _workers(self) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(
+                owner=owner,
+                host=host,
+                pid=pid,
+                queues=None if queues is None else tuple(json.loads(queues)),
+                started_at=started_at,
+                beat_at=beat_at,
+                lease=lease,
+                jobs_done=jobs_done,
+                current_job=current_job,
+            )
+            for owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job in (
+                self._rows(self._q.WORKERS)
+            )
+        ]
+
+    def _finished(self, since_minute: int) -> Finished:
+        rows = self._rows(self._q.FINISHED, (since_minute,))
+        return {queue: (int(completed), int(failed)) for queue, completed, failed in rows}
+
+    # -- waking idle workers -------------------------------------------------
+    def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool:
+        """Block up to `timeout` seconds; True early once a job may have been queued (a
+        notification from any host, or an enqueue in this process)."""
+        self._listener.ensure_running()
+        return super().wait_for_jobs(queues, timeout)
+
+    def close(self) -> None:
+        """Close this process's connections (a later use opens them again)."""
+        self._listener.stop()
+        self._link.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(schema={self.schema!r}, {self._link.server})"

@@ -1,0 +1,224 @@
+"""PostgreSQL's write transaction, and the Tx primitives inside it."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from liteq.errors import StoreError
+from liteq.record import COLUMNS, Changes, Record
+from liteq.status import Status
+from liteq.stores.contract import Tx
+
+if TYPE_CHECKING:
+    from liteq.stores.postgres.link import Link
+    from liteq.stores.postgres.queries import Queries
+
+_STATUS = {s.value: s for s in Status}
+
+#: A row's values in column order (a Status binds as its text: it is a str).
+values_of: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS)
+#: The same without the id, which the database gives.
+new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS[1:])
+
+
+def record_of(row: Sequence[Any]) -> Record:
+    """The Record of a row selected with the statements' {columns}."""
+    record = Record(*row)
+    record.status = _STATUS[record.status]
+    return record
+
+
+def _best_first(record: Record) -> tuple[int, float, int]:
+    return (-record.priority, record.run_at, record.id)
+
+
+class PgTx(Tx):
+    """The primitives over one cursor, inside a transaction (liteq's own, or an
+    application's: see PostgresStore.enqueue's `connection`)."""
+
+    __slots__ = ("_cursor", "_q")
+
+    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]], q: Queries, now: float) -> None:
+        super().__init__(now, time.monotonic())
+        self._cursor = cursor
+        self._q = q
+
+    def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> None:
+        """Run a statement of the store's own in this transaction."""
+        self._cursor.execute(sql, args)
+
+    def _one(self, sql: str, args: Sequence[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
+        return self._cursor.execute(sql, args).fetchone()
+
+    def get(self, job_id: int) -> Record | None:
+        row = self._one(self._q.GET_FOR_UPDATE, (job_id,))
+        return None if row is None else record_of(row)
+
+    def coalesce_holder(self, coalesce_id: str) -> Record | None:
+        row = self._one(self._q.COALESCE_HOLDER_FOR_UPDATE, (coalesce_id,))
+        return None if row is None else record_of(row)
+
+    def insert(self, record: Record) -> int | None:
+        values = new_values(record)
+        for _ in range(100):
+            row = self._one(self._q.INSERT, values)
+            if row is not None:
+                return int(row[0])
+            # The coalesce id is held. Lock the holder, so that it still holds it when the
+            # caller reads it; if it let go meanwhile (completed, deleted), insert again.
+            if record.coalesce_id is None or self.coalesce_holder(record.coalesce_id):
+                return None
+        raise StoreError(
+            f"coalesce id {record.coalesce_id!r} changed hands a hundred times meanwhile"
+        )
+
+    def insert_many(self, records: Sequence[Record]) -> list[int | None]:
+        ids: list[int | None] = [None] * len(records)
+        plain = [i for i, r in enumerate(records) if r.coalesce_id is None]
+        if len(plain) > 1:
+            for i, job_id in zip(
+                plain, self._insert_batch([records[i] for i in plain]), strict=True
+            ):
+                ids[i] = job_id
+        elif plain:
+            ids[plain[0]] = self.insert(records[plain[0]])
+        # Coalesced ones one at a time, in the order of their ids: two batches that share
+        # some then wait for each other in the same order, never in a cycle (a deadlock).
+        held = sorted(
+            (i for i, r in enumerate(records) if r.coalesce_id is not None),
+            key=lambda i: records[i].coalesce_id or "",
+        )
+        for i in held:
+            ids[i] = self.insert(records[i])
+        return ids
+
+    def insert_alike(self, records: Sequence[Record]) -> list[int]:
+        if len(records) < 2:
+            return [job_id for job_id in map(self.insert, records) if job_id is not None]
+        return self._insert_batch(records)
+
+    def _insert_batch(self, records: Sequence[Record]) -> list[int]:
+        """Insert rows that hold no coalesce id, with one statement; their ids in order."""
+        columns = zip(*(new_values(r) for r in records), strict=True)
+        rows = self._cursor.execute(self._q.INSERT_BATCH, [list(c) for c in columns])
+        return sorted(int(row[0]) for row in rows)
+
+    def update(self, record: Record) -> None:
+        values = values_of(record)
+        self._cursor.execute(self._q.UPDATE, (*values[1:], values[0]))
+
+    def delete(self, job_id: int) -> None:
+        self._cursor.execute(self._q.DELETE, (job_id,))
+
+    def claim(
+        self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
+    ) -> list[Record]:
+        names = None if queues is None else list(dict.fromkeys(queues))
+        if names == []:
+            return []
+        now, mono = self.now, self.mono
+        args: dict[str, Any] = {
+            "now": now,
+            "mono": mono,
+            "owner": owner,
+            "lease_until": now + lease,
+            "lease_mono": mono + lease,
+            "limit": limit,
+        }
+        if names is None:
+            sql = self._q.CLAIM_ANY
+        elif len(names) == 1:
+            sql, args["queue"] = self._q.CLAIM_ONE_QUEUE, names[0]
+        else:
+            sql, args["queues"] = self._q.CLAIM_QUEUES, names
+        records = [record_of(row) for row in self._cursor.execute(sql, args)]
+        records.sort(key=_best_first)
+        return records
+
+    def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
+        if len(writes) == 1:  # a worker's steady state
+            return [self.fenced_write(*writes[0])]
+        # Deletes of one owner's runs go in one statement, fenced on (id, attempts).
+        deletes = [c for c, u in writes if u is None and c.owner is not None]
+        if len(deletes) < 2 or len({c.owner for c in deletes}) != 1:
+            return super().fenced_write_many(writes)
+        ids = [c.id for c in deletes]
+        attempts = [c.attempts for c in deletes]
+        cursor = self._cursor.execute(self._q.DELETE_FENCED_MANY, (ids, attempts, deletes[0].owner))
+        gone = {row[0] for row in cursor}
+        return [
+            (claimed.id in gone) if changes is None else self.fenced_write(claimed, changes)
+            for claimed, changes in writes
+        ]
+
+    def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
+        fence = (claimed.id, claimed.owner, claimed.attempts)
+        if changes is None:
+            cursor = self._cursor.execute(self._q.DELETE_FENCED, fence)
+        else:
+            sql = self._q.update_fenced(tuple(changes))
+            cursor = self._cursor.execute(sql, (*changes.values(), *fence))
+        return cursor.rowcount > 0
+
+
+class Transaction(PgTx):
+    """BEGIN … COMMIT (ROLLBACK on an error) on the link's connection, its mutex held for
+    the whole: the transaction and its Tx in one object, as it runs once or twice per job
+    on a worker's hot path."""
+
+    __slots__ = ("_clock", "_conn", "_link")
+
+    # (No PgTx.__init__: __enter__ gives the Tx its cursor and times.)
+    def __init__(self, link: Link, q: Queries, clock: Callable[[], float]) -> None:
+        self._link = link
+        self._q = q
+        self._clock = clock
+
+    def __enter__(self) -> Tx:
+        link = self._link
+        link.mutex.acquire()
+        try:
+            self._conn = conn = link.connection()
+            self._cursor = conn.cursor(row_factory=tuple_row)
+            self._cursor.execute("BEGIN")
+        except BaseException as exc:
+            link.mutex.release()
+            if isinstance(exc, psycopg.Error):
+                raise link.fault(exc) from exc
+            raise
+        self.now = self._clock()
+        self.mono = time.monotonic()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        link = self._link
+        try:
+            if kind is None:
+                try:
+                    self._cursor.execute("COMMIT")
+                except psycopg.Error as error:
+                    self._roll_back()
+                    raise link.fault(error, committing=True) from error
+            else:
+                self._roll_back()
+                if isinstance(exc, psycopg.Error):
+                    raise link.fault(exc) from exc
+        finally:
+            link.mutex.release()
+
+    def _roll_back(self) -> None:
+        conn = self._conn
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            # (On a broken connection the server rolls back as it ends the session.)
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")

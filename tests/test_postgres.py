@@ -1,0 +1,436 @@
+"""PostgresStore on a real server: hosts, fork, the application's transaction, wake-ups,
+refused schemas, and faults of the server and of the connection.
+
+The store contract, the state machine and the multi-process suite run on PostgreSQL too
+(tests/conftest.py's STORES); these are the things only a server has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+import liteq
+from liteq import Status
+from tests import pg
+from tests.helpers import ROOT, wait_until
+from tests.jobs import Fails, Noop, Stoppable, Traced
+from tests.traces import assert_runs_never_overlap, runs_by_job
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A liteq URL on the test server, in a schema of this test's own."""
+    schema = pg.new_schema()
+    yield pg.url(schema)
+    pg.drop_schema(schema)
+
+
+def start_work(url: str, log: Path, *args: str, host: str | None = None) -> subprocess.Popen[bytes]:
+    """`liteq work` on `url` in a session of its own; LITEQ_HOST=host if given."""
+    env = {**os.environ, **({"LITEQ_HOST": host} if host else {})}
+    with log.open("a") as out:
+        return subprocess.Popen(
+            [
+                *[sys.executable, "-m", "liteq", "work", "--db", url, "--import", "tests.jobs"],
+                *["--no-jitter", "--wakeup-every", "0.5", *args],
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# -- processes and hosts -----------------------------------------------------------------
+def test_a_parent_that_forked_loses_none_of_its_childrens_enqueues(url: str) -> None:
+    # The parent had its connection open when it forked: the children must not use it
+    # (their messages would interleave with the parent's on one socket), nor end it.
+    store = liteq.connect(url)
+    store.enqueue(Noop(-1))
+    pids = []
+    for first in (0, 10_000):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for n in range(first, first + 300):
+                    store.enqueue(Noop(n))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    for n in range(-300, -1):
+        store.enqueue(Noop(n))
+    store.close()
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids] == [0, 0]
+    ns = sorted(m.job.n for m in liteq.connect(url).jobs())  # type: ignore[union-attr]
+    assert ns == [*range(-300, 0), *range(300), *range(10_000, 10_300)]
+
+
+@pytest.mark.timeout(120)
+def test_a_job_of_a_dead_worker_on_another_host_waits_for_its_lease(
+    url: str, tmp_path: Path
+) -> None:
+    # Two hosts (two groups of workers on this machine with different LITEQ_HOST): when one
+    # dies outright, the other must not judge its jobs by pids, which mean nothing across
+    # hosts, but rescue them once their leases run out. A dead worker of its own host it
+    # rescues at once.
+    store = liteq.connect(url)
+    trace = tmp_path / "q.trace"
+    store.enqueue_many([Traced(str(trace), 0.3) for _ in range(40)])
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = start_work(url, log_a, "--processes", "2", "--lease", "4", host="host-a")
+    b = start_work(url, log_b, "--processes", "2", "--lease", "30", host="host-b")
+    try:
+
+        def running(host: str) -> list[liteq.ManagedJob]:
+            return [
+                m
+                for m in store.jobs(status=Status.RUNNING)
+                if (m.record.owner or "").startswith(f"{host}/")
+            ]
+
+        wait_until(lambda: len(running("host-a")) == 2 and running("host-b"), 30, "both hosts")
+        # The whole host dies: its supervisor, and its workers (each in a group of its own).
+        a_workers = [c.pid for c in psutil.Process(a.pid).children()]
+        for pid in [a.pid, *a_workers]:
+            os.kill(pid, signal.SIGKILL)
+        killed = dict.fromkeys(a_workers, time.time())
+        orphans = {m.id: m.record.owner for m in running("host-a")}
+        a.wait(10)
+
+        # Host b's supervisor checks for hung jobs every 5 s and at once when one of its
+        # own workers dies: kill one, so that it checks now.
+        (b_job, *_) = running("host-b")
+        b_pid = int(b_job.record.owner.split("/")[1])  # type: ignore[union-attr]
+        os.kill(b_pid, signal.SIGKILL)
+        killed[b_pid] = time.time()
+        wait_until(
+            lambda: store.get(b_job.id).record.owner != b_job.record.owner, 10, "b's own rescue"
+        )
+        assert time.time() - killed[b_pid] < 8  # at once, not after its 30 s lease
+        still = {m.id: m.record.owner for m in running("host-a")}
+        assert still == orphans, "a job of another host was rescued before its lease ran out"
+
+        wait_until(lambda: store.count() == 0, 60, "every job, host a's after their leases")
+    finally:
+        stop(b)
+    said = log_b.read_text()
+    assert "the lease of host-a/" in said and "its worker host-a/" not in said
+    runs = runs_by_job(trace)
+    assert len(runs) == 40
+    assert_runs_never_overlap(runs, killed)
+
+
+# -- the application's transaction -------------------------------------------------------
+def test_an_enqueue_in_the_applications_transaction_exists_if_and_only_if_it_commits(
+    url: str,
+) -> None:
+    store = liteq.connect(url)
+    assert isinstance(store, liteq.PostgresStore)
+    app = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
+    app.execute("CREATE TEMPORARY TABLE orders (id integer)")
+
+    with app.transaction():
+        app.execute("INSERT INTO orders VALUES (1)")
+        kept = store.enqueue(Noop(1), connection=app)
+        assert store.count() == 0, "seen by others before the application committed"
+    assert store.get(kept.id).status is Status.QUEUED
+
+    lost: list[liteq.ManagedJob] = []
+    with contextlib.suppress(ZeroDivisionError), app.transaction():
+        app.execute("INSERT INTO orders VALUES (2)")
+        lost = store.enqueue_many([Noop(2), Noop(3)], connection=app)
+        _ = 1 / 0
+    assert len(lost) == 2
+    for mjob in lost:
+        with pytest.raises(liteq.JobNotFound):
+            store.get(mjob.id)
+    assert app.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+
+    # A connection that is not in autocommit mode: its implicit transaction decides.
+    implicit = psycopg.connect(pg.dsn_or_skip())
+    first = store.enqueue(Noop(4), connection=implicit, coalesce_id="nightly")
+    implicit.rollback()
+    with pytest.raises(liteq.JobNotFound):
+        store.get(first.id)
+    second = store.enqueue(Noop(5), connection=implicit, coalesce_id="nightly")
+    again = store.enqueue(Noop(6), connection=implicit, coalesce_id="nightly")
+    assert again.id == second.id  # coalesced inside the transaction too
+    implicit.commit()
+    assert store.count() == 2 and store.get(second.id).status is Status.QUEUED
+
+    with pytest.raises(TypeError, match="psycopg Connection"):
+        store.enqueue(Noop(7), connection="dbname=test")  # type: ignore[arg-type]
+    implicit.close()
+    app.close()
+
+
+# -- wake-ups ------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_an_idle_worker_is_woken_by_a_commit_on_another_connection(
+    url: str, tmp_path: Path
+) -> None:
+    # With no polling to speak of (--wakeup-every 60), only LISTEN/NOTIFY can wake it.
+    store = liteq.connect(url)
+    trace = tmp_path / "q.trace"
+    work = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "liteq", "work", "--db", url, "--import", "tests.jobs"],
+            *["--no-jitter", "--wakeup-every", "60"],
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: len(store.workers()) == 1, 30, "the worker to start")
+        time.sleep(1.0)  # idle, waiting
+        app = psycopg.connect(pg.dsn_or_skip())
+        for n in range(3):
+            enqueued = time.time()
+            store.enqueue(Traced(str(trace), 0.0), connection=app)
+            time.sleep(0.3)
+            assert not trace.exists() or len(runs_by_job(trace)) == n  # not before the commit
+            app.commit()
+            committed = time.time()
+            wait_until(lambda n=n: len(runs_by_job(trace)) == n + 1, 10, "the job to run")  # type: ignore[misc]
+            started = max(r[0]["start"] for r in runs_by_job(trace).values())  # type: ignore[type-var]
+            assert started - committed < 1.0, f"picked up {started - committed:.3f}s after commit"  # type: ignore[operator]
+            assert started > enqueued
+        app.close()
+    finally:
+        stop(work)
+
+
+# -- schemas -------------------------------------------------------------------------------
+def test_a_schema_liteq_did_not_make_or_a_newer_one_is_refused_untouched() -> None:
+    dsn = pg.dsn_or_skip()
+    schema = pg.new_schema()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+            conn.execute(f'CREATE TABLE "{schema}".users (name text)'.encode())
+        with pytest.raises(liteq.StoreError, match="holds tables liteq did not make"):
+            liteq.PostgresStore(dsn, schema=schema)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
+            ).fetchall()
+        assert tables == [("users",)]
+    finally:
+        pg.drop_schema(schema)
+
+    newer = pg.new_schema()
+    try:
+        liteq.PostgresStore(dsn, schema=newer).enqueue(Noop(1))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'UPDATE "{newer}".meta SET version = 99'.encode())  # noqa: S608
+        with pytest.raises(liteq.StoreError, match="newer than this liteq understands"):
+            liteq.PostgresStore(dsn, schema=newer)
+    finally:
+        pg.drop_schema(newer)
+
+
+def test_read_only_commands_never_create_a_schema(tmp_path: Path) -> None:
+    schema = pg.new_schema()
+    target = pg.url(schema)
+    for command in (["status"], ["jobs"], ["show", "1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "liteq", *command, "--db", target],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"liteq: no liteq queue in schema {schema} of PostgreSQL")
+        assert len(done.stderr.splitlines()) == 1
+    with psycopg.connect(pg.dsn_or_skip()) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchone() is None
+
+
+# -- faults --------------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_a_server_restart_loses_no_job_and_runs_none_twice(tmp_path: Path) -> None:
+    cluster = pg.new_cluster()
+    url = f"{cluster.dsn}?schema=liteq"
+    trace, log = tmp_path / "q.trace", tmp_path / "work.log"
+    store = liteq.connect(url)
+    store.enqueue_many([Traced(str(trace), 0.005) for _ in range(400)])
+    work = start_work(url, log, "--processes", "2")
+    try:
+        wait_until(lambda: store.count() < 300, 60, "a quarter of the jobs")
+        cluster.stop("fast")
+        with pytest.raises(liteq.StoreUnavailable, match=f"127.0.0.1:{cluster.port}"):
+            store.enqueue(Noop(1))
+        time.sleep(2.0)
+        cluster.start()
+        late = store.enqueue(Traced(str(trace), 0.0))  # the store connects again by itself
+        wait_until(lambda: store.count() == 0, 90, "every job after the restart")
+    finally:
+        stop(work)
+        store.close()
+    said = log.read_text()
+    assert "Traceback" not in said
+    assert "lost the connection" in said or "cannot connect" in said
+    runs = runs_by_job(trace)
+    assert len(runs) == 401 and late.id in runs
+    assert_runs_never_overlap(runs, {})
+
+
+@pytest.mark.timeout(120)
+def test_liteq_work_waits_for_a_server_that_is_not_up_yet(tmp_path: Path) -> None:
+    # At boot, the workers' service may start before the database's.
+    cluster = pg.new_cluster()
+    url = f"{cluster.dsn}?schema=liteq"
+    trace, log = tmp_path / "q.trace", tmp_path / "work.log"
+    with contextlib.closing(liteq.connect(url)) as store:
+        store.enqueue(Traced(str(trace), 0.0))
+    cluster.stop("fast")
+    work = start_work(url, log)
+    try:
+        wait_until(lambda: "trying again in" in log.read_text(), 20, "liteq work to wait")
+        assert work.poll() is None
+        cluster.start()
+        wait_until(lambda: len(runs_by_job(trace)) == 1, 60, "the job, once the server is up")
+    finally:
+        stop(work)
+    assert work.returncode == 0
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_lease_cannot_be_renewed_stops_before_it_could_run_elsewhere(
+    tmp_path: Path,
+) -> None:
+    # Past its lease, another worker may rescue a job and run it: one whose worker cannot
+    # reach the store to renew the lease must stop first, or it would run twice at once.
+    cluster = pg.new_cluster()
+    url = f"{cluster.dsn}?schema=liteq"
+    trace, log = tmp_path / "q.trace", tmp_path / "work.log"
+    store = liteq.connect(url)
+    mjob = store.enqueue(Stoppable(str(trace), 60))
+    work = start_work(url, log, "--lease", "3")
+    try:
+        wait_until(trace.exists, 30, "the job to start")
+        time.sleep(0.5)
+        cluster.stop("fast")
+        down = time.time()
+        wait_until(lambda: "stopped" in trace.read_text(), 10, "the job to be stopped")
+        stopped = time.time()
+        assert stopped - down < 3.0  # within its 3 s lease, renewed every second
+        time.sleep(max(0.0, down + 4.0 - time.time()))  # the lease has run out
+        cluster.start()
+        wait_until(lambda: store.count() == 0, 60, "the job to run again and complete")
+    finally:
+        stop(work)
+        store.close()
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [(e["id"], e["event"]) for e in events] == [
+        (mjob.id, "start"),
+        (mjob.id, "stopped"),
+        (mjob.id, "start"),
+        (mjob.id, "end"),
+    ]
+    assert events[2]["t"] > stopped
+    assert "its lease could not be renewed" in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_path: Path) -> None:
+    # The server ends liteq's sessions again and again (what a failover or an idle-session
+    # reaper does), and, for a while, cancels its statements (a statement_timeout shorter
+    # than a lock held by someone else): workers log it, reconnect and go on.
+    trace, log = tmp_path / "q.trace", tmp_path / "work.log"
+    store = liteq.connect(url)
+    schema = url.rsplit("schema=", 1)[1]
+    store.enqueue_many([Traced(str(trace), 0.005) for _ in range(300)])
+    timed = url.replace("?", "?options=-c%20statement_timeout%3D300&", 1)
+    work = start_work(timed, log, "--processes", "2")
+    admin = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
+    try:
+        wait_until(lambda: store.count() < 280, 60, "work to start")
+        for _ in range(4):
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'liteq' AND pid <> pg_backend_pid()"
+            )
+            time.sleep(0.4)
+        with admin.transaction():  # hold the queue's table for two seconds
+            admin.execute(f'LOCK TABLE "{schema}".jobs IN ACCESS EXCLUSIVE MODE'.encode())
+            time.sleep(2.0)
+        wait_until(lambda: store.count() == 0, 60, "every job")
+    finally:
+        stop(work)
+        admin.close()
+    said = log.read_text()
+    assert "lost the connection" in said and "cancelled a statement" in said
+    assert "Traceback" not in said
+    runs = runs_by_job(trace)
+    assert len(runs) == 300
+    assert_runs_never_overlap(runs, {})
+
+
+# -- the admin commands ------------------------------------------------------------------
+def test_the_admin_commands_work_on_postgres(url: str, tmp_path: Path) -> None:
+    store = liteq.connect(url)
+    store.enqueue_many([Fails("bad") for _ in range(3)], max_attempts=1, queue="mail")
+    store.enqueue(Noop(1), queue="reports")
+
+    def liteq_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "liteq", *args, "--db", url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert liteq_cmd("pause", "reports").returncode == 0
+    burst = subprocess.run(
+        [sys.executable, "-m", "liteq", "work", "--db", url, "--import", "tests.jobs", "--burst"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert burst.returncode == 0
+    status = json.loads(liteq_cmd("status", "--json").stdout)
+    by_queue = {q["queue"]: q for q in status["queues"]}
+    assert by_queue["mail"]["counts"] == {"failed": 3} and by_queue["reports"]["paused"]
+    assert by_queue["reports"]["counts"] == {"queued": 1}
+    listed = json.loads(liteq_cmd("jobs", "--status", "failed", "--json").stdout)["jobs"]
+    assert len(listed) == 3 and all("RuntimeError: bad" in j["error"] for j in listed)
+    shown = json.loads(liteq_cmd("show", str(listed[0]["id"]), "--json").stdout)
+    assert "Traceback" in shown["traceback"]
+    retried = liteq_cmd("retry", "--all-failed", "--queue", "mail")
+    assert retried.returncode == 0 and store.count(status=Status.QUEUED) == 4
+    assert liteq_cmd("resume", "reports").returncode == 0 and not store.paused()
+    purge = liteq_cmd("purge", "--status", "failed", "--dry-run")
+    assert purge.returncode == 0 and "nothing to delete" in purge.stdout
+    check = liteq_cmd("db", "check")
+    assert check.returncode == 2 and "SQLite queue files" in check.stderr
