@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -397,6 +398,29 @@ def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_
 
 
 # -- the admin commands ------------------------------------------------------------------
+def test_an_unreachable_server_or_no_psycopg_is_one_line_and_a_documented_status(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cases = [
+        ([], f"postgresql://postgres@127.0.0.1:{port}/x", 69, "cannot connect to PostgreSQL"),
+        (["-c", "import sys; sys.modules['psycopg'] = None; from liteq.cli import main; "
+          "sys.exit(main(sys.argv[1:]))"], pg.url("x"), 2, "pip install 'liteq-jobs[postgres]'"),
+    ]  # fmt: skip
+    for how, target, code, words in cases:
+        done = subprocess.run(
+            [sys.executable, *(how or ["-m", "liteq"]), "status", "--db", target],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == code, done.stderr
+        assert words in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
 def test_the_admin_commands_work_on_postgres(url: str, tmp_path: Path) -> None:
     store = liteq.connect(url)
     store.enqueue_many([Fails("bad") for _ in range(3)], max_attempts=1, queue="mail")

@@ -18,7 +18,15 @@ import apsw
 
 from liteq import __version__
 from liteq.cli import act, db, look, work
-from liteq.cli.common import BAD_INPUT, INTERRUPTED, OPENED, PARTLY, Commands, Failure
+from liteq.cli.common import (
+    BAD_INPUT,
+    INTERRUPTED,
+    OPENED,
+    PARTLY,
+    UNAVAILABLE,
+    Commands,
+    Failure,
+)
 from liteq.errors import (
     InvalidState,
     InvalidStateChange,
@@ -27,6 +35,7 @@ from liteq.errors import (
     LiteqError,
     StoreCorrupt,
     StoreMoved,
+    StoreUnavailable,
 )
 from liteq.worker.exits import EXIT_STORE_CORRUPT, EXIT_STORE_MOVED
 
@@ -98,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         return INTERRUPTED
-    except (LiteqError, ValueError, TypeError, OSError, apsw.Error) as exc:
+    except (LiteqError, ValueError, TypeError, OSError, ImportError, apsw.Error) as exc:
         if args.verbose:
             traceback.print_exc()
         sys.stderr.write(f"liteq: {exc}\n")
@@ -115,6 +124,8 @@ def _exit_status(exc: BaseException) -> int:
         return EXIT_STORE_MOVED
     if isinstance(exc, StoreCorrupt):
         return EXIT_STORE_CORRUPT
+    if isinstance(exc, StoreUnavailable):
+        return UNAVAILABLE
     if isinstance(exc, JobNotFound | JobLocked | InvalidState | InvalidStateChange):
         return PARTLY
     return BAD_INPUT

@@ -23,6 +23,8 @@ PARTLY: Final = 1
 #: Bad input: an argument, a URL, a file that is no queue, JSON that does not parse.
 BAD_INPUT: Final = 2
 #: Interrupted (Ctrl-C).
+#: The store's server cannot be reached now (sysexits' EX_UNAVAILABLE).
+UNAVAILABLE: Final = 69
 INTERRUPTED: Final = 130
 
 
@@ -40,7 +42,7 @@ def add_db(parser: argparse.ArgumentParser) -> None:
         "--db",
         default=os.environ.get("LITEQ_URL"),
         metavar="URL",
-        help="the queue: sqlite:///jobs.sqlite, or a path (default: $LITEQ_URL)",
+        help="the queue: sqlite:///jobs.sqlite, a path, or postgresql://… (default: $LITEQ_URL)",
     )
 
 

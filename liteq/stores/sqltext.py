@@ -1,13 +1,16 @@
-"""Named SQL statements kept in a .sql file beside the code that runs them."""
+"""What the SQL stores share: named statements in .sql files, migrations, listing filters,
+and the rows of the workers' registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from liteq.stores.contract import JobQuery
+from liteq.stores.contract import JobQuery, WorkerInfo
 
 
 def read_blocks(package: str, filename: str) -> dict[str, str]:
@@ -44,3 +47,36 @@ def search_filters(query: JobQuery) -> list[tuple[str, object]]:
         ("before", query.before),
         ("after", query.after if query.before is None else None),
     ]
+
+
+def numbered_scripts(package: str) -> dict[int, str]:
+    """{from version N: the script to N + 1}, from a package's `migrations/NN_name.sql`."""
+    found = {}
+    for entry in importlib.resources.files(package).joinpath("migrations").iterdir():
+        numbered = re.match(r"(\d+)_\w+\.sql$", entry.name)
+        if numbered:
+            found[int(numbered.group(1)) - 1] = entry.read_text(encoding="utf-8")
+    return found
+
+
+def worker_values(info: WorkerInfo) -> tuple[Any, ...]:
+    """A worker's row in the order the `register` statements take it (queues as JSON)."""
+    queues = None if info.queues is None else json.dumps(list(info.queues))
+    row = dataclasses.astuple(dataclasses.replace(info, queues=None))
+    return (*row[:3], queues, *row[4:])
+
+
+def worker_of(row: Sequence[Any]) -> WorkerInfo:
+    """The WorkerInfo of a row the `workers` statements select."""
+    owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job = row
+    return WorkerInfo(
+        owner=owner,
+        host=host,
+        pid=pid,
+        queues=None if queues is None else tuple(json.loads(queues)),
+        started_at=started_at,
+        beat_at=beat_at,
+        lease=lease,
+        jobs_done=jobs_done,
+        current_job=current_job,
+    )

@@ -9,30 +9,19 @@ liteq made, is refused and left as it is.
 
 from __future__ import annotations
 
-import importlib.resources
-import re
 from typing import Any, Final
 
 import psycopg
 
 from liteq.errors import StoreError
 from liteq.stores.postgres.queries import channel, queries, quoted
+from liteq.stores.sqltext import numbered_scripts
 
 #: The schema version this code writes; older ones are migrated on open.
 SCHEMA_VERSION: Final = 1
 
 
-def _migrations() -> dict[int, str]:
-    """{from version N: the script to N + 1}, from migrations/."""
-    found = {}
-    for entry in importlib.resources.files(__package__).joinpath("migrations").iterdir():
-        numbered = re.match(r"(\d+)_\w+\.sql$", entry.name)
-        if numbered:
-            found[int(numbered.group(1)) - 1] = entry.read_text(encoding="utf-8")
-    return found
-
-
-MIGRATIONS: Final[dict[int, str]] = _migrations()
+MIGRATIONS: Final[dict[int, str]] = numbered_scripts(__package__)
 
 
 def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +33,7 @@ from liteq.stores.postgres.link import Link, translate
 from liteq.stores.postgres.listener import Listener
 from liteq.stores.postgres.queries import SCHEMA_NAME, queries
 from liteq.stores.postgres.transaction import PgTx, Transaction, new_values, record_of
+from liteq.stores.sqltext import worker_of, worker_values
 from liteq.stores.wakeup import Waker
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -220,10 +219,8 @@ class PostgresStore(BaseStore):
         return {row[0] for row in self._rows(self._q.PAUSED)}
 
     def _register(self, info: WorkerInfo) -> None:
-        queues = None if info.queues is None else json.dumps(list(info.queues))
-        row = dataclasses.astuple(dataclasses.replace(info, queues=None))
         with self._link.using() as conn:
-            conn.execute(self._q.REGISTER, (*row[:3], queues, *row[4:]))
+            conn.execute(self._q.REGISTER, worker_values(info))
 
     def _beat(
         self,
@@ -247,22 +244,7 @@ class PostgresStore(BaseStore):
             conn.execute(self._q.UNREGISTER, (owner,))
 
     def _workers(self) -> list[WorkerInfo]:
-        return [
-            WorkerInfo(
-                owner=owner,
-                host=host,
-                pid=pid,
-                queues=None if queues is None else tuple(json.loads(queues)),
-                started_at=started_at,
-                beat_at=beat_at,
-                lease=lease,
-                jobs_done=jobs_done,
-                current_job=current_job,
-            )
-            for owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job in (
-                self._rows(self._q.WORKERS)
-            )
-        ]
+        return [worker_of(row) for row in self._rows(self._q.WORKERS)]
 
     def _finished(self, since_minute: int) -> Finished:
         rows = self._rows(self._q.FINISHED, (since_minute,))

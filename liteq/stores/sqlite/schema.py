@@ -7,7 +7,6 @@ source of truth; `migrations/NN_*.sql` take a file of version NN-1 to version NN
 from __future__ import annotations
 
 import importlib.resources
-import re
 from pathlib import Path
 from typing import Final
 
@@ -15,6 +14,7 @@ import apsw
 
 from liteq.errors import StoreError
 from liteq.stores.sqlite import queries
+from liteq.stores.sqltext import numbered_scripts
 
 #: The schema version this code writes; older files are migrated on open.
 SCHEMA_VERSION: Final = 5
@@ -28,18 +28,8 @@ def schema_sql() -> str:
     return (Path(__file__).resolve().parents[3] / "schema.sql").read_text(encoding="utf-8")
 
 
-def _migrations() -> dict[int, str]:
-    """{from version N: the script to N + 1}, from migrations/."""
-    found = {}
-    for entry in importlib.resources.files(__package__).joinpath("migrations").iterdir():
-        numbered = re.match(r"(\d+)_\w+\.sql$", entry.name)
-        if numbered:
-            found[int(numbered.group(1)) - 1] = entry.read_text(encoding="utf-8")
-    return found
-
-
 #: Migrations from version N to N+1, applied in order inside one transaction.
-MIGRATIONS: Final[dict[int, str]] = _migrations()
+MIGRATIONS: Final[dict[int, str]] = numbered_scripts(__package__)
 
 
 def read(conn: apsw.Connection) -> tuple[int, list[str]]:

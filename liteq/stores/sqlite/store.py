@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from liteq.stores.sqlite import queries
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
 from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
 from liteq.stores.sqlite.transaction import SQLiteTx, Transaction, new_values, record_of
+from liteq.stores.sqltext import worker_of, worker_values
 from liteq.stores.wakeup import Waker
 
 #: How often an idle worker polls for commits of other processes: quickly for two seconds
@@ -198,10 +197,8 @@ class SQLiteStore(BaseStore):
         return best
 
     def _register(self, info: WorkerInfo) -> None:
-        queues = None if info.queues is None else json.dumps(list(info.queues))
-        row = dataclasses.astuple(dataclasses.replace(info, queues=None))
         with self._transaction(prompt=True):
-            self.file.session()[0].execute(queries.REGISTER, (*row[:3], queues, *row[4:]))
+            self.file.session()[0].execute(queries.REGISTER, worker_values(info))
 
     def _beat(
         self,
@@ -226,21 +223,7 @@ class SQLiteStore(BaseStore):
 
     def _workers(self) -> list[WorkerInfo]:
         with self.file.reading() as conn:
-            rows: list[tuple[Any, ...]] = conn.execute(queries.WORKERS).fetchall()
-        return [
-            WorkerInfo(
-                owner=owner,
-                host=host,
-                pid=pid,
-                queues=None if queues is None else tuple(json.loads(queues)),
-                started_at=started_at,
-                beat_at=beat_at,
-                lease=lease,
-                jobs_done=jobs_done,
-                current_job=current_job,
-            )
-            for owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job in rows
-        ]
+            return [worker_of(row) for row in conn.execute(queries.WORKERS)]
 
     def _finished(self, since_minute: int) -> Finished:
         with self.file.reading() as conn:
