@@ -12,7 +12,9 @@ The floor is what any PostgreSQL queue must do, written directly with psycopg: a
 a claim index; one INSERT per enqueue (autocommit); per job, a transaction that claims with
 UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING, then a DELETE;
 and the same in batches of 100. Its connection has liteq's planner settings, so that its
-claims use the claim index as liteq's do. liteq does more per job (its fence, leases, attempts,
+claims use the claim index as liteq's do. With the bench extra installed, procrastinate runs
+the same single enqueues and drain beside it (in a database of its own, made and dropped:
+the user needs CREATEDB). liteq does more per job (its fence, leases, attempts,
 options, a notification per enqueue): the ratios say what that costs. Passes take turns,
 and medians are reported: read the ratios, which compare runs made seconds apart.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import signal
@@ -34,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -187,6 +191,42 @@ def pickup(url: str, samples: int) -> list[float]:
         return [float(line) for line in out.read_text().splitlines()]
 
 
+# -- procrastinate, side by side ------------------------------------------------------------
+def procrastinate_workload(dsn: str, n: int) -> tuple[float, float] | None:
+    """procrastinate (the bench extra) on the same server: n jobs deferred one at a time, then
+    drained by one worker (concurrency 1, jobs deleted when done, as liteq's are); None if
+    it is not installed. It keeps its tables in a database's public schema: it gets a
+    database of its own, dropped after."""
+    try:
+        from procrastinate import App, PsycopgConnector
+    except ImportError:
+        return None
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)  # (its advice on app layout)
+    name = f"bench_procrastinate_{os.getpid()}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}".encode())
+    try:
+        app = App(connector=PsycopgConnector(conninfo=make_conninfo(dsn, dbname=name)))
+
+        @app.task(name="noop")
+        def noop(n: int) -> None:
+            pass
+
+        with app.open():
+            app.schema_manager.apply_schema()
+            deferred = rate(n, lambda: [noop.defer(n=1) for _ in range(n)])
+            drained = rate(
+                n,
+                lambda: app.run_worker(
+                    wait=False, concurrency=1, delete_jobs="always", install_signal_handlers=False
+                ),
+            )
+        return deferred, drained
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
 # -- the run --------------------------------------------------------------------------------
 def one_pass(dsn: str, n: int, batched: int) -> dict[str, float]:
     """One measure of each, the floor and liteq in turn, each on fresh tables."""
@@ -245,6 +285,14 @@ def main() -> None:
         print(
             f"| `liteq work`, 1 ms jobs, 4 processes / 1 | {one:,.0f} jobs/s | {four:,.0f} jobs/s | {four / one:.2f} |"
         )
+        other = procrastinate_workload(dsn, n)
+        if other is not None:
+            print(
+                f"| liteq / procrastinate: enqueue one at a time | | "
+                f"{med['liteq enqueue'] / other[0]:.2f}x ({other[0]:,.0f} jobs/s) | |\n"
+                f"| liteq / procrastinate: one worker runs them | | "
+                f"{med['liteq drain'] / other[1]:.2f}x ({other[1]:,.0f} jobs/s) | |"
+            )
         stamps = sorted(pickup(url, 30 if args.quick else 150))
         p50, p90 = stamps[len(stamps) // 2], stamps[int(len(stamps) * 0.9)]
         print(
