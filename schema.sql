@@ -63,10 +63,13 @@ BEGIN
     UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
 END;
 
--- Queue settings. A paused queue accepts jobs; workers claim none from it.
+-- Queue settings, and what workers finished in each queue since it was made. A paused
+-- queue accepts jobs; workers claim none from it.
 CREATE TABLE liteq_queues (
-    name   TEXT    PRIMARY KEY,
-    paused INTEGER NOT NULL DEFAULT 0
+    name      TEXT    PRIMARY KEY,
+    paused    INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0  -- attempts that failed
 ) WITHOUT ROWID;
 
 -- Live workers, for `liteq status`: each registers when it starts and beats at least every
@@ -80,7 +83,8 @@ CREATE TABLE liteq_workers (
     beat_at     REAL    NOT NULL,
     lease       REAL    NOT NULL,
     jobs_done   INTEGER NOT NULL DEFAULT 0,
-    current_job INTEGER               -- the job it runs now, if any
+    current_job INTEGER,              -- the job it runs now, if any
+    rss         INTEGER               -- bytes of memory it used at its last beat
 ) WITHOUT ROWID;
 
 -- Jobs workers finished, per minute and queue (minute: epoch seconds // 60), kept a day.
@@ -92,4 +96,4 @@ CREATE TABLE liteq_stats (
     PRIMARY KEY (minute, queue)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;

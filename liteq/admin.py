@@ -4,7 +4,9 @@ dashboard both call. Each works through the public Store contract only."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from liteq.errors import InvalidState, InvalidStateChange, JobLocked, JobNotFound
 from liteq.managed import ManagedJob
@@ -42,6 +44,79 @@ def queues(store: Store) -> list[QueueState]:
                 state, oldest_wait=wait, due=row.due, unknown_type=row.unknown_type
             )
     return [found[name] for name in sorted(found)]
+
+
+def overview(store: Store) -> dict[str, Any]:
+    """What `liteq status` and the dashboard show, as data: per queue, jobs by status, the
+    oldest due job's wait, what finished in the last 1, 5 and 15 minutes, paused or not;
+    then the live workers (and, for a file, the size of its write-ahead log)."""
+    now = store.clock()
+    paused = store.paused()
+    windows = {minutes: store.finished(since=now - 60 * minutes) for minutes in (1, 5, 15)}
+    # A queue shows while it holds jobs, is paused, or finished jobs in the last 15 minutes.
+    names = {name: QueueState(name, {}, None) for name in paused | set(windows[15])}
+    names |= {q.queue: q for q in queues(store)}
+    report: dict[str, Any] = {
+        "queues": [
+            {
+                "queue": name,
+                "paused": name in paused,
+                "counts": {s.value: n for s, n in names[name].counts.items()},
+                "due": names[name].due,
+                "oldest_wait": names[name].oldest_wait,
+                "unknown_type": names[name].unknown_type,
+                "completed": {f"{m}m": windows[m].get(name, (0, 0))[0] for m in windows},
+                "failed": {f"{m}m": windows[m].get(name, (0, 0))[1] for m in windows},
+            }
+            for name in sorted(names)
+        ],
+        "workers": [
+            {
+                "host": w.host,
+                "pid": w.pid,
+                "since": w.started_at,
+                "jobs_done": w.jobs_done,
+                "current_job": w.current_job,
+                "queues": w.queues,
+                "last_beat": w.beat_at,
+                "rss": w.rss,
+            }
+            for w in live_workers(store)
+        ],
+    }
+    wal_bytes = getattr(store, "wal_bytes", None)
+    if wal_bytes is not None:
+        report["file"] = {"path": getattr(store, "path", None), "wal_bytes": wal_bytes()}
+    return report
+
+
+def describe(mjob: ManagedJob) -> str:
+    """The job's description(), or its type when its class is not imported here."""
+    if mjob.job is None:
+        return mjob.job_type
+    try:
+        return mjob.job.description()
+    except Exception as exc:  # a broken description() must not break a listing
+        return f"{mjob.job_type} (description() raised {type(exc).__name__})"
+
+
+def problem(mjob: ManagedJob) -> str:
+    """Its last error; or, if its payload cannot be read at all, why (a type not imported
+    here is no problem of the job's)."""
+    if mjob.record.error:
+        return mjob.record.error
+    return "" if mjob.unknown_type else mjob.decode_error or ""
+
+
+def state_of(mjob: ManagedJob) -> Any:
+    """The job's stored state, read as JSON: no class of it need be imported."""
+    try:
+        doc = json.loads(mjob.record.payload)
+    except (ValueError, RecursionError) as exc:
+        return f"(the payload is not JSON: {exc})"
+    if isinstance(doc, dict) and "pickle" in doc:
+        return f"(pickled state, {len(str(doc['pickle']))} characters of base64)"
+    return doc.get("state") if isinstance(doc, dict) else doc
 
 
 def live_workers(store: Store) -> list[WorkerInfo]:

@@ -24,6 +24,7 @@ import pytest
 
 import liteq
 from liteq import Status
+from liteq.stores.contract import WorkerInfo
 from tests import pg
 from tests.helpers import ROOT, wait_until
 from tests.jobs import Fails, Noop, Stoppable, Traced
@@ -254,6 +255,35 @@ def test_a_schema_liteq_did_not_make_or_a_newer_one_is_refused_untouched() -> No
             liteq.PostgresStore(dsn, schema=newer)
     finally:
         pg.drop_schema(newer)
+
+
+def test_a_schema_of_version_1_is_migrated_with_its_jobs() -> None:
+    dsn = pg.dsn_or_skip()
+    schema = pg.new_schema()
+    try:
+        first = liteq.PostgresStore(dsn, schema=schema)
+        job = first.enqueue(Noop(1), queue="mail")
+        first.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as version 1 left it
+            for sql in (
+                f'ALTER TABLE "{schema}".queues DROP COLUMN completed, DROP COLUMN failed',
+                f'ALTER TABLE "{schema}".workers DROP COLUMN rss',
+                f'UPDATE "{schema}".meta SET version = 1',  # noqa: S608
+            ):
+                conn.execute(sql.encode())
+        with pytest.raises(liteq.StoreError, match="open it once read-write"):
+            liteq.PostgresStore(dsn, schema=schema, readonly=True)
+        store = liteq.PostgresStore(dsn, schema=schema)
+        try:
+            assert store.get(job.id).queue == "mail"
+            store.register_worker(WorkerInfo("w", "host", 1, None, time.time(), time.time(), 30))
+            store.beat("w", jobs_done=1, current_job=None, finished={"mail": (1, 0)}, rss=1 << 20)
+            assert store.totals() == {"mail": (1, 0)}
+            assert [w.rss for w in store.workers()] == [1 << 20]
+        finally:
+            store.close()
+    finally:
+        pg.drop_schema(schema)
 
 
 def test_read_only_commands_never_create_a_schema(tmp_path: Path) -> None:

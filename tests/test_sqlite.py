@@ -335,7 +335,7 @@ def test_a_version_1_file_is_migrated_with_its_jobs_and_id_history(tmp_path: Pat
     assert store.enqueue(Noop(5)).id == 5  # the high water survives an empty queue
 
 
-@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
 def test_an_older_file_is_migrated_with_its_jobs_claims_and_id_history(
     tmp_path: Path, version: int
 ) -> None:

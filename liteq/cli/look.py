@@ -29,7 +29,7 @@ from liteq.cli.output import ago, emit_json, table, when
 from liteq.errors import JobNotFound
 from liteq.managed import ManagedJob
 from liteq.status import Status
-from liteq.stores import JobQuery, SQLiteStore
+from liteq.stores import JobQuery
 
 
 def add_parsers(sub: Commands) -> None:
@@ -105,49 +105,8 @@ def _status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
-def status_of(store: Any) -> dict[str, Any]:
-    """What `liteq status` shows, as data."""
-    now = store.clock()
-    paused = store.paused()
-    windows = {minutes: store.finished(since=now - 60 * minutes) for minutes in (1, 5, 15)}
-    queues = []
-    # A queue shows while it holds jobs, is paused, or finished jobs in the last 15 minutes.
-    names = {name: admin.QueueState(name, {}, None) for name in paused | set(windows[15])}
-    names |= {q.queue: q for q in admin.queues(store)}
-    for name in sorted(names):
-        state = names[name]
-        queues.append(
-            {
-                "queue": name,
-                "paused": name in paused,
-                "counts": {s.value: n for s, n in state.counts.items()},
-                "due": state.due,
-                "oldest_wait": state.oldest_wait,
-                "unknown_type": state.unknown_type,
-                "completed": {f"{m}m": windows[m].get(name, (0, 0))[0] for m in windows},
-                "failed": {f"{m}m": windows[m].get(name, (0, 0))[1] for m in windows},
-            }
-        )
-    workers = [
-        {
-            "host": w.host,
-            "pid": w.pid,
-            "since": w.started_at,
-            "jobs_done": w.jobs_done,
-            "current_job": w.current_job,
-            "queues": w.queues,
-            "last_beat": w.beat_at,
-        }
-        for w in admin.live_workers(store)
-    ]
-    report: dict[str, Any] = {"queues": queues, "workers": workers}
-    if isinstance(store, SQLiteStore):
-        report["file"] = {"path": store.path, "wal_bytes": store.wal_bytes()}
-    return report
-
-
 def _print_status(store: Any, as_json: bool) -> None:
-    report = status_of(store)
+    report = admin.overview(store)
     if as_json:
         emit_json(report)
         return
@@ -182,7 +141,7 @@ def _print_status(store: Any, as_json: bool) -> None:
     if workers:
         now = time.time()
         table(
-            ("host", "pid", "since", "jobs done", "running job", "queues"),
+            ("host", "pid", "since", "jobs done", "running job", "memory", "queues"),
             [
                 (
                     w["host"],
@@ -190,6 +149,7 @@ def _print_status(store: Any, as_json: bool) -> None:
                     ago(now - w["since"]) + " ago",
                     w["jobs_done"],
                     w["current_job"] or "-",
+                    "-" if w["rss"] is None else f"{w['rss'] / (1 << 20):.0f} MiB",
                     ",".join(w["queues"]) if w["queues"] else "all",
                 )
                 for w in workers
@@ -231,14 +191,14 @@ def _jobs(args: argparse.Namespace) -> int:
         [
             (
                 m.id,
-                _describe(m),
+                admin.describe(m),
                 m.queue,
                 m.priority,
                 m.status.value,
                 f"{m.attempts}/{m.max_attempts}",
                 when(m.created_at),
                 when(m.finished_at),
-                _problem(m),
+                admin.problem(m),
             )
             for m in page
         ],
@@ -246,23 +206,6 @@ def _jobs(args: argparse.Namespace) -> int:
     if more:
         print(f"(more: liteq jobs ... --before {page[-1].id}; `liteq show ID` for one job)")
     return OK
-
-
-def _problem(mjob: ManagedJob) -> str:
-    """Its last error; or, if its payload cannot be read at all, why (a type not imported
-    here is no problem of the job's)."""
-    if mjob.record.error:
-        return mjob.record.error
-    return "" if mjob.unknown_type else mjob.decode_error or ""
-
-
-def _describe(mjob: ManagedJob) -> str:
-    if mjob.job is None:
-        return mjob.job_type
-    try:
-        return mjob.job.description()
-    except Exception as exc:  # a broken description() must not break the listing
-        return f"{mjob.job_type} (description() raised {type(exc).__name__})"
 
 
 # -- show -----------------------------------------------------------------------------------
@@ -273,7 +216,7 @@ def _show(args: argparse.Namespace) -> int:
     except JobNotFound as exc:
         raise Failure(str(exc), PARTLY) from None
     fields = _fields(mjob)
-    fields["state"] = _state(mjob)
+    fields["state"] = admin.state_of(mjob)
     fields["traceback"] = mjob.traceback
     if args.json:
         emit_json(fields)
@@ -312,17 +255,6 @@ def _fields(mjob: ManagedJob) -> dict[str, Any]:
         "locked": rec.lock_token is not None,
         "error": rec.error,
     }
-
-
-def _state(mjob: ManagedJob) -> Any:
-    """The job's stored state, read as JSON: no class of it need be imported."""
-    try:
-        doc = json.loads(mjob.record.payload)
-    except (ValueError, RecursionError) as exc:
-        return f"(the payload is not JSON: {exc})"
-    if isinstance(doc, dict) and "pickle" in doc:
-        return f"(pickled state, {len(str(doc['pickle']))} characters of base64)"
-    return doc.get("state") if isinstance(doc, dict) else doc
 
 
 def _indent(text: str) -> str:

@@ -22,7 +22,15 @@ from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records
 from liteq.record import Record, evolve
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
-from liteq.stores.contract import Decide, Finished, JobQuery, QueueCount, Tx, WorkerInfo
+from liteq.stores.contract import (
+    Decide,
+    Finished,
+    JobQuery,
+    MinuteCount,
+    QueueCount,
+    Tx,
+    WorkerInfo,
+)
 from liteq.stores.hooks import Event, StatusHook, Write, listens
 from liteq.stores.runs import Runs
 from liteq.stores.wakeup import Waker
@@ -437,11 +445,17 @@ class BaseStore(Runs):
         self._register(info)
 
     def beat(
-        self, owner: str, *, jobs_done: int, current_job: int | None, finished: Finished
+        self,
+        owner: str,
+        *,
+        jobs_done: int,
+        current_job: int | None,
+        finished: Finished,
+        rss: int | None = None,
     ) -> None:
-        """A worker is alive: its count of jobs, the job it runs now, and the jobs it
-        finished since its last beat, per queue (completed, failed)."""
-        self._beat(owner, self.clock(), jobs_done, current_job, finished)
+        """A worker is alive: its count of jobs, the job it runs now, the jobs it finished
+        since its last beat, per queue (completed, failed), and the memory it uses."""
+        self._beat(owner, self.clock(), jobs_done, current_job, finished, rss)
 
     def unregister_worker(self, owner: str) -> None:
         """Forget a worker that stops."""
@@ -458,7 +472,21 @@ class BaseStore(Runs):
     def finished(self, since: float) -> Finished:
         """Per queue, the jobs workers completed and the attempts that failed since `since`
         (epoch seconds; counted by the minute, kept a day)."""
-        return self._finished(int(since // 60))
+        totals: Finished = {}
+        for row in self._throughput(int(since // 60)):
+            had = totals.get(row.queue, (0, 0))
+            totals[row.queue] = (had[0] + row.completed, had[1] + row.failed)
+        return totals
+
+    def throughput(self, since: float) -> list[MinuteCount]:
+        """What workers finished in each minute since `since` (kept a day), by minute;
+        a minute in which nothing finished has no row."""
+        return self._throughput(int(since // 60))
+
+    def totals(self) -> Finished:
+        """Per queue, every job workers completed and every attempt that failed since the
+        queue was made (Prometheus counters)."""
+        return self._totals()
 
     # -- the store itself ------------------------------------------------------
     def check_health(self) -> list[str]:

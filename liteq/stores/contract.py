@@ -84,6 +84,18 @@ class WorkerInfo:
     lease: float
     jobs_done: int = 0
     current_job: int | None = None
+    rss: int | None = None  # bytes of memory the process used at its last beat
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MinuteCount:
+    """The jobs of one queue that workers completed, and the attempts that failed, in one
+    minute (epoch seconds // 60)."""
+
+    minute: int
+    queue: str
+    completed: int
+    failed: int
 
 
 #: Per queue: (jobs completed, attempts failed).
@@ -138,6 +150,8 @@ class Store(Protocol):
     def paused(self) -> set[str]: ...
     def workers(self) -> list[WorkerInfo]: ...
     def finished(self, since: float) -> Finished: ...
+    def throughput(self, since: float) -> list[MinuteCount]: ...
+    def totals(self) -> Finished: ...
 
     # -- workers --------------------------------------------------------------
     def claim(
@@ -180,7 +194,13 @@ class Store(Protocol):
     def rescue(self, seen: Record, decide: Decide) -> ManagedJob | None: ...
     def register_worker(self, info: WorkerInfo) -> None: ...
     def beat(
-        self, owner: str, *, jobs_done: int, current_job: int | None, finished: Finished
+        self,
+        owner: str,
+        *,
+        jobs_done: int,
+        current_job: int | None,
+        finished: Finished,
+        rss: int | None = None,
     ) -> None: ...
     def unregister_worker(self, owner: str) -> None: ...
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
@@ -341,9 +361,11 @@ class Backend(abc.ABC):
         jobs_done: int,
         current_job: int | None,
         finished: Finished,
+        rss: int | None,
     ) -> None:
-        """In one write: a worker's beat, its finished counts added to the minute of `now`,
-        and rows of workers silent for three leases or counts older than a day deleted."""
+        """In one write: a worker's beat, its finished counts added to the minute of `now`
+        and to its queues' totals, and rows of workers silent for three leases or counts
+        older than a day deleted."""
 
     @abc.abstractmethod
     def _unregister(self, owner: str) -> None:
@@ -354,8 +376,12 @@ class Backend(abc.ABC):
         """Every registered worker's row."""
 
     @abc.abstractmethod
-    def _finished(self, since_minute: int) -> Finished:
-        """Finished counts per queue since this minute (epoch seconds // 60)."""
+    def _throughput(self, since_minute: int) -> list[MinuteCount]:
+        """The counts of each minute from this one on (epoch seconds // 60), by minute."""
+
+    @abc.abstractmethod
+    def _totals(self) -> Finished:
+        """Per queue, every job completed and attempt failed that workers counted."""
 
     @abc.abstractmethod
     def _read_active(self) -> list[Record]:

@@ -20,6 +20,7 @@ from liteq.stores.contract import (
     WAITS_FOR_ITS_TYPE,
     Finished,
     JobQuery,
+    MinuteCount,
     QueueCount,
     Tx,
     WorkerInfo,
@@ -111,6 +112,7 @@ class MemoryStore(BaseStore):
         self.paused_queues: set[str] = set()
         self._registry: dict[str, WorkerInfo] = {}
         self._stats: dict[tuple[int, str], tuple[int, int]] = {}
+        self._totals_by_queue: Finished = {}
 
     def next_id(self) -> int:
         """A new job id, never used before."""
@@ -249,17 +251,20 @@ class MemoryStore(BaseStore):
         jobs_done: int,
         current_job: int | None,
         finished: Finished,
+        rss: int | None,
     ) -> None:
         with self._lock:
             info = self._registry.get(owner)
             if info is not None:
                 self._registry[owner] = dataclasses.replace(
-                    info, beat_at=now, jobs_done=jobs_done, current_job=current_job
+                    info, beat_at=now, jobs_done=jobs_done, current_job=current_job, rss=rss
                 )
             minute = int(now // 60)
             for queue, (completed, failed) in finished.items():
                 had = self._stats.get((minute, queue), (0, 0))
                 self._stats[minute, queue] = (had[0] + completed, had[1] + failed)
+                had = self._totals_by_queue.get(queue, (0, 0))
+                self._totals_by_queue[queue] = (had[0] + completed, had[1] + failed)
             for key in [k for k in self._stats if k[0] < minute - STATS_MINUTES]:
                 del self._stats[key]
             for gone in [o for o, w in self._registry.items() if w.beat_at + 3 * w.lease < now]:
@@ -273,11 +278,14 @@ class MemoryStore(BaseStore):
         with self._lock:
             return list(self._registry.values())
 
-    def _finished(self, since_minute: int) -> Finished:
-        totals: Finished = {}
+    def _throughput(self, since_minute: int) -> list[MinuteCount]:
         with self._lock:
-            for (minute, queue), (completed, failed) in self._stats.items():
-                if minute >= since_minute:
-                    had = totals.get(queue, (0, 0))
-                    totals[queue] = (had[0] + completed, had[1] + failed)
-        return totals
+            return [
+                MinuteCount(minute, queue, completed, failed)
+                for (minute, queue), (completed, failed) in sorted(self._stats.items())
+                if minute >= since_minute
+            ]
+
+    def _totals(self) -> Finished:
+        with self._lock:
+            return dict(self._totals_by_queue)

@@ -68,7 +68,7 @@ def worker_values(info: WorkerInfo) -> tuple[Any, ...]:
 
 def worker_of(row: Sequence[Any]) -> WorkerInfo:
     """The WorkerInfo of a row the `workers` statements select."""
-    owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job = row
+    owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss = row
     return WorkerInfo(
         owner=owner,
         host=host,
@@ -79,4 +79,5 @@ def worker_of(row: Sequence[Any]) -> WorkerInfo:
         lease=lease,
         jobs_done=jobs_done,
         current_job=current_job,
+        rss=rss,
     )

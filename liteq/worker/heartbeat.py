@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+import psutil
+
 from liteq.errors import StoreCorrupt, StoreError, StoreMoved
 from liteq.status import Status
 from liteq.worker.exits import EXIT_SIGNAL
@@ -27,6 +29,14 @@ LEASE_GIVEN_UP: Final = 0.8
 
 #: How often a worker asks its store for conditions an operator should hear of.
 HEALTH_EVERY: Final = 10.0
+
+
+def _rss() -> int | None:
+    """The bytes of memory this process uses, for the registry of workers."""
+    try:
+        return int(psutil.Process().memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 def report_health(store: Store) -> None:
@@ -121,7 +131,9 @@ class Heartbeat:
         jobs_done, current = self.progress()
         try:
             owner = self._info.owner
-            self.store.beat(owner, jobs_done=jobs_done, current_job=current, finished=finished)
+            self.store.beat(
+                owner, jobs_done=jobs_done, current_job=current, finished=finished, rss=_rss()
+            )
         except StoreError:
             return False  # told next time
         self._told = totals

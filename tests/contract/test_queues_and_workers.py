@@ -41,10 +41,11 @@ def test_workers_register_beat_and_vanish_when_silent(
     store.register_worker(info("a", clock))
     store.register_worker(info("b", clock, lease=5.0))
     clock.advance(4)
-    store.beat("a", jobs_done=7, current_job=12, finished={})
+    store.beat("a", jobs_done=7, current_job=12, finished={}, rss=50 << 20)
     (a, b) = store.workers()
     assert (a.owner, a.jobs_done, a.current_job, a.queues) == ("a", 7, 12, ("mail",))
     assert a.beat_at == clock.now and b.jobs_done == 0
+    assert (a.rss, b.rss) == (50 << 20, None)
     clock.advance(2)  # b's lease (5 s) has passed without a beat: it is not live
     assert [w.owner for w in store.workers()] == ["a"]
     store.unregister_worker("a")
@@ -62,5 +63,19 @@ def test_finished_jobs_are_counted_by_the_minute(
     assert store.finished(since=start - 60) == {"mail": (5, 1), "img": (1, 0)}
     assert store.finished(since=clock.now - 30) == {"mail": (2, 0), "img": (1, 0)}
     clock.advance(25 * 3600)
+    minute = int(start // 60)
+    assert [
+        (r.minute - minute, r.queue, r.completed, r.failed) for r in store.throughput(start)
+    ] == [
+        (0, "mail", 3, 1),
+        (2, "img", 1, 0),
+        (2, "mail", 2, 0),
+    ]
     store.beat("a", jobs_done=5, current_job=None, finished={})  # a day later: forgotten
     assert store.finished(since=start) == {}
+    assert store.throughput(start) == []
+    # ... but not from the totals, which only grow (counters for /metrics).
+    store.pause("img")
+    store.beat("a", jobs_done=6, current_job=None, finished={"img": (1, 2)})
+    assert store.totals() == {"mail": (5, 1), "img": (2, 2)}
+    assert store.paused() == {"img"}

@@ -138,14 +138,16 @@ SELECT name FROM {s}.queues WHERE paused
 
 -- name: register
 INSERT INTO {s}.workers
-    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (owner) DO UPDATE SET host = excluded.host, pid = excluded.pid,
     queues = excluded.queues, started_at = excluded.started_at, beat_at = excluded.beat_at,
-    lease = excluded.lease, jobs_done = excluded.jobs_done, current_job = excluded.current_job
+    lease = excluded.lease, jobs_done = excluded.jobs_done, current_job = excluded.current_job,
+    rss = excluded.rss
 
 -- name: beat
-UPDATE {s}.workers SET beat_at = %s, jobs_done = %s, current_job = %s WHERE owner = %s
+UPDATE {s}.workers SET beat_at = %s, jobs_done = %s, current_job = %s, rss = %s
+WHERE owner = %s
 
 -- name: count_finished
 INSERT INTO {s}.stats AS t (minute, queue, completed, failed) VALUES (%s, %s, %s, %s)
@@ -162,11 +164,20 @@ DELETE FROM {s}.workers WHERE beat_at + 3 * lease < %s
 DELETE FROM {s}.workers WHERE owner = %s
 
 -- name: workers
-SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job
+SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss
 FROM {s}.workers
 
--- name: finished
-SELECT queue, sum(completed), sum(failed) FROM {s}.stats WHERE minute >= %s GROUP BY queue
+-- name: throughput
+SELECT minute, queue, completed, failed FROM {s}.stats WHERE minute >= %s
+ORDER BY minute, queue
+
+-- name: count_total
+INSERT INTO {s}.queues AS t (name, completed, failed) VALUES (%s, %s, %s)
+ON CONFLICT (name) DO UPDATE
+SET completed = t.completed + excluded.completed, failed = t.failed + excluded.failed
+
+-- name: totals
+SELECT name, completed, failed FROM {s}.queues WHERE completed > 0 OR failed > 0
 
 -- name: notify
 SELECT pg_notify(%s, '')

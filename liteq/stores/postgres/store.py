@@ -23,6 +23,7 @@ from liteq.stores.contract import (
     WAITS_FOR_ITS_TYPE,
     Finished,
     JobQuery,
+    MinuteCount,
     QueueCount,
     Tx,
     WorkerInfo,
@@ -229,13 +230,15 @@ class PostgresStore(BaseStore):
         jobs_done: int,
         current_job: int | None,
         finished: Finished,
+        rss: int | None,
     ) -> None:
         minute = int(now // 60)
         with self._transaction() as tx:
             assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
-            tx.execute(self._q.BEAT, (now, jobs_done, current_job, owner))
+            tx.execute(self._q.BEAT, (now, jobs_done, current_job, rss, owner))
             for queue, (completed, failed) in sorted(finished.items()):
                 tx.execute(self._q.COUNT_FINISHED, (minute, queue, completed, failed))
+                tx.execute(self._q.COUNT_TOTAL, (queue, completed, failed))
             tx.execute(self._q.FORGET_OLD_STATS, (minute - STATS_MINUTES,))
             tx.execute(self._q.FORGET_SILENT_WORKERS, (now,))
 
@@ -246,9 +249,12 @@ class PostgresStore(BaseStore):
     def _workers(self) -> list[WorkerInfo]:
         return [worker_of(row) for row in self._rows(self._q.WORKERS)]
 
-    def _finished(self, since_minute: int) -> Finished:
-        rows = self._rows(self._q.FINISHED, (since_minute,))
-        return {queue: (int(completed), int(failed)) for queue, completed, failed in rows}
+    def _throughput(self, since_minute: int) -> list[MinuteCount]:
+        rows = self._rows(self._q.THROUGHPUT, (since_minute,))
+        return [MinuteCount(int(m), q, int(c), int(f)) for m, q, c, f in rows]
+
+    def _totals(self) -> Finished:
+        return {name: (int(c), int(f)) for name, c, f in self._rows(self._q.TOTALS)}
 
     # -- waking idle workers -------------------------------------------------
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool:

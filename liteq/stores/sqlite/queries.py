@@ -59,7 +59,9 @@ FORGET_OLD_STATS: Final = _sql("forget_old_stats")
 FORGET_SILENT_WORKERS: Final = _sql("forget_silent_workers")
 UNREGISTER: Final = _sql("unregister")
 WORKERS: Final = _sql("workers")
-FINISHED: Final = _sql("finished")
+THROUGHPUT: Final = _sql("throughput")
+COUNT_TOTAL: Final = _sql("count_total")
+TOTALS: Final = _sql("totals")
 
 #: pick()'s queue count meaning "every queue, while only one holds queued jobs".
 ONLY_QUEUE: Final = 0

@@ -203,11 +203,12 @@ SELECT name FROM liteq_queues WHERE paused
 
 -- name: register
 INSERT OR REPLACE INTO liteq_workers
-    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: beat
-UPDATE liteq_workers SET beat_at = ?, jobs_done = ?, current_job = ? WHERE owner = ?
+UPDATE liteq_workers SET beat_at = ?, jobs_done = ?, current_job = ?, rss = ?
+WHERE owner = ?
 
 -- name: count_finished
 INSERT INTO liteq_stats (minute, queue, completed, failed) VALUES (?, ?, ?, ?)
@@ -224,11 +225,20 @@ DELETE FROM liteq_workers WHERE beat_at + 3 * lease < ?
 DELETE FROM liteq_workers WHERE owner = ?
 
 -- name: workers
-SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job
+SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss
 FROM liteq_workers
 
--- name: finished
-SELECT queue, sum(completed), sum(failed) FROM liteq_stats WHERE minute >= ? GROUP BY queue
+-- name: throughput
+SELECT minute, queue, completed, failed FROM liteq_stats WHERE minute >= ?
+ORDER BY minute, queue
+
+-- name: count_total
+INSERT INTO liteq_queues AS t (name, completed, failed) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE
+SET completed = t.completed + excluded.completed, failed = t.failed + excluded.failed
+
+-- name: totals
+SELECT name, completed, failed FROM liteq_queues WHERE completed > 0 OR failed > 0
 
 -- Filters of count, search and purge, joined in the order given.
 -- name: filter_queue

@@ -19,6 +19,7 @@ from liteq.stores.contract import (
     WAITS_FOR_ITS_TYPE,
     Finished,
     JobQuery,
+    MinuteCount,
     QueueCount,
     Tx,
     WorkerInfo,
@@ -207,13 +208,15 @@ class SQLiteStore(BaseStore):
         jobs_done: int,
         current_job: int | None,
         finished: Finished,
+        rss: int | None,
     ) -> None:
         minute = int(now // 60)
         with self._transaction():
             conn = self.file.session()[0]
-            conn.execute(queries.BEAT, (now, jobs_done, current_job, owner))
+            conn.execute(queries.BEAT, (now, jobs_done, current_job, rss, owner))
             for queue, (completed, failed) in finished.items():
                 conn.execute(queries.COUNT_FINISHED, (minute, queue, completed, failed))
+                conn.execute(queries.COUNT_TOTAL, (queue, completed, failed))
             conn.execute(queries.FORGET_OLD_STATS, (minute - STATS_MINUTES,))
             conn.execute(queries.FORGET_SILENT_WORKERS, (now,))
 
@@ -225,10 +228,13 @@ class SQLiteStore(BaseStore):
         with self.file.reading() as conn:
             return [worker_of(row) for row in conn.execute(queries.WORKERS)]
 
-    def _finished(self, since_minute: int) -> Finished:
+    def _throughput(self, since_minute: int) -> list[MinuteCount]:
         with self.file.reading() as conn:
-            rows: list[tuple[Any, ...]] = conn.execute(queries.FINISHED, (since_minute,)).fetchall()
-        return {queue: (int(completed), int(failed)) for queue, completed, failed in rows}
+            return [MinuteCount(*row) for row in conn.execute(queries.THROUGHPUT, (since_minute,))]
+
+    def _totals(self) -> Finished:
+        with self.file.reading() as conn:
+            return {name: (done, failed) for name, done, failed in conn.execute(queries.TOTALS)}
 
     def _data_version(self) -> object:
         # Changes whenever another connection commits. An idle worker also notices here,
