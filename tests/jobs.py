@@ -254,3 +254,16 @@ class Stoppable(liteq.Job):
                 trace(self.path, job.id, "stopped", job.attempts)
                 raise
         trace(self.path, job.id, "end", job.attempts)
+
+
+class Described(liteq.Job):
+    """A job whose description is whatever it is given (markup, say)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        pass
+
+    def description(self) -> str:
+        return self.text

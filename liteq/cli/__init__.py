@@ -17,7 +17,7 @@ from typing import NoReturn
 import apsw
 
 from liteq import __version__
-from liteq.cli import act, db, look, work
+from liteq.cli import act, dashboard, db, look, work
 from liteq.cli.common import (
     BAD_INPUT,
     INTERRUPTED,
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_parsers(sub)
     act.add_parsers(sub)
     db.add_parsers(sub)
+    dashboard.add_parser(sub)
     _every_command_takes_verbose(sub)
     return parser
 

@@ -1,0 +1,150 @@
+"""`liteq dashboard`: the web dashboard of a queue (the `dashboard` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+from liteq.cli.common import (
+    OK,
+    Commands,
+    Failure,
+    add_db,
+    import_modules,
+    open_store,
+    store_url,
+)
+from liteq.stores import sqlite_path
+
+DEFAULT_PORT: Final = 8350
+INSTALL: Final = "pip install 'liteq-jobs[dashboard]'"
+
+
+def add_parser(sub: Commands) -> None:
+    """Register `dashboard`."""
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="a web page that shows the queue and acts on it",
+        description="Serve the queue's dashboard: queues, workers, jobs, and actions on them "
+        f"(needs {INSTALL}). It listens on 127.0.0.1 unless told otherwise; any other "
+        "address needs a token, checked on every request.",
+    )
+    add_db(dashboard)
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"the port (default {DEFAULT_PORT}; 0: any free one)",
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="show the queue, offer no action and refuse any"
+    )
+    dashboard.add_argument(
+        "--token",
+        default=os.environ.get("LITEQ_DASHBOARD_TOKEN"),
+        metavar="TOKEN",
+        help="require this token of every request (default: $LITEQ_DASHBOARD_TOKEN); "
+        "`generate`: make one and print it",
+    )
+    dashboard.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import job classes from MODULE: their descriptions show, and async jobs of "
+        "theirs can be resolved (repeatable)",
+    )
+    dashboard.set_defaults(func=_dashboard)
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0 to 65535), not {text!r}")
+    return int(text)
+
+
+def label(url: str) -> str:
+    """How the page names the store: a file's path, or a server's URL without password."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "sqlite":
+        return sqlite_path(url)
+    if parts.password is not None:
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        parts = parts._replace(netloc=f"{parts.username or ''}@{host}{port}")
+    return urlunsplit(parts)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from liteq.web import create_app
+        from liteq.web.security import is_loopback, new_token
+    except ImportError as exc:
+        raise Failure(f"the dashboard needs its extra ({exc}): {INSTALL}") from None
+    token: str | None = args.token
+    if token is not None and not token.strip():
+        raise Failure("the token is empty: give --token TOKEN, or --token generate")
+    generated = token == "generate"  # noqa: S105 - a keyword, not a password
+    if generated:
+        token = new_token()
+    if token is None and not is_loopback(args.host):
+        raise Failure(
+            f"listening on {args.host} lets other machines in: give a token (--token TOKEN, "
+            "or LITEQ_DASHBOARD_TOKEN), or --token generate"
+        )
+    url = store_url(args)
+    if args.imports:
+        import_modules(args.imports, url)
+    if urlsplit(url if "://" in url else f"sqlite:///{url}").scheme.lower() == "sqlite":
+        path = sqlite_path(url if "://" in url else f"sqlite:///{url}")
+        if not Path(path).exists():
+            raise Failure(f"no queue at {path}")
+    store = open_store(args, readonly=args.read_only)
+    listener = _listen(args.host, args.port)
+    host, port = listener.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    address = f"http://{shown}:{port}/"
+    print(f"liteq dashboard of {label(url)}{' (read-only)' if args.read_only else ''}")
+    if generated:
+        print(f"open {address}?token={token}  (the token is printed only this once)")
+    else:
+        print(f"open {address}" + ("  (with its token: ?token=…)" if token else ""))
+    print("Ctrl-C to stop", flush=True)
+    app = create_app(store, token=token, read_only=args.read_only, label=label(url))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    # uvicorn stops on TERM, then raises it again under the handler it found there: one
+    # that ignores it lets the command end as a stopped service should, with status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.Server(config).run(sockets=[listener])
+    print("stopped", flush=True)
+    return OK
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+__all__ = ["add_parser", "label"]
