@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import psycopg
 import pytest
 
 import liteq
@@ -694,6 +695,12 @@ def test_the_command_refuses_bad_input_in_one_line_and_makes_no_file(tmp_path: P
         assert done.returncode == 2, (args, done.stderr)
         assert says in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert list(tmp_path.iterdir()) == []
+    schema = pg.new_schema()  # nor a schema on PostgreSQL
+    done = run("--db", pg.url(schema))
+    assert done.returncode == 2 and f"no liteq queue in schema {schema}" in done.stderr
+    with psycopg.connect(pg.dsn_or_skip()) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchone() is None
     # A port another program holds.
     liteq.SQLiteStore(tmp_path / "q.sqlite").close()
     server = Server(str(tmp_path / "q.sqlite"), cwd=tmp_path)

@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import socket
-from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +18,8 @@ from liteq.cli.common import (
     open_store,
     store_url,
 )
-from liteq.stores import sqlite_path
+from liteq.errors import StoreError
+from liteq.stores import BaseStore, sqlite_path
 
 DEFAULT_PORT: Final = 8350
 INSTALL: Final = "pip install 'liteq-jobs[dashboard]'"
@@ -108,11 +108,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     url = store_url(args)
     if args.imports:
         import_modules(args.imports, url)
-    if urlsplit(url if "://" in url else f"sqlite:///{url}").scheme.lower() == "sqlite":
-        path = sqlite_path(url if "://" in url else f"sqlite:///{url}")
-        if not Path(path).exists():
-            raise Failure(f"no queue at {path}")
-    store = open_store(args, readonly=args.read_only)
+    store = _open(args)
     listener = _listen(args.host, args.port)
     host, port = listener.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -131,6 +127,20 @@ def _dashboard(args: argparse.Namespace) -> int:
     uvicorn.Server(config).run(sockets=[listener])
     print("stopped", flush=True)
     return OK
+
+
+def _open(args: argparse.Namespace) -> BaseStore:
+    """The queue, which a dashboard never makes (a typo would make an empty one): missing,
+    it is an error; older, a read-write dashboard brings it up to date."""
+    if args.read_only:
+        return open_store(args, readonly=True)
+    try:
+        open_store(args, readonly=True)  # (closed with the rest when the command ends)
+    except StoreError as exc:
+        if str(exc).startswith(("no queue at", "no liteq queue")):
+            raise
+        # Else a queue of an older liteq: opening it read-write migrates it.
+    return open_store(args, readonly=False)
 
 
 def _listen(host: str, port: int) -> socket.socket:
