@@ -356,6 +356,9 @@ def test_a_filter_narrows_the_table_and_pages_keep_it(
     assert first + second == sorted(expected) and len(first) == 50
     assert not present(browser, "#next")
 
+    for bad in ("before=99999999999999999999", "after=-1", "before=ten", "status=lost"):
+        status, _, body = server.request("GET", f"/jobs?{bad}")
+        assert status == 400 and "bad filter" in body, bad
     browser.get(server.base + "/jobs?" + urlencode({"error": "declined"}))
     rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
     assert [int(r.get_attribute("data-id")) for r in rows] == ids["failed"]
@@ -471,6 +474,14 @@ def test_an_async_job_is_resolved_with_data_from_the_page(
     browser.get(f"{server.base}/jobs/{waiting}")
     data = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
     data.clear()
+    data.send_keys('"raise"')  # its resolve_wait_async raises ValueError
+    click(browser, "#resolve button")
+    said = browser.find_element(By.ID, "message").text
+    assert "raised ValueError: the callback data was bad (it still waits)" in said
+    assert store.get(waiting).status is liteq.Status.WAIT_ASYNC
+    browser.get(f"{server.base}/jobs/{waiting}")
+    data = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
+    data.clear()
     data.send_keys('"queued"')  # its resolve_wait_async: run it again
     click(browser, "#resolve button")
     assert store.get(waiting).status is liteq.Status.QUEUED
@@ -543,6 +554,8 @@ def test_a_post_without_the_csrf_token_is_refused(
         assert store.get(failed).status is liteq.Status.FAILED
     status, _, _ = server.request("POST", "/queues/images/pause", {})
     assert status == 403 and store.paused() == set()
+    status, _, body = server.request("POST", "/queues/a%00b/pause", {"csrf": csrf})
+    assert status == 400 and "NUL" in body and store.paused() == set()
     status, headers, _ = server.request("POST", f"/jobs/{failed}/retry", {"csrf": csrf})
     assert status == 303 and store.get(failed).status is liteq.Status.QUEUED
 

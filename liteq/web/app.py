@@ -93,7 +93,11 @@ class Dashboard:
         self.app = Starlette(
             routes=routes,
             middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard.middleware)],
-            exception_handlers={Refused: self._refused, LiteqError: self._failed},
+            exception_handlers={
+                Refused: self._refused,
+                LiteqError: self._failed,
+                ValueError: self._refused,  # a value the store refuses (a NUL in a name, say)
+            },
         )
 
     def render(self, name: str, status_code: int = 200, **values: Any) -> HTMLResponse:
@@ -134,8 +138,8 @@ class Dashboard:
         status_text = params.get("status") or None
         try:
             status = None if status_text is None else Status(status_text)
-            after = int(params.get("after") or 0)
-            before = int(params["before"]) if params.get("before") else None
+            after = _page_id(params.get("after") or "0")
+            before = _page_id(params["before"]) if params.get("before") else None
         except ValueError as exc:
             raise Refused(f"bad filter: {exc}", 400) from None
         oldest_first = params.get("order") == "oldest"
@@ -241,9 +245,18 @@ class Dashboard:
         if action == "resolve":
             try:
                 data = json.loads(form.get("data") or "null")
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise Refused(f"the data is not JSON: {exc}", 400) from None
-            status = await run_in_threadpool(resolve_wait_async, self.store, job_id, data)
+            try:
+                status = await run_in_threadpool(resolve_wait_async, self.store, job_id, data)
+            except LiteqError:
+                raise
+            except Exception as exc:  # the job's own resolve_wait_async: it stays waiting
+                raise Refused(
+                    f"job {job_id}'s resolve_wait_async raised {type(exc).__name__}: {exc} "
+                    "(it still waits)",
+                    409,
+                ) from None
             if not await run_in_threadpool(self._exists, job_id):
                 return self.render(
                     "message.html",
@@ -354,6 +367,13 @@ class Dashboard:
         return self.render(
             "message.html", status, page="", title="Not done", detail=str(exc), back="/"
         )
+
+
+def _page_id(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise ValueError(f"{text} is no job id")
+    return value
 
 
 def _job_id(request: Request) -> int:
