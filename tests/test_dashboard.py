@@ -464,26 +464,22 @@ def test_an_async_job_is_resolved_with_data_from_the_page(
     url, store = file_queue
     (waiting,) = fill(store)["wait_async"]
     server = serve(url, "--import", "tests.jobs")
-    browser.get(f"{server.base}/jobs/{waiting}")
-    data = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
-    data.clear()
-    data.send_keys('"nonsense')
-    click(browser, "#resolve button")
+
+    def resolve(data: str) -> None:
+        browser.get(f"{server.base}/jobs/{waiting}")
+        box = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
+        box.clear()
+        box.send_keys(data)
+        click(browser, "#resolve button")
+
+    resolve('"nonsense')
     assert "not JSON" in browser.find_element(By.ID, "message").text
     assert store.get(waiting).status is liteq.Status.WAIT_ASYNC
-    browser.get(f"{server.base}/jobs/{waiting}")
-    data = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
-    data.clear()
-    data.send_keys('"raise"')  # its resolve_wait_async raises ValueError
-    click(browser, "#resolve button")
+    resolve('"raise"')  # its resolve_wait_async raises ValueError
     said = browser.find_element(By.ID, "message").text
     assert "raised ValueError: the callback data was bad (it still waits)" in said
     assert store.get(waiting).status is liteq.Status.WAIT_ASYNC
-    browser.get(f"{server.base}/jobs/{waiting}")
-    data = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
-    data.clear()
-    data.send_keys('"queued"')  # its resolve_wait_async: run it again
-    click(browser, "#resolve button")
+    resolve('"queued"')  # its resolve_wait_async: run it again
     assert store.get(waiting).status is liteq.Status.QUEUED
     assert browser.find_element(By.ID, "status").text == "queued"
     assert browser.find_element(By.ID, "said").text == "Resolved."
@@ -491,11 +487,7 @@ def test_an_async_job_is_resolved_with_data_from_the_page(
     claimed = store.claim(OWNER, ["video"])
     assert claimed is not None and claimed.id == waiting
     store.wait_async(claimed)
-    browser.get(f"{server.base}/jobs/{waiting}")
-    data = browser.find_element(By.CSS_SELECTOR, "#resolve textarea")
-    data.clear()
-    data.send_keys('"completed"')
-    click(browser, "#resolve button")
+    resolve('"completed"')
     assert f"Job {waiting} resolved: completed" in browser.find_element(By.ID, "message").text
     with pytest.raises(liteq.JobNotFound):
         store.get(waiting)

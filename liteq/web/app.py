@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from liteq import admin
 from liteq.asyncjob import resolve_wait_async
+from liteq.cli.output import ago
 from liteq.errors import JobNotFound, LiteqError, StoreUnavailable
 from liteq.status import Status
 from liteq.stores.contract import JobQuery, Store
@@ -48,15 +49,6 @@ def _when(value: datetime | float | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= length:
-            return f"{seconds / length:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 def _mib(size: int | None) -> str:
     return "-" if size is None else f"{size / (1 << 20):,.1f} MiB"
 
@@ -74,7 +66,7 @@ class Dashboard:
             autoescape=True,  # every template, whatever its name: job text is never markup
             undefined=jinja2.StrictUndefined,
         )
-        self.templates.filters.update(when=_when, ago=_ago, mib=_mib)
+        self.templates.filters.update(when=_when, ago=ago, mib=_mib)
         self.templates.globals.update(
             label=label, read_only=guard.read_only, csrf=guard.csrf, statuses=list(Status)
         )
@@ -338,7 +330,7 @@ class Dashboard:
         count = await run_in_threadpool(
             lambda: admin.purgeable(self.store, status, queue=name, older_than=older_than)
         )
-        age = "" if older_than is None else f" that finished more than {_ago(older_than)} ago"
+        age = "" if older_than is None else f" that finished more than {ago(older_than)} ago"
         return self.render(
             "confirm.html",
             page="overview",
