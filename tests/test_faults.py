@@ -25,7 +25,7 @@ import liteq.worker.heartbeat
 from liteq.worker.identity import owner_state
 from tests import pg
 from tests.helpers import ROOT, bare_worker, wait_until
-from tests.jobs import Noop, SlowFirst, Traced
+from tests.jobs import Noop, Sleeps, SlowFirst, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
 
@@ -270,6 +270,29 @@ def test_a_queue_file_deleted_or_replaced_under_running_processes(tmp_path: Path
         assert moved_in.count(queue="elsewhere") == 7
     else:
         assert not db.exists(), "a process made a new file at the path"
+
+
+@pytest.mark.slow
+def test_the_supervisor_never_makes_a_new_file_where_its_queue_was_deleted(
+    tmp_path: Path,
+) -> None:
+    # The worker is busy in a job and notices only when it ends; the supervisor's first
+    # check of hung jobs (5 s after it starts) comes before: it must not create the file.
+    db, log = tmp_path / "q.sqlite", tmp_path / "work.log"
+    store = liteq.SQLiteStore(db)
+    job = store.enqueue(Sleeps(6.5))
+    work = start_work(db, log)
+    try:
+        wait_until(lambda: store.get(job.id).status is liteq.Status.RUNNING, 30, "the job to run")
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            os.remove(f"{db}{suffix}")
+        assert work.wait(30) == 4
+    finally:
+        work.kill()
+        work.wait()
+    assert "hung-job check failed: no queue at" in log.read_text()
+    assert not db.exists(), "the supervisor made a new file at the path"
 
 
 def damage_a_page(path: Path) -> None:

@@ -291,9 +291,14 @@ class Supervisor:
     def _rescue(self, store: Store | None) -> Store | None:
         """Re-queue the jobs of dead or hung workers; the store, opened on first use (and
         closed after each check: none is open when a worker forks)."""
+        if self._fatal is not None:
+            return store  # the queue was deleted, replaced or damaged: touch it no more
         awake = time.monotonic() >= self._grace_until
         try:
             if store is None:
+                # Read-only first, which never creates: a supervisor's first look after
+                # its file was deleted must not leave a new, empty queue at the path.
+                connect(self.url, readonly=True).close()
                 store = connect(self.url)
             for mjob in detect_hung_jobs(store, kill_live=awake):
                 log.warning("re-queued job %d of a dead or hung worker: %s", mjob.id, mjob.error)
