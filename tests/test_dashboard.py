@@ -546,6 +546,16 @@ def test_a_post_without_the_csrf_token_is_refused(
         assert store.get(failed).status is liteq.Status.FAILED
     status, _, _ = server.request("POST", "/queues/images/pause", {})
     assert status == 403 and store.paused() == set()
+    # A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) reads nothing.
+    for path in ("/", "/jobs", "/metrics"):
+        status, _, body = server.request(
+            "GET", path, headers={"Host": f"evil.example:{server.port}"}
+        )
+        assert status == 421 and "failed" not in body and csrf not in body, path
+    status, _, _ = server.request(
+        "POST", f"/jobs/{failed}/retry", {"csrf": csrf}, {"Host": "evil.example"}
+    )
+    assert status == 421 and store.get(failed).status is liteq.Status.FAILED
     status, _, body = server.request("POST", "/queues/a%00b/pause", {"csrf": csrf})
     assert status == 400 and "NUL" in body and store.paused() == set()
     status, headers, _ = server.request("POST", f"/jobs/{failed}/retry", {"csrf": csrf})

@@ -8,7 +8,7 @@ import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Final
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -85,7 +85,16 @@ class Guard:
 
     def _admit(self, request: Request) -> Response | None:
         if self.token is None:
-            return None
+            # Only loopback names: a page on another site whose name is made to resolve to
+            # 127.0.0.1 (DNS rebinding) would otherwise be this page's origin, and act.
+            host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+            if is_loopback(host):
+                return None
+            return PlainTextResponse(
+                f"This liteq dashboard answers to 127.0.0.1 or localhost, not {host!r}: "
+                "start it with a token to reach it by another name.\n",
+                status_code=421,
+            )
         given = request.query_params.get("token")
         if given is not None:
             if not self._matches(given):
