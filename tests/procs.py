@@ -47,13 +47,16 @@ def produce(db: str, trace_path: str, spec_path: str, out_path: str, start_at: s
 
 
 def produce_until_refused(db: str, trace_path: str, out_path: str) -> None:
-    """Enqueue a job every millisecond until the store refuses; say how many it took."""
+    """Enqueue a job every millisecond until the store refuses; say how many it took.
+    `out_path`.ready appears once the first is in (the file is open from then on)."""
     store = liteq.SQLiteStore(db)
     acked = 0
     try:
         while True:
             store.enqueue(Traced(trace_path, 0.002))
             acked += 1
+            if acked == 1:
+                Path(f"{out_path}.ready").touch()
             time.sleep(0.001)
     except liteq.StoreError as exc:
         result = {"acked": acked, "kind": type(exc).__name__, "error": str(exc)}

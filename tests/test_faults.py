@@ -247,6 +247,8 @@ def test_a_queue_file_deleted_or_replaced_under_running_processes(tmp_path: Path
     producer = subprocess.Popen([sys.executable, "-m", "tests.procs", *produce], cwd=ROOT)
     try:
         wait_until(lambda: trace.exists() and len(runs_by_job(trace)) > 50, 30, "jobs to run")
+        # (A producer that first opened the path after the change would make a new queue.)
+        wait_until(lambda: Path(f"{out}.ready").exists(), 30, "the producer to enqueue")
         if how == "mv another queue over it":
             os.replace(other, db)
         else:
