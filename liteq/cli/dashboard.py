@@ -19,7 +19,7 @@ from liteq.cli.common import (
     store_url,
 )
 from liteq.errors import StoreError
-from liteq.stores import BaseStore, sqlite_path
+from liteq.stores import BaseStore, connect, sqlite_path
 
 DEFAULT_PORT: Final = 8350
 INSTALL: Final = "pip install 'liteq-jobs[dashboard]'"
@@ -135,7 +135,7 @@ def _open(args: argparse.Namespace) -> BaseStore:
     if args.read_only:
         return open_store(args, readonly=True)
     try:
-        open_store(args, readonly=True)  # (closed with the rest when the command ends)
+        connect(store_url(args), readonly=True).close()
     except StoreError as exc:
         if str(exc).startswith(("no queue at", "no liteq queue")):
             raise

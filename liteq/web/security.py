@@ -87,7 +87,10 @@ class Guard:
         if self.token is None:
             # Only loopback names: a page on another site whose name is made to resolve to
             # 127.0.0.1 (DNS rebinding) would otherwise be this page's origin, and act.
-            host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+            try:
+                host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+            except ValueError:  # not even a host name
+                host = ""
             if is_loopback(host):
                 return None
             return PlainTextResponse(
