@@ -193,13 +193,7 @@ class QueueFile:
         conn = apsw.Connection(self.path, flags=flags, statementcachesize=STATEMENT_CACHE)
         try:
             conn.setbusytimeout(int(self.busy_timeout * 1000))
-            try:
-                version, tables = schema.read(conn)
-            except apsw.Error as exc:
-                raise self.translate(exc) from exc
-            refusal = schema.refusal(version, tables)
-            if refusal is not None:
-                raise StoreError(f"{self.path} {refusal}")
+            version = self._version(conn)
             if version == 0:
                 raise StoreError(f"no queue at {self.path} (the file holds no tables)")
             if version != schema.SCHEMA_VERSION:
@@ -207,8 +201,7 @@ class QueueFile:
                     f"{self.path} has schema version {version} and this liteq reads "
                     f"{schema.SCHEMA_VERSION}: a worker of this liteq brings it up to date"
                 )
-            st = os.stat(self.path)
-            self._bind((st.st_dev, st.st_ino))
+            self._bind(self._file_identity())
         except BaseException:
             conn.close()
             raise
@@ -221,6 +214,11 @@ class QueueFile:
                 f"{self.path} is read-only for this process (its permissions, or a read-only "
                 "file system): liteq must be able to write the queue file"
             )
+        self._version(conn)
+        return self._file_identity()
+
+    def _version(self, conn: apsw.Connection) -> int:
+        """The file's schema version; StoreError if it is no liteq queue."""
         try:
             version, tables = schema.read(conn)
         except apsw.Error as exc:
@@ -228,6 +226,9 @@ class QueueFile:
         refusal = schema.refusal(version, tables)
         if refusal is not None:
             raise StoreError(f"{self.path} {refusal}")
+        return version
+
+    def _file_identity(self) -> tuple[int, int]:
         st = os.stat(self.path)
         return st.st_dev, st.st_ino
 
