@@ -10,6 +10,7 @@ from typing import Any
 
 from liteq.errors import InvalidState, InvalidStateChange, JobLocked, JobNotFound
 from liteq.managed import ManagedJob
+from liteq.managed import describe as describe  # for the command line and dashboard
 from liteq.status import Status
 from liteq.stores.contract import JobQuery, Store, WorkerInfo
 from liteq.worker.identity import owner_state
@@ -88,16 +89,6 @@ def overview(store: Store) -> dict[str, Any]:
     if wal_bytes is not None:
         report["file"] = {"path": getattr(store, "path", None), "wal_bytes": wal_bytes()}
     return report
-
-
-def describe(mjob: ManagedJob) -> str:
-    """The job's description(), or its type when its class is not imported here."""
-    if mjob.job is None:
-        return mjob.job_type
-    try:
-        return mjob.job.description()
-    except Exception as exc:  # a broken description() must not break a listing
-        return f"{mjob.job_type} (description() raised {type(exc).__name__})"
 
 
 def problem(mjob: ManagedJob) -> str:

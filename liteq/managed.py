@@ -207,3 +207,14 @@ class ManagedJob:
             f"<ManagedJob {self.id} {self.job_type} {self.status.value} "
             f"queue={self.queue!r} attempts={self.attempts}/{self.max_attempts}>"
         )
+
+
+def describe(mjob: ManagedJob) -> str:
+    """The job's description(), or its type when its class is not imported here (a broken
+    description() must break no listing or log line: it says what it raised instead)."""
+    if mjob.job is None:
+        return mjob.job_type
+    try:
+        return mjob.job.description()
+    except Exception as exc:
+        return f"{mjob.job_type} (description() raised {type(exc).__name__})"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
-from liteq.managed import ManagedJob
+from liteq.managed import ManagedJob, describe
 from liteq.status import Status
 from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
 from liteq.worker.exits import (
@@ -363,7 +363,7 @@ class Worker:
         signals.job_current = True
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
-            log.debug("job %d (%s) started, attempt %d", mjob.id, _name(mjob), mjob.attempts)
+            log.debug("job %d (%s) started, attempt %d", mjob.id, describe(mjob), mjob.attempts)
         if mjob.max_runtime is not None or signals.stop_requested:
             signals.job_starts(mjob.max_runtime)
         try:
@@ -386,7 +386,9 @@ class Worker:
             reason = f"interrupted: {exc}"
             self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
             self._heartbeat.count(mjob.queue, completed=False)
-            log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, _name(mjob), reason)
+            log.warning(
+                "job %d (%s) %s: re-queued with a mulligan", mjob.id, describe(mjob), reason
+            )
             if exc.stop_worker:
                 signals.stop_requested = True
         except (Exception, SystemExit) as exc:
@@ -397,7 +399,7 @@ class Worker:
             log.error(
                 "job %d (%s) failed on attempt %d/%d: %s -> %s\n%s",
                 mjob.id,
-                _name(mjob),
+                describe(mjob),
                 mjob.attempts,
                 mjob.max_attempts,
                 message,
@@ -423,9 +425,9 @@ class Worker:
                 message = f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
                 self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
                 self._heartbeat.count(mjob.queue, completed=False)
-                log.error("job %d (%s): %s", mjob.id, _name(mjob), message)
+                log.error("job %d (%s): %s", mjob.id, describe(mjob), message)
             if debug:
-                log.debug("job %d (%s) returned %r", mjob.id, _name(mjob), result)
+                log.debug("job %d (%s) returned %r", mjob.id, describe(mjob), result)
         finally:
             with self._lock:
                 self._current = None
@@ -476,13 +478,3 @@ def _claiming(acks: list[ManagedJob]) -> str:
         return "claiming jobs"
     ids = ", ".join(str(m.id) for m in acks[:5]) + (", …" if len(acks) > 5 else "")
     return f"recording the outcome of job{'s' if len(acks) > 1 else ''} {ids} and claiming"
-
-
-def _name(mjob: ManagedJob) -> str:
-    """The job's description for a log line (computed only when a line is written)."""
-    if mjob.job is None:
-        return mjob.job_type
-    try:
-        return mjob.job.description()
-    except Exception as exc:  # a broken description() must not break the worker
-        return f"{mjob.job_type} (description() raised {type(exc).__name__})"
