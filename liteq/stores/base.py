@@ -30,6 +30,7 @@ from liteq.stores.contract import (
     QueueCount,
     Tx,
     WorkerInfo,
+    finished_of,
 )
 from liteq.stores.hooks import Event, StatusHook, Write, listens
 from liteq.stores.runs import Runs
@@ -472,11 +473,7 @@ class BaseStore(Runs):
     def finished(self, since: float) -> Finished:
         """Per queue, the jobs workers completed and the attempts that failed since `since`
         (epoch seconds; counted by the minute, kept a day)."""
-        totals: Finished = {}
-        for row in self._throughput(int(since // 60)):
-            had = totals.get(row.queue, (0, 0))
-            totals[row.queue] = (had[0] + row.completed, had[1] + row.failed)
-        return totals
+        return finished_of(self._throughput(int(since // 60)), since)
 
     def throughput(self, since: float) -> list[MinuteCount]:
         """What workers finished in each minute since `since` (kept a day), by minute;

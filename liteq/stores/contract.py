@@ -100,6 +100,20 @@ class MinuteCount:
 
 #: Per queue: (jobs completed, attempts failed).
 Finished = dict[str, tuple[int, int]]
+
+
+def finished_of(rows: Iterable[MinuteCount], since: float) -> Finished:
+    """The counts of the rows whose minute is that of `since` (epoch seconds) or later,
+    summed per queue."""
+    first = int(since // 60)
+    totals: Finished = {}
+    for row in rows:
+        if row.minute >= first:
+            had = totals.get(row.queue, (0, 0))
+            totals[row.queue] = (had[0] + row.completed, had[1] + row.failed)
+    return totals
+
+
 #: How the error of a job handed back for a worker that knows its type begins.
 WAITS_FOR_ITS_TYPE = "waiting for a worker that knows its type"
 #: How long finished counts are kept: a day, by the minute.
