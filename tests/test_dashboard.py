@@ -284,6 +284,8 @@ def test_the_workers_page_and_the_overview_show_a_working_queue(
             lambda: (
                 store.count(status=liteq.Status.FAILED) == 3
                 and sum(done for done, _ in store.finished(since=0).values()) >= 40
+                # (every failed attempt told by a beat, not only the jobs' final status)
+                and sum(failed for _, failed in store.finished(since=0).values()) == 6
                 and all(w.rss for w in store.workers())
             ),
             60,
