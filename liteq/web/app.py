@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from liteq import admin
 from liteq.asyncjob import resolve_wait_async
-from liteq.cli.output import ago
+from liteq.cli.output import ago, when
 from liteq.errors import JobNotFound, LiteqError, StoreUnavailable
 from liteq.status import Status
 from liteq.stores.contract import JobQuery, Store
@@ -42,11 +42,10 @@ SAID: Final = {
 
 
 def _when(value: datetime | float | None) -> str:
-    if value is None:
-        return "-"
+    """when(), for the store's epoch seconds too."""
     if isinstance(value, float | int):
         value = datetime.fromtimestamp(value)
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return when(value)
 
 
 def _mib(size: int | None) -> str:
@@ -214,8 +213,7 @@ class Dashboard:
         if request.method == "GET":
             if action != "delete":
                 return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-            if self.guard.read_only:
-                raise Refused("this dashboard is read-only (started with --read-only)")
+            self.guard.check_may_act()
             mjob = await run_in_threadpool(self.store.get, job_id)
             return self.render(
                 "confirm.html",
@@ -322,8 +320,7 @@ class Dashboard:
         return RedirectResponse("/", status_code=303)
 
     async def _confirm_purge(self, request: Request, name: str) -> Response:
-        if self.guard.read_only:
-            raise Refused("this dashboard is read-only (started with --read-only)")
+        self.guard.check_may_act()
         if "status" not in request.query_params:
             return self.render("purge.html", page="overview", queue=name)
         status, older_than = _purge_args(dict(request.query_params))

@@ -8,8 +8,10 @@ from liteq.status import Status
 from liteq.stores.contract import Finished
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _queue(name: str) -> str:
+    """The labels of a queue's sample: its name escaped as the text format says."""
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'queue="{escaped}"'
 
 
 def exposition(report: dict[str, Any], totals: Finished) -> str:
@@ -19,7 +21,8 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+        for labels, value in samples:  # labels: `a="x",b="y"`, or "" for none
+            lines.append(f"{name}{{{labels}}} {value:g}" if labels else f"{name} {value:g}")
 
     queues = report["queues"]
     family(
@@ -27,7 +30,7 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
         "gauge",
         "Jobs in the queue, by status.",
         [
-            (f'{{queue="{_label(q["queue"])}",status="{s.value}"}}', q["counts"].get(s.value, 0))
+            (f'{_queue(q["queue"])},status="{s.value}"', q["counts"].get(s.value, 0))
             for q in queues
             for s in Status
             if s is not Status.UNQUEUED
@@ -37,31 +40,31 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
         "liteq_jobs_due",
         "gauge",
         "Queued jobs whose time to run has come.",
-        [(f'{{queue="{_label(q["queue"])}"}}', q["due"]) for q in queues],
+        [(_queue(q["queue"]), q["due"]) for q in queues],
     )
     family(
         "liteq_oldest_due_job_age_seconds",
         "gauge",
         "How long the oldest due job has waited (0 when none is due).",
-        [(f'{{queue="{_label(q["queue"])}"}}', q["oldest_wait"] or 0.0) for q in queues],
+        [(_queue(q["queue"]), q["oldest_wait"] or 0.0) for q in queues],
     )
     family(
         "liteq_queue_paused",
         "gauge",
         "1 while the queue is paused.",
-        [(f'{{queue="{_label(q["queue"])}"}}', int(q["paused"])) for q in queues],
+        [(_queue(q["queue"]), int(q["paused"])) for q in queues],
     )
     family(
         "liteq_jobs_completed_total",
         "counter",
         "Jobs workers completed.",
-        [(f'{{queue="{_label(name)}"}}', done) for name, (done, _) in sorted(totals.items())],
+        [(_queue(name), done) for name, (done, _) in sorted(totals.items())],
     )
     family(
         "liteq_attempts_failed_total",
         "counter",
         "Attempts that failed (a job retried after a failure counts once per attempt).",
-        [(f'{{queue="{_label(name)}"}}', failed) for name, (_, failed) in sorted(totals.items())],
+        [(_queue(name), failed) for name, (_, failed) in sorted(totals.items())],
     )
     family("liteq_workers_alive", "gauge", "Live workers.", [("", len(report["workers"]))])
     return "\n".join(lines) + "\n"

@@ -115,10 +115,14 @@ class Guard:
             return None
         return _unauthorized()
 
-    def check_form(self, request: Request, form: FormData) -> None:
-        """Refused unless this server may act and the form carries its CSRF token."""
+    def check_may_act(self) -> None:
+        """Refused if this server was started read-only."""
         if self.read_only:
             raise Refused("this dashboard is read-only (started with --read-only)")
+
+    def check_form(self, request: Request, form: FormData) -> None:
+        """Refused unless this server may act and the form carries its CSRF token."""
+        self.check_may_act()
         given = form.get("csrf")
         if not isinstance(given, str) or not hmac.compare_digest(
             given.encode(), self.csrf.encode()
