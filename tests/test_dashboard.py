@@ -22,6 +22,7 @@ import pytest
 import liteq
 from liteq import admin
 from liteq.stores import BaseStore
+from liteq.stores.contract import WorkerInfo
 from tests import pg
 from tests.helpers import ROOT, liteq_work, wait_until
 from tests.jobs import Described, Fails, Noop, Sleeps, Waits
@@ -675,6 +676,10 @@ def test_metrics_are_in_prometheus_text_format(
     worker = liteq_work(url, "--burst", "--processes", "1", stderr=subprocess.DEVNULL)
     assert worker.wait(60) == 0
     store.enqueue(Noop(6), queue="mail")
+    # A long-lived queue's counter, as a worker's beat adds to it: every digit must show.
+    now = store.clock()
+    store.register_worker(WorkerInfo("big", "host", 1, None, now, now, 0.001))
+    store.beat("big", jobs_done=1, current_job=None, finished={"bulk": (12_345_679, 3)})
     server = serve(url)
     status, headers, text = server.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -687,6 +692,7 @@ def test_metrics_are_in_prometheus_text_format(
     assert samples["liteq_workers_alive"] == 0
     assert 0 <= samples['liteq_oldest_due_job_age_seconds{queue="mail"}'] < 60
     assert "# TYPE liteq_jobs_completed_total counter" in text
+    assert 'liteq_jobs_completed_total{queue="bulk"} 12345679\n' in text
 
 
 def test_the_command_refuses_bad_input_in_one_line_and_makes_no_file(tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:  # labels: `a="x",b="y"`, or "" for none
-            lines.append(f"{name}{{{labels}}} {value:g}" if labels else f"{name} {value:g}")
+            # Counts whole (`:g` would round a counter past a million); seconds as repr.
+            shown = str(value) if isinstance(value, int) else repr(float(value))
+            lines.append(f"{name}{{{labels}}} {shown}" if labels else f"{name} {shown}")
 
     queues = report["queues"]
     family(
