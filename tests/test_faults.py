@@ -274,6 +274,126 @@ def test_a_queue_file_deleted_or_replaced_under_running_processes(tmp_path: Path
         assert not db.exists(), "a process made a new file at the path"
 
 
+#: A producer that opens the queue, enqueues one job and goes idle (a web app between
+#: requests) until `then` appears; then it enqueues again, closes, or waits to be killed.
+IDLE_HOLDER = """
+import json, pathlib, sys, time, liteq, tests.jobs
+db, ready, then = sys.argv[1:4]
+store = liteq.SQLiteStore(db)
+store.enqueue(tests.jobs.Noop(-1))
+pathlib.Path(ready).touch()
+while not pathlib.Path(then).exists():
+    time.sleep(0.01)
+how = pathlib.Path(then).read_text()
+if how == "writes":
+    try:
+        store.enqueue(tests.jobs.Noop(-2))
+        said = {"kind": None}
+    except liteq.StoreError as exc:
+        said = {"kind": type(exc).__name__, "error": str(exc)}
+    print(json.dumps(said), flush=True)
+elif how == "closes":
+    store.close()
+else:
+    time.sleep(3600)
+"""
+
+#: A new process: opens the path and enqueues 100 jobs one by one; prints the ids it was
+#: given, or how it was refused.
+NEW_PRODUCER = """
+import json, sys, liteq, tests.jobs
+acked = []
+try:
+    store = liteq.SQLiteStore(sys.argv[1])
+    for n in range(100):
+        acked.append(store.enqueue(tests.jobs.Noop(1000 + n)).id)
+    said = {"acked": acked}
+except liteq.StoreError as exc:
+    said = {"acked": acked, "kind": type(exc).__name__, "error": str(exc)}
+print(json.dumps(said), flush=True)
+"""
+
+REPLACED = "replaced while processes still have the old file open: stop them first"
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def numbers(path: Path) -> list[int]:
+    """The `n` of every job (a Noop) in a queue file."""
+    store = liteq.SQLiteStore(path, readonly=True)
+    try:
+        return sorted(m.job.n for m in store.jobs())  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("then", ["writes", "closes", "is killed"])
+def test_mv_over_a_queue_an_idle_process_holds_loses_no_acknowledged_job(
+    tmp_path: Path, then: str
+) -> None:
+    db, other, old = tmp_path / "q.sqlite", tmp_path / "other.sqlite", tmp_path / "old.sqlite"
+    store = liteq.SQLiteStore(db)
+    store.enqueue_many([Noop(n) for n in range(50)])
+    store.close()
+    kept = liteq.SQLiteStore(other)
+    kept.enqueue_many([Noop(n) for n in range(100, 107)], queue="elsewhere")
+    kept.close()
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", IDLE_HOLDER, str(db), str(ready), str(go)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(ready.exists, 30, "the holder to open the queue and go idle")
+        os.link(db, old)  # (to look at the old file once it is no longer at the path)
+        os.replace(other, db)
+        said = json.loads(run_python(NEW_PRODUCER, str(db)).stdout)
+        acked = said["acked"]
+        if "kind" in said:
+            assert said["kind"] == "StoreMoved" and REPLACED in said["error"], said
+            assert acked == []
+        work = run_liteq("work", "--db", str(db), "--import", "tests.jobs", "--burst")
+        assert work.returncode == 4, work.stderr
+        assert REPLACED in work.stderr
+
+        go.write_text(then)
+        if then == "is killed":
+            holder.kill()
+        printed, _ = holder.communicate(timeout=30)
+        if then == "writes":
+            assert json.loads(printed)["kind"] == "StoreMoved", printed
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert integrity(old) == "ok"
+    if then == "is killed":
+        # Its log, `q.sqlite-wal`, still holds the old file's last commits: refused alike.
+        again = run_liteq("work", "--db", str(db), "--import", "tests.jobs", "--burst")
+        assert again.returncode == 4 and "q.sqlite-wal" in again.stderr, again.stderr
+        for suffix in ("-wal", "-shm"):  # what the message says to do
+            os.remove(f"{db}{suffix}")
+    assert integrity(db) == "ok"
+    new_jobs = [1000 + n for n in range(len(acked))]
+    assert numbers(db) == [*range(100, 107), *new_jobs], "acknowledged jobs are not in the file"
+    # With the old file's processes gone, the file at the path is used as it is.
+    later = json.loads(run_python(NEW_PRODUCER, str(db)).stdout)
+    assert len(later["acked"]) == 100, later
+    assert integrity(db) == "ok"
+    assert numbers(db) == sorted([*range(100, 107), *new_jobs, *range(1000, 1100)])
+    # The old file kept what its processes committed (but for the last commits of the one
+    # that was killed, which were in the log).
+    in_old = set(range(50)) if then == "is killed" else {-1, *range(50)}
+    assert in_old <= set(numbers(old))
+
+
 @pytest.mark.slow
 def test_the_supervisor_never_makes_a_new_file_where_its_queue_was_deleted(
     tmp_path: Path,
@@ -455,4 +575,5 @@ def test_a_paused_and_resumed_tree_keeps_its_healthy_worker(tmp_path: Path) -> N
         work.wait()
     runs = runs_by_job(trace)[mjob.id]
     assert [(r["pid"], r["end"] is not None) for r in runs] == [(worker, True)]
-    assert "was hung" not in log.read_text()
+    said = log.read_text()
+    assert "re-queued job" not in said and "failed for good" not in said

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import gc
 import json
 import os
 import re
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -130,7 +132,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_files_that_are_not_liteq_queues(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(liteq.StoreError, match="not a usable SQLite database"):
+    with pytest.raises(liteq.StoreError, match="is not an SQLite file, so not a liteq queue"):
         liteq.SQLiteStore(garbage)
     other = tmp_path / "other.sqlite"
     conn = apsw.Connection(str(other))
@@ -139,8 +141,13 @@ def test_files_that_are_not_liteq_queues(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(liteq.StoreError, match="another application's database"):
         liteq.SQLiteStore(other)
-    with pytest.raises(liteq.StoreError, match="not a directory"):
+    with pytest.raises(liteq.StoreError, match="missing does not exist"):
         liteq.SQLiteStore(tmp_path / "missing" / "q.sqlite")
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(liteq.StoreError, match="plain is not a directory"):
+        liteq.SQLiteStore(tmp_path / "plain" / "q.sqlite")
+    with pytest.raises(liteq.StoreError, match="is a directory, not a queue file"):
+        liteq.SQLiteStore(tmp_path)
     with pytest.raises(ValueError, match="MemoryStore"):
         liteq.SQLiteStore(":memory:")
 
@@ -471,3 +478,415 @@ def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) ->
         one.enqueue(job)
     every = "SELECT * FROM liteq_jobs ORDER BY id"
     assert store._db().execute(every).fetchall() == one._db().execute(every).fetchall()
+
+
+# -- a path that comes to name another file while processes hold the old one ------------------
+# (Each store holds its file's byte of `<path>-lock` through a descriptor of its own, so two
+# stores of one process see each other as two processes would; tests/test_faults.py has the
+# same with real processes.)
+def test_a_file_moved_over_one_a_store_holds_is_refused_until_it_lets_go(tmp_path: Path) -> None:
+    path, other = tmp_path / "q.sqlite", tmp_path / "other.sqlite"
+    kept = liteq.SQLiteStore(other)
+    kept.enqueue(Noop(7))
+    kept.close()
+    old = liteq.SQLiteStore(path)
+    old.enqueue(Noop(1))
+    os.replace(other, path)
+    replaced = "replaced while processes still have the old file open: stop them first"
+    with pytest.raises(liteq.StoreMoved, match=replaced):
+        liteq.SQLiteStore(path)
+    with pytest.raises(liteq.StoreMoved, match=replaced):
+        liteq.SQLiteStore(path, readonly=True)
+    with pytest.raises(liteq.StoreMoved, match="deleted or replaced"):
+        old.enqueue(Noop(2))  # it lets go of the old file, its log emptied into that file
+    assert os.path.getsize(f"{path}-wal") == 0
+    new = liteq.SQLiteStore(path)
+    assert [m.job.n for m in new.jobs()] == [7]  # type: ignore[union-attr]
+    new.enqueue(Noop(8))
+    assert [m.job.n for m in new.jobs()] == [7, 8]  # type: ignore[union-attr]
+    with pytest.raises(liteq.StoreMoved):  # the old store never opens the path again
+        old.enqueue(Noop(3))
+    new.close()
+    reader = liteq.SQLiteStore(path, readonly=True)
+    assert [m.job.n for m in reader.jobs()] == [7, 8]  # type: ignore[union-attr]
+    reader.close()
+
+
+def test_no_new_file_is_made_where_a_held_one_was_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    old = liteq.SQLiteStore(path)
+    old.enqueue(Noop(1))
+    os.remove(path)
+    with pytest.raises(liteq.StoreMoved, match="deleted while processes still have the old"):
+        liteq.SQLiteStore(path)
+    assert not path.exists()
+    old.close()  # (it notices, and lets go without checkpointing anywhere)
+    fresh = liteq.SQLiteStore(path)
+    assert list(fresh.jobs()) == []
+
+
+def test_a_log_left_with_another_files_commits_is_refused(tmp_path: Path) -> None:
+    path, other = tmp_path / "q.sqlite", tmp_path / "other.sqlite"
+    kept = liteq.SQLiteStore(other)
+    kept.enqueue(Noop(7))
+    kept.close()
+    # A process of the old file killed with commits in its log: a connection never closed
+    # stands for it (it keeps its lock on the log's index, but liteq's hold is let go).
+    old = liteq.SQLiteStore(path)
+    old.enqueue(Noop(1))
+    conn = old._db()
+    old.file.holding.release()
+    assert os.path.getsize(f"{path}-wal") > 0
+    os.replace(other, path)
+    with pytest.raises(liteq.StoreMoved, match=r"q\.sqlite-wal, still holds commits of the old"):
+        liteq.SQLiteStore(path)
+    assert conn.execute("SELECT count(*) FROM liteq_jobs").fetchone() == (1,)
+
+
+def test_the_same_file_under_two_stores_and_a_fresh_file_after_a_clean_stop(
+    tmp_path: Path,
+) -> None:
+    path, other = tmp_path / "q.sqlite", tmp_path / "other.sqlite"
+    one, two = liteq.SQLiteStore(path), liteq.SQLiteStore(path)
+    one.enqueue(Noop(1))
+    two.enqueue(Noop(2))
+    one.close()
+    two.close()
+    kept = liteq.SQLiteStore(other)
+    kept.enqueue(Noop(7))
+    kept.close()
+    os.replace(other, path)  # every process stopped first: the file is used as it is
+    assert [m.job.n for m in liteq.SQLiteStore(path).jobs()] == [7]  # type: ignore[union-attr]
+
+
+# -- `<path>-lock` where liteq refuses, or only reads ----------------------------------------------
+#: A process that opens `db` (to read, or as a producer), prints what came of it, then, if
+#: told a file to wait for, keeps the store open until that file exists.
+OPENER = """
+import json, pathlib, sys, time, liteq
+db, how, wait = sys.argv[1:4]
+try:
+    store = liteq.SQLiteStore(db, readonly=how == "reads")
+    said = {"jobs": len(list(store.jobs()))}
+except liteq.StoreError as exc:
+    store, said = None, {"kind": type(exc).__name__, "error": str(exc)}
+print(json.dumps(said), flush=True)
+if store is not None and wait:
+    while not pathlib.Path(wait).exists():
+        time.sleep(0.01)
+if store is not None:
+    store.close()
+"""
+
+
+def start_opener(db: Path, how: str, wait: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", OPENER, str(db), how, str(wait or "")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def open_in_process(db: Path, how: str) -> dict[str, object]:
+    """Open `db` in a process of its own, which closes it again; what came of it."""
+    proc = start_opener(db, how)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    said: dict[str, object] = json.loads(out)
+    return said
+
+
+def said_first(proc: subprocess.Popen[str]) -> dict[str, object]:
+    """What a process that keeps its store open said about opening it."""
+    assert proc.stdout is not None
+    said: dict[str, object] = json.loads(proc.stdout.readline())
+    return said
+
+
+def a_queue(path: Path, *jobs: int) -> None:
+    """A queue file that no process has open, and nothing beside it (as a backup restored)."""
+    store = liteq.SQLiteStore(path)
+    for n in jobs:
+        store.enqueue(Noop(n))
+    store.close()
+    os.remove(f"{path}-lock")
+
+
+def lock_byte_held(path: Path) -> bool:
+    """Whether a process holds a byte of `<path>-lock` standing for a file (holding.py)."""
+    fd = os.open(f"{path}-lock", os.O_RDONLY)
+    try:
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 1, 0, 0)
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
+        kind: int = struct.unpack("hhqqi4x", got)[0]
+        return kind != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+def refused_file(directory: Path, what: str) -> Path:
+    path = directory / "q.sqlite"
+    if what == "empty":
+        path.touch()
+    elif what == "text":
+        path.write_text("not a database" * 100)
+    elif what.startswith("another application's"):
+        conn = sqlite3.connect(path)
+        if what.endswith("in WAL mode"):
+            conn.execute("PRAGMA journal_mode = wal")
+        conn.execute("CREATE TABLE auth_user (id INTEGER PRIMARY KEY, username TEXT)")
+        conn.commit()
+        conn.close()
+    elif what.startswith("newer"):
+        a_queue(path, 1)
+        if what.endswith("with its -lock"):  # (a real queue's: it stays as it is)
+            Path(f"{path}-lock").write_bytes(b"liteqlog" + bytes(16))
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.close()
+    elif what == "damaged":
+        a_queue(path, 1)
+        with path.open("r+b") as file:  # the schema's page, past the file's header
+            file.seek(100)
+            file.write(b"\xff" * 900)
+    return path
+
+
+REFUSED = [
+    ("missing", "reads", "no queue at"),
+    ("empty", "reads", "no queue at"),
+    ("text", "reads", "is not an SQLite file, so not a liteq queue"),
+    ("text", "writes", "is not an SQLite file, so not a liteq queue"),
+    ("another application's database", "reads", "another application's database"),
+    ("another application's database", "writes", "another application's database"),
+    ("another application's database in WAL mode", "reads", "another application's database"),
+    ("another application's database in WAL mode", "writes", "another application's"),
+    ("newer schema", "reads", "newer than this liteq"),
+    ("newer schema", "writes", "newer than this liteq"),
+    ("newer schema with its -lock", "reads", "newer than this liteq"),
+    ("newer schema with its -lock", "writes", "newer than this liteq"),
+    ("damaged", "reads", "not a usable SQLite database"),
+    ("damaged", "writes", "not a usable SQLite database"),
+]
+
+
+@pytest.mark.parametrize(("what", "how", "words"), REFUSED, ids=[" ".join(c[:2]) for c in REFUSED])
+def test_a_refused_open_leaves_no_file_behind(
+    tmp_path: Path, what: str, how: str, words: str
+) -> None:
+    path = refused_file(tmp_path, what)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    said = open_in_process(path, how)
+    assert words in str(said.get("error")), said
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_read_only_open_leaves_no_lock_file_it_made(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    a_queue(path, 1, 2)
+    assert open_in_process(path, "reads") == {"jobs": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.sqlite"]
+
+
+def test_the_log_is_held_before_anything_is_read_through_it(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    a_queue(path, 1)  # (no `-lock`: the opener makes it)
+    # A connection that keeps the file locked: a reader waits (its busy timeout) to read.
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchall()
+    conn.execute("BEGIN IMMEDIATE; SELECT count(*) FROM liteq_jobs").fetchall()
+    reader = start_opener(path, "reads")
+    try:
+        wait_until(lambda: os.path.exists(f"{path}-lock") and lock_byte_held(path), 5, "a hold")
+        assert reader.poll() is None  # (still waiting to read)
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+        out, _ = reader.communicate(timeout=30)
+    assert json.loads(out) == {"jobs": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.sqlite"]
+
+
+def test_a_lock_file_a_live_process_holds_is_never_removed_by_another_ones_open(
+    tmp_path: Path,
+) -> None:
+    path, other, old = tmp_path / "q.sqlite", tmp_path / "other.sqlite", tmp_path / "old.sqlite"
+    a_queue(path, 1)
+    a_queue(other, 7)
+    lock = Path(f"{path}-lock")
+    closed, done = tmp_path / "closed", tmp_path / "done"
+    # A reader makes `q.sqlite-lock`; a second reader opens it too; the first lets go.
+    maker = start_opener(path, "reads", closed)
+    try:
+        assert said_first(maker) == {"jobs": 1}
+        made = lock.stat().st_ino
+        holder = start_opener(path, "reads", done)
+        try:
+            assert said_first(holder) == {"jobs": 1}
+            closed.touch()
+            maker.communicate(timeout=30)
+            assert lock.stat().st_ino == made and lock_byte_held(path)
+            # Refused opens: a text file at the path, then another queue (the reader still
+            # holds the log for the old file), to read and to write.
+            os.link(path, old)
+            os.remove(path)
+            refused_file(tmp_path, "text")
+            for how in ("reads", "writes"):
+                said = open_in_process(path, how)
+                assert said.get("kind") == "StoreMoved", said
+            os.replace(other, path)
+            for how in ("reads", "writes"):
+                said = open_in_process(path, how)
+                assert said.get("kind") == "StoreMoved", said
+            assert lock.stat().st_ino == made and lock_byte_held(path)
+        finally:
+            done.touch()
+            holder.communicate(timeout=30)
+    finally:
+        closed.touch()
+        if maker.poll() is None:
+            maker.communicate(timeout=30)
+    assert open_in_process(path, "writes") == {"jobs": 1}  # the file at the path, as it is
+    assert [m.job.n for m in liteq.SQLiteStore(path).jobs()] == [7]  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def read_only_directory(directory: Path) -> Iterator[None]:
+    """No file can be made or removed in `directory` (root ignores permissions: immutable)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+
+
+@pytest.mark.parametrize("lock_file", ["there", "missing"])
+def test_a_queue_in_a_read_only_directory_can_still_be_read(tmp_path: Path, lock_file: str) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "q.sqlite"
+    a_queue(path, 1, 2)
+    # SQLite needs `-wal` and `-shm` to read: another process has the queue open (with
+    # `-lock` made, the reader checks the log is this file's; without, it cannot, and reads).
+    if lock_file == "there":
+        Path(f"{path}-lock").touch()
+    holder = apsw.Connection(str(path))
+    holder.execute("SELECT count(*) FROM liteq_jobs").fetchall()
+    before = sorted(p.name for p in directory.iterdir())
+    with read_only_directory(directory):
+        assert open_in_process(path, "reads") == {"jobs": 2}
+    assert sorted(p.name for p in directory.iterdir()) == before
+    holder.close()
+
+
+#: A process that opens `db` again and again until `stop` exists (refused, or reading), and
+#: checks each time that its hold is seen at the path: on the `-lock` there, not on one that
+#: another opener removed.
+CHURN = """
+import fcntl, os, pathlib, struct, sys, liteq
+db, stop = sys.argv[1:3]
+query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 1, 0, 0)
+opened = 0
+while not pathlib.Path(stop).exists():
+    try:
+        store = liteq.SQLiteStore(db, readonly=True)
+    except liteq.StoreError:
+        continue
+    opened += 1
+    fd = os.open(db + "-lock", os.O_RDONLY)  # (another description: it sees our lock)
+    got = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))[0]
+    os.close(fd)
+    store.close()
+    if got == fcntl.F_UNLCK:
+        sys.exit("held a removed -lock")
+print(opened)
+"""
+
+
+def test_openers_racing_to_make_and_remove_the_lock_file_never_hold_a_removed_one(
+    tmp_path: Path,
+) -> None:
+    # Readers of a queue with no `-lock`, and of an empty file (refused: no queue): each
+    # makes `-lock` or opens the one there, and removes it when it lets go if no other holds it.
+    for what in ("queue", "empty"):
+        directory = tmp_path / what
+        directory.mkdir()
+        path, stop = directory / "q.sqlite", directory / "stop"
+        if what == "queue":
+            a_queue(path, 1)
+        else:
+            path.touch()
+        readers = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHURN, str(path), str(stop)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        try:
+            time.sleep(2)
+        finally:
+            stop.touch()
+            said = [reader.communicate(timeout=30) for reader in readers]
+        assert [reader.returncode for reader in readers] == [0] * 6, said
+        if what == "queue":
+            assert sum(int(out) for out, _ in said) > 20, said
+        assert sorted(p.name for p in directory.iterdir()) == ["q.sqlite", "stop"]
+
+
+def test_refused_and_reading_opens_racing_a_new_queue_never_take_its_lock_file_away(
+    tmp_path: Path,
+) -> None:
+    # Readers open an empty file again and again (refused: no queue yet; then reading the
+    # queue), each making `-lock` and removing it, while a producer makes the queue there.
+    churn = """
+import pathlib, sys, liteq
+db, stop = sys.argv[1:3]
+while not pathlib.Path(stop).exists():
+    try:
+        liteq.SQLiteStore(db, readonly=True).close()
+    except liteq.StoreError:
+        pass
+"""
+    for round in range(2):
+        directory = tmp_path / str(round)
+        directory.mkdir()
+        path, stop, done = directory / "q.sqlite", directory / "stop", directory / "done"
+        path.touch()
+        readers = [
+            subprocess.Popen([sys.executable, "-c", churn, str(path), str(stop)], cwd=ROOT)
+            for _ in range(4)
+        ]
+        try:
+            time.sleep(0.3)
+            producer = start_opener(path, "writes", done)
+            try:
+                assert said_first(producer) == {"jobs": 0}
+                time.sleep(0.3)
+                stop.touch()
+                for reader in readers:
+                    assert reader.wait(timeout=30) == 0
+                # The producer's hold is on the `-lock` at the path, which says its file.
+                record = Path(f"{path}-lock").read_bytes()[:24]
+                st = path.stat()
+                assert record == struct.pack("<8sQQ", b"liteqlog", st.st_dev, st.st_ino)
+                assert lock_byte_held(path)
+            finally:
+                done.touch()
+                producer.communicate(timeout=30)
+        finally:
+            stop.touch()
+            for reader in readers:
+                reader.kill()
+                reader.wait()

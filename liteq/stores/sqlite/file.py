@@ -1,8 +1,9 @@
 """QueueFile: one process's connection to a queue file, opened and kept safely.
 
-It refuses, having changed nothing, a file liteq must not use; it stays with the file it
-first opened (a path that comes to name another file is an error, never a silent write
-elsewhere); and it never has a connection open across fork().
+It refuses, having changed nothing, a file liteq must not use, and a file whose log is
+another file's (holding.py); it stays with the file it first opened (a path that comes to
+name another file is an error, never a silent write elsewhere); and it never has a
+connection open across fork().
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import apsw
 from liteq.errors import StoreCorrupt, StoreError, StoreMoved
 from liteq.stores.sqlite import queries, schema
 from liteq.stores.sqlite.gate import Busy, Gate
+from liteq.stores.sqlite.holding import Holding
 
 log = logging.getLogger("liteq.store")
 
@@ -105,6 +107,7 @@ class QueueFile:
         self.busy_timeout = busy_timeout
         self.mutex = threading.RLock()
         self.gate = Gate(path)
+        self.holding = Holding(path)
         self._session: tuple[apsw.Connection, apsw.Cursor] | None = None
         self._pid = -1
         self._identity: tuple[int, int] | None = None  # (device, inode): see _bind
@@ -121,7 +124,13 @@ class QueueFile:
         pair = self._session
         if pair is None:
             with self.errors():
-                conn = self._open()
+                for attempt in range(3):
+                    try:
+                        conn = self._open()
+                        break
+                    except _Raced:
+                        if attempt == 2:
+                            raise
             self._pid = os.getpid()
             pair = self._session = conn, conn.cursor()
         return pair
@@ -149,15 +158,20 @@ class QueueFile:
             if self._identity is not None:
                 raise self._gone("deleted")
             if not path.parent.is_dir():
-                raise StoreError(f"cannot create {self.path}: {path.parent} is not a directory")
+                why = "is not a directory" if path.parent.exists() else "does not exist"
+                raise StoreError(f"cannot create {self.path}: {path.parent} {why}")
+            self.holding.check_unheld()
             # Create it 0600 before SQLite does (its -wal and -shm files copy this mode).
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = apsw.Connection(self.path, statementcachesize=STATEMENT_CACHE)
         try:
+            identity = self._hold(conn)
             conn.setbusytimeout(int(self.busy_timeout * 1000))
-            self._bind(self._inspect(conn))  # before anything is written
-        except BaseException:
-            conn.close()
+            self._inspect(conn)  # before anything is written
+            self.holding.settle()  # (a queue: its `-lock` stays; a refused file's goes)
+            self._bind(identity)
+        except BaseException as exc:
+            self._close_unused(conn, exc)
             raise
         self.gate.open(os.stat(self.path).st_mode & 0o666)  # as SQLite does for -wal, -shm
         # Before anything writes the header: SQLite applies it to an empty file only.
@@ -192,6 +206,7 @@ class QueueFile:
         flags = apsw.SQLITE_OPEN_READWRITE
         conn = apsw.Connection(self.path, flags=flags, statementcachesize=STATEMENT_CACHE)
         try:
+            identity = self._hold(conn)
             conn.setbusytimeout(int(self.busy_timeout * 1000))
             version = self._version(conn)
             if version == 0:
@@ -201,21 +216,45 @@ class QueueFile:
                     f"{self.path} has schema version {version} and this liteq reads "
                     f"{schema.SCHEMA_VERSION}: a worker of this liteq brings it up to date"
                 )
-            self._bind(self._file_identity())
-        except BaseException:
-            conn.close()
+            # Not settled: a reader writes nothing, so it removes a `-lock` it made when it
+            # lets go, if no other process holds it ("read-only commands create no file").
+            self._bind(identity)
+        except BaseException as exc:
+            self._close_unused(conn, exc)
             raise
         return conn
 
-    def _inspect(self, conn: apsw.Connection) -> tuple[int, int]:
-        """Refuse a file liteq must not use; return its identity."""
+    def _hold(self, conn: apsw.Connection) -> tuple[int, int]:
+        """Hold the log for the file `conn` opened (see holding.py), before anything is
+        read through it; return that file's identity. StoreMoved if the log at the path is
+        another file's."""
+        identity = self._file_identity()
+        if self._identity is not None and identity != self._identity:
+            raise self._gone("replaced")
+        mode = os.stat(self.path).st_mode & 0o666  # as SQLite does for -wal, -shm
+        self.holding.take(identity, mode, self.busy_timeout)
+        if not self.in_place(conn) or self._file_identity() != identity:
+            self.holding.release()
+            raise _Raced(f"{self.path} was replaced, again and again, while being opened")
+        return identity
+
+    def _close_unused(self, conn: apsw.Connection, why: BaseException) -> None:
+        """Close a connection refused while opening, then let go of its hold."""
+        try:
+            if isinstance(why, StoreMoved):  # the log may be another file's: copy none of it
+                conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            conn.close()
+        finally:
+            self.holding.release()
+
+    def _inspect(self, conn: apsw.Connection) -> None:
+        """Refuse a file liteq must not use."""
         if conn.readonly("main"):  # (SQLite opens a file it may not write read-only)
             raise StoreError(
                 f"{self.path} is read-only for this process (its permissions, or a read-only "
                 "file system): liteq must be able to write the queue file"
             )
         self._version(conn)
-        return self._file_identity()
 
     def _version(self, conn: apsw.Connection) -> int:
         """The file's schema version; StoreError if it is no liteq queue."""
@@ -262,14 +301,23 @@ class QueueFile:
 
     def abandon(self, conn: apsw.Connection) -> StoreMoved:
         """Give up a connection whose file left the path; return the error to raise."""
-        # Move what the log holds into the file it belongs to (wherever that is now) and
-        # empty `<path>-wal`: a file put at the path would otherwise be read through a log
-        # of another database. Then never close the connection: closing the last one
-        # deletes `<path>-wal` by name, which may by then be the new file's.
+        # While this process holds the log, no process of another file may use it, so all
+        # it holds are commits of this one: move them into it (wherever it is now) and
+        # empty `<path>-wal`, so that a file put at the path can use the log once every
+        # process of this one has let go. Then close without the checkpoint on close,
+        # which could delete `<path>-wal` by name.
+        closed = False
         with contextlib.suppress(apsw.Error):
             conn.setbusytimeout(100)
-            conn.execute(queries.EMPTY_WAL).fetchall()
-        _INHERITED.append(conn)
+            if self.holding.serves_mine():
+                conn.execute(queries.EMPTY_WAL).fetchall()
+            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            conn.close()
+            closed = True
+        if closed:
+            self.holding.release()
+        else:  # keep it, and the hold, rather than close it checkpointing
+            _INHERITED.append(conn)
         self._session = None
         self.gate.close()
         return self._gone("deleted or replaced")
@@ -291,6 +339,13 @@ class QueueFile:
         except (apsw.Error, Busy) as exc:
             raise self.translate(exc) from exc
 
+    def _left_path(self) -> bool:
+        """Whether the path no longer names the file this process opened."""
+        try:
+            return self._identity is not None and self._file_identity() != self._identity
+        except OSError:
+            return True
+
     def stayed_locked(self, detail: str) -> StoreError:
         """The error of a write that waited out the busy timeout."""
         return StoreError(
@@ -305,6 +360,11 @@ class QueueFile:
         if isinstance(exc, apsw.FullError):
             return StoreError(f"the disk holding {self.path} is full: {exc}")
         if isinstance(exc, apsw.NotADBError | apsw.CorruptError):
+            if self._left_path():  # not damage: the path names another file now
+                return self._gone("deleted or replaced")
+            if self._identity is None and not _has_sqlite_header(self.path):
+                # Never a queue of ours (a mistyped --db, say): a refusal, not damage.
+                return StoreError(f"{self.path} is not an SQLite file, so not a liteq queue")
             # Not transient: retrying cannot help, and writing on may spread the damage.
             return StoreCorrupt(
                 f"{self.path} is not a usable SQLite database ({exc}): stop every process "
@@ -313,6 +373,8 @@ class QueueFile:
                 f"`liteq db check --db {self.path}` checks a file"
             )
         if isinstance(exc, apsw.CantOpenError):
+            if Path(self.path).is_dir():
+                return StoreError(f"{self.path} is a directory, not a queue file")
             return StoreError(f"cannot open {self.path}: {exc}")
         if isinstance(exc, apsw.ReadOnlyError):
             return StoreError(f"{self.path} is read-only: {exc}")
@@ -337,6 +399,7 @@ class QueueFile:
             pair[0].close()
         self._session = None
         self.gate.close()
+        self.holding.release()  # (after the close, which may checkpoint into our file)
 
     def close_for_fork(self) -> None:
         """Before fork(), with the mutex held: close the connection, unless a transaction
@@ -349,6 +412,11 @@ class QueueFile:
         self.mutex = threading.RLock()
         self._session = None
         self.gate.close()  # (the child's copy of the descriptor, should it have one)
+        self.holding.forget()
+
+
+class _Raced(StoreError):
+    """The path came to name another file while it was being opened: open what it names."""
 
 
 def _scalar(conn: apsw.Connection, sql: str) -> object:
@@ -356,3 +424,15 @@ def _scalar(conn: apsw.Connection, sql: str) -> object:
     if row is None:
         raise StoreError(f"no row from {sql!r}")
     return row[0]
+
+
+#: How every SQLite database file begins.
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
+
+
+def _has_sqlite_header(path: str) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError:
+        return True  # (unreadable: say what SQLite said)

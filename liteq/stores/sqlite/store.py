@@ -50,7 +50,8 @@ class SQLiteStore(BaseStore):
     read it only (`liteq status`, say): nothing is created, migrated or written. Each
     process opens its own connection.
 
-    Beside the file, `<path>-lock` (empty) lines up liteq's writers (see gate).
+    Beside the file, `<path>-lock` lines up liteq's writers (see gate) and says which file
+    the log beside the path serves (see holding).
 
         store = liteq.SQLiteStore("jobs.sqlite")
     """
