@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 5 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 7 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
@@ -33,7 +33,9 @@ CREATE TABLE liteq_jobs (
     -- The owner host's monotonic clock (never stepped) when the lease ends and when
     -- max_runtime is up: how a live worker on the same host is judged stuck or over time.
     lease_mono         REAL,
-    deadline_mono      REAL
+    deadline_mono      REAL,
+    -- How many times a worker died while running it: at max_crashes it fails for good.
+    crashes            INTEGER NOT NULL DEFAULT 0
 );
 
 -- The claim: in each queue, best due job first (priority, then run_at, then FIFO).
@@ -96,4 +98,4 @@ CREATE TABLE liteq_stats (
     PRIMARY KEY (minute, queue)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 6;
+PRAGMA user_version = 7;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from liteq.record import Record
+from liteq.record import DUE_AT_ONCE, Record
 from liteq.status import Status
 
 if TYPE_CHECKING:
@@ -157,8 +157,9 @@ class ManagedJob:
 
     @property
     def run_at(self) -> datetime:
-        """Not before this time."""
-        return _utc_set(self._record.run_at)
+        """Not before this time (for a job due at once, when it was queued: created_at)."""
+        run_at = self._record.run_at
+        return _utc_set(self._record.created_at if run_at == DUE_AT_ONCE else run_at)
 
     @property
     def started_at(self) -> datetime | None:

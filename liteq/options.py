@@ -9,7 +9,7 @@ from typing import Any, Final, NamedTuple, TypedDict
 
 from liteq.codec import HowToEncode, encode_as, how_to_encode
 from liteq.job import Job
-from liteq.record import Record
+from liteq.record import DUE_AT_ONCE, Record
 from liteq.status import Status
 
 
@@ -132,8 +132,11 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     queue = opts.get("queue")
     if queue is None:
         queue = DEFAULT_QUEUE
-    elif not check_text(queue, "queue"):
-        raise ValueError("queue must be a name, not the empty string (None means 'default')")
+    elif not check_text(queue, "queue").strip():
+        raise ValueError(
+            f"queue must be a name, not the empty string or spaces ({queue!r}); "
+            "leave it out for the default queue"
+        )
     priority = _int64(opts.get("priority", 0), "priority")
     max_attempts = opts.get("max_attempts", 1)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
@@ -144,11 +147,12 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     if explicit_run_at and explicit.get("delay") is not None:
         raise ValueError("give run_at or delay, not both")
     if delay is not None and not explicit_run_at:
-        due = _in_range(now + _seconds(delay, "delay", positive=False), "now + delay")
+        seconds = _seconds(delay, "delay", positive=False)
+        due = _in_range(now + seconds, "now + delay") if seconds else DUE_AT_ONCE
     elif run_at is not None:
         due = _epoch(run_at, "run_at")
     else:
-        due = now
+        due = DUE_AT_ONCE
     max_runtime = opts.get("max_runtime")
     if max_runtime is not None:
         max_runtime = _seconds(max_runtime, "max_runtime", positive=True)
@@ -169,7 +173,7 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     )
 
 
-#: What no options resolve to (its run_at is not used: such a job is due when enqueued).
+#: What no options resolve to.
 _DEFAULTS = _resolve({}, {}, 0.0)
 
 
@@ -244,7 +248,7 @@ def _new_record(
         Status.QUEUED,
         0,
         r.max_attempts,
-        now if r is _DEFAULTS else r.run_at,
+        r.run_at,
         now,
         None,
         None,

@@ -38,6 +38,9 @@ class Record:
     #: worker on that host is judged by them, as no wall-clock step can move them.
     lease_mono: float | None = None
     deadline_mono: float | None = None
+    #: How many times a worker died while running it (see DEFAULT_MAX_CRASHES). Last, with
+    #: a default, so that code building a Record by position need not name it.
+    crashes: int = 0
 
 
 #: Column order of Record, which the SQL stores select and insert in.
@@ -45,6 +48,18 @@ COLUMNS: Final = tuple(f.name for f in dataclasses.fields(Record))
 
 #: Columns to set on a row, by name.
 Changes = dict[str, Any]
+
+#: The run_at of a job due as soon as it is queued (no delay, a mulligan, a restart): not
+#: the wall clock, so a clock that was fast delays nothing and one stepped back reorders
+#: nothing; such jobs run in id (FIFO) order. Only delays and backoffs read the clock.
+#: Below any time an option can give (those start at 1970), so it means only this.
+DUE_AT_ONCE: Final = -1.0
+
+
+def due_since(run_at: float, created_at: float) -> float:
+    """Since when a due job has waited: not before it was enqueued."""
+    return max(run_at, created_at)
+
 
 #: The columns of a job that no worker holds.
 UNOWNED: Final[Changes] = {

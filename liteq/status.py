@@ -38,6 +38,11 @@ COALESCE_HOLDING: Final = frozenset(
 #: A mulligan raises max_attempts by one, but not past this.
 MULLIGAN_CAP: Final = 20
 
+#: Deaths of the worker running a job (a segfault, os._exit, an OOM or --max-rss kill)
+#: after which the job fails for good: each death is a mulligan, and a poison payload
+#: must not take down a worker per mulligan up to MULLIGAN_CAP.
+DEFAULT_MAX_CRASHES: Final = 3
+
 
 def check_transition(job_id: int, old: Status, new: Status) -> None:
     """Raise InvalidStateChange unless the machine allows `old` → `new`."""

@@ -140,11 +140,12 @@ def run_schedule(tmp: Path, db: str, schedule: dict[str, object]) -> None:
             victims = children(work.pid)
             if victims:
                 pid = rng.choice(victims)
+                sent = time.time()  # (before: the job may run again within milliseconds)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:  # killed by the previous kill and reaped since
                     continue
-                killed[pid] = time.time()
+                killed[pid] = sent
 
         coalesced = {cid for _, cid in jobs if cid}
         deadline = time.monotonic() + 60

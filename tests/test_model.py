@@ -24,7 +24,8 @@ from hypothesis.stateful import (
 
 import liteq
 from liteq import Status
-from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP
+from liteq.record import DUE_AT_ONCE
+from liteq.status import COALESCE_HOLDING, DEFAULT_MAX_CRASHES, MULLIGAN_CAP
 from tests.conftest import STORES, Clock, close_store, open_store
 from tests.jobs import Waits
 
@@ -48,6 +49,7 @@ class Model:
     started_at: float | None = None
     lease_until: float | None = None
     locked: bool = False
+    crashes: int = 0
 
 
 job_specs = st.fixed_dictionaries(
@@ -103,7 +105,7 @@ class StoreMachine(RuleBasedStateMachine):
         if mulligan and m.max_attempts < MULLIGAN_CAP:
             m.max_attempts += 1
         if m.attempts < m.max_attempts:
-            m.status, m.run_at, m.lease_until = Status.QUEUED, self.clock.now, None
+            m.status, m.run_at, m.lease_until = Status.QUEUED, DUE_AT_ONCE, None
         else:
             m.status, m.lease_until = Status.FAILED, None
 
@@ -132,7 +134,7 @@ class StoreMachine(RuleBasedStateMachine):
             id=mjob.id,
             queue=str(spec["queue"]),
             priority=int(spec["priority"]),  # type: ignore[call-overload]
-            run_at=self.clock.now + float(spec["delay"]),  # type: ignore[arg-type]
+            run_at=self.clock.now + delay if (delay := float(spec["delay"])) else DUE_AT_ONCE,  # type: ignore[arg-type]
             max_attempts=int(spec["max_attempts"]),
             coalesce_id=cid if isinstance(cid, str) else None,  # type: ignore[call-overload]
             keep=bool(spec["keep"]),
@@ -226,6 +228,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.store.get(job_id).retry() is False
             return
         requeued = self.store.get(job_id).retry(mulligan=mulligan)
+        if m.status is Status.FAILED:  # an operator's retry forgives its worker deaths
+            m.crashes = 0
         self.requeue_or_fail(m, mulligan=mulligan)
         assert requeued == (m.status is Status.QUEUED)
 
@@ -246,7 +250,8 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.get(job_id).restart()
         else:
             self.store.get(job_id).restart()
-            m.status, m.attempts, m.run_at, m.lease_until = Status.QUEUED, 0, self.clock.now, None
+            m.status, m.attempts, m.run_at, m.lease_until = Status.QUEUED, 0, DUE_AT_ONCE, None
+            m.crashes = 0
 
     @precondition(lambda self: self.in_status(Status.WAIT_ASYNC))
     @rule(data=st.data(), result=st.sampled_from(["completed", "failed", "queued", "raise"]))
@@ -300,6 +305,12 @@ class StoreMachine(RuleBasedStateMachine):
     def advance_clock(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    @rule(seconds=st.sampled_from([-3600.0, -30.0]))
+    def step_clock_back(self, seconds: float) -> None:
+        """A wall clock set back: jobs due at once stay due, in FIFO order. (Forward steps
+        are advance_clock's, small enough to keep the model's locks.)"""
+        self.clock.advance(seconds)
+
     @rule()
     def detect_hung_jobs(self) -> None:
         now = self.clock.now
@@ -314,9 +325,17 @@ class StoreMachine(RuleBasedStateMachine):
                 m.status is Status.RUNNING and m.lease_until is not None and m.lease_until < now
             ) or (m.status is Status.WAIT_ASYNC and overdue):
                 hung.append(m)
+        running = sum(1 for m in self.model.values() if m.status is Status.RUNNING)
         rescued = self.store.detect_hung_jobs()
         assert sorted(r.id for r in rescued) == sorted(m.id for m in hung)
         for m in hung:
+            # An expired lease is a death of the job its worker held, if it held only that
+            # one (every claim here is one owner's): at DEFAULT_MAX_CRASHES it fails for good.
+            if m.status is Status.RUNNING and running == 1:
+                m.crashes += 1
+                if m.crashes >= DEFAULT_MAX_CRASHES:
+                    m.status, m.lease_until = Status.FAILED, None
+                    continue
             self.requeue_or_fail(m, mulligan=True)
 
     # -- invariants ----------------------------------------------------------------
@@ -337,6 +356,7 @@ class StoreMachine(RuleBasedStateMachine):
                 m.max_attempts,
             ), m
             assert mjob.queue == m.queue and mjob.priority == m.priority
+            assert mjob.record.crashes == m.crashes, m
         for cid in ("x", "y"):
             held = self.store.get_by_coalesce_id(cid)
             holder = self.holder(cid)

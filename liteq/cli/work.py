@@ -20,6 +20,7 @@ from liteq.cli.common import (
     store_url,
 )
 from liteq.errors import StoreUnavailable
+from liteq.status import DEFAULT_MAX_CRASHES
 from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
 
 #: `liteq work`'s own exit when its workers cannot import their modules.
@@ -91,7 +92,16 @@ def add_parser(sub: Commands) -> None:
         "--max-rss",
         type=size,
         metavar="BYTES",
-        help="restart a worker before a job once it uses more memory than this",
+        help="restart a worker before a job once it uses more memory than this; a worker "
+        "past it while a job runs is killed, a crash of that job (see --max-crashes)",
+    )
+    work.add_argument(
+        "--max-crashes",
+        type=positive_int,
+        default=DEFAULT_MAX_CRASHES,
+        metavar="N",
+        help="a job whose worker died while running it (segfault, os._exit, OOM, "
+        f"--max-rss) N times fails for good (default {DEFAULT_MAX_CRASHES})",
     )
     work.add_argument(
         "--lease",
@@ -144,6 +154,7 @@ def _work(args: argparse.Namespace) -> int:
         max_time=args.max_time,
         guarantee_memory=args.guarantee_memory,
         max_rss=args.max_rss,
+        max_crashes=args.max_crashes,
         graceful_shutdown_timeout=args.graceful_timeout,
         jitter=not args.no_jitter,
         nice=args.nice,

@@ -25,6 +25,7 @@ from liteq.stores import transitions
 from liteq.stores.contract import (
     Decide,
     Finished,
+    Hung,
     JobQuery,
     MinuteCount,
     QueueCount,
@@ -293,7 +294,8 @@ class BaseStore(Runs):
                 return deleted
 
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
-        """Epoch seconds when the next queued job in these queues is due, or None."""
+        """Epoch seconds when the next queued job in these queues is due, or None (a time
+        in the past, or DUE_AT_ONCE, for a job due now)."""
         return self._next_run_at(queues)
 
     def active(self) -> list[Record]:
@@ -332,6 +334,9 @@ class BaseStore(Runs):
             if rec.status is Status.FAILED and rec.attempts >= rec.max_attempts and not mulligan:
                 return False
             check_transition(rec.id, rec.status, Status.QUEUED)
+            # An operator's retry of a failed job forgives its worker deaths: one that
+            # failed for crashing has had its cause mended, or is meant to try again.
+            forgiven = {"crashes": 0} if rec.status is Status.FAILED else {}
             requeued = transitions.requeue_or_fail(
                 w,
                 rec,
@@ -339,6 +344,7 @@ class BaseStore(Runs):
                 delay=0.0,
                 job=mjob.job,
                 message="retried with a mulligan" if mulligan else "retried",
+                **forgiven,
             )
         mjob.replace_record(requeued)
         return requeued.status is Status.QUEUED
@@ -402,7 +408,8 @@ class BaseStore(Runs):
         In one write transaction: the row is read again (no other writer can change it
         meanwhile), `decide(row, now, monotonic now)` says why it is hung or None (and
         may stop its worker first), and the outcome is written. None if the job moved on
-        since `seen` or `decide` said no.
+        since `seen` or `decide` said no. A `Hung` verdict with a `death` counts a crash:
+        at its `max_crashes` the job fails for good instead.
         """
         with self._write() as w:
             current = w.tx.get(seen.id)
@@ -412,18 +419,27 @@ class BaseStore(Runs):
                 seen.attempts,
             ):
                 return None
-            reason = decide(current, w.tx.now, w.tx.mono)
-            if reason is None:
+            verdict = decide(current, w.tx.now, w.tx.mono)
+            if verdict is None:
                 return None
-            updated = transitions.requeue_or_fail(
-                w,
-                current,
-                mulligan=True,
-                delay=0.0,
-                job=None,
-                message=f"hung: {reason}",
-                error=f"hung: {reason}",
-            )
+            hung = verdict if isinstance(verdict, Hung) else Hung(verdict)
+            died = hung.death is not None and current.status is Status.RUNNING
+            if died:
+                death = hung.death or ""
+                # (not "hung": the worker died; the reason says how, or that it was killed)
+                updated = transitions.crashed(w, current, death, hung.max_crashes, hung.reason)
+            else:
+                updated = transitions.requeue_or_fail(
+                    w,
+                    current,
+                    mulligan=True,
+                    delay=0.0,
+                    job=None,
+                    message=f"hung: {hung.reason}",
+                    error=f"hung: {hung.reason}",
+                )
+        if died:  # an attempt that failed, as a worker counts those it sees fail
+            self._count_outside_worker(updated.queue, completed=0, failed=1)
         return self._managed(updated)
 
     # -- queues and workers ----------------------------------------------------
@@ -471,18 +487,19 @@ class BaseStore(Runs):
         )
 
     def finished(self, since: float) -> Finished:
-        """Per queue, the jobs workers completed and the attempts that failed since `since`
-        (epoch seconds; counted by the minute, kept a day)."""
+        """Per queue, the jobs completed and the attempts that failed since `since` (epoch
+        seconds; counted by the minute, kept a day): what workers told at their beats, and
+        jobs resolved by resolve_wait_async as they were resolved."""
         return finished_of(self._throughput(int(since // 60)), since)
 
     def throughput(self, since: float) -> list[MinuteCount]:
-        """What workers finished in each minute since `since` (kept a day), by minute;
-        a minute in which nothing finished has no row."""
+        """What finished in each minute since `since` (kept a day; counted as `finished`
+        says), by minute; a minute in which nothing finished has no row."""
         return self._throughput(int(since // 60))
 
     def totals(self) -> Finished:
-        """Per queue, every job workers completed and every attempt that failed since the
-        queue was made (Prometheus counters)."""
+        """Per queue, every job completed and every attempt that failed since the queue was
+        made (Prometheus counters; counted as `finished` says)."""
         return self._totals()
 
     # -- the store itself ------------------------------------------------------

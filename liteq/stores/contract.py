@@ -27,10 +27,10 @@ import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol, Unpack, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Unpack, runtime_checkable
 
 from liteq.record import Changes, Record, evolve
-from liteq.status import Status
+from liteq.status import DEFAULT_MAX_CRASHES, Status
 
 if TYPE_CHECKING:
     from liteq.errors import LeaseLost
@@ -38,14 +38,27 @@ if TYPE_CHECKING:
     from liteq.managed import ManagedJob
     from liteq.options import EnqueueOptions
 
-#: (row as it is now, store clock, this host's monotonic clock) -> why it is hung, or None.
-Decide = Callable[[Record, float, float], str | None]
+
+class Hung(NamedTuple):
+    """Why a job is hung, as a rescue decides. `death` says how its worker died while
+    running it ("signal 11"), None if it did not (a lease given up, a deliberate stop): a
+    death counts in the job's `crashes`, and the job fails for good at `max_crashes`."""
+
+    reason: str
+    death: str | None = None
+    max_crashes: int = DEFAULT_MAX_CRASHES
+
+
+#: (row as it is now, store clock, this host's monotonic clock) -> why it is hung (a
+#: string: not a death), or None.
+Decide = Callable[[Record, float, float], str | Hung | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueCount:
     """How many jobs of one status a queue holds. For queued jobs also: how many are due,
-    since when the oldest due one has waited (its run_at, epoch seconds; None if none is
+    since when the oldest due one has waited (epoch seconds: its run_at, or for a job due
+    at once its created_at; None if none is
     due), and how many wait for a worker that knows their type."""
 
     queue: str
@@ -89,8 +102,8 @@ class WorkerInfo:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MinuteCount:
-    """The jobs of one queue that workers completed, and the attempts that failed, in one
-    minute (epoch seconds // 60)."""
+    """The jobs of one queue that completed (in a worker, or resolved from outside one), and
+    the attempts that failed, in one minute (epoch seconds // 60)."""
 
     minute: int
     queue: str
@@ -194,6 +207,7 @@ class Store(Protocol):
         self, mjobs: Sequence[ManagedJob], *, delay: float = 0.0, error: str | None = None
     ) -> int: ...
     def mark_started(self, mjob: ManagedJob) -> bool: ...
+    def held_by(self, owner: str) -> list[ManagedJob]: ...
     def wait_async(self, mjob: ManagedJob) -> None: ...
     def fail(
         self,
@@ -204,6 +218,7 @@ class Store(Protocol):
         retry: bool = True,
         mulligan: bool = False,
     ) -> Status: ...
+    def crash(self, mjob: ManagedJob, death: str, max_crashes: int) -> Status: ...
     def active(self) -> list[Record]: ...
     def rescue(self, seen: Record, decide: Decide) -> ManagedJob | None: ...
     def register_worker(self, info: WorkerInfo) -> None: ...

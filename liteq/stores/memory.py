@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from liteq.errors import LiteqError
-from liteq.record import Record, evolve
+from liteq.record import Record, due_since, evolve
 from liteq.status import COALESCE_HOLDING, Status
 from liteq.stores.base import BaseStore
 from liteq.stores.contract import (
@@ -197,7 +197,8 @@ class MemoryStore(BaseStore):
                 counts[r.queue, r.status] += 1
                 if r.status is Status.QUEUED:
                     if r.run_at <= now:
-                        oldest[r.queue] = min(r.run_at, oldest.get(r.queue, r.run_at))
+                        since = due_since(r.run_at, r.created_at)
+                        oldest[r.queue] = min(since, oldest.get(r.queue, since))
                         due[r.queue] += 1
                     if (r.error or "").startswith(WAITS_FOR_ITS_TYPE):
                         unknown[r.queue] += 1

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
-from liteq.errors import InvalidState, InvalidStateChange, LeaseLost
+from liteq.errors import InvalidState, InvalidStateChange, LeaseLost, LiteqError
 from liteq.job import backoff
 from liteq.options import storable
 from liteq.record import UNOWNED, Changes, Record, evolve
@@ -20,8 +21,12 @@ if TYPE_CHECKING:
     from liteq.managed import ManagedJob
 
 
+log = logging.getLogger("liteq.store")
+
 #: What a prefetched job has not yet had while it waits for its turn.
 _NOT_STARTED: Final[Changes] = {"started_at": None, "deadline_mono": None}
+#: The owner of a beat that only counts finished jobs: no worker's (theirs are never empty).
+NO_WORKER: Final = ""
 
 
 class Runs(Backend):
@@ -199,6 +204,19 @@ class Runs(Backend):
                     released += 1
         return released
 
+    def held_by(self, owner: str) -> list[ManagedJob]:
+        """The jobs RUNNING under `owner` as the store has them now, each as its claim (what
+        `release` and the outcomes take, fenced on the run it reads).
+
+        A worker whose claim's commit went through unseen (the connection dropped during
+        or after it) holds jobs it does not know of: it finds them here.
+        """
+        return [
+            self._managed(record, None, True)
+            for record in self._read_active()
+            if record.status is Status.RUNNING and record.owner == owner
+        ]
+
     # -- outcomes ---------------------------------------------------------------------------
     def complete(self, mjob: ManagedJob) -> None:
         """Mark a claimed job COMPLETED (deleted if delete_on_complete); LeaseLost if not ours."""
@@ -246,10 +264,7 @@ class Runs(Backend):
         else the LeaseLost error saying why not."""
         applied = tx.fenced_write_many(writes) if writes else []
         return [
-            None
-            if ok
-            # (should the fence and `owns` disagree, never let that pass as done)
-            else _lost(tx.get(mjob.id), mjob) or LeaseLost(f"job {mjob.id} was not completed")
+            None if ok else _not_completed(tx.get(mjob.id), mjob)
             for mjob, ok in zip(mjobs, applied, strict=True)
         ]
 
@@ -273,7 +288,11 @@ class Runs(Backend):
     def wait_async(self, mjob: ManagedJob) -> None:
         """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""
         with self._write() as w:
-            rec = _owned(w.tx.get(mjob.id), mjob)
+            row = w.tx.get(mjob.id)
+            if row is not None and _went_through(row, mjob, (Status.WAIT_ASYNC,)):
+                mjob.replace_record(row)  # (nothing else makes a run of it WAIT_ASYNC)
+                return
+            rec = _owned(row, mjob)
             mjob.replace_record(
                 transitions.change(
                     w, rec, Status.WAIT_ASYNC, "waiting for an async result", mjob.job, **UNOWNED
@@ -296,11 +315,20 @@ class Runs(Backend):
         """
         error = storable(error)
         traceback = None if traceback is None else storable(traceback)
+        outside = mjob.status is Status.WAIT_ASYNC and not mjob.claimed
         with self._write() as w:
-            if mjob.status is Status.WAIT_ASYNC and not mjob.claimed:
+            if outside:
                 rec = self._waiting(w, mjob)
             else:
-                rec = _owned(w.tx.get(mjob.id), mjob)
+                row = w.tx.get(mjob.id)
+                # A rescue's re-queue writes an error of its own ("hung: …"): the same
+                # error on this very run is this failure's, tried before and committed.
+                if row is not None and _went_through(
+                    row, mjob, (Status.QUEUED, Status.FAILED), error=error
+                ):
+                    mjob.replace_record(row)
+                    return mjob.status
+                rec = _owned(row, mjob)
             if not retry:
                 rec = evolve(rec, max_attempts=rec.attempts)
             delay = 0.0
@@ -318,6 +346,20 @@ class Runs(Backend):
                     traceback=traceback,
                 )
             )
+        if outside:  # (a worker counts the attempts of the jobs it runs itself)
+            self._count_outside_worker(mjob.queue, completed=0, failed=1)
+        return mjob.status
+
+    def crash(self, mjob: ManagedJob, death: str, max_crashes: int) -> Status:
+        """Record that a claimed job took its worker down (`death` says how: over max_rss,
+        say), as a rescue records a worker's death: one more crash, a mulligan, and at
+        `max_crashes` FAILED for good. Returns the job's new status; LeaseLost if it is
+        no longer this worker's."""
+        death = storable(death)
+        with self._write() as w:
+            rec = _owned(w.tx.get(mjob.id), mjob)
+            reason = f"the worker running it was {death}"
+            mjob.replace_record(transitions.crashed(w, rec, death, max_crashes, reason))
         return mjob.status
 
     def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status:
@@ -357,7 +399,26 @@ class Runs(Backend):
                     "COMPLETED, FAILED, QUEUED (run again) or WAIT_ASYNC (keep waiting)"
                 )
             mjob.replace_record(updated)
+        if new is Status.COMPLETED or new is Status.FAILED:
+            self._count_outside_worker(
+                mjob.queue, completed=int(new is Status.COMPLETED), failed=int(new is Status.FAILED)
+            )
         return mjob.status
+
+    def _count_outside_worker(self, queue: str, *, completed: int, failed: int) -> None:
+        """Count a job finished outside a worker (resolve_wait_async) where it finishes.
+
+        Workers add what they finish to the per-minute counts and the totals at their
+        beats; a job resolved in a web handler has no worker to tell for it, and would be
+        missing from "completed in the last hour" while the table counts it. The store
+        tells instead, through the same primitive: a beat of no worker (its update of the
+        workers' rows matches none). After the commit: a count that cannot be written is
+        logged, never turned into an error of a resolve that was done.
+        """
+        try:
+            self._beat(NO_WORKER, self.clock(), 0, None, {queue: (completed, failed)}, None)
+        except LiteqError as exc:
+            log.warning("job of queue %s finished, but counting it failed: %s", queue, exc)
 
 
 def _owned(rec: Record | None, mjob: ManagedJob) -> Record:
@@ -366,6 +427,47 @@ def _owned(rec: Record | None, mjob: ManagedJob) -> Record:
     if error is not None or rec is None:
         raise error or LeaseLost(f"job {mjob.id} was deleted while it ran")
     return rec
+
+
+def _not_completed(rec: Record | None, mjob: ManagedJob) -> LeaseLost | None:
+    """Why a fenced completion of `mjob` wrote nothing: None if this very run is already
+    completed (an earlier try, reported failed, had committed), else LeaseLost.
+    (A job deleted on completion leaves nothing to tell its completion from a delete.)"""
+    claimed = mjob.record
+    if _went_through(rec, mjob, (Status.COMPLETED,)):
+        return None
+    if rec is None and claimed.delete_on_complete:  # (the same, or someone's delete: unknown)
+        return LeaseLost(
+            f"job {mjob.id} was deleted while it ran, or by its own completion "
+            "(delete_on_complete) if a commit reported lost had gone through"
+        )
+    # (should the fence and `owns` disagree, never let that pass as done)
+    return _lost(rec, mjob) or LeaseLost(f"job {mjob.id} was not completed")
+
+
+def _went_through(
+    rec: Record | None, mjob: ManagedJob, outcome: tuple[Status, ...], *, error: str | None = None
+) -> bool:
+    """Whether `rec` is this very run of `mjob` already moved to a status of `outcome` by
+    its own worker (with `error`, if given): an earlier try of the same write, reported
+    failed, had committed. If so, says so in the log."""
+    claimed = mjob.record
+    if not (
+        mjob.claimed
+        and rec is not None
+        and rec.status in outcome
+        and rec.owner is None
+        and (rec.attempts, rec.started_at) == (claimed.attempts, claimed.started_at)
+        and (error is None or rec.error == error)
+    ):  # (only this run's own outcome leaves its row so)
+        return False
+    log.warning(
+        "job %d: the connection dropped during or after its commit; the commit had gone "
+        "through: %s",
+        mjob.id,
+        rec.status.value,
+    )
+    return True
 
 
 def _lost(rec: Record | None, mjob: ManagedJob) -> LeaseLost | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liteq.errors import InvalidState, JobLocked, JobNotFound
-from liteq.record import UNOWNED, Record, evolve
+from liteq.record import DUE_AT_ONCE, UNOWNED, Record, evolve
 from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP, Status, check_transition
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def requeue_or_fail(
             message,
             job,
             max_attempts=max_attempts,
-            run_at=w.tx.now + delay,
+            run_at=w.tx.now + delay if delay else DUE_AT_ONCE,
             **UNOWNED,
             **fields,
         )
@@ -82,13 +82,47 @@ def requeue_or_fail(
     )
 
 
+def crashed(w: Write, rec: Record, death: str, max_crashes: int, reason: str) -> Record:
+    """A RUNNING job whose worker died running it (`death` says how, `reason` in full):
+    one more crash; at `max_crashes` it fails for good, else it is re-queued with a
+    mulligan (a death is no fault of the job's until it happens again and again)."""
+    crashes = rec.crashes + 1
+    if crashes < max_crashes:
+        message = f"{reason} (worker deaths: {crashes}; it fails for good at {max_crashes})"
+        return requeue_or_fail(
+            w,
+            rec,
+            mulligan=True,
+            delay=0.0,
+            job=None,
+            message=message,
+            error=message,
+            crashes=crashes,
+        )
+    times = "once" if crashes == 1 else f"{crashes} times"
+    message = f"the worker running it died {times} ({death})"
+    return change(
+        w,
+        rec,
+        Status.FAILED,
+        message,
+        None,
+        finished_at=w.tx.now,
+        error=message,
+        traceback=None,
+        crashes=crashes,
+        **UNOWNED,
+    )
+
+
 def restarted(rec: Record, now: float) -> Record:
     """The job as new (attempts 0, due now): restart() bypasses the machine on purpose."""
     return evolve(
         rec,
         status=Status.QUEUED,
         attempts=0,
-        run_at=now,
+        crashes=0,
+        run_at=DUE_AT_ONCE,
         started_at=None,
         finished_at=None,
         error=None,

@@ -30,6 +30,9 @@ LEASE_GIVEN_UP: Final = 0.8
 #: How often a worker asks its store for conditions an operator should hear of.
 HEALTH_EVERY: Final = 10.0
 
+#: With max_rss, how often a worker's heartbeat reads its RSS while a job runs.
+RSS_CHECK_EVERY: Final = 0.1
+
 
 def _rss() -> int | None:
     """The bytes of memory this process uses, for the registry of workers."""
@@ -62,6 +65,8 @@ class Heartbeat:
         *,
         lease: float,
         check_health: bool,
+        disown: Callable[[], None] = lambda: None,
+        max_rss: int | None = None,
     ) -> None:
         self.store = store
         self.holding = holding
@@ -69,6 +74,13 @@ class Heartbeat:
         self.signals = signals
         self.lease = lease
         self.check_health = check_health
+        #: Before a hard exit that is no fault of the job (a stop past the graceful
+        #: timeout): tell the supervisor no job was running, so that none is blamed.
+        self.disown = disown
+        #: Stop a job that takes the worker past this many bytes while it runs (None: no
+        #: watch; `liteq work`'s supervisor watches its workers itself).
+        self.max_rss = max_rss
+        self._over_rss: int | None = None  # the job stopped for it (once)
         #: When leases were last renewed (monotonic clock).
         self.renewed = time.monotonic()
         self._info: WorkerInfo | None = None
@@ -142,12 +154,17 @@ class Heartbeat:
     def _run(self) -> None:
         beat_at = time.monotonic() + self.lease / 3
         health_at = time.monotonic()
-        while not self._stop.wait(0.5):
+        # A job may allocate a gigabyte a second: with a limit, look ten times as often.
+        tick = 0.5 if self.max_rss is None else RSS_CHECK_EVERY
+        while not self._stop.wait(tick):
+            self._watch_rss()
             hard_exit_at = self.signals.hard_exit_at
             if hard_exit_at is not None and time.monotonic() > hard_exit_at:
                 # The job could not be unwound (stuck outside Python): end the process; the
                 # supervisor or the lease re-queues the job once this process is gone.
                 log.error("job could not be interrupted: exiting hard")
+                if not self.signals.hard_exit_blames_job:
+                    self.disown()
                 os._exit(EXIT_SIGNAL)
             if self.check_health and time.monotonic() >= health_at:
                 health_at = time.monotonic() + HEALTH_EVERY
@@ -176,6 +193,21 @@ class Heartbeat:
                     self.signals.lose_lease(reason)
                 continue
             self.beat()
+
+    def _watch_rss(self) -> None:
+        max_rss = self.max_rss
+        if max_rss is None:
+            return
+        _, running = self.progress()
+        if running is None or running == self._over_rss:
+            return
+        rss = _rss()
+        if rss is None or rss <= max_rss:
+            return
+        self._over_rss = running
+        death = f"stopped at {rss >> 20} MiB RSS, over max_rss {max_rss >> 20} MiB"
+        log.error("job %d: %s: stopping it and this worker", running, death)
+        self.signals.stop_for_memory(death)
 
     def _renew(self, mine: list[ManagedJob]) -> None:
         if not mine:

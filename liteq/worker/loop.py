@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
+from liteq.job import bad_result
 from liteq.managed import ManagedJob, describe
-from liteq.status import Status
+from liteq.status import DEFAULT_MAX_CRASHES, Status
 from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
 from liteq.worker.exits import (
     EXIT_CODE_CHANGED,
@@ -64,9 +65,15 @@ class Worker:
         check_health: log, every 10 s, conditions of the store an operator should hear of
             (a WAL file that a long reader keeps growing, say); `liteq work` does it
             in its supervisor instead.
-        max_rss: return 1 before a job once this process uses more bytes than this.
+        max_rss: return 1 before a job once this process uses more bytes than this. While
+            a job runs too: past it, the job is stopped (as a crash of it, see max_crashes)
+            and the worker returns 1; under `liteq work` the supervisor kills the worker.
+        max_crashes: a job whose worker died while running it (a segfault, os._exit, an
+            OOM or max_rss kill) this many times fails for good; each death before is a
+            mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
+            worker for max_rss, or a caller of detect_hung_jobs (which uses 3).
         handle_signals: in the main thread, handle TERM/QUIT/INT/HUP as described in
-            docs/deploying.md and enforce max_runtime with SIGALRM.
+            docs/deploying.md and enforce max_runtime and max_rss in a job with SIGALRM.
     """
 
     def __init__(
@@ -87,6 +94,7 @@ class Worker:
         max_rss: int | None = None,
         handle_signals: bool = True,
         prefetch: int = 1,
+        max_crashes: int = DEFAULT_MAX_CRASHES,
     ) -> None:
         self.options = WorkerOptions(
             queues=queues,
@@ -104,6 +112,7 @@ class Worker:
             max_rss=max_rss,
             handle_signals=handle_signals,
             prefetch=prefetch,
+            max_crashes=max_crashes,
         )
         self.store = store
         #: Jobs this worker has run (any outcome).
@@ -125,8 +134,13 @@ class Worker:
             self._signals,
             lease=lease,
             check_health=check_health,
+            disown=lambda: self._tell_running(None),
+            max_rss=max_rss,
         )
+        self._running_hook: Callable[[int | None], None] | None = None
         self._unknown_types: set[str] = set()  # said once each, see _hand_back
+        # A claim failed: its commit may have gone through unseen (see _hand_back_unseen).
+        self._unseen_claims = False
 
     @classmethod
     def with_options(cls, store: Store, options: WorkerOptions) -> Worker:
@@ -139,11 +153,24 @@ class Worker:
         self._signals.request_stop(exit_status)
         self.store.wake()
 
-    def start(self) -> int:
+    def start(
+        self,
+        *,
+        ready: Callable[[], None] | None = None,
+        running: Callable[[int | None], None] | None = None,
+    ) -> int:
         """Run jobs until stopped; return 0 (stopped or drained), 1 (memory), 2 (code
         changed), 3 (a signal), 4 (the queue file was deleted or replaced) or 5 (the queue
-        file is damaged)."""
+        file is damaged).
+
+        For a supervisor: `ready()` is called once the worker has registered and is about
+        to claim its first job; `running(job_id)` as each job starts, `running(None)` as
+        it ends (it must be cheap: it runs on every job).
+        """
+        self._running_hook = running
         options = self.options
+        # Under a supervisor (which is told the running job) it watches the memory instead.
+        self._heartbeat.max_rss = options.max_rss if running is None else None
         self._signals.reset()
         if options.nice:
             os.nice(options.nice)
@@ -158,10 +185,12 @@ class Worker:
                 if options.jitter and not options.exit_if_no_jobs:
                     self._sleep(random.uniform(0, min(0.5, options.wakeup_every / 10)))  # noqa: S311
                 log.info("worker %s started (queues: %s)", owner, self._queues or "all")
+                if ready is not None:
+                    ready()
                 try:
                     return self._loop(owner, code, began)
                 finally:
-                    self._settle()
+                    self._settle(owner)
             finally:
                 self._heartbeat.stop()
                 self._unregister(owner)
@@ -195,6 +224,11 @@ class Worker:
         deadline = time.monotonic() + seconds
         while not self._signals.stop_requested and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.05))
+
+    def _tell_running(self, job_id: int | None) -> None:
+        """Tell the supervisor which job runs now (so that a death is blamed on it)."""
+        if self._running_hook is not None:
+            self._running_hook(job_id)
 
     def _progress(self) -> tuple[int, int | None]:
         """Jobs run so far, and the one running now (for the heartbeat)."""
@@ -246,8 +280,12 @@ class Worker:
                 self._heartbeat.renewed = time.monotonic()
             with self._lock:
                 mjob = self._held.pop(0)
-            if self._acks and time.monotonic() - self._acks_since > ACK_DELAY:
-                self._flush_acks()  # finished jobs do not wait on a slow one
+            # Finished jobs do not wait on a slow one; nor on one that took a worker down
+            # before and may again: its crash would re-queue them, to run once more.
+            if self._acks and (
+                time.monotonic() - self._acks_since > ACK_DELAY or mjob.record.crashes
+            ):
+                self._flush_acks()
             if not self._still_mine(mjob):
                 continue
             self._run(mjob)
@@ -270,8 +308,9 @@ class Worker:
         log.warning("prefetched job %d is no longer this worker's: not run here", mjob.id)
         return False
 
-    def _settle(self) -> None:
-        """On the way out: hand back jobs claimed but never started, acknowledge the done."""
+    def _settle(self, owner: str) -> None:
+        """On the way out: hand back jobs claimed but never started (those of a claim
+        whose commit went through unseen too), acknowledge the done."""
         with self._lock:
             held, self._held = self._held, []
         if held:
@@ -279,13 +318,22 @@ class Worker:
             if released:
                 log.info("handed back %d prefetched job(s) that had not started", released)
         self._flush_acks()
+        if self._unseen_claims:
+            self._hand_back_unseen(owner, [])
 
     def _complete_and_claim(self, owner: str, limit: int) -> list[ManagedJob] | None:
         """Record the finished jobs and claim the next in one transaction (None: stopping)."""
         acks = self._acks  # they stay there, leased, until recorded
-        claim = functools.partial(
-            self.store.complete_and_claim, acks, owner, self._queues, self.options.lease, limit
-        )
+
+        def claim() -> tuple[list[LeaseLost], list[ManagedJob]]:
+            try:
+                return self.store.complete_and_claim(
+                    acks, owner, self._queues, self.options.lease, limit
+                )
+            except StoreError:
+                self._unseen_claims = True  # (a claim that failed may yet have committed)
+                raise
+
         outcome = self._patiently(functools.partial(_claiming, acks), claim)
         if outcome is None:
             return None
@@ -294,7 +342,43 @@ class Worker:
         lost, held = outcome
         for error in lost:
             log.warning("%s; its result is dropped", error)
+        if self._unseen_claims:
+            self._hand_back_unseen(owner, held)
         return held
+
+    def _hand_back_unseen(self, owner: str, held: list[ManagedJob]) -> None:
+        """After a claim that failed: hand back at once what it claimed if its commit went
+        through unseen (the connection dropped during or after it, or SQLite failed after
+        COMMIT). Those jobs are RUNNING under this worker's owner, yet not running here, nor
+        held (`held`: claimed since, not started) or awaiting acknowledgement: left alone,
+        they would wait for their lease, then be rescued as if this worker had died (a
+        crash counted against each). A plain release, fenced on each run as the store has
+        it: no attempt used, no crash counted, and none of them is in the prefetch buffer,
+        so none runs here while it may run elsewhere."""
+        with self._lock:
+            mine = {m.id for m in (*held, *self._held, *self._acks)}
+            if self._current is not None:
+                mine.add(self._current.id)
+        strays = self._patiently(
+            "looking for jobs claimed by a commit whose reply was lost",
+            lambda: [m for m in self.store.held_by(owner) if m.id not in mine],
+        )
+        if strays is None:  # the worker is stopping: _settle tries again
+            return
+        if strays:
+            released = self._patiently(
+                "handing back jobs claimed unseen", lambda: self.store.release(strays)
+            )
+            if released is None:
+                return
+            for mjob in strays:
+                if mjob.status is Status.QUEUED:  # (one no longer ours was left alone)
+                    log.warning(
+                        "job %d: claimed by a commit whose reply was lost: handed back "
+                        "unstarted (no attempt used)",
+                        mjob.id,
+                    )
+        self._unseen_claims = False
 
     def _flush_acks(self) -> None:
         acks = self._acks  # (as in _complete_and_claim: only this thread adds to it)
@@ -360,6 +444,7 @@ class Worker:
         signals = self._signals
         with self._lock:
             self._current = mjob
+        self._tell_running(mjob.id)
         signals.job_current = True
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
@@ -383,14 +468,28 @@ class Worker:
             # The job's code has unwound: only now may it be handed back (however long
             # that takes: the hard exit was for a job that would not unwind).
             signals.hard_exit_at = None
-            reason = f"interrupted: {exc}"
-            self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
-            self._heartbeat.count(mjob.queue, completed=False)
-            log.warning(
-                "job %d (%s) %s: re-queued with a mulligan", mjob.id, describe(mjob), reason
-            )
-            if exc.stop_worker:
-                signals.stop_requested = True
+            death = exc.death
+            if death is not None:  # it took the worker past max_rss: a crash of the job
+                max_crashes = self.options.max_crashes
+                status = self._ack(mjob, lambda: self.store.crash(mjob, death, max_crashes))
+                self._heartbeat.count(mjob.queue, completed=False)
+                log.error(
+                    "job %d (%s): the worker was %s: %s; exiting",
+                    mjob.id,
+                    describe(mjob),
+                    death,
+                    status.value if status else "lost",
+                )
+                signals.request_stop(EXIT_MEMORY)
+            else:
+                reason = f"interrupted: {exc}"
+                self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
+                self._heartbeat.count(mjob.queue, completed=False)
+                log.warning(
+                    "job %d (%s) %s: re-queued with a mulligan", mjob.id, describe(mjob), reason
+                )
+                if exc.stop_worker:
+                    signals.stop_requested = True
         except (Exception, SystemExit) as exc:
             message = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc()
@@ -422,7 +521,7 @@ class Worker:
                     self._acks.append(mjob)
                 self._heartbeat.count(mjob.queue, completed=True)
             else:
-                message = f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
+                message = bad_result(result)
                 self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
                 self._heartbeat.count(mjob.queue, completed=False)
                 log.error("job %d (%s): %s", mjob.id, describe(mjob), message)
@@ -431,6 +530,7 @@ class Worker:
         finally:
             with self._lock:
                 self._current = None
+            self._tell_running(None)
             signals.job_current = False
             signals.hard_exit_at = None
             self.jobs_processed += 1

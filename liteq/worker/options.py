@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from liteq.options import check_text
+from liteq.status import DEFAULT_MAX_CRASHES
 
 DEFAULT_GUARANTEE_MEMORY: Final = 64 * 1024 * 1024
 
@@ -30,6 +31,7 @@ class WorkerOptions:
     max_rss: int | None = None
     handle_signals: bool = True
     prefetch: int = 1
+    max_crashes: int = DEFAULT_MAX_CRASHES
 
     def __post_init__(self) -> None:
         queues = self.queues
@@ -50,3 +52,8 @@ class WorkerOptions:
         prefetch = self.prefetch
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be an int of at least 1, not {prefetch!r}")
+        crashes = self.max_crashes
+        if isinstance(crashes, bool) or not isinstance(crashes, int) or crashes < 1:
+            raise ValueError(f"max_crashes must be an int of at least 1, not {crashes!r}")
+        if self.max_rss is not None and self.max_rss < 1:
+            raise ValueError(f"max_rss must be a positive number of bytes, not {self.max_rss!r}")

@@ -20,9 +20,11 @@ class Interrupted(BaseException):
     A BaseException, so the job's own `except Exception` does not swallow it.
     """
 
-    def __init__(self, reason: str, *, stop_worker: bool) -> None:
+    def __init__(self, reason: str, *, stop_worker: bool, death: str | None = None) -> None:
         super().__init__(reason)
         self.stop_worker = stop_worker
+        #: How the job took its worker down (over max_rss), if it did: a crash of the job.
+        self.death = death
 
 
 class Signals:
@@ -45,8 +47,13 @@ class Signals:
         self.runtime_deadline: float | None = None
         #: When the heartbeat ends the process, if a job could not be interrupted.
         self.hard_exit_at: float | None = None
+        #: Whether that exit is the job's doing (past max_runtime, say: a crash of the job)
+        #: or a deliberate stop's (past the graceful timeout: none).
+        self.hard_exit_blames_job = False
         #: Why the running job's lease is lost (the heartbeat says so from its thread).
         self.lease_lost: str | None = None
+        #: How far past max_rss the running job took the worker (the heartbeat says so).
+        self.over_memory: str | None = None
         self._previous: dict[int, object] = {}
 
     @property
@@ -132,9 +139,20 @@ class Signals:
         self.lease_lost = reason
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
+    def stop_for_memory(self, death: str) -> None:
+        """Stop the running job and then the worker: it took the worker past max_rss (called
+        from the heartbeat's thread, like lose_lease)."""
+        if not self.installed or not self.in_job:
+            return
+        self.over_memory = death
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
+
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
-        if self.lease_lost is not None:
+        if self.over_memory is not None:
+            death, self.over_memory = self.over_memory, None
+            self._interrupt(death, stop_worker=True, death=death)
+        elif self.lease_lost is not None:
             reason, self.lease_lost = self.lease_lost, None
             self._interrupt(reason, stop_worker=False)
         elif self.graceful_deadline is not None and now >= self.graceful_deadline:
@@ -152,10 +170,12 @@ class Signals:
         if deadlines:
             signal.setitimer(signal.ITIMER_REAL, max(0.001, min(deadlines) - time.monotonic()))
 
-    def _interrupt(self, reason: str, *, stop_worker: bool) -> None:
+    def _interrupt(self, reason: str, *, stop_worker: bool, death: str | None = None) -> None:
         """Stop the running job by raising in it; if it is not in its code now, it is
-        ending anyway."""
+        ending anyway. A job stopped for its own doing (`death`, or not to stop the worker:
+        max_runtime) is to blame should its worker then have to exit hard."""
         if self.hard_exit_at is None:
             self.hard_exit_at = time.monotonic() + HARD_EXIT_GRACE
+            self.hard_exit_blames_job = death is not None or not stop_worker
         if self.in_job:
-            raise Interrupted(reason, stop_worker=stop_worker)
+            raise Interrupted(reason, stop_worker=stop_worker, death=death)

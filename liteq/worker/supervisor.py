@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import mmap
 import os
 import select
 import signal
+import struct
 import sys
 import threading
 import time
@@ -22,7 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+import psutil
+
 from liteq.errors import StoreCorrupt, StoreError, StoreMoved
+from liteq.status import Status
 from liteq.stores import connect
 from liteq.stores.contract import Store
 from liteq.stores.sqlite import open_queue_files
@@ -40,9 +45,10 @@ from liteq.worker.exits import (
     reason,
 )
 from liteq.worker.heartbeat import report_health
+from liteq.worker.identity import process_start
 from liteq.worker.loop import Worker
 from liteq.worker.options import WorkerOptions
-from liteq.worker.rescue import detect_hung_jobs
+from liteq.worker.rescue import Ended, ProcessKey, detect_hung_jobs
 
 log = logging.getLogger("liteq.supervisor")
 
@@ -57,15 +63,46 @@ TICK = 1.0
 #: After a pause, how long live workers have to renew their leases (their heartbeat
 #: threads look every half second) before one may be killed as stuck.
 PAUSE_GRACE = 2.0
+#: While a limit on workers' memory is set, how often the supervisor reads their RSS: a job
+#: that allocates without bound is stopped within about this long of crossing it.
+RSS_CHECK_EVERY = 0.1
 #: The signals the supervisor handles and forwards.
 _HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
+
+
+#: A child's job slot: the id of the job it runs now (0: none), in memory shared with its
+#: supervisor, which reads it once the child is dead. A store write per job would cost.
+_SLOT = struct.Struct("q")
 
 
 @dataclass
 class _Child:
     pid: int
     started: float
+    #: The child's start as owners name it (None if it was gone before it could be read).
+    start: str | None
+    slot: mmap.mmap
+    #: The read end of the pipe the child writes one byte to when it is ready (None once
+    #: read, or closed).
+    ready_fd: int | None
+    ready: bool = False
     retiring: bool = False
+    #: HUP sent for a rolling restart (it is on its way out).
+    leaving: bool = False
+    #: Why the supervisor killed it (its memory), if it did.
+    killed_for: str | None = None
+
+    def running(self) -> int | None:
+        """The job the child runs now (or ran when it died)."""
+        job_id: int = _SLOT.unpack_from(self.slot)[0]
+        return job_id or None
+
+    def close(self) -> None:
+        """Release what the supervisor holds of it (once it is reaped, or in a sibling)."""
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+        self.slot.close()
 
 
 @dataclass
@@ -97,6 +134,9 @@ class Supervisor:
         self._failed_starts = 0  # in a row
         self._last_tick = time.monotonic()
         self._grace_until = 0.0
+        #: How children died, until a hung-job check has acted on it.
+        self._ended: dict[ProcessKey, Ended] = {}
+        self._next_rss_check = 0.0
 
     # -- signals: handlers only record; the loop acts ------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -118,16 +158,25 @@ class Supervisor:
             next_check = time.monotonic() + self.hung_check_every
             while self._children or (self._pending_starts and not self._stopping):
                 wake = min(next_check, self._next_start_due(), time.monotonic() + TICK)
+                if self.worker_options.max_rss is not None:
+                    wake = min(wake, self._next_rss_check)
+                readying = [c.ready_fd for c in self._children.values() if c.ready_fd is not None]
+                ready: list[int] = []
                 with contextlib.suppress(InterruptedError):
-                    select.select([read_fd], [], [], max(0.0, wake - time.monotonic()))
+                    ready, _, _ = select.select(
+                        [read_fd, *readying], [], [], max(0.0, wake - time.monotonic())
+                    )
                 self._notice_pause()
                 with contextlib.suppress(BlockingIOError):
                     while os.read(read_fd, 512):
                         pass
+                self._note_ready(ready)
                 self._handle_signals()
+                self._watch_memory()
                 if self._reap():
                     store = self._rescue(store)
                 self._start_due()
+                self._retire_next()
                 if time.monotonic() >= next_check:
                     store = self._rescue(store)
                     next_check = time.monotonic() + self.hung_check_every
@@ -168,7 +217,6 @@ class Supervisor:
                 for child in self._children.values():
                     child.retiring = True
                 self._rolling = True
-                self._retire_next()
 
     def _forward(self, signum: int) -> None:
         for pid in list(self._children):
@@ -176,13 +224,65 @@ class Supervisor:
                 os.kill(pid, signum)
 
     def _retire_next(self) -> None:
-        # One at a time, so the others keep serving while each restarts.
-        retiring = [c for c in self._children.values() if c.retiring]
+        # One at a time, and the next only once the last one's replacement is ready (it
+        # has opened the store and registered), so that no fewer than N-1 workers serve at
+        # any moment; a replacement that cannot start holds the rest of the roll.
+        if not self._rolling or self._stopping:
+            return
+        children = self._children.values()
+        if self._pending_starts or any(c.leaving or not c.ready for c in children):
+            if not any(c.retiring for c in children):
+                self._rolling = False
+            return
+        retiring = [c for c in children if c.retiring]
         if not retiring:
             self._rolling = False
+            log.info("supervisor: rolling restart done")
             return
+        retiring[0].leaving = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(retiring[0].pid, signal.SIGHUP)
+
+    def _note_ready(self, readable: list[int]) -> None:
+        """Children whose ready byte came (or whose pipe closed: they died first)."""
+        for child in self._children.values():
+            fd = child.ready_fd
+            if fd is None or fd not in readable:
+                continue
+            try:
+                child.ready = os.read(fd, 1) == b"r"
+            except OSError:
+                child.ready = False
+            os.close(fd)
+            child.ready_fd = None
+            if child.ready:
+                log.debug("worker %d is ready", child.pid)
+
+    def _watch_memory(self) -> None:
+        """Kill a worker whose job took it past max_rss: between jobs the worker checks for
+        itself, but a job that allocates without bound would take the host with it. The
+        kill counts as a crash of that job (the worker's replacement starts as usual)."""
+        max_rss = self.worker_options.max_rss
+        now = time.monotonic()
+        if max_rss is None or now < self._next_rss_check:
+            return
+        self._next_rss_check = now + RSS_CHECK_EVERY
+        for child in self._children.values():
+            if child.killed_for is not None or child.running() is None:
+                continue
+            try:
+                rss = int(psutil.Process(child.pid).memory_info().rss)
+            except psutil.Error:
+                continue  # gone: reaped next
+            if rss <= max_rss:
+                continue
+            child.killed_for = f"stopped at {rss >> 20} MiB RSS, over --max-rss {max_rss >> 20} MiB"
+            log.warning(
+                "worker %d: job %s: %s: killing it", child.pid, child.running(), child.killed_for
+            )
+            # Our own unreaped child: its pid cannot name another process yet.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
 
     # -- children --------------------------------------------------------------
     def _reap(self) -> bool:
@@ -201,7 +301,16 @@ class Supervisor:
             lived = time.monotonic() - child.started
             code = os.waitstatus_to_exitcode(status)
             planned = os.WIFEXITED(status) and code in PLANNED
-            crashed |= not planned
+            job_id = child.running()
+            child.close()
+            # A job it was running when it died is that job's crash, however it exited
+            # (a job may call os._exit(0)); one it left deliberately is not in its slot.
+            crashed |= not planned or job_id is not None
+            death = _death(child, status)
+            if child.start is not None:  # (even with no job: then none of its jobs is blamed)
+                self._ended[pid, child.start] = Ended(death, job_id)
+            if job_id is not None:
+                log.warning("worker %d died running job %d: %s", pid, job_id, death)
             if code in FATAL and self._fatal is None:
                 log.error(
                     "worker %d stopped: %s; no worker can go on with it, so liteq work stops",
@@ -245,8 +354,6 @@ class Supervisor:
                 lived,
             )
             self._pending_starts += 1
-            if child.retiring:
-                self._retire_next()
 
     def _next_start_due(self) -> float:
         return self._next_start if self._pending_starts else time.monotonic() + 3600
@@ -300,8 +407,26 @@ class Supervisor:
                 # its file was deleted must not leave a new, empty queue at the path.
                 connect(self.url, readonly=True).close()
                 store = connect(self.url)
-            for mjob in detect_hung_jobs(store, kill_live=awake):
-                log.warning("re-queued job %d of a dead or hung worker: %s", mjob.id, mjob.error)
+            ended, self._ended = self._ended, {}
+            unreaped = {(c.pid, c.start) for c in self._children.values() if c.start}
+            try:
+                rescued = detect_hung_jobs(
+                    store,
+                    kill_live=awake,
+                    max_crashes=self.worker_options.max_crashes,
+                    ended=ended,
+                    unreaped=unreaped,
+                )
+            except BaseException:
+                self._ended = {**ended, **self._ended}  # for the next check
+                raise
+            for mjob in rescued:
+                if mjob.status is Status.FAILED:
+                    log.error("job %d failed for good: %s", mjob.id, mjob.error)
+                else:
+                    log.warning(
+                        "re-queued job %d of a dead or hung worker: %s", mjob.id, mjob.error
+                    )
             report_health(store)
         except (StoreMoved, StoreCorrupt) as exc:
             if self._fatal is None:
@@ -318,20 +443,42 @@ class Supervisor:
         return store
 
     def _spawn(self) -> None:
+        slot = mmap.mmap(-1, _SLOT.size)  # (anonymous memory is shared with the child)
+        ready_read, ready_write = os.pipe()
         # Signals stay blocked across fork(): a TERM forwarded to a child before it has
         # dropped the supervisor's handlers would otherwise be recorded and never acted on.
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
             pid = os.fork()
             if pid == 0:  # the worker: never returns
-                os._exit(_child_main(self, self._pipe))
+                os.close(ready_read)
+                for other in self._children.values():  # (theirs, not this child's)
+                    other.close()
+                os._exit(_child_main(self, self._pipe, slot, ready_write))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-        self._children[pid] = _Child(pid, time.monotonic())
+        os.close(ready_write)
+        os.set_blocking(ready_read, False)
+        child = _Child(pid, time.monotonic(), process_start(pid), slot, ready_read)
+        self._children[pid] = child
         log.debug("started worker %d", pid)
 
 
-def _child_main(supervisor: Supervisor, pipe: tuple[int, int]) -> int:
+def _death(child: _Child, status: int) -> str:
+    """How a child died, in words, for its job's error."""
+    if child.killed_for is not None:
+        return child.killed_for
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    code = os.waitstatus_to_exitcode(status)
+    if code == EXIT_SIGNAL:  # (a worker exits so with a job only when it cannot stop it)
+        return f"exit status {code}: the job could not be interrupted"
+    return f"exit status {code}"
+
+
+def _child_main(
+    supervisor: Supervisor, pipe: tuple[int, int], slot: mmap.mmap, ready_fd: int
+) -> int:
     parent = os.getppid()
     url = supervisor.url
     try:
@@ -363,8 +510,17 @@ def _child_main(supervisor: Supervisor, pipe: tuple[int, int]) -> int:
     options = dataclasses.replace(supervisor.worker_options, check_health=False)
     worker = Worker.with_options(store, options)
     threading.Thread(target=_watch_parent, args=(worker, parent), daemon=True).start()
+
+    def ready() -> None:
+        with contextlib.suppress(OSError):  # (a supervisor that died reads nothing)
+            os.write(ready_fd, b"r")
+        os.close(ready_fd)
+
+    def running(job_id: int | None) -> None:
+        _SLOT.pack_into(slot, 0, job_id or 0)
+
     try:
-        return worker.start()
+        return worker.start(ready=ready, running=running)
     except BaseException:
         log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc().rstrip())
         return EXIT_MEMORY if isinstance(sys.exc_info()[1], MemoryError) else EXIT_CRASHED

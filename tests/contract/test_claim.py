@@ -20,14 +20,17 @@ def claim_all(store: liteq.stores.BaseStore, queues: list[str] | None = None) ->
     return order
 
 
-def test_priority_then_run_at_then_fifo(store: liteq.stores.BaseStore, clock: Clock) -> None:
+def test_priority_then_due_at_once_in_fifo_order_then_run_at(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
     store.enqueue(Noop(1), priority=0)
     store.enqueue(Noop(2), priority=5)
     store.enqueue(Noop(3), priority=0, run_at=clock.now - 10)
     store.enqueue(Noop(4), priority=5)
     store.enqueue(Noop(5), priority=-1)
     store.enqueue(Noop(6), priority=0)
-    assert claim_all(store) == [2, 4, 3, 1, 6, 5]
+    store.enqueue(Noop(7), priority=0, run_at=clock.now - 20)
+    assert claim_all(store) == [2, 4, 1, 6, 7, 3, 5]
 
 
 def test_delayed_jobs_wait_until_due(store: liteq.stores.BaseStore, clock: Clock) -> None:
@@ -70,7 +73,7 @@ def test_a_claim_returns_exactly_what_it_stored(
     store: liteq.stores.BaseStore, clock: Clock, limit: int
 ) -> None:
     # A retried job (its last error kept), one with max_runtime, one plain.
-    retried = store.enqueue(Noop(1), max_attempts=3)
+    retried = store.enqueue(Noop(1), max_attempts=3, priority=1)
     first = store.claim(OWNER, lease=30)
     assert first is not None and first.id == retried.id
     store.fail(first, "boom")

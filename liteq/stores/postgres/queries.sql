@@ -32,12 +32,12 @@ INSERT INTO {s}.jobs ({columns}) OVERRIDING SYSTEM VALUE
 SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id')), job_type, payload, queue, priority,
     status, attempts, max_attempts, run_at, created_at, started_at, finished_at, coalesce_id,
     max_runtime, delete_on_complete, error, traceback, owner, lease_until, lock_token,
-    lock_until, lease_mono, deadline_mono
+    lock_until, lease_mono, deadline_mono, crashes
 FROM unnest(
     %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
     %b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::float8[],
     %b::boolean[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::float8[],
-    %b::float8[], %b::float8[])
+    %b::float8[], %b::float8[], %b::bigint[])
     WITH ORDINALITY AS t({new_columns}, n)
 ORDER BY n
 RETURNING id
@@ -119,7 +119,7 @@ SELECT {columns} FROM {s}.jobs WHERE true {where} ORDER BY id {order} LIMIT %s
 
 -- name: summary
 SELECT queue, status, count(*),
-    min(run_at) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
+    min(greatest(run_at, created_at)) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
     count(*) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
     count(*) FILTER (WHERE status = 'queued' AND starts_with(error, %(waits)s))
 FROM {s}.jobs GROUP BY queue, status ORDER BY queue COLLATE "C", status

@@ -42,14 +42,14 @@ ON CONFLICT DO NOTHING
 -- name: insert_alike
 INSERT INTO liteq_jobs ({columns})
 SELECT ?9 + key, value ->> 0, value ->> 1, ?1, ?2, 'queued', 0, ?3, ?4, ?5,
-       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0
 FROM json_each(?8)
 
 -- The same when they are all of one type, ?10 (most batches): ?8 is an array of payloads.
 -- name: insert_alike_of_type
 INSERT INTO liteq_jobs ({columns})
 SELECT ?9 + key, ?10, value, ?1, ?2, 'queued', 0, ?3, ?4, ?5,
-       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0
 FROM json_each(?8)
 
 -- name: update
@@ -153,7 +153,7 @@ SELECT {columns} FROM liteq_jobs WHERE 1 {where} ORDER BY id {order} LIMIT ?
 
 -- name: summary
 SELECT queue, status, count(*),
-    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END),
+    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN max(run_at, created_at) END),
     sum(status = 'queued' AND run_at <= ?1),
     sum(status = 'queued' AND substr(error, 1, length(?2)) = ?2)
 FROM liteq_jobs GROUP BY queue, status ORDER BY queue, status

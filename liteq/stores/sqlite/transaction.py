@@ -44,8 +44,9 @@ _shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
 _fresh: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
     "status", "attempts", "coalesce_id", "started_at", "finished_at", "error", "traceback",
     "owner", "lease_until", "lock_token", "lock_until", "lease_mono", "deadline_mono",
+    "crashes",
 )  # fmt: skip
-_FRESH: Final = (Status.QUEUED, 0, *(None,) * 13)
+_FRESH: Final = (Status.QUEUED, 0, *(None,) * 13, 0)
 
 
 class SQLiteTx(Tx):
