@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from liteq.job import Job
+from liteq.job import COROUTINES_NOT_YET, Job, is_coroutine_function
 from liteq.stores.memory import MemoryStore
 from liteq.worker import Worker
 
@@ -36,6 +36,8 @@ def do_later(fn_or_job: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> 
             raise TypeError("do_later(job) takes no further arguments")
         job = fn_or_job
         thunk: Callable[[], None] = lambda: _run_job(job)  # noqa: E731
+    elif is_coroutine_function(fn_or_job):
+        raise TypeError(f"do_later({fn_or_job.__qualname__}): it is {COROUTINES_NOT_YET}")
     elif callable(fn_or_job):
         fn = fn_or_job
         thunk = lambda: fn(*args, **kwargs)  # noqa: E731

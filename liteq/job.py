@@ -6,6 +6,7 @@ imported (see codec): payloads are data, never code.
 
 from __future__ import annotations
 
+import inspect
 import random
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -46,6 +47,31 @@ def registered_type(name: str) -> type[Job]:
         ) from None
 
 
+#: Until coroutine jobs land, an `async def` job would be completed without running its
+#: body (nothing awaits it): it is refused where it is defined instead.
+COROUTINES_NOT_YET = "an async def: liteq cannot run coroutine jobs yet; make it a plain def"
+
+
+def is_coroutine_function(obj: object) -> bool:
+    """Whether `obj` is an `async def` function (or async generator function)."""
+    return inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj)
+
+
+def bad_result(result: object) -> str:
+    """Why a value `run()` returned is refused. A coroutine is closed first, so that Python
+    does not also warn that it was never awaited."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()
+        return (
+            f"the job returned a {type(result).__name__}, which nothing would await (an async "
+            "def, or a call of one, returned from a plain one): liteq cannot run coroutine "
+            "jobs yet"
+        )
+    return f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
+
+
 def backoff(attempts: int, base: float = 2.0, cap: float = 3600.0) -> float:
     """About `base ** attempts` seconds, ±25 % jitter, at most `cap`, never zero."""
     nominal = min(cap, base ** min(attempts, 64))
@@ -79,6 +105,9 @@ class Job:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for name in ("run", "resolve_wait_async"):
+            if is_coroutine_function(vars(cls).get(name)):
+                raise TypeError(f"{cls.__qualname__}.{name} is {COROUTINES_NOT_YET}")
         _REGISTRY[type_name(cls)] = cls
 
     def run(self, job: ManagedJob) -> Status | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
-from liteq.job import Job
+from liteq.job import COROUTINES_NOT_YET, Job, is_coroutine_function
 from liteq.status import Status
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ class TaskJob(Job):
     def run(self, job: ManagedJob) -> Status | None:
         """Call the function with the stored arguments."""
         result = type(self).func(*self.args, **self.kwargs)
-        return Status.WAIT_ASYNC if result is Status.WAIT_ASYNC else None
+        # The worker fails a job that returns an awaitable, rather than complete it unrun.
+        handed_on = result is Status.WAIT_ASYNC or inspect.isawaitable(result)
+        return result if handed_on else None
 
     def enqueue_options(self) -> EnqueueOptions:
         """The options given to `@store.task(...)`."""
@@ -54,6 +57,8 @@ class Task(Generic[P, R]):
     def __init__(self, store: Store, func: Callable[P, R], options: EnqueueOptions) -> None:
         if "<locals>" in func.__qualname__:
             raise TypeError(f"@task needs a module-level function; {func.__qualname__} is nested")
+        if is_coroutine_function(func):
+            raise TypeError(f"@task on {func.__qualname__}: it is {COROUTINES_NOT_YET}")
         self.store = store
         self.func = func
         self.options = options

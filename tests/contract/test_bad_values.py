@@ -27,6 +27,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"queue": "mail\x00"}, ValueError, "NUL character"),
     ({"coalesce_id": "a\x00b"}, ValueError, "NUL character"),
     ({"queue": ""}, ValueError, "not the empty string"),
+    ({"queue": "  "}, ValueError, "not the empty string or spaces"),
     ({"queue": b"mail"}, TypeError, "queue must be a string"),
 ]
 
