@@ -92,6 +92,16 @@ def overview(store: Store) -> dict[str, Any]:
     return report
 
 
+def queue_names(store: Store) -> set[str]:
+    """Every queue name the store has had: of jobs it holds, of jobs workers finished
+    since it was made, paused, or served by a live worker (so that a name it has never
+    had, a typo, say, can be told apart)."""
+    names = {row.queue for row in store.summary()} | store.paused() | set(store.totals())
+    for worker in live_workers(store):
+        names.update(worker.queues or ())
+    return names
+
+
 def problem(mjob: ManagedJob) -> str:
     """Its last error; or, if its payload cannot be read at all, why (a type not imported
     here is no problem of the job's)."""
@@ -142,7 +152,11 @@ def retry(store: Store, ids: list[int]) -> Outcome:
     outcome = Outcome()
     for job_id in ids:
         try:
-            if store.get(job_id).retry(mulligan=True):
+            mjob = store.get(job_id)
+            if mjob.status in (Status.QUEUED, Status.RUNNING):
+                outcome.refused[job_id] = f"it is {mjob.status.value}: nothing to retry"
+                continue
+            if mjob.retry(mulligan=True):
                 outcome.done.append(job_id)
             else:
                 outcome.refused[job_id] = "it has used its 20 attempts: restart it instead"

@@ -41,6 +41,8 @@ class Waiting(liteq.Job):
     def run(self, job):
         return liteq.Status.WAIT_ASYNC
     def resolve_wait_async(self, data):
+        if data == "bad":
+            raise ValueError("no such delivery")
         return liteq.Status.COMPLETED if data == "done" else liteq.Status.FAILED
 
 class Boom(liteq.Job):
@@ -217,7 +219,9 @@ def test_the_demo_replaces_only_a_demo_queue(tmp_path: Path) -> None:
         (["jobs", "--db", "redis://localhost"], "unsupported store URL", 2),
         (["jobs", "--db", "missing-dir/q.sqlite"], "no queue at missing-dir/q.sqlite", 2),
         (["jobs", "--db", "typo.sqlite"], "no queue at typo.sqlite", 2),
-        (["jobs", "--db", "notes.txt"], "not a usable SQLite database", 5),
+        (["jobs", "--db", "notes.txt"], "notes.txt is not an SQLite file, so not a liteq queue", 2),
+        (["enqueue", "myapp.jobs.Touch", "--db", "notes.txt"], "is not an SQLite file", 2),
+        (["enqueue", "myapp.jobs.Touch", "--db", "a-directory"], "is a directory, not a queue", 2),
         (["jobs", "--db", "a-directory"], "no queue at a-directory", 2),
         (["jobs", "--db", "app.sqlite", "--import", "myapp.nope"], "cannot import myapp.nope", 2),
         (["work", "--db", "app.sqlite", "--processes", "two"], "expected a whole number", 2),
@@ -365,7 +369,9 @@ def test_retry_restart_delete_and_purge(app: Path) -> None:
 def test_enqueue_resolve_pause_resume_and_detect_hung(app: Path) -> None:
     db = ("--db", "app.sqlite")
     in_app(app, "import liteq; liteq.connect()")
-    made = liteq_cmd(app, "enqueue", "myapp.jobs.Touch", "--state", '{"name": "t"}', *db)
+    made = liteq_cmd(
+        app, "enqueue", "myapp.jobs.Touch", "--state", '{"name": "t", "then": null}', *db
+    )
     assert made.returncode == 0 and "job 1" in made.stdout
     sent = liteq_cmd(app, "enqueue", "myapp.jobs.send", "--args", '["ann"]', *db)
     assert sent.returncode == 0 and "queue mail" in sent.stdout
@@ -377,6 +383,14 @@ def test_enqueue_resolve_pause_resume_and_detect_hung(app: Path) -> None:
     assert liteq_cmd(app, "resume", "mail", *db).returncode == 0
     liteq_cmd(app, "work", "--db", "app.sqlite", "--import", "myapp.jobs", "--burst")
     assert (app / "sent-ann").read_text() == "hi"
+    refused = liteq_cmd(app, "resolve", str(wait_id), "--data", '"bad"', *db)
+    assert refused.returncode == 1
+    assert one_line(refused) == (
+        f"liteq: job {wait_id}: its resolve_wait_async raised ValueError: no such delivery; "
+        "it is still waiting (-v shows the traceback)"
+    )
+    verbose = liteq_cmd(app, "resolve", str(wait_id), "--data", '"bad"', "-v", *db)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
     resolved = liteq_cmd(app, "resolve", str(wait_id), "--data", '"done"', *db)
     assert resolved.returncode == 0 and "completed" in resolved.stdout
     hung = liteq_cmd(app, "detect-hung", *db)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import traceback
@@ -20,6 +21,7 @@ from liteq import __version__
 from liteq.cli import act, dashboard, db, look, work
 from liteq.cli.common import (
     BAD_INPUT,
+    CLOSED_PIPE,
     INTERRUPTED,
     OPENED,
     PARTLY,
@@ -27,6 +29,7 @@ from liteq.cli.common import (
     Commands,
     Failure,
 )
+from liteq.cli.output import error_line
 from liteq.errors import (
     InvalidState,
     InvalidStateChange,
@@ -46,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose mistakes are one line, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        error_line(f"{message} (see {self.prog} --help)")
         raise SystemExit(BAD_INPUT)
 
 
@@ -104,18 +107,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is met here (see below)
         return code
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         return INTERRUPTED
+    except BrokenPipeError:
+        return _reader_gone()
     except (LiteqError, ValueError, TypeError, OSError, ImportError, apsw.Error) as exc:
         if args.verbose:
             traceback.print_exc()
-        sys.stderr.write(f"liteq: {exc}\n")
+        error_line(str(exc))
         return _exit_status(exc)
     finally:
         while OPENED:
             OPENED.pop().close()
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (`liteq jobs | head`): end quietly, as a command
+    that SIGPIPE ended would. Output still buffered goes to /dev/null, or Python would
+    fail again flushing it at exit and print about it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE
 
 
 def _exit_status(exc: BaseException) -> int:

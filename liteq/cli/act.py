@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -20,13 +21,16 @@ from liteq.cli.common import (
     duration,
     import_modules,
     job_id,
+    open_existing,
     open_store,
     store_url,
 )
-from liteq.cli.output import Progress, ago, confirm, emit_json
+from liteq.cli.output import Progress, ago, confirm, emit_json, error_line
+from liteq.cli.payload import build
 from liteq.errors import InvalidState, JobLocked, JobNotFound, UnknownJobType
 from liteq.job import Job, registered_type
 from liteq.status import Status
+from liteq.task import TaskJob
 
 
 def add_parsers(sub: Commands) -> None:
@@ -94,12 +98,21 @@ def add_parsers(sub: Commands) -> None:
     add_json(hung)
     hung.set_defaults(func=_detect_hung)
 
-    for name, doing in (("pause", "workers take no job from it"), ("resume", "workers go on")):
-        queue_command = sub.add_parser(name, help=f"{name} a queue: {doing}")
-        add_db(queue_command)
-        add_json(queue_command)
-        queue_command.add_argument("queue")
-        queue_command.set_defaults(func=_pause if name == "pause" else _resume)
+    pause = sub.add_parser(
+        "pause",
+        help="pause a queue: workers take no job from it",
+        description="Pause QUEUE: it still accepts jobs, and workers claim none from it until "
+        "`liteq resume`. A name the queue has never had (a typo?) is refused unless --create.",
+    )
+    pause.add_argument(
+        "--create", action="store_true", help="pause it even though it has never had a job"
+    )
+    resume = sub.add_parser("resume", help="resume a paused queue: workers take its jobs again")
+    for command, func in ((pause, _pause), (resume, _resume)):
+        add_db(command)
+        add_json(command)
+        command.add_argument("queue")
+        command.set_defaults(func=func)
 
 
 def _ids_command(sub: Commands, name: str, doing: str, func: Any) -> None:
@@ -141,37 +154,40 @@ def _report(outcome: admin.Outcome, doing: str, as_json: bool) -> int:
         if outcome.done:
             print(f"{doing}: {', '.join(map(str, outcome.done))}")
         for job, why in outcome.refused.items():
-            print(f"job {job}: {why}", file=sys.stderr)
+            # Most refusals name their job already ("no job with id 7", "job 7 is …").
+            named = re.search(rf"\b(job|id) {job}\b", why)
+            error_line(why if named else f"job {job}: {why}")
     return PARTLY if outcome.refused else OK
 
 
 def _retry(args: argparse.Namespace) -> int:
-    store = open_store(args, readonly=False)
-    if args.all_failed:
-        if args.ids:
-            raise Failure("give job ids or --all-failed, not both")
-        return _report(admin.retry_failed(store, args.queue), "re-queued", args.json)
-    if not args.ids:
+    if args.all_failed and args.ids:
+        raise Failure("give job ids or --all-failed, not both")
+    if not args.all_failed and not args.ids:
         raise Failure("give job ids, or --all-failed")
-    return _report(admin.retry(store, args.ids), "re-queued", args.json)
+    store = open_existing(args)
+    if not args.all_failed:
+        return _report(admin.retry(store, args.ids), "re-queued", args.json)
+    outcome = admin.retry_failed(store, args.queue)
+    if not outcome.done and not outcome.refused and not args.json:
+        print("no failed jobs to retry" + (f" in queue {args.queue}" if args.queue else ""))
+    return _report(outcome, "re-queued", args.json)
 
 
 def _restart(args: argparse.Namespace) -> int:
     if not args.ids:
         raise Failure("give job ids")
-    return _report(
-        admin.restart(open_store(args, readonly=False), args.ids), "restarted", args.json
-    )
+    return _report(admin.restart(open_existing(args), args.ids), "restarted", args.json)
 
 
 def _delete(args: argparse.Namespace) -> int:
     if not args.ids:
         raise Failure("give job ids")
-    return _report(admin.delete(open_store(args, readonly=False), args.ids), "deleted", args.json)
+    return _report(admin.delete(open_existing(args), args.ids), "deleted", args.json)
 
 
 def _purge(args: argparse.Namespace) -> int:
-    store = open_store(args, readonly=args.dry_run)
+    store = open_store(args, readonly=True) if args.dry_run else open_existing(args)
     status = Status(args.status)
     count = admin.purgeable(store, status, queue=args.queue, older_than=args.older_than)
     what = f"{count:,} {status.value} job{'' if count == 1 else 's'}"
@@ -219,15 +235,18 @@ def _job_class(name: str, url: str) -> type[Job]:
 
 def _enqueue(args: argparse.Namespace) -> int:
     cls = _job_class(args.type, store_url(args))
-    if args.state is not None and (args.args is not None or args.kwargs is not None):
-        raise Failure("give --state (a class's), or --args/--kwargs (a task's), not both")
-    state = args.state
-    if state is None:
+    if issubclass(cls, TaskJob):
+        if args.state is not None:
+            raise Failure(f"{args.type} is a task: give its arguments with --args/--kwargs")
         state = {"args": args.args or [], "kwargs": args.kwargs or {}}
-    try:
-        job = cls.from_state(state)
-    except Exception as exc:
-        raise Failure(f"that state does not fit {args.type}: {type(exc).__name__}: {exc}") from exc
+    else:
+        if args.args is not None or args.kwargs is not None:
+            raise Failure(
+                f"{args.type} is a Job class: --args/--kwargs are a task's; give its state "
+                "with --state JSON"
+            )
+        state = args.state or {}
+    job = build(cls, args.type, state)
     options: dict[str, Any] = {
         name: value
         for name, value in (
@@ -239,16 +258,32 @@ def _enqueue(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    mjob = open_store(args, readonly=False).enqueue(job, **options)
+    store = open_store(args, readonly=False)
+    coalesce_id = args.coalesce_id or job.coalesce_id()
+    holder = None if coalesce_id is None else store.get_by_coalesce_id(coalesce_id)
+    mjob = store.enqueue(job, **options)
+    coalesced = holder is not None and holder.id == mjob.id
     if args.json:
-        emit_json({"id": mjob.id, "status": mjob.status.value, "queue": mjob.queue})
+        emit_json(
+            {
+                "id": mjob.id,
+                "status": mjob.status.value,
+                "queue": mjob.queue,
+                "coalesced": coalesced,
+            }
+        )
+    elif coalesced:
+        print(
+            f"job {mjob.id} ({mjob.status.value}, queue {mjob.queue}) already holds coalesce "
+            f"id {coalesce_id}: nothing new was enqueued"
+        )
     else:
         print(f"job {mjob.id} ({mjob.status.value}, queue {mjob.queue})")
     return OK
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    store = open_store(args, readonly=False)
+    store = open_existing(args)
     try:
         mjob = store.get(args.id)
         if mjob.job is None and mjob.unknown_type:
@@ -256,6 +291,14 @@ def _resolve(args: argparse.Namespace) -> int:
         status = resolve_wait_async(store, args.id, args.data)
     except (JobNotFound, JobLocked, InvalidState) as exc:
         raise Failure(str(exc), PARTLY) from None
+    except Exception as exc:  # the job's own code refused the data: the job keeps waiting
+        if args.verbose:
+            raise
+        raise Failure(
+            f"job {args.id}: its resolve_wait_async raised {type(exc).__name__}: {exc}; "
+            "it is still waiting (-v shows the traceback)",
+            PARTLY,
+        ) from None
     if args.json:
         emit_json({"id": args.id, "status": status.value})
     else:
@@ -264,7 +307,7 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _detect_hung(args: argparse.Namespace) -> int:
-    rescued = open_store(args, readonly=False).detect_hung_jobs()
+    rescued = open_existing(args).detect_hung_jobs()
     if args.json:
         emit_json([{"id": m.id, "status": m.status.value, "why": m.error} for m in rescued])
     elif rescued:
@@ -276,7 +319,15 @@ def _detect_hung(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    open_store(args, readonly=False).pause(args.queue)
+    store = open_existing(args)
+    if not args.create:
+        known = admin.queue_names(store)
+        if args.queue not in known:
+            raise Failure(
+                f"no queue named {args.queue} has ever had a job here{_among(known)}: "
+                "pass --create to pause it before its first job"
+            )
+    store.pause(args.queue)
     if args.json:
         emit_json({"queue": args.queue, "paused": True})
     else:
@@ -285,9 +336,27 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    open_store(args, readonly=False).resume(args.queue)
+    store = open_existing(args)
+    paused = store.paused()
+    if args.queue not in paused:
+        # A mistyped name would leave the queue meant paused while saying it runs.
+        if args.queue not in admin.queue_names(store):
+            raise Failure(f"no queue named {args.queue} here{_among(paused, 'paused')}")
+        was = " (it was not paused)"
+    else:
+        store.resume(args.queue)
+        was = ""
     if args.json:
         emit_json({"queue": args.queue, "paused": False})
     else:
-        print(f"queue {args.queue} is running")
+        print(f"queue {args.queue} is running{was}")
     return OK
+
+
+def _among(names: set[str], which: str = "known") -> str:
+    """`names`, shortly, for a message about a name that is not among them."""
+    if not names:
+        return f" (none is {which})" if which != "known" else ""
+    shown = sorted(names)[:8]
+    more = ", …" if len(names) > len(shown) else ""
+    return f" ({which}: {', '.join(shown)}{more})"

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
-from liteq.errors import LiteqError
+from liteq.errors import LiteqError, StoreCorrupt, StoreError, StoreMoved, StoreUnavailable
 from liteq.stores import BaseStore, connect
 
 #: What `add_subparsers` gives: commands are added to it (generic to type checkers only).
@@ -22,10 +22,16 @@ OK: Final = 0
 PARTLY: Final = 1
 #: Bad input: an argument, a URL, a file that is no queue, JSON that does not parse.
 BAD_INPUT: Final = 2
-#: Interrupted (Ctrl-C).
 #: The store's server cannot be reached now (sysexits' EX_UNAVAILABLE).
 UNAVAILABLE: Final = 69
+#: Interrupted (Ctrl-C).
 INTERRUPTED: Final = 130
+#: The reader of the output went away (`liteq jobs | head`): what a shell reports of a
+#: process that SIGPIPE ended, as `cat` or `grep` would have been.
+CLOSED_PIPE: Final = 141
+
+#: How a store says that there is no queue where a URL points (a file, or a schema).
+_NO_QUEUE: Final = ("no queue at", "no liteq queue")
 
 
 class Failure(LiteqError):
@@ -70,6 +76,22 @@ def open_store(args: argparse.Namespace, *, readonly: bool) -> BaseStore:
     return store
 
 
+def open_existing(args: argparse.Namespace) -> BaseStore:
+    """The store --db names, to change it: one that is not there is "no queue at PATH"
+    (a mistyped path must not become a new, empty queue that a command then reports as
+    paused, retried or vacuumed). A queue of an older liteq is brought up to date."""
+    try:
+        connect(store_url(args), readonly=True).close()  # creates and changes nothing
+    except StoreError as exc:
+        if isinstance(exc, StoreCorrupt | StoreMoved | StoreUnavailable):
+            raise
+        if str(exc).startswith(_NO_QUEUE):
+            raise
+        # Else a queue of an older liteq (readers refuse it): opening it to write migrates
+        # it, and refuses anything that is no liteq queue with its own message.
+    return open_store(args, readonly=False)
+
+
 def importable_here() -> None:
     """Put the working directory on the import path, as `python -m` does: an application's
     own modules import without being installed."""
@@ -102,10 +124,17 @@ def positive_int(text: str) -> int:
 
 
 def job_id(text: str) -> int:
-    """An argparse type: a job id."""
-    if not re.fullmatch(r"\s*\d+\s*", text) or not 0 < int(text) < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a job id (a whole number), not {text!r}")
-    return int(text)
+    """An argparse type: a job id (ids start at 1)."""
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(
+            f"expected a job id (a whole number from 1 up), not {text!r}"
+        )
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"no job has id {number}: job ids start at 1")
+    if number >= 2**63:
+        raise argparse.ArgumentTypeError(f"no job has id {number}: job ids end at {2**63 - 1}")
+    return number
 
 
 def positive_float(text: str) -> float:

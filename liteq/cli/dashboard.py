@@ -111,15 +111,28 @@ def _dashboard(args: argparse.Namespace) -> int:
     store = _open(args)
     listener = _listen(args.host, args.port)
     host, port = listener.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    address = f"http://{shown}:{port}/"
+    everywhere = _wildcard(host)
+    # Nobody can open http://0.0.0.0/: on a wildcard bind, the address to print is this
+    # machine's own loopback one, and the host's name is what other machines use.
+    address = _address("::1" if host == "::" else "127.0.0.1" if everywhere else host, port)
     print(f"liteq dashboard of {label(url)}{' (read-only)' if args.read_only else ''}")
+    if everywhere:
+        print(
+            f"listening on all addresses ({host}): from another machine, "
+            f"{_address(socket.gethostname(), port)}" + (" with the token" if token else "")
+        )
     if generated:
         print(f"open {address}?token={token}  (the token is printed only this once)")
     else:
         print(f"open {address}" + ("  (with its token: ?token=…)" if token else ""))
     print("Ctrl-C to stop", flush=True)
-    app = create_app(store, token=token, read_only=args.read_only, label=label(url))
+    app = create_app(
+        store,
+        token=token,
+        read_only=args.read_only,
+        label=label(url),
+        reopen=lambda: _open(args),  # a file put in the queue file's place, as at start
+    )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     # uvicorn stops on TERM, then raises it again under the handler it found there: one
     # that ignores it lets the command end as a stopped service should, with status 0.
@@ -141,6 +154,15 @@ def _open(args: argparse.Namespace) -> BaseStore:
             raise
         # Else a queue of an older liteq: opening it read-write migrates it.
     return open_store(args, readonly=False)
+
+
+def _wildcard(host: str) -> bool:
+    """Whether a bound address means every address of the machine."""
+    return host in ("0.0.0.0", "::", "")  # noqa: S104 - comparing, not binding
+
+
+def _address(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -7,7 +7,16 @@ import os
 from collections.abc import Callable
 
 from liteq import admin
-from liteq.cli.common import OK, PARTLY, Commands, Failure, add_db, add_json, open_store
+from liteq.cli.common import (
+    OK,
+    PARTLY,
+    Commands,
+    Failure,
+    add_db,
+    add_json,
+    open_existing,
+    open_store,
+)
 from liteq.cli.output import Progress, emit_json
 from liteq.errors import StoreCorrupt
 from liteq.stores import SQLiteStore
@@ -55,7 +64,7 @@ def add_parsers(sub: Commands) -> None:
 
 
 def _store(args: argparse.Namespace, *, readonly: bool) -> SQLiteStore:
-    store = open_store(args, readonly=readonly)
+    store = open_store(args, readonly=True) if readonly else open_existing(args)
     if not isinstance(store, SQLiteStore):
         raise Failure("liteq db looks after SQLite queue files; this URL names no file")
     return store
@@ -97,13 +106,31 @@ def _vacuum(args: argparse.Namespace) -> int:
     store = _store(args, readonly=False)
     if not args.force:
         _refuse_while_workers_run(store, "vacuum it (or pass --force)")
+    # In WAL mode VACUUM writes the compact copy into the log, and the file shrinks only
+    # when a checkpoint copies it back: so sizes are taken after a checkpoint, and are of
+    # the file and its log together, which is what the queue takes on disk.
+    store.checkpoint()
     before = _bytes(store)
     store.vacuum(progress=_spinner("vacuuming"))
+    through, wal = store.checkpoint()
     after = _bytes(store)
     if args.json:
-        emit_json({"path": store.path, "bytes_before": before, "bytes_after": after})
+        emit_json(
+            {
+                "path": store.path,
+                "bytes_before": before,
+                "bytes_after": after,
+                "wal_bytes": wal,
+                "complete": through,
+            }
+        )
     else:
         print(f"\r{store.path}: {before:,} bytes -> {after:,} bytes")
+        if not through:
+            print(
+                "the write-ahead log still holds part of the rewrite: a reader holds a "
+                "transaction open; `liteq db checkpoint` once it is done"
+            )
     return OK
 
 
@@ -139,7 +166,8 @@ def _page_size(args: argparse.Namespace) -> int:
 
 
 def _bytes(store: SQLiteStore) -> int:
-    return os.stat(store.path).st_size
+    """The bytes of the file and its write-ahead log."""
+    return os.stat(store.path).st_size + store.wal_bytes()
 
 
 def _spinner(what: str) -> Callable[[], None]:

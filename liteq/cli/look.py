@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from liteq import admin
@@ -25,7 +26,7 @@ from liteq.cli.common import (
     positive_int,
     store_url,
 )
-from liteq.cli.output import ago, emit_json, table, when
+from liteq.cli.output import ago, emit_json, iso, table, when, write_all
 from liteq.errors import JobNotFound
 from liteq.managed import ManagedJob
 from liteq.status import Status
@@ -97,19 +98,33 @@ def _status(args: argparse.Namespace) -> int:
     if args.watch is None:
         _print_status(store, args.json)
         return OK
-    while True:  # until Ctrl-C
-        sys.stdout.write("\033[H\033[2J")
-        _print_status(store, args.json)
-        sys.stdout.write(f"\n(every {args.watch:g}s; Ctrl-C to stop)\n")
+    # On a terminal, each view replaces the last; into a file or a pipe go plain snapshots
+    # (JSON: one document a line), with no escapes to clear a screen there is none of.
+    screen = sys.stdout.isatty()
+    while True:  # until Ctrl-C, or the reader goes away
+        if screen:
+            sys.stdout.write("\033[H\033[2J")
+        _print_status(store, args.json, one_line=not screen)
+        if screen:
+            sys.stdout.write(f"\n(every {args.watch:g}s; Ctrl-C to stop)\n")
+        elif not args.json:
+            sys.stdout.write("\n")
         sys.stdout.flush()
         time.sleep(args.watch)
 
 
-def _print_status(store: Any, as_json: bool) -> None:
+def _print_status(store: Any, as_json: bool, *, one_line: bool = False) -> None:
     report = admin.overview(store)
     if as_json:
-        emit_json(report)
+        for worker in report["workers"]:
+            worker["since"], worker["last_beat"] = iso(worker["since"]), iso(worker["last_beat"])
+        if one_line:
+            write_all(sys.stdout, json.dumps(report, ensure_ascii=False) + "\n")
+        else:
+            emit_json(report)
         return
+    if one_line:  # a snapshot among others: say when it was taken
+        print(f"at {when(datetime.now(UTC))}")
     rows = []
     for q in report["queues"]:
         counts = q["counts"]
@@ -181,7 +196,7 @@ def _jobs(args: argparse.Namespace) -> int:
     found = store.search(query)
     page, more = found[:limit], len(found) > limit
     if args.json:
-        emit_json({"jobs": [_fields(m) for m in page], "more": more})
+        emit_json({"jobs": [_json_fields(m) for m in page], "more": more})
         return OK
     if not page:
         print("no jobs")
@@ -215,23 +230,48 @@ def _show(args: argparse.Namespace) -> int:
         mjob = store.get(args.id)
     except JobNotFound as exc:
         raise Failure(str(exc), PARTLY) from None
+    if args.json:
+        fields = _json_fields(mjob)
+        fields["state"] = admin.state_of(mjob)
+        fields["traceback"] = mjob.traceback
+        emit_json(fields)
+        return OK
     fields = _fields(mjob)
     fields["state"] = admin.state_of(mjob)
     fields["traceback"] = mjob.traceback
-    if args.json:
-        emit_json(fields)
-        return OK
-    for name, value in fields.items():
-        if name in ("state", "traceback", "error"):
-            continue
-        print(f"{name + ':':<19}{'-' if value is None else value}")
+    shown = {k: v for k, v in fields.items() if k not in ("state", "traceback", "error")}
+    width = max(map(len, shown)) + 2  # the longest name, its colon and a space
+    for name, value in shown.items():
+        print(f"{name + ':':<{width}}{_plain(value)}")
     print("state:")
-    print(_indent(json.dumps(fields["state"], indent=2, ensure_ascii=False)))
+    write_all(sys.stdout, _indent(json.dumps(fields["state"], indent=2, ensure_ascii=False)) + "\n")
     for name in ("error", "traceback"):
         if fields[name]:
             print(f"{name}:")
-            print(_indent(str(fields[name]).rstrip()))
+            write_all(sys.stdout, _indent(str(fields[name]).rstrip()) + "\n")
     return OK
+
+
+def _plain(value: object) -> str:
+    """A field's value as `liteq show` prints it: yes/no, not Python's True/False."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _json_fields(mjob: ManagedJob) -> dict[str, Any]:
+    """_fields() for JSON: times ISO 8601 in UTC, with their offset; unset ones null."""
+    fields = _fields(mjob)
+    for name, value in (
+        ("created", mjob.created_at),
+        ("run_at", mjob.run_at),
+        ("started", mjob.started_at),
+        ("finished", mjob.finished_at),
+    ):
+        fields[name] = iso(value)
+    return fields
 
 
 def _fields(mjob: ManagedJob) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 #: Columns no narrower than this are shortened first when a table is too wide.
@@ -17,6 +17,21 @@ _MIN_WIDTH = 8
 def when(value: datetime | None) -> str:
     """A time as the terminal's reader reads it: local date and time to the second."""
     return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso(value: datetime | float | None) -> str | None:
+    """A time as JSON gives it to scripts: ISO 8601 in UTC with its offset, to the second
+    (`2026-12-06T22:58:09+00:00`), from a datetime or epoch seconds; None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def error_line(message: str) -> None:
+    """One mistake or refusal on stderr, in the form every command uses."""
+    sys.stderr.write(f"liteq: {message}\n")
 
 
 def ago(seconds: float | None) -> str:
@@ -56,15 +71,28 @@ def _fit(text: str, width: int) -> str:
 
 
 def emit_json(value: Any, out: TextIO | None = None) -> None:
-    """Print a value as JSON (times as ISO 8601 strings)."""
-    (out or sys.stdout).write(
-        json.dumps(value, indent=2, default=_jsonable, ensure_ascii=False) + "\n"
+    """Print a value as JSON (datetimes as iso() gives them)."""
+    write_all(
+        out or sys.stdout, json.dumps(value, indent=2, default=_jsonable, ensure_ascii=False) + "\n"
     )
+
+
+#: Less than a BufferedWriter's buffer (8 KiB).
+_PIECE = 4096
+
+
+def write_all(out: TextIO, text: str) -> None:
+    """Write `text` in pieces. A write larger than the buffer goes straight to the pipe, and
+    a reader that goes away in the middle of it only makes it return short, no error: the
+    rest would be dropped in silence and the command end as a success. A piece goes
+    through the buffer, whose flush raises BrokenPipeError."""
+    for start in range(0, len(text), _PIECE):
+        out.write(text[start : start + _PIECE])
 
 
 def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso(value)
     if isinstance(value, set | frozenset | tuple):
         return sorted(value) if isinstance(value, set | frozenset) else list(value)
     raise TypeError(f"cannot show {type(value).__name__} as JSON")
