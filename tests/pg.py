@@ -5,6 +5,10 @@ postgres, database test or postgres); a throwaway cluster started with Debian's 
 binaries (initdb in a temporary directory, a free port, stopped when the tests end). With
 none of them the PostgreSQL tests are skipped, saying why, unless LITEQ_REQUIRE_POSTGRES=1
 (CI sets it), which makes that a failure.
+
+On a server they are given, tests touch only what they made: a schema of new_schema()'s
+(dropped when the test ends), and sessions they named with new_name() (the only ones a test
+may end). A server is stopped or restarted only if it is a Cluster of the test's own.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
+from typing import Final
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -142,3 +149,146 @@ def drop_schema(schema: str) -> None:
         return
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'.encode())
+
+
+def new_name() -> str:
+    """An application_name no other test or test run uses: a test ends only its own sessions
+    (`pg_terminate_backend` of those named so), never a bystander's."""
+    return f"liteq-test-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def with_params(url: str, **params: str) -> str:
+    """`url` with these libpq parameters added to its query string."""
+    extra = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+
+def terminate(application_name: str) -> int:
+    """End every session named `application_name` (one a test named itself: new_name());
+    how many there were."""
+    dsn = dsn_or_skip()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchall()
+    return len(ended)
+
+
+#: The codes of the requests a client may send before its startup message (SSL, GSSAPI).
+_PRE_STARTUP: Final = {80877103, 80877104}
+
+
+class LosesACommitReply:
+    """A TCP proxy to the test server that loses the reply to one commit.
+
+    The first COMMIT (on any connection through it) of a transaction that completed a job
+    (a fenced `UPDATE … finished_at` or a fenced `DELETE` of a run; any write of a whole row
+    too, as a failure's) is passed to the server; once the server has answered, the proxy
+    closes both sides instead of passing the answer on. The commit went through; the client
+    cannot know it. `lost` is set when it has. With `claiming`, only a transaction that also
+    claimed jobs (a worker's `complete_and_claim`) has its reply lost.
+    """
+
+    def __init__(self, dsn: str, *, claiming: bool = False) -> None:
+        self._claiming = claiming
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        self._to = (str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        user, password = params.get("user") or "postgres", params.get("password")
+        login = quote(str(user)) + (f":{quote(str(password))}" if password else "")
+        self.url = (
+            f"postgresql://{login}@127.0.0.1:{self.port}/{quote(str(params.get('dbname') or user))}"
+        )
+        self.lost = threading.Event()
+        self._once = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self._to)
+            swallow = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, swallow), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, swallow), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
+        """Client to server, reading the frames to know which statement each Bind runs."""
+        buf, started, armed, claimed = b"", False, False, False
+        statements: dict[bytes, bytes] = {}
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                buf += chunk
+                while True:
+                    if not started:  # untyped: length, then a code
+                        if len(buf) < 8 or len(buf) < int.from_bytes(buf[:4], "big"):
+                            break
+                        size = int.from_bytes(buf[:4], "big")
+                        started = int.from_bytes(buf[4:8], "big") not in _PRE_STARTUP
+                        buf = buf[size:]
+                        continue
+                    if len(buf) < 5 or len(buf) < 1 + int.from_bytes(buf[1:5], "big"):
+                        break
+                    kind, size = buf[:1], int.from_bytes(buf[1:5], "big")
+                    body, buf = buf[5 : 1 + size], buf[1 + size :]
+                    query = None
+                    if kind == b"P":  # Parse: name, query
+                        name, text = body.split(b"\0")[:2]
+                        statements[name] = text
+                    elif kind == b"B":  # Bind: portal, statement
+                        query = statements.get(body.split(b"\0")[1], b"")
+                    elif kind == b"Q":  # a simple query
+                        query = body.rstrip(b"\0")
+                    if query is None:
+                        continue
+                    verb = query.strip().upper()
+                    if verb in (b"BEGIN", b"ROLLBACK"):  # a transaction of its own
+                        armed = claimed = False
+                    elif b"finished_at = $" in query or (
+                        query.startswith(b"DELETE") and b"owner = $" in query
+                    ):
+                        armed = True
+                    elif b"SKIP LOCKED" in query and b"status = 'running'" in query:
+                        claimed = True  # the claim (see queries.sql)
+                    elif verb == b"COMMIT":
+                        losing = armed and (claimed or not self._claiming)
+                        if losing and self._once.acquire(blocking=False):
+                            swallow.set()  # before the server can have the COMMIT
+                        armed = claimed = False
+                # Sent once read: a frame not yet whole is judged when its end comes, still
+                # before the server has all of it (and so before it can run it).
+                server.sendall(chunk)
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_WR)  # the client has gone: so is its session
+
+    def _down(self, server: socket.socket, client: socket.socket, swallow: threading.Event) -> None:
+        """Server to client, until the reply to the lost commit: read up to its end (the
+        ReadyForQuery frame), then close both sides without passing it on."""
+        held = b""
+        with contextlib.suppress(OSError):
+            while chunk := server.recv(65536):
+                if not swallow.is_set():
+                    client.sendall(chunk)
+                    continue
+                held += chunk
+                while len(held) >= 5:
+                    size = int.from_bytes(held[1:5], "big")
+                    if len(held) < 1 + size:
+                        break
+                    if held[:1] == b"Z":
+                        self.lost.set()
+                        for side in (client, server):
+                            with contextlib.suppress(OSError):
+                                side.shutdown(socket.SHUT_RDWR)
+                            side.close()
+                        return
+                    held = held[1 + size :]
+        for side in (client, server):
+            side.close()

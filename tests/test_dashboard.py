@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -204,6 +205,17 @@ def cell(browser: WebDriver, queue: str, status: str) -> str:
     raise AssertionError(f"{selector} never held still")
 
 
+def notice_of(browser: WebDriver) -> str:
+    """What the page's banner says ("" if it has none)."""
+    for _ in range(50):
+        try:
+            found = browser.find_elements(By.ID, "notice")
+            return str(found[0].text) if found else ""
+        except StaleElementReferenceException:  # refreshed between finding and reading
+            time.sleep(0.02)
+    raise AssertionError("#notice never held still")
+
+
 def listed(browser: WebDriver) -> list[int]:
     """The ids of the jobs table's rows, in order."""
     rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
@@ -269,6 +281,108 @@ def test_the_overview_refreshes_itself_without_a_reload(
     wait_until(lambda: cell(browser, "mail", "queued") == "5", 15, "the counts to refresh")
     wait_until(lambda: present(browser, 'tr[data-queue="fresh"]'), 15, "a new queue to show")
     assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_only_failures_there_are_show_in_red(
+    browser: WebDriver, serve: Callable[..., Server], file_queue: tuple[str, BaseStore]
+) -> None:
+    url, store = file_queue
+    fill(store)  # one failed job, in payments; none in the other queues
+    server = serve(url)
+    browser.get(server.url)
+    red = "rgba(196, 55, 47, 1)"  # --bad, #c4372f
+
+    def colour(queue: str) -> str:
+        selector = f'#queues tr[data-queue="{queue}"] td[data-status="failed"]'
+        found = browser.find_element(By.CSS_SELECTOR, selector)
+        shown = found.find_elements(By.TAG_NAME, "a") or [found]
+        return str(shown[0].value_of_css_property("color"))
+
+    assert cell(browser, "payments", "failed") == "1" and colour("payments") == red
+    for zero in ("mail", "images", "video"):
+        assert cell(browser, zero, "failed") == "0"
+        assert colour(zero) != red, zero
+
+
+def test_a_replaced_or_deleted_queue_file_is_noticed_within_a_refresh(
+    browser: WebDriver, serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old = liteq.SQLiteStore(path)
+    old_ids = [old.enqueue(Noop(n), queue="old").id for n in range(3)]
+    old.close()
+    restored = tmp_path / "backup.sqlite"  # another queue, moved over it as a restore would
+    new = liteq.SQLiteStore(restored)
+    new_ids = [new.enqueue(Described(f"new {n}"), queue="new").id for n in range(5)]
+    new.close()
+    assert old_ids == new_ids[:3]  # job 1 of one file is another job than job 1 of the other
+    server = serve(str(path), "--import", "tests.jobs")
+    browser.get(server.url)
+    assert cell(browser, "old", "queued") == "3" and not present(browser, "#notice")
+    csrf = _csrf(server)
+    browser.execute_script("window.notReloaded = true")
+
+    os.replace(restored, path)
+    wait_until(lambda: present(browser, 'tr[data-queue="new"]'), 15, "the new file's queues")
+    assert not present(browser, 'tr[data-queue="old"]')
+    assert cell(browser, "new", "queued") == "5"
+    notice = notice_of(browser)
+    assert f"The queue file {path} was replaced" in notice and "showing the new file" in notice
+    assert browser.execute_script("return window.notReloaded") is True  # within a refresh
+    shot(browser, "replaced", tmp_path)
+    for page in ("/jobs", "/workers", f"/jobs/{new_ids[0]}"):
+        browser.get(server.base + page)
+        assert "showing the new file" in notice_of(browser), page
+    assert "new 0" in browser.find_element(By.TAG_NAME, "h2").text
+    # An action from a page of the old file does nothing: job 1 here is another job.
+    status, _, body = server.request(
+        "POST", f"/jobs/{old_ids[0]}/delete", {"csrf": csrf, "file": "0"}
+    )
+    assert status == 409 and "replaced since that page was shown" in body
+    status, _, _ = server.request("POST", "/queues/new/pause", {"csrf": csrf, "file": "0"})
+    assert status == 409
+    readable = liteq.SQLiteStore(path, readonly=True)
+    assert readable.count() == 5 and readable.paused() == set()
+    readable.close()
+    # A page of the new file acts on it.
+    browser.get(server.url)
+    click(browser, 'tr[data-queue="new"] button.pause')
+    readable = liteq.SQLiteStore(path, readonly=True)
+    assert readable.paused() == {"new"}
+    readable.close()
+
+    browser.get(server.url)
+    browser.execute_script("window.notReloaded = true")
+    for name in os.listdir(tmp_path):
+        if name.startswith("jobs.sqlite"):
+            os.remove(tmp_path / name)
+    wait_until(lambda: not present(browser, "#queues"), 15, "the figures to go")
+    notice = notice_of(browser)
+    assert f"No queue at {path} any more" in notice
+    assert browser.execute_script("return window.notReloaded") is True
+    shot(browser, "deleted", tmp_path)
+    for page in ("/", "/jobs", f"/jobs/{new_ids[0]}", "/workers", "/metrics"):
+        status, _, body = server.request("GET", page)
+        assert status == 503 and "No queue at" in body and "new 0" not in body, page
+    status, _, _ = server.request("POST", "/queues/new/resume", {"csrf": csrf, "file": "1"})
+    assert status == 503
+    assert not path.exists()  # nothing made a file there, to show or to act on
+
+    # Something that is no queue: said, and left as it was.
+    (tmp_path / "notes.txt").write_text("not a queue\n")
+    os.replace(tmp_path / "notes.txt", path)
+
+    wait_until(lambda: "cannot be shown" in notice_of(browser), 15, "the file to be refused")
+    assert "is not an SQLite file, so not a liteq queue" in notice_of(browser)
+    assert not present(browser, "#queues")
+    assert path.read_text() == "not a queue\n"
+
+    put_back = liteq.SQLiteStore(tmp_path / "other.sqlite")
+    put_back.enqueue(Noop(1), queue="back")
+    put_back.close()
+    os.replace(tmp_path / "other.sqlite", path)
+    wait_until(lambda: present(browser, 'tr[data-queue="back"]'), 15, "the file put back")
+    assert "showing the new file" in notice_of(browser)
 
 
 def test_the_workers_page_and_the_overview_show_a_working_queue(
@@ -386,6 +500,30 @@ def test_a_job_page_shows_every_field_its_state_error_and_traceback(
         assert status == 404 and "no job with id" in body, missing
 
 
+def test_the_job_timeline_lines_up_its_times(
+    browser: WebDriver, serve: Callable[..., Server], file_queue: tuple[str, BaseStore]
+) -> None:
+    url, store = file_queue
+    ids = fill(store)
+    server = serve(url)
+    for job_id in (ids["failed"][0], ids["completed"][0], ids["queued"][-1]):
+        browser.get(f"{server.base}/jobs/{job_id}")
+        # Where each row's time starts: its last piece of text, wherever the markup puts it.
+        lefts = browser.execute_script(
+            "return [...document.querySelectorAll('#timeline li')].map(li => {"
+            "  const range = document.createRange();"
+            "  range.selectNodeContents(li.lastChild);"
+            "  return range.getBoundingClientRect().left; })"
+        )
+        labels = browser.find_elements(By.CSS_SELECTOR, "#timeline .what")
+        assert len(lefts) == len(labels) >= 2
+        assert max(lefts) - min(lefts) < 1, (job_id, lefts)
+        xs = {label.rect["x"] for label in labels}
+        ys = [label.rect["y"] for label in labels]
+        assert len(xs) == 1 and ys == sorted(ys) and len(set(ys)) == len(ys)
+        assert max(label.rect["x"] + label.rect["width"] for label in labels) < min(lefts)
+
+
 # -- acting ---------------------------------------------------------------------------------
 def test_retry_puts_a_failed_job_back_in_the_queue(
     browser: WebDriver, serve: Callable[..., Server], queue: tuple[str, BaseStore]
@@ -489,6 +627,11 @@ def test_an_async_job_is_resolved_with_data_from_the_page(
     assert f"Job {waiting} resolved: completed" in browser.find_element(By.ID, "message").text
     with pytest.raises(liteq.JobNotFound):
         store.get(waiting)
+    # Counted where it completed, though no worker ran it: the first screen agrees.
+    assert store.totals()["video"] == (1, 0) and store.finished(since=0)["video"] == (1, 0)
+    browser.get(server.url)
+    tile = "//div[contains(@class, 'tile')][contains(., 'completed in the last hour')]/span"
+    assert browser.find_element(By.XPATH, tile).text == "1"
 
 
 # -- security -------------------------------------------------------------------------------
@@ -604,6 +747,11 @@ def test_a_bind_beyond_loopback_needs_a_token_checked_on_every_request(
     server = serve(url, "--host", "0.0.0.0", "--token", "generate")  # noqa: S104
     token = urlsplit(server.url).query.removeprefix("token=")
     assert len(token) >= 32 and sum(token in line for line in server.said) == 1
+    # An address one can open (no one can open http://0.0.0.0/), and where it listens.
+    assert server.url.startswith(f"http://127.0.0.1:{server.port}/?token=")
+    said = "\n".join(server.said)
+    assert "0.0.0.0:" not in said and "listening on all addresses" in said
+    assert f"http://{socket.gethostname()}:{server.port}/" in said
     for path in ("/", "/jobs", f"/jobs/{failed}", "/metrics", "/static/liteq.css", "/?token=wrong"):
         status, _, body = server.request("GET", path)
         assert status == 401 and "failed" not in body, path

@@ -396,22 +396,23 @@ def test_a_job_whose_lease_cannot_be_renewed_stops_before_it_could_run_elsewhere
 def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_path: Path) -> None:
     # The server ends liteq's sessions again and again (what a failover or an idle-session
     # reaper does), and, for a while, cancels its statements (a statement_timeout shorter
-    # than a lock held by someone else): workers log it, reconnect and go on.
+    # than a lock held by someone else): workers log it, reconnect and go on. Only this
+    # test's workers' sessions are ended: they carry a name of their own.
     trace, log = tmp_path / "q.trace", tmp_path / "work.log"
     store = liteq.connect(url)
     schema = url.rsplit("schema=", 1)[1]
     store.enqueue_many([Traced(str(trace), 0.005) for _ in range(300)])
-    timed = url.replace("?", "?options=-c%20statement_timeout%3D300&", 1)
+    name = pg.new_name()
+    timed = pg.with_params(url, application_name=name, options="-c%20statement_timeout%3D300")
     work = start_work(timed, log, "--processes", "2")
     admin = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
     try:
         wait_until(lambda: store.count() < 280, 60, "work to start")
+        ended = 0
         for _ in range(4):
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'liteq' AND pid <> pg_backend_pid()"
-            )
+            ended += pg.terminate(name)
             time.sleep(0.4)
+        assert ended > 0
         with admin.transaction():  # hold the queue's table for two seconds
             admin.execute(f'LOCK TABLE "{schema}".jobs IN ACCESS EXCLUSIVE MODE'.encode())
             time.sleep(2.0)
@@ -425,6 +426,51 @@ def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_
     runs = runs_by_job(trace)
     assert len(runs) == 300
     assert_runs_never_overlap(runs, {})
+
+
+@pytest.mark.timeout(300)
+def test_the_suites_terminating_test_spares_a_bystanders_sessions_and_schema(
+    tmp_path: Path,
+) -> None:
+    # A developer runs the tests against the server their own application uses: its
+    # sessions are named liteq (the default) and its queue is in a schema of its own. The
+    # test that ends sessions, run as the suite runs it, must end none of theirs.
+    dsn = pg.dsn_or_skip()
+    schema = pg.new_schema()
+    theirs = pg.url(schema)
+    log = tmp_path / "bystander.log"
+    app = psycopg.connect(dsn, application_name="liteq", autocommit=True)
+    store = liteq.connect(theirs)
+    waiting = store.enqueue(Noop(1), delay=3600)
+    work = start_work(theirs, log)
+    try:
+        wait_until(lambda: len(store.workers()) == 1, 30, "the bystander's worker")
+        pid = app.info.backend_pid
+        suite = subprocess.run(
+            [
+                *[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                f"{__file__}::test_dropped_connections_and_cancelled_statements_lose_no_job",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, "LITEQ_TEST_POSTGRES": dsn},
+        )
+        assert suite.returncode == 0, suite.stdout + suite.stderr
+        assert "1 passed" in suite.stdout
+        assert app.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+        trace = tmp_path / "q.trace"
+        store.enqueue(Traced(str(trace), 0.0))  # their worker, woken, uses its sessions
+        wait_until(lambda: len(runs_by_job(trace)) == 1, 30, "the bystander's job")
+        assert store.get(waiting.id).status is Status.QUEUED
+    finally:
+        stop(work)
+        app.close()
+        store.close()
+        pg.drop_schema(schema)
+    said = log.read_text()
+    assert "closed by the server" not in said and "lost the connection" not in said, said
 
 
 # -- the admin commands ------------------------------------------------------------------
@@ -449,6 +495,48 @@ def test_an_unreachable_server_or_no_psycopg_is_one_line_and_a_documented_status
         )
         assert done.returncode == code, done.stderr
         assert words in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_connection_setting_exits_2_at_once_on_every_command(tmp_path: Path) -> None:
+    # libpq refuses these before it asks the server: no wait would help. `liteq work`
+    # must not wait for them as for a server that is down, nor `status` say 69.
+    schema = pg.new_schema()
+    cases = {
+        "sslmode=bogus": 'invalid sslmode value: "bogus"',
+        "port=abc": 'for connection option "port"',
+        "port=99999": 'invalid port number: "99999"',
+        "target_session_attrs=nope": "invalid target_session_attrs value",
+        "no_such_option=1": '"no_such_option"',
+        "connect_timeout=abc": "bad value for connect_timeout: 'abc'",
+    }
+    commands = [
+        ["work", "--import", "tests.jobs"],
+        ["status"],
+        ["enqueue", "tests.jobs.Noop", "--state", '{"n": 1}'],
+        ["jobs"],
+        ["dashboard", "--port", "0"],
+    ]
+    for setting, words in cases.items():
+        target = pg.with_params(pg.url(schema), **dict([setting.split("=")]))
+        for command in commands if setting == "sslmode=bogus" else commands[:2]:
+            began = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "liteq", *command, "--db", target],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            took = time.monotonic() - began
+            assert done.returncode == 2, (command, setting, done.stderr)
+            assert words in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+            assert took < 10, f"{command} took {took:.1f}s"
+    with pytest.raises(ValueError, match="bad PostgreSQL setting: invalid sslmode"):
+        liteq.connect(pg.with_params(pg.url(schema), sslmode="bogus"))
+    with psycopg.connect(pg.dsn_or_skip()) as conn:  # nothing was made
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchone() is None
 
 
 def test_the_admin_commands_work_on_postgres(url: str, tmp_path: Path) -> None:
@@ -488,3 +576,130 @@ def test_the_admin_commands_work_on_postgres(url: str, tmp_path: Path) -> None:
     assert purge.returncode == 0 and "nothing to delete" in purge.stdout
     check = liteq_cmd("db", "check")
     assert check.returncode == 2 and "SQLite queue files" in check.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("delete_on_complete", [False, True])
+def test_a_completion_whose_commit_went_through_unseen_is_told_as_it_was(
+    url: str, tmp_path: Path, delete_on_complete: bool
+) -> None:
+    # The connection drops after the server committed a job's completion but before the
+    # worker heard so: the worker tries again, finds its own run already completed, and
+    # must say that, not that the job was re-queued and its result dropped. (Deleted on
+    # completion, nothing is left to tell its completion from a delete: it says both.)
+    proxy = pg.LosesACommitReply(pg.dsn_or_skip())
+    trace = tmp_path / "q.trace"
+    mjob = liteq.connect(url).enqueue(
+        Traced(str(trace), 0.0), delete_on_complete=delete_on_complete
+    )
+    through = f"{proxy.url}?schema={url.rsplit('schema=', 1)[1]}"
+    try:
+        done = subprocess.run(
+            [
+                *[sys.executable, "-m", "liteq", "work", "--db", through, "--import", "tests.jobs"],
+                *["--burst", "--no-jitter"],
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        proxy.close()
+    said = done.stdout + done.stderr
+    assert proxy.lost.is_set(), said
+    assert done.returncode == 0, said
+    assert "while committing" in said  # the worker saw the connection drop
+    assert "re-queued" not in said, said
+    assert len(runs_by_job(trace)[mjob.id]) == 1
+    store = liteq.connect(url)
+    if delete_on_complete:  # its row is gone: as a delete by someone else would leave it
+        assert f"job {mjob.id} was deleted while it ran, or by its own completion" in said
+        assert store.count() == 0
+    else:
+        assert (
+            f"job {mjob.id}: the connection dropped during or after its commit; "
+            "the commit had gone through: completed"
+        ) in said
+        assert "result is dropped" not in said, said
+        assert store.get(mjob.id).status is Status.COMPLETED
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("prefetch", [1, 4])
+def test_jobs_claimed_by_a_commit_whose_reply_was_lost_are_handed_back_at_once(
+    url: str, tmp_path: Path, prefetch: int
+) -> None:
+    # The reply to a worker's complete_and_claim is lost: the server has completed the job
+    # and started the next ones for this worker, which, trying again, claims others. Those
+    # it claimed unawares must go back at once, no attempt used and no crash counted, not
+    # wait for their lease (30 s) and be rescued as if their worker had died.
+    proxy = pg.LosesACommitReply(pg.dsn_or_skip(), claiming=True)
+    trace, log = tmp_path / "q.trace", tmp_path / "work.log"
+    store = liteq.connect(url)
+    jobs = store.enqueue_many(
+        [Traced(str(trace), 0.01) for _ in range(12)], delete_on_complete=False
+    )
+    through = f"{proxy.url}?schema={url.rsplit('schema=', 1)[1]}"
+    work = start_work(through, log, "--lease", "30", "--prefetch", str(prefetch))
+    try:
+        wait_until(
+            lambda: store.count(status=Status.COMPLETED) == len(jobs),
+            15,
+            "every job, none waiting for its lease",
+        )
+    finally:
+        stop(work)
+        proxy.close()
+    said = log.read_text()
+    assert proxy.lost.is_set(), said
+    assert "while committing" in said, said
+    assert "the commit had gone through: completed" in said, said
+    assert "claimed by a commit whose reply was lost: handed back unstarted" in said, said
+    assert "Traceback" not in said and "hung" not in said, said
+    runs = runs_by_job(trace)
+    assert sorted(runs) == [m.id for m in jobs]
+    assert all(len(r) == 1 for r in runs.values()), runs  # each started and ended once
+    assert [store.get(m.id).record.crashes for m in jobs] == [0] * len(jobs)
+    assert [store.get(m.id).attempts for m in jobs] == [1] * len(jobs)
+    store.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_a_failure_whose_commit_went_through_unseen_is_told_as_it_was(
+    url: str, tmp_path: Path, max_attempts: int
+) -> None:
+    # As for a completion: the worker tries again, finds its own failure on file, and says
+    # so, not that the job was re-queued by someone else and its result dropped.
+    proxy = pg.LosesACommitReply(pg.dsn_or_skip())
+    mjob = liteq.connect(url).enqueue(Fails("boom"), max_attempts=max_attempts)
+    through = f"{proxy.url}?schema={url.rsplit('schema=', 1)[1]}"
+    try:
+        done = subprocess.run(
+            [
+                *[sys.executable, "-m", "liteq", "work", "--db", through, "--import", "tests.jobs"],
+                *["--burst", "--no-jitter"],
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        proxy.close()
+    said = done.stdout + done.stderr
+    status = "failed" if max_attempts == 1 else "queued"
+    assert proxy.lost.is_set(), said
+    assert done.returncode == 0, said
+    assert "while committing" in said, said
+    assert (
+        f"job {mjob.id}: the connection dropped during or after its commit; "
+        f"the commit had gone through: {status}"
+    ) in said, said
+    assert f"failed on attempt 1/{max_attempts}: RuntimeError: boom -> {status}" in said, said
+    assert "re-queued" not in said and "result is dropped" not in said, said
+    store = liteq.connect(url)
+    found = store.get(mjob.id)
+    assert (found.status.value, found.attempts, found.error) == (status, 1, "RuntimeError: boom")
+    store.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +28,7 @@ from liteq.web import charts
 from liteq.web.metrics import exposition
 from liteq.web.security import Guard, Refused
 from liteq.web.snapshot import Snapshot
+from liteq.web.source import Source
 
 HERE: Final = Path(__file__).parent
 PAGE: Final = 50
@@ -53,13 +54,19 @@ def _mib(size: int | None) -> str:
 
 
 class Dashboard:
-    """One store, shown and acted on through a Starlette app (`self.app`)."""
+    """One store, shown and acted on through a Starlette app (`self.app`); a file's
+    replacement is followed (see source)."""
 
-    def __init__(self, store: Store, guard: Guard, label: str) -> None:
-        self.store = store
+    def __init__(
+        self,
+        store: Store,
+        guard: Guard,
+        label: str,
+        reopen: Callable[[], Store] | None = None,
+    ) -> None:
+        self.source = Source(store, reopen)
         self.guard = guard
         self.label = label
-        self.snapshot = Snapshot(store)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,  # every template, whatever its name: job text is never markup
@@ -83,7 +90,10 @@ class Dashboard:
         ]
         self.app = Starlette(
             routes=routes,
-            middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard.middleware)],
+            middleware=[
+                Middleware(BaseHTTPMiddleware, dispatch=guard.middleware),
+                Middleware(BaseHTTPMiddleware, dispatch=self._follow),
+            ],
             exception_handlers={
                 Refused: self._refused,
                 LiteqError: self._failed,
@@ -91,9 +101,47 @@ class Dashboard:
             },
         )
 
+    @property
+    def store(self) -> Store:
+        """The store shown now (another after its file was replaced)."""
+        return self.source.store
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.source.snapshot
+
     def render(self, name: str, status_code: int = 200, **values: Any) -> HTMLResponse:
-        html = self.templates.get_template(name).render(**values)
+        values.setdefault("notice", self.source.notice)
+        values.setdefault("gone", False)
+        html = self.templates.get_template(name).render(generation=self.source.generation, **values)
         return HTMLResponse(html, status_code=status_code)
+
+    # -- the file behind the store ------------------------------------------------------------
+    async def _follow(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Before each request: notice a queue file replaced or deleted since the last one.
+        With no queue to show, every page says so instead of showing the old file's jobs."""
+        if request.url.path.startswith("/static/"):
+            return await call_next(request)
+        gone = await run_in_threadpool(self.source.check)
+        if gone is None:
+            return await call_next(request)
+        path = request.url.path
+        if path == "/metrics":  # (a failed scrape: up == 0, not old figures)
+            return PlainTextResponse(gone, status_code=503)
+        if path.startswith("/live/"):  # a refresh: the banner replaces the figures
+            return self.render("_notice.html", notice=gone, gone=True)
+        return self.render(
+            "message.html",
+            503,
+            page="",
+            title="No queue to show",
+            detail="",
+            back="/",
+            notice=gone,
+            gone=True,
+        )
 
     # -- looking ------------------------------------------------------------------------
     def _overview_values(self) -> dict[str, Any]:
@@ -197,6 +245,14 @@ class Dashboard:
     async def _form(self, request: Request) -> dict[str, str]:
         form = await request.form()
         self.guard.check_form(request, form)
+        made_from = form.get("file")
+        if made_from is not None and made_from != str(self.source.generation):
+            # The page showed the old file's jobs: job 7 there is another job here.
+            raise Refused(
+                "nothing was done: the queue file was replaced since that page was shown "
+                "(a job or queue there may be another one here); look at it again",
+                409,
+            )
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     async def job_action(self, request: Request) -> Response:
@@ -390,6 +446,15 @@ def _hours(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds / 3600:g}"
 
 
-def create_app(store: Store, *, token: str | None, read_only: bool, label: str) -> Starlette:
-    """The dashboard of `store` as an ASGI app (`label` names the store in its header)."""
-    return Dashboard(store, Guard(token, read_only=read_only), label).app
+def create_app(
+    store: Store,
+    *,
+    token: str | None,
+    read_only: bool,
+    label: str,
+    reopen: Callable[[], Store] | None = None,
+) -> Starlette:
+    """The dashboard of `store` as an ASGI app (`label` names the store in its header).
+    `reopen` opens the queue file at the store's path again, never creating one: the
+    dashboard then follows a file that is replaced there."""
+    return Dashboard(store, Guard(token, read_only=read_only), label, reopen).app

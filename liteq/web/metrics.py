@@ -59,7 +59,7 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
     family(
         "liteq_jobs_completed_total",
         "counter",
-        "Jobs workers completed.",
+        "Jobs completed.",
         [(_queue(name), done) for name, (done, _) in sorted(totals.items())],
     )
     family(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import threading
 import weakref
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 import psycopg
+import psycopg.conninfo
 import psycopg.errors
 
 from liteq.errors import StoreError, StoreUnavailable
@@ -59,21 +61,58 @@ def where(conninfo: str) -> str:
 
 
 def connect(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
-    """A new autocommit connection; StoreUnavailable if the server cannot be reached."""
+    """A new autocommit connection: StoreUnavailable if the server cannot be reached now,
+    StoreError if it refuses for good, ValueError if a setting is wrong (before asking it)."""
     try:
         return psycopg.connect(
             conninfo,
             autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
-            application_name="liteq",
+            # (only when neither the URL nor PGAPPNAME names the connection: an application
+            # that gives its workers a name of their own can tell them apart on the server)
+            fallback_application_name="liteq",
+            **_timeout_unless_given(conninfo),
         )
     except psycopg.ProgrammingError as exc:  # (before the server is asked)
         raise ValueError(f"bad PostgreSQL URL or connection string: {_first_line(exc)}") from exc
     except psycopg.OperationalError as exc:
-        message = f"cannot connect to {where(conninfo)}: {_first_line(exc)}"
+        reason = _reason(exc)
+        if _MISCONFIGURED.search(reason):
+            raise ValueError(f"bad PostgreSQL setting: {reason}") from exc
+        message = f"cannot connect to {where(conninfo)}: {reason}"
         if any(words in str(exc) for words in _REFUSALS):
             raise StoreError(message) from exc  # trying again would not help
         raise StoreUnavailable(message) from exc
+
+
+def _timeout_unless_given(conninfo: str) -> dict[str, Any]:
+    """CONNECT_TIMEOUT, unless the URL or PGCONNECT_TIMEOUT gives one (which libpq then
+    checks, as it checks every setting)."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        given = {}  # (connect() says what is wrong with it)
+    if "connect_timeout" in given or "PGCONNECT_TIMEOUT" in os.environ:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
+
+#: How libpq words a setting it cannot use: it checks them before it connects (a bad
+#: sslmode, a port that is no number), so waiting for the server would never help.
+_MISCONFIGURED: Final = re.compile(
+    r'invalid "?\w+"? value|invalid integer value|invalid port number'
+    r"|could not parse network address|could not match \d+ \w+ \w+ to"
+    r"|invalid connection option|when SSL support is not compiled in"
+)
+
+#: What psycopg and libpq put before the reason a connection failed.
+_PREFIXES: Final = re.compile(
+    r"^(?:connection is bad: |connection failed: )?"
+    r"(?:connection to server (?:at|on) .*? failed: )?"
+)
+
+
+def _reason(exc: BaseException) -> str:
+    return _PREFIXES.sub("", _first_line(exc), count=1)
 
 
 #: What a server says when it refuses a connection for good (a wrong database, user,
@@ -87,6 +126,7 @@ _REFUSALS: Final = (
     "permission denied",
     "invalid connection option",
     "invalid URI",
+    "does not support SSL",
 )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from liteq.errors import StoreUnavailable
+from liteq.errors import StoreError
 from liteq.stores.postgres.link import connect, where
 from liteq.stores.wakeup import Waker
 
@@ -89,7 +89,7 @@ class Listener:
         while True:
             try:
                 conn = connect(self.conninfo)
-            except StoreUnavailable as exc:
+            except StoreError as exc:  # (refused too: the work connection may still pass)
                 log.warning("cannot listen for new jobs (%s): trying again in %.1fs", exc, delay)
                 if pipe.wait(delay):
                     return
