@@ -38,7 +38,8 @@ CREATE TABLE liteq_jobs (
     crashes            INTEGER NOT NULL DEFAULT 0
 );
 
--- The claim: in each queue, best due job first (priority, then run_at, then FIFO).
+-- The claim: in each queue, best due job first, in the claim order (the `claim_order`
+-- block of liteq/stores/sqlite/queries.sql says it; the claim index must follow it).
 -- One index, so an enqueue writes one index page: a claim over several queues seeks
 -- the best jobs of each (their names come from this index too) and merges them.
 CREATE INDEX liteq_jobs_claim ON liteq_jobs (queue, priority DESC, run_at, id)

@@ -10,7 +10,7 @@ from liteq.status import Status
 
 if TYPE_CHECKING:
     from liteq.job import Job
-    from liteq.stores.contract import Store
+    from liteq.stores.contract import AppStore
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -41,7 +41,7 @@ class ManagedJob:
 
     def __init__(
         self,
-        store: Store,
+        store: AppStore,
         record: Record,
         job: Job | None,
         decode_error: str | None,
@@ -172,7 +172,7 @@ class ManagedJob:
         return _utc(self._record.finished_at)
 
     @property
-    def store(self) -> Store:
+    def store(self) -> AppStore:
         """The store this job lives in."""
         return self._store
 

@@ -9,7 +9,7 @@ from typing import Any, Final, NamedTuple, TypedDict
 
 from liteq.codec import HowToEncode, encode_as, how_to_encode
 from liteq.job import Job
-from liteq.record import DUE_AT_ONCE, Record
+from liteq.record import COLUMNS, DEFAULTS, DUE_AT_ONCE, Record
 from liteq.status import Status
 
 
@@ -107,15 +107,72 @@ def _seconds(value: object, name: str, *, positive: bool) -> float:
     return float(value)
 
 
+#: The columns of a new job that its options set (_new_row), and that differ per job
+#: (_new_record): where a row's values (COLUMNS order) hold them.
+_BY_OPTIONS: Final = (
+    "queue",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "max_runtime",
+    "delete_on_complete",
+)
+_PER_JOB: Final = ("job_type", "payload", "created_at", "coalesce_id")
+_QUEUE, _PRIORITY, _MAX_ATTEMPTS, _RUN_AT, _MAX_RUNTIME, _DELETE_ON_COMPLETE = map(
+    COLUMNS.index, _BY_OPTIONS
+)
+_JOB_TYPE, _PAYLOAD, _CREATED_AT, _COALESCE_ID = map(COLUMNS.index, _PER_JOB)
+
+
+def _values(**columns: Any) -> list[Any]:
+    """A row's values in COLUMNS order (what Record(*values) takes), given by column name;
+    a column not given holds Record's default. TypeError if it has none."""
+    missing = [c for c in COLUMNS if c not in columns and c not in DEFAULTS]
+    if missing:
+        raise TypeError(f"a new job holds what in column(s) {', '.join(missing)}?")
+    return [columns[c] if c in columns else DEFAULTS[c] for c in COLUMNS]
+
+
+#: A new job's values, but for those _new_row and _new_record set.
+_NEW_JOB: Final = _values(
+    id=0,  # (the store gives it)
+    status=Status.QUEUED,
+    attempts=0,
+    started_at=None,
+    finished_at=None,
+    error=None,
+    traceback=None,
+    owner=None,
+    lease_until=None,
+    lock_token=None,
+    lock_until=None,
+    **dict.fromkeys(_BY_OPTIONS + _PER_JOB),
+)
+
+
 class _Resolved(NamedTuple):
-    queue: str
-    priority: int
-    max_attempts: int
-    run_at: float
     coalesce_given: bool
     coalesce_id: object
-    max_runtime: float | None
-    delete_on_complete: bool
+    #: A new job's values with these options (_new_row); _new_record copies it per job.
+    row: list[Any]
+
+
+def _new_row(
+    queue: str,
+    priority: int,
+    max_attempts: int,
+    run_at: float,
+    max_runtime: float | None,
+    delete_on_complete: bool,
+) -> list[Any]:
+    row = _NEW_JOB.copy()
+    row[_QUEUE] = queue
+    row[_PRIORITY] = priority
+    row[_MAX_ATTEMPTS] = max_attempts
+    row[_RUN_AT] = run_at
+    row[_MAX_RUNTIME] = max_runtime
+    row[_DELETE_ON_COMPLETE] = delete_on_complete
+    return row
 
 
 def _check_names(options: dict[str, Any] | EnqueueOptions) -> None:
@@ -162,14 +219,9 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     if not isinstance(delete_on_complete, bool):
         raise TypeError(f"delete_on_complete must be a bool, not {delete_on_complete!r}")
     return _Resolved(
-        queue,
-        priority,
-        max_attempts,
-        due,
         "coalesce_id" in opts,
         opts.get("coalesce_id"),
-        max_runtime,
-        delete_on_complete,
+        _new_row(queue, priority, max_attempts, due, max_runtime, delete_on_complete),
     )
 
 
@@ -239,26 +291,9 @@ def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:
 def _new_record(
     job_type: str, payload: str, r: _Resolved, now: float, coalesce_id: str | None
 ) -> Record:
-    return Record(
-        0,
-        job_type,
-        payload,
-        r.queue,
-        r.priority,
-        Status.QUEUED,
-        0,
-        r.max_attempts,
-        r.run_at,
-        now,
-        None,
-        None,
-        coalesce_id,
-        r.max_runtime,
-        r.delete_on_complete,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    row = r.row.copy()
+    row[_JOB_TYPE] = job_type
+    row[_PAYLOAD] = payload
+    row[_CREATED_AT] = now
+    row[_COALESCE_ID] = coalesce_id
+    return Record(*row)

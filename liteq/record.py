@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Callable
 from typing import Any, Final
 
 from liteq.status import Status
@@ -38,13 +39,20 @@ class Record:
     #: worker on that host is judged by them, as no wall-clock step can move them.
     lease_mono: float | None = None
     deadline_mono: float | None = None
-    #: How many times a worker died while running it (see DEFAULT_MAX_CRASHES). Last, with
-    #: a default, so that code building a Record by position need not name it.
+    #: How many times a worker died while running it (see DEFAULT_MAX_CRASHES).
     crashes: int = 0
 
 
-#: Column order of Record, which the SQL stores select and insert in.
+#: Record's columns. A store writes and reads each by its name; a row's values in this
+#: order are what Record(*values) takes (every field is a positional parameter, in field
+#: order: tests/test_columns.py checks it), so values selected as COLUMNS build a Record.
 COLUMNS: Final = tuple(f.name for f in dataclasses.fields(Record))
+#: Every column but the id, which a store gives a new row.
+COLUMNS_BUT_ID: Final = tuple(c for c in COLUMNS if c != "id")
+#: The default of each column that has one (a new job holds it unless options.py sets it).
+DEFAULTS: Final[dict[str, Any]] = {
+    f.name: f.default for f in dataclasses.fields(Record) if f.default is not dataclasses.MISSING
+}
 
 #: Columns to set on a row, by name.
 Changes = dict[str, Any]
@@ -69,12 +77,13 @@ UNOWNED: Final[Changes] = {
     "deadline_mono": None,
 }
 
-_fields = operator.attrgetter(*COLUMNS)
+#: A record's values in COLUMNS order (a Status binds as its text: it is a str).
+values_of: Final[Callable[[Record], tuple[Any, ...]]] = operator.attrgetter(*COLUMNS)
 
 
 def evolve(record: Record, **changes: object) -> Record:
     """A copy of `record` with `changes`: dataclasses.replace, without its cost on hot paths."""
-    copy = Record(*_fields(record))
+    copy = Record(*values_of(record))
     for name, value in changes.items():
         setattr(copy, name, value)
     return copy

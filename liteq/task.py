@@ -12,7 +12,7 @@ from liteq.status import Status
 if TYPE_CHECKING:
     from liteq.managed import ManagedJob
     from liteq.options import EnqueueOptions
-    from liteq.stores.contract import Store
+    from liteq.stores.contract import AppStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,7 +54,7 @@ class Task(Generic[P, R]):
     Call it to run it now; `enqueue(*args, **kwargs)` to run it in a worker.
     """
 
-    def __init__(self, store: Store, func: Callable[P, R], options: EnqueueOptions) -> None:
+    def __init__(self, store: AppStore, func: Callable[P, R], options: EnqueueOptions) -> None:
         if "<locals>" in func.__qualname__:
             raise TypeError(f"@task needs a module-level function; {func.__qualname__} is nested")
         if is_coroutine_function(func):

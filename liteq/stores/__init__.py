@@ -8,7 +8,14 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from liteq.options import EnqueueOptions
 from liteq.stores.base import BaseStore
-from liteq.stores.contract import JobQuery, QueueCount, Store
+from liteq.stores.contract import (
+    AppStore,
+    JobQuery,
+    OperatorStore,
+    QueueCount,
+    Store,
+    WorkerStore,
+)
 from liteq.stores.memory import MemoryStore
 from liteq.stores.sqlite import SQLiteStore
 
@@ -16,13 +23,16 @@ if TYPE_CHECKING:
     from liteq.stores.postgres import PostgresStore
 
 __all__ = [
+    "AppStore",
     "BaseStore",
     "EnqueueOptions",
     "JobQuery",
     "MemoryStore",
+    "OperatorStore",
     "QueueCount",
     "SQLiteStore",
     "Store",
+    "WorkerStore",
     "connect",
     "postgres_store",
     "sqlite_path",

@@ -1,21 +1,21 @@
 """BaseStore: the rules every store shares, built on its backend's primitives.
 
 Options, the status machine, retries, mulligans, coalescing, locks and hooks live here
-once, so every store behaves the same and runs the same contract suite; the worker's side
-(claims, leases, acknowledgements) is in `runs`, the status rules in `transitions`.
+once, so every store behaves the same and runs the same contract suite. BaseStore is the
+application's and the operator's sides; the worker's side (claims, leases,
+acknowledgements) is its base class `Runs`, the status rules are in `transitions`, and it
+holds its components: the `Announcer` (hooks), the `Waker` and the workers' `Registry`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Unpack
 
-from liteq.codec import decode
-from liteq.errors import InvalidState, JobNotFound, LiteqError, UnknownJobType
+from liteq.errors import InvalidState, JobNotFound, LiteqError
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records, check_text
@@ -24,24 +24,34 @@ from liteq.status import Status, check_transition
 from liteq.stores import transitions
 from liteq.stores.contract import (
     Decide,
+    FileInfo,
     Finished,
     Hung,
     JobQuery,
     MinuteCount,
     QueueCount,
+    Store,
     Tx,
     WorkerInfo,
-    finished_of,
 )
-from liteq.stores.hooks import Event, StatusHook, Write, listens
+from liteq.stores.events import Announcer, Event, StatusHook, listens
+from liteq.stores.registry import Registry
 from liteq.stores.runs import Runs
 from liteq.stores.wakeup import Waker
 from liteq.task import Task
 
-log = logging.getLogger("liteq.store")
-
 #: Rows a purge deletes per transaction: other writers get the file in between.
 PURGE_BATCH = 1000
+
+#: What `detect_hung_jobs` runs: which worker processes live, and stopping them, is the
+#: workers' business, never a store's; liteq.worker.rescue installs its check as it loads
+#: (`import liteq` loads it), so that no store imports the worker layer.
+_hung_check: list[Callable[[Store], list[ManagedJob]]] = []
+
+
+def install_hung_check(check: Callable[[Store], list[ManagedJob]]) -> None:
+    """Make `check` what every store's detect_hung_jobs runs."""
+    _hung_check[:] = [check]
 
 
 def check_job_id(job_id: object) -> int:
@@ -54,21 +64,21 @@ def check_job_id(job_id: object) -> int:
 
 
 class BaseStore(Runs):
-    """Shared semantics of every store. Subclasses implement the primitives only."""
+    """Shared semantics of every store. Subclasses implement the primitives only, and
+    give their workers' registry."""
 
     def __init__(
         self,
         *,
+        registry: Registry,
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
         waker: Waker | None = None,
     ) -> None:
-        self.clock = clock
         self.on_status_change = on_status_change
-        self._waker = waker or Waker()
-
-    def _write(self) -> Write:
-        return Write(self._transaction(prompt=True), self._committed)
+        waker = waker or Waker()
+        overridden = type(self).status_did_change is not BaseStore.status_did_change
+        super().__init__(clock, Announcer(self, waker, overridden), waker, registry)
 
     # -- hooks -------------------------------------------------------------
     def status_did_change(self, job: ManagedJob, old_status: Status, message: str | None) -> None:
@@ -76,56 +86,10 @@ class BaseStore(Runs):
         if self.on_status_change is not None:
             self.on_status_change(job, old_status, message)
 
-    def _committed(self, events: list[Event]) -> None:
-        self._waker.ring()
-        if events:
-            self._fire(events)
-
-    def _store_listens(self) -> bool:
-        return (
-            self.on_status_change is not None
-            or type(self).status_did_change is not BaseStore.status_did_change
-        )
-
-    def _fire(self, events: list[Event]) -> None:
-        store_listens = self._store_listens()
-        for record, old, message, job in events:
-            if not (store_listens or listens(job)):
-                continue
-            mjob = self._managed(evolve(record), job)  # its own copy, whatever it does later
-            if mjob.job is not None:
-                try:
-                    mjob.job.status_did_change(mjob, old, message)
-                except Exception:
-                    log.exception("status_did_change of job %d raised", record.id)
-            try:
-                self.status_did_change(mjob, old, message)
-            except Exception:
-                log.exception("the store's status hook raised for job %d", record.id)
-
-    def _managed(
-        self,
-        record: Record,
-        job: Job | None = None,
-        claimed: bool = False,
-        lock_token: str | None = None,
-    ) -> ManagedJob:
-        error = None
-        unknown = False
-        if job is None:
-            try:
-                job = decode(record.payload)
-            except LiteqError as exc:
-                error, unknown = str(exc), isinstance(exc, UnknownJobType)
-        return ManagedJob(self, record, job, error, lock_token, claimed, unknown)
+    def _managed(self, record: Record, lock_token: str | None = None) -> ManagedJob:
+        return self._announcer.managed(record, None, False, lock_token)
 
     # -- waking idle workers -------------------------------------------------
-    def _saw_nothing(self) -> None:
-        self._waker.saw_nothing()
-
-    def _claimed_some(self) -> None:
-        self._waker.busy()
-
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool:
         """Block up to `timeout` seconds; return True early once the queue may have changed
         since this process's last claim (an enqueue here or a commit by another process)."""
@@ -147,11 +111,11 @@ class BaseStore(Runs):
         """
         record = build_record(job, options, self.clock())
         events: list[Event] = []
-        if self._store_listens() or listens(job):
+        if self._announcer.listening() or listens(job):
             events.append((record, Status.UNQUEUED, "enqueued", job))
         if record.coalesce_id is None:  # nothing can conflict: a write of its own
             record.id = self._insert_one(record)
-            self._committed(events)
+            self._announcer.committed(events)
             return ManagedJob(self, record, job, None)
         with self._write() as w:
             new_id = w.tx.insert(record)
@@ -171,7 +135,7 @@ class BaseStore(Runs):
         jobs = list(jobs)
         records, alike = build_records(jobs, options, self.clock())
         holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
-        store_listens = self._store_listens()
+        store_listens = self._announcer.listening()
         with self._write() as w:
             tx = w.tx
             new_ids = tx.insert_alike(records) if alike else tx.insert_many(records)
@@ -303,12 +267,6 @@ class BaseStore(Runs):
         return self._read_active()
 
     # -- changes by users ----------------------------------------------------
-    def _waiting(self, w: Write, mjob: ManagedJob) -> Record:
-        rec = transitions.current(w, mjob.id, mjob.lock_token)
-        if rec.status is not Status.WAIT_ASYNC:
-            raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
-        return rec
-
     def delete(self, job: int | ManagedJob) -> None:
         """Delete a job (by id, or a ManagedJob); raise JobNotFound if missing, JobLocked if
         another holder locked it. A worker still running it finds it gone and logs that."""
@@ -397,10 +355,9 @@ class BaseStore(Runs):
         one whose worker is alive on another host is left to that worker until its
         lease expires.
         """
-        # Processes are the workers' business: the rules that know them live there.
-        from liteq.worker.rescue import detect_hung_jobs
-
-        return detect_hung_jobs(self)
+        if not _hung_check:
+            raise LiteqError("no check of hung jobs is installed: import liteq.worker.rescue")
+        return _hung_check[0](self)
 
     def rescue(self, seen: Record, decide: Decide) -> ManagedJob | None:
         """Re-queue with a mulligan a job found hung in `seen`, if it still is.
@@ -439,7 +396,7 @@ class BaseStore(Runs):
                     error=f"hung: {hung.reason}",
                 )
         if died:  # an attempt that failed, as a worker counts those it sees fail
-            self._count_outside_worker(updated.queue, completed=0, failed=1)
+            self._registry.count_outside_worker(updated.queue, completed=0, failed=1)
         return self._managed(updated)
 
     # -- queues and workers ----------------------------------------------------
@@ -457,9 +414,10 @@ class BaseStore(Runs):
         """The paused queues."""
         return self._paused()
 
+    # -- the workers' registry (see registry.Registry for its rules) ---------------
     def register_worker(self, info: WorkerInfo) -> None:
         """Record a worker that starts (it beats while it runs, and unregisters when done)."""
-        self._register(info)
+        self._registry.register(info)
 
     def beat(
         self,
@@ -472,41 +430,44 @@ class BaseStore(Runs):
     ) -> None:
         """A worker is alive: its count of jobs, the job it runs now, the jobs it finished
         since its last beat, per queue (completed, failed), and the memory it uses."""
-        self._beat(owner, self.clock(), jobs_done, current_job, finished, rss)
+        self._registry.beat(
+            owner, jobs_done=jobs_done, current_job=current_job, finished=finished, rss=rss
+        )
 
     def unregister_worker(self, owner: str) -> None:
         """Forget a worker that stops."""
-        self._unregister(owner)
+        self._registry.unregister(owner)
 
     def workers(self) -> list[WorkerInfo]:
         """The registered workers that beat within their lease, oldest first."""
-        now = self.clock()
-        return sorted(
-            (w for w in self._workers() if w.beat_at + w.lease >= now),
-            key=lambda w: (w.started_at, w.owner),
-        )
+        return self._registry.workers()
 
     def finished(self, since: float) -> Finished:
         """Per queue, the jobs completed and the attempts that failed since `since` (epoch
         seconds; counted by the minute, kept a day): what workers told at their beats, and
         jobs resolved by resolve_wait_async as they were resolved."""
-        return finished_of(self._throughput(int(since // 60)), since)
+        return self._registry.finished(since)
 
     def throughput(self, since: float) -> list[MinuteCount]:
         """What finished in each minute since `since` (kept a day; counted as `finished`
         says), by minute; a minute in which nothing finished has no row."""
-        return self._throughput(int(since // 60))
+        return self._registry.throughput(since)
 
     def totals(self) -> Finished:
         """Per queue, every job completed and every attempt that failed since the queue was
         made (Prometheus counters; counted as `finished` says)."""
-        return self._totals()
+        return self._registry.totals()
 
     # -- the store itself ------------------------------------------------------
     def check_health(self) -> list[str]:
         """Conditions an operator should hear of (a growing WAL file, say), each in a
         sentence, new since the last call; workers and `liteq work` log them."""
         return []
+
+    def file_info(self) -> FileInfo | None:
+        """The file the queue is kept in and its write-ahead log's size, for an operator;
+        None for a store with no file of its own (in memory, on a server)."""
+        return None
 
     def close(self) -> None:
         """Release the store's resources."""

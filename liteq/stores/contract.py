@@ -1,10 +1,14 @@
-"""The store contract: what applications and workers call, and what a backend implements.
+"""The store contract: what applications, workers and operators call, and what a backend
+implements.
 
-`Store` is what the rest of liteq is typed against: users, workers, async resolution,
-ManagedJob and the admin operations. `BaseStore` implements it once for every backend, as
-rules over a dozen primitives; a backend (MemoryStore, SQLiteStore, ...) subclasses it and
-supplies those primitives (`Backend`) and its write transaction (`Tx`). The contract suite
-in `tests/contract/` runs against every backend: a new one joins by passing it.
+Three roles, by who calls them: `AppStore` (an application, and a job's own code through
+its ManagedJob), `WorkerStore` (the worker loop and the rescue of hung jobs) and
+`OperatorStore` (admin, the command line, the dashboard; it includes `AppStore`). `Store`
+is all three: what a store is. `BaseStore` implements them once for every backend, as rules
+over a dozen primitives; a backend (MemoryStore, SQLiteStore, ...) subclasses it and
+supplies those primitives (`Backend`), its write transaction (`Tx`) and its workers'
+registry (`registry.Registry`). The contract suite in `tests/contract/` runs against every
+backend: a new one joins by passing it.
 
 Locking rules a backend must keep:
 
@@ -27,7 +31,7 @@ import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Unpack, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Unpack, runtime_checkable
 
 from liteq.record import Changes, Record, evolve
 from liteq.status import DEFAULT_MAX_CRASHES, Status
@@ -111,6 +115,15 @@ class MinuteCount:
     failed: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileInfo:
+    """The file a store keeps its queue in, as an operator sees it: its path, and the size
+    of its write-ahead log (`<path>-wal`) in bytes."""
+
+    path: str
+    wal_bytes: int
+
+
 #: Per queue: (jobs completed, attempts failed).
 Finished = dict[str, tuple[int, int]]
 
@@ -129,21 +142,22 @@ def finished_of(rows: Iterable[MinuteCount], since: float) -> Finished:
 
 #: How the error of a job handed back for a worker that knows its type begins.
 WAITS_FOR_ITS_TYPE = "waiting for a worker that knows its type"
-#: How long finished counts are kept: a day, by the minute.
-STATS_MINUTES = 24 * 60
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Where ManagedJobs live; all claiming and locking happen here."""
+class AppStore(Protocol):
+    """What an application and a job's own code call: enqueue, read, and change jobs by hand.
+    A ManagedJob's `store` is this role only."""
 
     clock: Callable[[], float]
 
-    # -- applications ---------------------------------------------------------
     def enqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob: ...
     def enqueue_many(
         self, jobs: Iterable[Job], **options: Unpack[EnqueueOptions]
     ) -> list[ManagedJob]: ...
+    def task(
+        self, func: Callable[..., Any] | None = None, **options: Unpack[EnqueueOptions]
+    ) -> Any: ...
     def get(self, job_id: int) -> ManagedJob: ...
     def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None: ...
     def count(self, queue: str | None = None, status: Status | None = None) -> int: ...
@@ -159,7 +173,12 @@ class Store(Protocol):
     def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
     def close(self) -> None: ...
 
-    # -- operators ------------------------------------------------------------
+
+@runtime_checkable
+class OperatorStore(AppStore, Protocol):
+    """What an operator's tools call (admin, `liteq`, the dashboard), beside what an
+    application may: the queue at a glance, bulk deletes, pauses, workers, counts, health."""
+
     def summary(self) -> list[QueueCount]: ...
     def search(self, query: JobQuery) -> list[ManagedJob]: ...
     def purge(
@@ -172,6 +191,7 @@ class Store(Protocol):
     ) -> int: ...
     def detect_hung_jobs(self) -> list[ManagedJob]: ...
     def check_health(self) -> list[str]: ...
+    def file_info(self) -> FileInfo | None: ...
     def pause(self, queue: str) -> None: ...
     def resume(self, queue: str) -> None: ...
     def paused(self) -> set[str]: ...
@@ -180,7 +200,15 @@ class Store(Protocol):
     def throughput(self, since: float) -> list[MinuteCount]: ...
     def totals(self) -> Finished: ...
 
-    # -- workers --------------------------------------------------------------
+
+@runtime_checkable
+class WorkerStore(Protocol):
+    """What a worker (and the rescue of hung jobs) calls: claims, leases, outcomes, its
+    registration, and waiting for work. Every outcome is fenced on its run (id, owner,
+    attempt)."""
+
+    clock: Callable[[], float]
+
     def claim(
         self, owner: str, queues: Sequence[str] | None = None, lease: float = 30.0
     ) -> ManagedJob | None: ...
@@ -235,6 +263,12 @@ class Store(Protocol):
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
     def wake(self) -> None: ...
+
+
+@runtime_checkable
+class Store(OperatorStore, WorkerStore, Protocol):
+    """Where ManagedJobs live; all claiming and locking happen here: every role at once
+    (`AppStore`, `WorkerStore`, `OperatorStore`), as each store implements it."""
 
 
 def start_run(record: Record, now: float, mono: float, owner: str, lease: float) -> Record:
@@ -298,9 +332,13 @@ class Tx(abc.ABC):
         self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
     ) -> list[Record]:
         """Pick the best `limit` due (run_at <= now), unlocked (no lock, or one past its
-        lock_until) QUEUED rows of these queues (None: all) that are not paused, best first: highest
-        priority, then earliest run_at, then lowest id. Start each as `start_run` says,
-        write that, and return the started records."""
+        lock_until) QUEUED rows of these queues (None: all) that are not paused, best first
+        in the claim order: highest priority, then earliest run_at, then lowest id (FIFO).
+        Start each as `start_run` says, write that, and return the started records.
+
+        The claim order is stated here, and once in each backend (MemoryStore's
+        `claim_order`, SQLite's and PostgreSQL's `claim_order` block of queries.sql),
+        whose claim index follows it."""
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
@@ -329,7 +367,8 @@ class Tx(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """The primitives a store supplies; BaseStore builds every rule on them."""
+    """The primitives a store supplies over its jobs; BaseStore builds every rule on them.
+    (The workers' registry and counts are a primitive of their own: `registry.Registry`.)"""
 
     @abc.abstractmethod
     def _transaction(self, prompt: bool = False) -> contextlib.AbstractContextManager[Tx]:
@@ -377,40 +416,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _paused(self) -> set[str]:
         """The paused queues."""
-
-    @abc.abstractmethod
-    def _register(self, info: WorkerInfo) -> None:
-        """Record a worker that starts (replacing a row of the same owner)."""
-
-    @abc.abstractmethod
-    def _beat(
-        self,
-        owner: str,
-        now: float,
-        jobs_done: int,
-        current_job: int | None,
-        finished: Finished,
-        rss: int | None,
-    ) -> None:
-        """In one write: a worker's beat, its finished counts added to the minute of `now`
-        and to its queues' totals, and rows of workers silent for three leases or counts
-        older than a day deleted."""
-
-    @abc.abstractmethod
-    def _unregister(self, owner: str) -> None:
-        """Forget a worker that stops."""
-
-    @abc.abstractmethod
-    def _workers(self) -> list[WorkerInfo]:
-        """Every registered worker's row."""
-
-    @abc.abstractmethod
-    def _throughput(self, since_minute: int) -> list[MinuteCount]:
-        """The counts of each minute from this one on (epoch seconds // 60), by minute."""
-
-    @abc.abstractmethod
-    def _totals(self) -> Finished:
-        """Per queue, every job completed and attempt failed that workers counted."""
 
     @abc.abstractmethod
     def _read_active(self) -> list[Record]:

@@ -16,7 +16,6 @@ from liteq.record import Record, due_since, evolve
 from liteq.status import COALESCE_HOLDING, Status
 from liteq.stores.base import BaseStore
 from liteq.stores.contract import (
-    STATS_MINUTES,
     WAITS_FOR_ITS_TYPE,
     Finished,
     JobQuery,
@@ -26,7 +25,13 @@ from liteq.stores.contract import (
     WorkerInfo,
     start_run,
 )
-from liteq.stores.hooks import StatusHook
+from liteq.stores.events import StatusHook
+from liteq.stores.registry import SILENT_LEASES, Registry, RegistryWrite
+
+
+def claim_order(record: Record) -> tuple[int, float, int]:
+    """The claim order (see Tx.claim), as a key: the smallest key is claimed first."""
+    return (-record.priority, record.run_at, record.id)
 
 
 class _MemoryTx(Tx):
@@ -76,7 +81,7 @@ class _MemoryTx(Tx):
         paused = self._store.paused_queues
         if paused:
             due = (r for r in due if r.queue not in paused)
-        best = heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id))
+        best = heapq.nsmallest(limit, due, key=claim_order)
         claimed = [start_run(evolve(r), now, self.mono, owner, lease) for r in best]
         for record in claimed:
             self.update(record)
@@ -104,15 +109,14 @@ class MemoryStore(BaseStore):
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
     ) -> None:
-        super().__init__(clock=clock, on_status_change=on_status_change)
+        super().__init__(
+            registry=MemoryRegistry(clock), clock=clock, on_status_change=on_status_change
+        )
         self.rows: dict[int, Record] = {}
         self.holders: dict[str, int] = {}  # coalesce id -> the job holding it
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.paused_queues: set[str] = set()
-        self._registry: dict[str, WorkerInfo] = {}
-        self._stats: dict[tuple[int, str], tuple[int, int]] = {}
-        self._totals_by_queue: Finished = {}
 
     def next_id(self) -> int:
         """A new job id, never used before."""
@@ -241,52 +245,71 @@ class MemoryStore(BaseStore):
         with self._lock:
             return set(self.paused_queues)
 
-    def _register(self, info: WorkerInfo) -> None:
-        with self._lock:
-            self._registry[info.owner] = info
 
-    def _beat(
-        self,
-        owner: str,
-        now: float,
-        jobs_done: int,
-        current_job: int | None,
-        finished: Finished,
-        rss: int | None,
-    ) -> None:
-        with self._lock:
-            info = self._registry.get(owner)
-            if info is not None:
-                self._registry[owner] = dataclasses.replace(
-                    info, beat_at=now, jobs_done=jobs_done, current_job=current_job, rss=rss
-                )
-            minute = int(now // 60)
-            for queue, (completed, failed) in finished.items():
-                had = self._stats.get((minute, queue), (0, 0))
-                self._stats[minute, queue] = (had[0] + completed, had[1] + failed)
-                had = self._totals_by_queue.get(queue, (0, 0))
-                self._totals_by_queue[queue] = (had[0] + completed, had[1] + failed)
-            for key in [k for k in self._stats if k[0] < minute - STATS_MINUTES]:
-                del self._stats[key]
-            for gone in [o for o, w in self._registry.items() if w.beat_at + 3 * w.lease < now]:
-                del self._registry[gone]
+class MemoryRegistry(Registry):
+    """MemoryStore's workers and counts: dicts under a lock of their own."""
 
-    def _unregister(self, owner: str) -> None:
-        with self._lock:
-            self._registry.pop(owner, None)
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self._lock = threading.Lock()
+        self._tables = _RegistryTables()
 
-    def _workers(self) -> list[WorkerInfo]:
+    def register(self, info: WorkerInfo) -> None:
         with self._lock:
-            return list(self._registry.values())
+            self._tables.workers[info.owner] = info
 
-    def _throughput(self, since_minute: int) -> list[MinuteCount]:
+    def unregister(self, owner: str) -> None:
+        with self._lock:
+            self._tables.workers.pop(owner, None)
+
+    def totals(self) -> Finished:
+        with self._lock:
+            return dict(self._tables.totals)
+
+    def _rows(self) -> list[WorkerInfo]:
+        with self._lock:
+            return list(self._tables.workers.values())
+
+    def _minutes(self, since_minute: int) -> list[MinuteCount]:
         with self._lock:
             return [
                 MinuteCount(minute, queue, completed, failed)
-                for (minute, queue), (completed, failed) in sorted(self._stats.items())
+                for (minute, queue), (completed, failed) in self._tables.stats.items()
                 if minute >= since_minute
             ]
 
-    def _totals(self) -> Finished:
-        with self._lock:
-            return dict(self._totals_by_queue)
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[RegistryWrite]:
+        with self._lock:  # (a write is the lock held: nothing to roll back)
+            yield self._tables
+
+
+class _RegistryTables(RegistryWrite):
+    """The registry's rows, and the statements of a beat on them."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerInfo] = {}
+        self.stats: dict[tuple[int, str], tuple[int, int]] = {}
+        self.totals: Finished = {}
+
+    def beat(
+        self, owner: str, now: float, jobs_done: int, current_job: int | None, rss: int | None
+    ) -> None:
+        info = self.workers.get(owner)
+        if info is not None:
+            self.workers[owner] = dataclasses.replace(
+                info, beat_at=now, jobs_done=jobs_done, current_job=current_job, rss=rss
+            )
+
+    def count(self, minute: int, queue: str, completed: int, failed: int) -> None:
+        had = self.stats.get((minute, queue), (0, 0))
+        self.stats[minute, queue] = (had[0] + completed, had[1] + failed)
+        had = self.totals.get(queue, (0, 0))
+        self.totals[queue] = (had[0] + completed, had[1] + failed)
+
+    def forget(self, before_minute: int, now: float) -> None:
+        for key in [k for k in self.stats if k[0] < before_minute]:
+            del self.stats[key]
+        silent = [o for o, w in self.workers.items() if w.beat_at + SILENT_LEASES * w.lease < now]
+        for owner in silent:
+            del self.workers[owner]

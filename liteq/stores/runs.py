@@ -1,23 +1,30 @@
-"""The worker's side of a store: claiming runs, leases, acknowledgements, failures."""
+"""The worker's side of a store: claiming runs, leases, acknowledgements, failures.
+
+A *run* is one attempt of a job by one worker: a claim starts it, and an outcome (complete,
+fail, crash, release, wait_async) ends it, fenced on (id, owner, attempt). `Runs` builds
+these on the backend's primitives (`Backend`, its own base class) and on components it is
+given: the `Announcer` (ManagedJobs, hooks, wake-ups after a commit), the `Waker` and the
+workers' `Registry`. BaseStore adds the application's and the operator's sides on top.
+"""
 
 from __future__ import annotations
 
-import abc
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
-from liteq.errors import InvalidState, InvalidStateChange, LeaseLost, LiteqError
+from liteq.errors import InvalidState, InvalidStateChange, LeaseLost
 from liteq.job import backoff
 from liteq.options import storable
 from liteq.record import UNOWNED, Changes, Record, evolve
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
 from liteq.stores.contract import Backend, Tx
-from liteq.stores.hooks import Event, Write, listens
+from liteq.stores.events import Announcer, Event, Write, listens
+from liteq.stores.registry import Registry
+from liteq.stores.wakeup import Waker
 
 if TYPE_CHECKING:
-    from liteq.job import Job
     from liteq.managed import ManagedJob
 
 
@@ -25,49 +32,29 @@ log = logging.getLogger("liteq.store")
 
 #: What a prefetched job has not yet had while it waits for its turn.
 _NOT_STARTED: Final[Changes] = {"started_at": None, "deadline_mono": None}
-#: The owner of a beat that only counts finished jobs: no worker's (theirs are never empty).
-NO_WORKER: Final = ""
 
 
 class Runs(Backend):
-    """What workers call. Every acknowledgement is fenced on its run (id, owner, attempt):
-    a worker whose job was re-queued and run elsewhere cannot finish the newer run."""
+    """What workers call: claims, leases and outcomes of *runs* (a run is one attempt of a
+    job by one worker, from its claim to its outcome). Every acknowledgement is fenced on its
+    run (id, owner, attempt): a worker whose job was re-queued and run elsewhere cannot
+    finish the newer run."""
 
-    # -- what the rest of the store provides (BaseStore) ------------------------------
-    @abc.abstractmethod
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        announcer: Announcer,
+        waker: Waker,
+        registry: Registry,
+    ) -> None:
+        self.clock = clock
+        self._announcer = announcer
+        self._waker = waker
+        self._registry = registry
+
     def _write(self) -> Write:
         """A prompt write transaction whose commit announces its events."""
-
-    @abc.abstractmethod
-    def _committed(self, events: list[Event]) -> None:
-        """After a commit: wake this process's waiting workers, run the hooks."""
-
-    @abc.abstractmethod
-    def _managed(self, record: Record, job: Job | None = None, claimed: bool = False) -> ManagedJob:
-        """A ManagedJob of this store for `record`."""
-
-    @abc.abstractmethod
-    def _store_listens(self) -> bool:
-        """Whether the store itself has a status hook."""
-
-    @abc.abstractmethod
-    def _waiting(self, w: Write, mjob: ManagedJob) -> Record:
-        """The job as it is now, which must still be WAIT_ASYNC."""
-
-    @abc.abstractmethod
-    def _saw_nothing(self) -> None:
-        """A claim found no job (see Waker.saw_nothing)."""
-
-    @abc.abstractmethod
-    def _claimed_some(self) -> None:
-        """A claim found jobs (see Waker.busy)."""
-
-    @abc.abstractmethod
-    def _fire(self, events: list[Event]) -> None:
-        """Run the hooks of events already committed."""
-
-    #: The store's clock (set by BaseStore).
-    clock: Callable[[], float]
+        return Write(self._transaction(prompt=True), self._announcer.committed)
 
     # -- claims ---------------------------------------------------------------------------
     def claim(
@@ -75,8 +62,8 @@ class Runs(Backend):
     ) -> ManagedJob | None:
         """Move the best due job in `queues` to RUNNING for `owner` and return it, or None.
 
-        Best: highest priority, then earliest run_at, then lowest id. The claim holds a
-        lease of `lease` seconds; renew it with `renew_lease` while the job runs.
+        Best: first in the claim order (see Tx.claim). The claim holds a lease of `lease`
+        seconds; renew it with `renew_lease` while the job runs.
         """
         claimed = self.claim_many(owner, queues, lease, 1)
         return claimed[0] if claimed else None
@@ -113,24 +100,26 @@ class Runs(Backend):
         with self._transaction() as tx:
             lost = self._complete_in(tx, done, writes)
             records = self._claim_in(tx, queues, owner, lease, limit)
+        announcer = self._announcer
         if done:
-            self._committed(self._completed(done, changes, lost))
+            announcer.committed(self._completed(done, changes, lost))
         errors = [error for error in lost if error is not None]
         if not records:
             # Note the queue's state for wait_for_jobs, then look once more: a commit
             # between the claim and that note is then either seen or marks a change.
-            self._saw_nothing()
+            self._waker.saw_nothing()
             with self._transaction() as tx:
                 records = self._claim_in(tx, queues, owner, lease, limit)
         if not records:
             return errors, []
-        self._claimed_some()
-        mjobs = [self._managed(record, None, True) for record in records]
-        listening = self._store_listens()
+        self._waker.busy()
+        managed = announcer.managed
+        mjobs = [managed(record, None, True) for record in records]
+        listening = announcer.listening()
         for mjob in mjobs:
             listening = listening or listens(mjob.job)
         if listening:  # (most often nothing does: then no events are made)
-            self._fire([(m.record, Status.QUEUED, "started", m.job) for m in mjobs])
+            announcer.fire([(m.record, Status.QUEUED, "started", m.job) for m in mjobs])
         return errors, mjobs
 
     @staticmethod
@@ -211,8 +200,9 @@ class Runs(Backend):
         A worker whose claim's commit went through unseen (the connection dropped during
         or after it) holds jobs it does not know of: it finds them here.
         """
+        managed = self._announcer.managed
         return [
-            self._managed(record, None, True)
+            managed(record, None, True)
             for record in self._read_active()
             if record.status is Status.RUNNING and record.owner == owner
         ]
@@ -233,7 +223,7 @@ class Runs(Backend):
         writes, changes = self._completions(mjobs)
         with self._transaction() as tx:
             lost = self._complete_in(tx, mjobs, writes)
-        self._committed(self._completed(mjobs, changes, lost))
+        self._announcer.committed(self._completed(mjobs, changes, lost))
         return [error for error in lost if error is not None]
 
     def _completions(
@@ -274,7 +264,7 @@ class Runs(Backend):
         """After the commit: the completed jobs' records, and their events (made only for
         jobs something listens to). A claimed job's record is its ManagedJob's own and
         changes in place: hooks get copies."""
-        store_listens = self._store_listens()
+        store_listens = self._announcer.listening()
         events: list[Event] = []
         for mjob, error in zip(mjobs, lost, strict=True):
             if error is None:
@@ -318,7 +308,7 @@ class Runs(Backend):
         outside = mjob.status is Status.WAIT_ASYNC and not mjob.claimed
         with self._write() as w:
             if outside:
-                rec = self._waiting(w, mjob)
+                rec = transitions.waiting(w, mjob.id, mjob.lock_token)
             else:
                 row = w.tx.get(mjob.id)
                 # A rescue's re-queue writes an error of its own ("hung: …"): the same
@@ -347,7 +337,7 @@ class Runs(Backend):
                 )
             )
         if outside:  # (a worker counts the attempts of the jobs it runs itself)
-            self._count_outside_worker(mjob.queue, completed=0, failed=1)
+            self._registry.count_outside_worker(mjob.queue, completed=0, failed=1)
         return mjob.status
 
     def crash(self, mjob: ManagedJob, death: str, max_crashes: int) -> Status:
@@ -365,7 +355,7 @@ class Runs(Backend):
     def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status:
         """Apply the Status an async job's resolve_wait_async returned (see resolve_wait_async)."""
         with self._write() as w:
-            rec = self._waiting(w, mjob)
+            rec = transitions.waiting(w, mjob.id, mjob.lock_token)
             if new is Status.COMPLETED:
                 updated = transitions.change(
                     w,
@@ -400,25 +390,10 @@ class Runs(Backend):
                 )
             mjob.replace_record(updated)
         if new is Status.COMPLETED or new is Status.FAILED:
-            self._count_outside_worker(
+            self._registry.count_outside_worker(
                 mjob.queue, completed=int(new is Status.COMPLETED), failed=int(new is Status.FAILED)
             )
         return mjob.status
-
-    def _count_outside_worker(self, queue: str, *, completed: int, failed: int) -> None:
-        """Count a job finished outside a worker (resolve_wait_async) where it finishes.
-
-        Workers add what they finish to the per-minute counts and the totals at their
-        beats; a job resolved in a web handler has no worker to tell for it, and would be
-        missing from "completed in the last hour" while the table counts it. The store
-        tells instead, through the same primitive: a beat of no worker (its update of the
-        workers' rows matches none). After the commit: a count that cannot be written is
-        logged, never turned into an error of a resolve that was done.
-        """
-        try:
-            self._beat(NO_WORKER, self.clock(), 0, None, {queue: (completed, failed)}, None)
-        except LiteqError as exc:
-            log.warning("job of queue %s finished, but counting it failed: %s", queue, exc)
 
 
 def _owned(rec: Record | None, mjob: ManagedJob) -> Record:

@@ -10,7 +10,7 @@ from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP, Status, check_transitio
 
 if TYPE_CHECKING:
     from liteq.job import Job
-    from liteq.stores.hooks import Write
+    from liteq.stores.events import Write
 
 
 def change(
@@ -144,6 +144,15 @@ def current(w: Write, job_id: int, token: str | None) -> Record:
     if rec is None:
         raise JobNotFound(f"no job with id {job_id}")
     return unlocked(rec, token, w.tx.now)
+
+
+def waiting(w: Write, job_id: int, token: str | None) -> Record:
+    """The job as it is now (see `current`), which must still be WAIT_ASYNC: InvalidState
+    otherwise."""
+    rec = current(w, job_id, token)
+    if rec.status is not Status.WAIT_ASYNC:
+        raise InvalidState(f"job {rec.id} is {rec.status.value}, not wait_async")
+    return rec
 
 
 def owns(rec: Record, claimed: Record, is_claim: bool) -> bool:

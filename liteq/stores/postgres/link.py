@@ -170,7 +170,8 @@ def _alive(conn: psycopg.Connection[Any]) -> bool:
 
 
 class Link:
-    """This process's connection for one store, its users taking turns on `mutex`."""
+    """This process's link to the server for one store: one connection, opened on first use,
+    reopened after a fault, closed around fork(), its users taking turns on `mutex`."""
 
     def __init__(self, conninfo: str, setup: str = "") -> None:
         self.conninfo = conninfo

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import functools
 import re
+import typing
 from typing import Any, Final
 
-from liteq.record import COLUMNS
+from liteq.record import COLUMNS, COLUMNS_BUT_ID, Record
+from liteq.status import Status
 from liteq.stores.contract import JobQuery
-from liteq.stores.sqltext import filters, read_blocks, search_filters
+from liteq.stores.sqlshared import filters, read_blocks, search_filters
 
 _SQL: Final = read_blocks(__package__, "queries.sql")
 
 #: A schema name liteq accepts: a plain identifier, short enough that its notification
 #: channel's name ("liteq." + it) fits PostgreSQL's 63 bytes.
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,56}")
+
+
+#: PostgreSQL's type for the Python type of a column of Record's.
+_PG_TYPES: Final = {int: "bigint", float: "float8", str: "text", bool: "boolean", Status: "text"}
+
+
+def _pg_type(hint: object) -> str:
+    """PostgreSQL's type of a column Record types as `hint` (`float | None`: float8)."""
+    (python,) = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    return _PG_TYPES[python]
+
+
+#: Each column's type, from Record's: insert_batch casts an array of each to it.
+_TYPES: Final = {name: _pg_type(hint) for name, hint in typing.get_type_hints(Record).items()}
 
 
 def quoted(schema: str) -> str:
@@ -35,10 +51,11 @@ class Queries:
         self._fixed = {
             "s": quoted(schema),
             "columns": ", ".join(COLUMNS),
-            "new_columns": ", ".join(COLUMNS[1:]),
+            "new_columns": ", ".join(COLUMNS_BUT_ID),
             "j_columns": ", ".join(f"j.{c}" for c in COLUMNS),
-            "values": ", ".join(["%s"] * (len(COLUMNS) - 1)),
-            "assignments": ", ".join(f"{c} = %s" for c in COLUMNS[1:]),
+            "values": ", ".join(["%s"] * len(COLUMNS_BUT_ID)),
+            "assignments": ", ".join(f"{c} = %s" for c in COLUMNS_BUT_ID),
+            "arrays": ", ".join(f"%({c})b::{_TYPES[c]}[]" for c in COLUMNS_BUT_ID),
         }
         sql = self._sql
         self.channel = channel(schema)

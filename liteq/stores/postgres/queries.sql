@@ -1,7 +1,8 @@
 -- The statements of PostgresStore, by name (`-- name: NAME` starts a block). Python fills
--- in {s} (the schema's quoted name), {columns} (every column of jobs, in Record order),
--- {values} and {assignments} (each column but the id), and, from liteq's own code only,
--- {where}, {order} and {set}. Parameters are psycopg's: %s, or %(name)s.
+-- in {s} (the schema's quoted name), {columns} (every column of jobs, as Record lists
+-- them), {new_columns}, {values}, {assignments} and {arrays} (each column but the id: its
+-- name, a %s, `name = %s`, `%(name)b::type[]`), and, from liteq's own code only, {where},
+-- {order} and {set}. Parameters are psycopg's: %s, or %(name)s.
 
 -- name: get
 SELECT {columns} FROM {s}.jobs WHERE id = %s
@@ -23,22 +24,14 @@ SELECT {columns} FROM {s}.jobs WHERE status IN ('running', 'wait_async')
 -- name: insert
 INSERT INTO {s}.jobs ({new_columns}) VALUES ({values}) ON CONFLICT DO NOTHING RETURNING id
 
--- A batch of new jobs that hold no coalesce id, one array per column but the id, sent in
--- binary (%b: text arrays would be quoted element by element). Their ids are taken in the
--- arrays' order (PostgreSQL evaluates a volatile output column after ORDER BY), so that
--- sorted, the ids returned are the jobs' in order.
+-- A batch of new jobs that hold no coalesce id, one array per column but the id, by its
+-- name, sent in binary (%b: text arrays would be quoted element by element). Their ids are
+-- taken in the arrays' order (PostgreSQL evaluates a volatile output column after ORDER BY),
+-- so that sorted, the ids returned are the jobs' in order.
 -- name: insert_batch
-INSERT INTO {s}.jobs ({columns}) OVERRIDING SYSTEM VALUE
-SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id')), job_type, payload, queue, priority,
-    status, attempts, max_attempts, run_at, created_at, started_at, finished_at, coalesce_id,
-    max_runtime, delete_on_complete, error, traceback, owner, lease_until, lock_token,
-    lock_until, lease_mono, deadline_mono, crashes
-FROM unnest(
-    %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
-    %b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::float8[],
-    %b::boolean[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::float8[],
-    %b::float8[], %b::float8[], %b::bigint[])
-    WITH ORDINALITY AS t({new_columns}, n)
+INSERT INTO {s}.jobs (id, {new_columns}) OVERRIDING SYSTEM VALUE
+SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id')), {new_columns}
+FROM unnest({arrays}) WITH ORDINALITY AS t({new_columns}, n)
 ORDER BY n
 RETURNING id
 
@@ -61,7 +54,9 @@ DELETE FROM {s}.jobs AS j USING unnest(%s::bigint[], %s::bigint[]) AS f(id, atte
 WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = %s AND j.status = 'running'
 RETURNING j.id
 
--- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once.
+-- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once; the
+-- claim order (contract: Tx.claim) is written here once for PostgreSQL, and the claim
+-- indexes, jobs_claim and jobs_claim_any (migrations/01_initial.sql), follow it.
 -- SKIP LOCKED passes over rows other claims hold, so workers claim side by side instead
 -- of in turn. {where} narrows it to some queues. The rows come back in no order.
 -- name: claim
@@ -158,7 +153,7 @@ SET completed = t.completed + excluded.completed, failed = t.failed + excluded.f
 DELETE FROM {s}.stats WHERE minute < %s
 
 -- name: forget_silent_workers
-DELETE FROM {s}.workers WHERE beat_at + 3 * lease < %s
+DELETE FROM {s}.workers WHERE beat_at + %s * lease < %s
 
 -- name: unregister
 DELETE FROM {s}.workers WHERE owner = %s
@@ -169,7 +164,6 @@ FROM {s}.workers
 
 -- name: throughput
 SELECT minute, queue, completed, failed FROM {s}.stats WHERE minute >= %s
-ORDER BY minute, queue
 
 -- name: count_total
 INSERT INTO {s}.queues AS t (name, completed, failed) VALUES (%s, %s, %s)

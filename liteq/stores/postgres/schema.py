@@ -15,7 +15,7 @@ import psycopg
 
 from liteq.errors import StoreError
 from liteq.stores.postgres.queries import channel, queries, quoted
-from liteq.stores.sqltext import numbered_scripts
+from liteq.stores.sqlshared import numbered_scripts
 
 #: The schema version this code writes; older ones are migrated on open.
 SCHEMA_VERSION: Final = 3

@@ -18,23 +18,14 @@ from liteq.options import EnqueueOptions
 from liteq.record import Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore
-from liteq.stores.contract import (
-    STATS_MINUTES,
-    WAITS_FOR_ITS_TYPE,
-    Finished,
-    JobQuery,
-    MinuteCount,
-    QueueCount,
-    Tx,
-    WorkerInfo,
-)
-from liteq.stores.hooks import StatusHook
+from liteq.stores.contract import WAITS_FOR_ITS_TYPE, JobQuery, QueueCount, Tx
+from liteq.stores.events import StatusHook
 from liteq.stores.postgres import schema as pg_schema
 from liteq.stores.postgres.link import Link, translate
 from liteq.stores.postgres.listener import Listener
 from liteq.stores.postgres.queries import SCHEMA_NAME, queries
+from liteq.stores.postgres.registry import PgRegistry
 from liteq.stores.postgres.transaction import PgTx, Transaction, new_values, record_of
-from liteq.stores.sqltext import worker_of, worker_values
 from liteq.stores.wakeup import Waker
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -64,7 +55,6 @@ class PostgresStore(BaseStore):
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
     ) -> None:
-        super().__init__(clock=clock, on_status_change=on_status_change, waker=Waker())
         if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
             raise ValueError(
                 f"schema must be a plain name (letters, digits, _; at most 57), not {schema!r}"
@@ -74,7 +64,14 @@ class PostgresStore(BaseStore):
         self.readonly = readonly
         self._q = queries(schema)
         self._link = Link(dsn, self._q.PLANNER_SETTINGS)
-        self._listener = Listener(dsn, self._q.channel, self._waker)
+        waker = Waker()
+        super().__init__(
+            registry=PgRegistry(self._link, self._q, clock),
+            clock=clock,
+            on_status_change=on_status_change,
+            waker=waker,
+        )
+        self._listener = Listener(dsn, self._q.channel, waker)
         self._local = threading.local()  # the application's connection an enqueue joins
         with self._link.using() as conn:
             if readonly:
@@ -218,43 +215,6 @@ class PostgresStore(BaseStore):
 
     def _paused(self) -> set[str]:
         return {row[0] for row in self._rows(self._q.PAUSED)}
-
-    def _register(self, info: WorkerInfo) -> None:
-        with self._link.using() as conn:
-            conn.execute(self._q.REGISTER, worker_values(info))
-
-    def _beat(
-        self,
-        owner: str,
-        now: float,
-        jobs_done: int,
-        current_job: int | None,
-        finished: Finished,
-        rss: int | None,
-    ) -> None:
-        minute = int(now // 60)
-        with self._transaction() as tx:
-            assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
-            tx.execute(self._q.BEAT, (now, jobs_done, current_job, rss, owner))
-            for queue, (completed, failed) in sorted(finished.items()):
-                tx.execute(self._q.COUNT_FINISHED, (minute, queue, completed, failed))
-                tx.execute(self._q.COUNT_TOTAL, (queue, completed, failed))
-            tx.execute(self._q.FORGET_OLD_STATS, (minute - STATS_MINUTES,))
-            tx.execute(self._q.FORGET_SILENT_WORKERS, (now,))
-
-    def _unregister(self, owner: str) -> None:
-        with self._link.using() as conn:
-            conn.execute(self._q.UNREGISTER, (owner,))
-
-    def _workers(self) -> list[WorkerInfo]:
-        return [worker_of(row) for row in self._rows(self._q.WORKERS)]
-
-    def _throughput(self, since_minute: int) -> list[MinuteCount]:
-        rows = self._rows(self._q.THROUGHPUT, (since_minute,))
-        return [MinuteCount(int(m), q, int(c), int(f)) for m, q, c, f in rows]
-
-    def _totals(self) -> Finished:
-        return {name: (int(c), int(f)) for name, c, f in self._rows(self._q.TOTALS)}
 
     # -- waking idle workers -------------------------------------------------
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from liteq.errors import StoreError
-from liteq.record import COLUMNS, Changes, Record
+from liteq.record import COLUMNS_BUT_ID, Changes, Record
 from liteq.status import Status
 from liteq.stores.contract import Tx
 
@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 
 _STATUS = {s.value: s for s in Status}
 
-#: A row's values in column order (a Status binds as its text: it is a str).
-values_of: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS)
-#: The same without the id, which the database gives.
-new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS[1:])
+#: A new row's values, as the INSERT takes them: each column but the id, which the
+#: database gives.
+new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_BUT_ID)
+#: A row's values as the UPDATE takes them: each column but the id, then the id.
+_update_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_BUT_ID, "id")
 
 
 def record_of(row: Sequence[Any]) -> Record:
@@ -108,12 +109,12 @@ class PgTx(Tx):
     def _insert_batch(self, records: Sequence[Record]) -> list[int]:
         """Insert rows that hold no coalesce id, with one statement; their ids in order."""
         columns = zip(*(new_values(r) for r in records), strict=True)
-        rows = self._cursor.execute(self._q.INSERT_BATCH, [list(c) for c in columns])
+        arrays = dict(zip(COLUMNS_BUT_ID, map(list, columns), strict=True))
+        rows = self._cursor.execute(self._q.INSERT_BATCH, arrays)
         return sorted(int(row[0]) for row in rows)
 
     def update(self, record: Record) -> None:
-        values = values_of(record)
-        self._cursor.execute(self._q.UPDATE, (*values[1:], values[0]))
+        self._cursor.execute(self._q.UPDATE, _update_values(record))
 
     def delete(self, job_id: int) -> None:
         self._cursor.execute(self._q.DELETE, (job_id,))

@@ -23,6 +23,8 @@ from typing import Final
 
 log = logging.getLogger("liteq.store")
 
+# Two ways to wait at the gate, by who waits: PATIENT for a worker's own bookkeeping,
+# PROMPT for a write a caller waits on (a transaction opened with prompt=True).
 #: The longest pause between tries of a worker's claim loop: hand-offs between workers cost
 #: the next one its page cache, so they need not be quick.
 PATIENT: Final = 1e-3

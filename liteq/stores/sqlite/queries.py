@@ -5,16 +5,26 @@ from __future__ import annotations
 import functools
 from typing import Any, Final
 
-from liteq.record import COLUMNS
+from liteq.record import COLUMNS, COLUMNS_BUT_ID
 from liteq.stores.contract import JobQuery
-from liteq.stores.sqltext import filters, read_blocks, search_filters
+from liteq.stores.sqlshared import filters, read_blocks, search_filters
+
+#: What jobs that insert_alike inserts with one statement share: every column but these.
+ALIKE: Final = tuple(c for c in COLUMNS_BUT_ID if c not in ("job_type", "payload"))
 
 _SQL: Final = read_blocks(__package__, "queries.sql")
 _FIXED: Final = {
     "columns": ", ".join(COLUMNS),
     "c_columns": ", ".join(f"c.{c}" for c in COLUMNS),
-    "values": ", ".join("?" * (len(COLUMNS) - 1)),
-    "assignments": ", ".join(f"{c} = ?" for c in COLUMNS[1:]),
+    "new_columns": ", ".join(COLUMNS_BUT_ID),
+    "values": ", ".join("?" * len(COLUMNS_BUT_ID)),
+    "assignments": ", ".join(f"{c} = ?" for c in COLUMNS_BUT_ID),
+    "alike_columns": ", ".join(ALIKE),
+    "alike_values": ", ".join(f"?{i}" for i in range(1, len(ALIKE) + 1)),
+    "alike_id": f"?{len(ALIKE) + 1}",
+    "alike_rows": f"?{len(ALIKE) + 2}",
+    "alike_type": f"?{len(ALIKE) + 3}",
+    "claim_order": _SQL["claim_order"],
 }
 
 

@@ -1,8 +1,10 @@
 -- The statements of SQLiteStore, by name (`-- name: NAME` starts a block). Python fills
--- in what is fixed by the schema ({columns}: every column of liteq_jobs, in Record order;
--- {values}: a `?` for each but the id; {assignments}: `column = ?` for each but the id) or
+-- in what is fixed by the schema ({columns}: every column of liteq_jobs, as Record lists
+-- them; {new_columns}: each but the id, and {values}: a `?` for each of those;
+-- {assignments}: `column = ?` for each but the id; {alike_…}: insert_alike's, below) or
 -- by the call ({limit}, {names}, {pairs}, {where}, {order}: only from liteq's own code,
--- never from input). schema.sql says why the status tests are written as they are.
+-- never from input); {claim_order} is the block of that name. schema.sql says why the
+-- status tests are written as they are.
 --
 -- A value compared with an indexed column is bound as `+?`: this SQLite is built with
 -- STAT4, and a plain `?` there makes it plan the statement again on every run; `+` keeps
@@ -22,35 +24,35 @@ SELECT {columns} FROM liteq_jobs WHERE status IN ('running', 'wait_async')
 SELECT max(coalesce((SELECT max(id) FROM liteq_jobs), 0), high_water) + 1 FROM liteq_meta
 
 -- name: insert
-INSERT INTO liteq_jobs ({columns}) VALUES (
+INSERT INTO liteq_jobs (id, {new_columns}) VALUES (
     (SELECT max(coalesce((SELECT max(id) FROM liteq_jobs), 0), high_water) + 1 FROM liteq_meta),
     {values})
 
 -- A held coalesce id makes it insert nothing (then changes() is 0). No RETURNING: it costs
 -- more than asking for the new rowid.
 -- name: insert_or_nothing
-INSERT INTO liteq_jobs ({columns}) VALUES (
+INSERT INTO liteq_jobs (id, {new_columns}) VALUES (
     (SELECT max(coalesce((SELECT max(id) FROM liteq_jobs), 0), high_water) + 1 FROM liteq_meta),
     {values})
 ON CONFLICT DO NOTHING
 
--- Many new jobs that share their options, in one statement: their (type, payload) pairs go
--- in as one JSON array (?8), which SQLite walks in C. Their ids run on from ?9, the next id,
--- read first: a SELECT that read liteq_jobs itself would make SQLite copy every row aside
--- before inserting any. ?1 queue, ?2 priority, ?3 max_attempts, ?4 run_at, ?5 created_at,
--- ?6 max_runtime, ?7 delete_on_complete.
+-- Many new jobs alike (the same in every column but id, job_type and payload), in one
+-- statement: their (type, payload) pairs go in as one JSON array ({alike_rows}), which
+-- SQLite walks in C. Each other column is bound from the first job: {alike_values}, in
+-- the order of {alike_columns}. Their ids run on from {alike_id}, the next id, read first: a
+-- SELECT that read liteq_jobs itself would make SQLite copy every row aside before
+-- inserting any.
 -- name: insert_alike
-INSERT INTO liteq_jobs ({columns})
-SELECT ?9 + key, value ->> 0, value ->> 1, ?1, ?2, 'queued', 0, ?3, ?4, ?5,
-       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0
-FROM json_each(?8)
+INSERT INTO liteq_jobs (id, job_type, payload, {alike_columns})
+SELECT {alike_id} + key, value ->> 0, value ->> 1, {alike_values}
+FROM json_each({alike_rows})
 
--- The same when they are all of one type, ?10 (most batches): ?8 is an array of payloads.
+-- The same when they are all of one type, {alike_type} (most batches): {alike_rows} is an
+-- array of payloads.
 -- name: insert_alike_of_type
-INSERT INTO liteq_jobs ({columns})
-SELECT ?9 + key, ?10, value, ?1, ?2, 'queued', 0, ?3, ?4, ?5,
-       NULL, NULL, NULL, ?6, ?7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0
-FROM json_each(?8)
+INSERT INTO liteq_jobs (id, job_type, payload, {alike_columns})
+SELECT {alike_id} + key, {alike_type}, value, {alike_values}
+FROM json_each({alike_rows})
 
 -- name: update
 UPDATE liteq_jobs SET {assignments} WHERE id = ?
@@ -89,13 +91,19 @@ UPDATE liteq_jobs SET status = 'running', attempts = attempts + 1, started_at = 
     deadline_mono = ?5 + max_runtime
 WHERE id IN (SELECT value FROM json_each(?6))
 
+-- The claim order, written here once for SQLite (contract: Tx.claim): highest priority
+-- first, then the earliest run_at, then the lowest id (FIFO). The claim index, liteq_jobs_claim
+-- (schema.sql), is (queue, then this order). The blocks below take it as {claim_order}.
+-- name: claim_order
+priority DESC, run_at, id
+
 -- Picking the best {limit} due jobs. ?1 is now; ?2… the queue names. The claim index is
 -- per queue: for one queue this is a plain seek.
 -- name: pick_in_queue
 SELECT {columns} FROM liteq_jobs
 WHERE status = 'queued' AND queue = +?2 AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
     AND NOT EXISTS (SELECT 1 FROM liteq_queues WHERE name = ?2 AND paused)
-ORDER BY priority DESC, run_at, id LIMIT {limit}
+ORDER BY {claim_order} LIMIT {limit}
 
 -- Every queue, while a single queue holds queued jobs (most often): two more seeks check
 -- that, and the statement selects nothing otherwise.
@@ -107,7 +115,7 @@ WHERE status = 'queued'
     AND (SELECT min(queue) FROM liteq_jobs WHERE status = 'queued')
         = (SELECT max(queue) FROM liteq_jobs WHERE status = 'queued')
     AND NOT EXISTS (SELECT 1 FROM liteq_queues WHERE name = liteq_jobs.queue AND paused)
-ORDER BY priority DESC, run_at, id LIMIT {limit}
+ORDER BY {claim_order} LIMIT {limit}
 
 -- Several queues: the best {limit} of each, then the best of those (about twice the cost).
 -- {names} is the table of queue names: `queue_names` (every queue holding queued jobs,
@@ -118,8 +126,8 @@ WHERE NOT EXISTS (SELECT 1 FROM liteq_queues AS q WHERE q.name = names.name AND 
 AND c.id IN (
     SELECT id FROM liteq_jobs WHERE status = 'queued' AND queue = names.name
         AND run_at <= ?1 AND (lock_token IS NULL OR lock_until < ?1)
-    ORDER BY priority DESC, run_at, id LIMIT {limit})
-ORDER BY c.priority DESC, c.run_at, c.id LIMIT {limit}
+    ORDER BY {claim_order} LIMIT {limit})
+ORDER BY {claim_order} LIMIT {limit}
 
 -- name: queue_names
 WITH RECURSIVE names(name) AS (
@@ -219,7 +227,7 @@ SET completed = completed + excluded.completed, failed = failed + excluded.faile
 DELETE FROM liteq_stats WHERE minute < ?
 
 -- name: forget_silent_workers
-DELETE FROM liteq_workers WHERE beat_at + 3 * lease < ?
+DELETE FROM liteq_workers WHERE beat_at + ? * lease < ?
 
 -- name: unregister
 DELETE FROM liteq_workers WHERE owner = ?
@@ -230,7 +238,6 @@ FROM liteq_workers
 
 -- name: throughput
 SELECT minute, queue, completed, failed FROM liteq_stats WHERE minute >= ?
-ORDER BY minute, queue
 
 -- name: count_total
 INSERT INTO liteq_queues AS t (name, completed, failed) VALUES (?, ?, ?)

@@ -14,7 +14,7 @@ import apsw
 
 from liteq.errors import StoreError
 from liteq.stores.sqlite import queries
-from liteq.stores.sqltext import numbered_scripts
+from liteq.stores.sqlshared import numbered_scripts
 
 #: The schema version this code writes; older files are migrated on open.
 SCHEMA_VERSION: Final = 7

@@ -14,22 +14,13 @@ from liteq.errors import StoreError
 from liteq.record import Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore
-from liteq.stores.contract import (
-    STATS_MINUTES,
-    WAITS_FOR_ITS_TYPE,
-    Finished,
-    JobQuery,
-    MinuteCount,
-    QueueCount,
-    Tx,
-    WorkerInfo,
-)
-from liteq.stores.hooks import StatusHook
+from liteq.stores.contract import WAITS_FOR_ITS_TYPE, FileInfo, JobQuery, QueueCount, Tx
+from liteq.stores.events import StatusHook
 from liteq.stores.sqlite import queries
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
 from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
+from liteq.stores.sqlite.registry import SQLiteRegistry
 from liteq.stores.sqlite.transaction import SQLiteTx, Transaction, new_values, record_of
-from liteq.stores.sqltext import worker_of, worker_values
 from liteq.stores.wakeup import Waker
 
 #: How often an idle worker polls for commits of other processes: quickly for two seconds
@@ -68,8 +59,6 @@ class SQLiteStore(BaseStore):
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
     ) -> None:
-        waker = Waker(self._data_version, poll=POLL, idle_poll=IDLE_POLL)
-        super().__init__(clock=clock, on_status_change=on_status_change, waker=waker)
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
         if page_size is not None and (type(page_size) is not int or page_size not in PAGE_SIZES):
@@ -93,6 +82,12 @@ class SQLiteStore(BaseStore):
             page_size=page_size,
             busy_timeout=busy_timeout,
             readonly=readonly,
+        )
+        super().__init__(
+            registry=SQLiteRegistry(self.file, clock),
+            clock=clock,
+            on_status_change=on_status_change,
+            waker=Waker(self._data_version, poll=POLL, idle_poll=IDLE_POLL),
         )
         self._db()
 
@@ -198,45 +193,6 @@ class SQLiteStore(BaseStore):
                     priority = _scalar(conn, queries.NEXT_PRIORITY, (name, priority))
         return best
 
-    def _register(self, info: WorkerInfo) -> None:
-        with self._transaction(prompt=True):
-            self.file.session()[0].execute(queries.REGISTER, worker_values(info))
-
-    def _beat(
-        self,
-        owner: str,
-        now: float,
-        jobs_done: int,
-        current_job: int | None,
-        finished: Finished,
-        rss: int | None,
-    ) -> None:
-        minute = int(now // 60)
-        with self._transaction():
-            conn = self.file.session()[0]
-            conn.execute(queries.BEAT, (now, jobs_done, current_job, rss, owner))
-            for queue, (completed, failed) in finished.items():
-                conn.execute(queries.COUNT_FINISHED, (minute, queue, completed, failed))
-                conn.execute(queries.COUNT_TOTAL, (queue, completed, failed))
-            conn.execute(queries.FORGET_OLD_STATS, (minute - STATS_MINUTES,))
-            conn.execute(queries.FORGET_SILENT_WORKERS, (now,))
-
-    def _unregister(self, owner: str) -> None:
-        with self._transaction():
-            self.file.session()[0].execute(queries.UNREGISTER, (owner,))
-
-    def _workers(self) -> list[WorkerInfo]:
-        with self.file.reading() as conn:
-            return [worker_of(row) for row in conn.execute(queries.WORKERS)]
-
-    def _throughput(self, since_minute: int) -> list[MinuteCount]:
-        with self.file.reading() as conn:
-            return [MinuteCount(*row) for row in conn.execute(queries.THROUGHPUT, (since_minute,))]
-
-    def _totals(self) -> Finished:
-        with self.file.reading() as conn:
-            return {name: (done, failed) for name, done, failed in conn.execute(queries.TOTALS)}
-
     def _data_version(self) -> object:
         # Changes whenever another connection commits. An idle worker also notices here,
         # within its poll, that its file was deleted or replaced.
@@ -313,6 +269,10 @@ class SQLiteStore(BaseStore):
             return os.stat(f"{self.path}-wal").st_size
         except FileNotFoundError:
             return 0
+
+    def file_info(self) -> FileInfo:
+        """This file's path, and its write-ahead log's size now."""
+        return FileInfo(self.path, self.wal_bytes())
 
     def check_health(self) -> list[str]:
         """Warn when `<path>-wal` passes `wal_warning` bytes (then at each doubling) because

@@ -7,11 +7,11 @@ import operator
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from liteq.record import COLUMNS, Changes, Record
+from liteq.record import COLUMNS_BUT_ID, Changes, Record
 from liteq.status import Status
 from liteq.stores.contract import Tx, start_run
 from liteq.stores.sqlite import queries
@@ -31,22 +31,12 @@ def record_of(row: Sequence[Any]) -> Record:
     return record
 
 
-#: A row's values in column order (a Status binds as its text: it is a str).
-values_of: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS)
-#: The same without the id, which an insert computes.
-new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS[1:])
-#: What new jobs inserted by one INSERT_ALIKE share: their options.
-_shared: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
-    "queue", "priority", "max_attempts", "run_at", "created_at", "max_runtime",
-    "delete_on_complete",
-)  # fmt: skip
-#: The other columns, and what they are in a new job.
-_fresh: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(
-    "status", "attempts", "coalesce_id", "started_at", "finished_at", "error", "traceback",
-    "owner", "lease_until", "lock_token", "lock_until", "lease_mono", "deadline_mono",
-    "crashes",
-)  # fmt: skip
-_FRESH: Final = (Status.QUEUED, 0, *(None,) * 13, 0)
+#: A new row's values, as queries.INSERT takes them: each column but the id.
+new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_BUT_ID)
+#: A row's values as queries.UPDATE takes them: each column but the id, then the id.
+_update_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_BUT_ID, "id")
+#: What new jobs inserted by one INSERT_ALIKE share: queries.ALIKE, its first parameters.
+_alike: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*queries.ALIKE)
 
 
 class SQLiteTx(Tx):
@@ -78,8 +68,8 @@ class SQLiteTx(Tx):
         if len(records) < 2 or any(r.coalesce_id is not None for r in records):
             return super().insert_many(records)
         # (Jobs whose classes give enqueue options are not alike, but may agree.)
-        shared = _shared(records[0])
-        if all(_shared(r) == shared and _fresh(r) == _FRESH for r in records):
+        first = _alike(records[0])
+        if all(_alike(r) == first for r in records):
             return list(self.insert_alike(records))
         self._cursor.executemany(queries.INSERT, [new_values(r) for r in records])
         return list(self._last_ids(len(records)))
@@ -91,14 +81,14 @@ class SQLiteTx(Tx):
         # come between, and each row's id is the last one's + 1.
         cursor = self._cursor
         first_id = next(cursor.execute(queries.NEXT_ID))[0]  # (liteq_meta has its row)
-        shared = _shared(records[0])
+        alike = _alike(records[0])
         job_type = records[0].job_type
         if all(r.job_type == job_type for r in records):
             payloads = json.dumps([r.payload for r in records])
-            cursor.execute(queries.INSERT_ALIKE_OF_TYPE, (*shared, payloads, first_id, job_type))
+            cursor.execute(queries.INSERT_ALIKE_OF_TYPE, (*alike, first_id, payloads, job_type))
         else:
             pairs = json.dumps([(r.job_type, r.payload) for r in records])
-            cursor.execute(queries.INSERT_ALIKE, (*shared, pairs, first_id))
+            cursor.execute(queries.INSERT_ALIKE, (*alike, first_id, pairs))
         return self._last_ids(len(records))
 
     def _last_ids(self, count: int) -> list[int]:
@@ -106,8 +96,7 @@ class SQLiteTx(Tx):
         return list(range(last - count + 1, last + 1))
 
     def update(self, record: Record) -> None:
-        values = values_of(record)
-        self._cursor.execute(queries.UPDATE, (*values[1:], values[0]))
+        self._cursor.execute(queries.UPDATE, _update_values(record))
 
     def delete(self, job_id: int) -> None:
         self._cursor.execute(queries.DELETE, (job_id,))
