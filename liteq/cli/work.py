@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from typing import Final
 
 from liteq.cli.common import (
     Commands,
@@ -20,8 +23,7 @@ from liteq.cli.common import (
     store_url,
 )
 from liteq.errors import StoreUnavailable
-from liteq.status import DEFAULT_MAX_CRASHES
-from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
+from liteq.worker.options import WorkerOptions
 
 #: `liteq work`'s own exit when its workers cannot import their modules.
 EXIT_IMPORTS: int = 70
@@ -29,6 +31,17 @@ EXIT_IMPORTS: int = 70
 MAX_WAIT = 30.0
 
 log = logging.getLogger("liteq.supervisor")
+
+#: What `liteq work` gives its workers unless a flag says otherwise.
+DEFAULTS: Final = WorkerOptions()
+
+#: The WorkerOptions no flag of `liteq work` sets, and why. Every other option has a flag
+#: whose dest is its name (tests/test_worker_options.py holds both to WorkerOptions).
+NO_FLAG: Final[Mapping[str, str]] = {
+    "check_code": "always on: a worker whose code changed restarts, so a deploy takes effect",
+    "check_health": "the supervisor checks the store's health itself, for all its workers",
+    "handle_signals": "always on: workers obey the signals their supervisor forwards",
+}
 
 
 def add_parser(sub: Commands) -> None:
@@ -51,6 +64,7 @@ def add_parser(sub: Commands) -> None:
         metavar="MODULE",
         help="module defining job classes, imported in each worker (repeatable; required)",
     )
+    # Each flag's dest is the WorkerOptions field it sets, its default that field's.
     work.add_argument(
         "--queue",
         dest="queues",
@@ -62,31 +76,39 @@ def add_parser(sub: Commands) -> None:
         "--processes", "-n", type=positive_int, default=1, metavar="N", help="workers (default 1)"
     )
     work.add_argument(
-        "--max-jobs", type=positive_int, metavar="N", help="restart a worker after N jobs"
+        "--max-jobs",
+        dest="exit_after_n_jobs",
+        type=positive_int,
+        metavar="N",
+        help="restart a worker after N jobs",
     )
     work.add_argument(
         "--max-time", type=positive_float, metavar="S", help="restart a worker after S seconds"
     )
     work.add_argument(
         "--graceful-timeout",
+        dest="graceful_shutdown_timeout",
         type=positive_float,
-        default=5.0,
+        default=DEFAULTS.graceful_shutdown_timeout,
         metavar="S",
-        help="on TERM, seconds a job may take to finish before it is re-queued (default 5)",
+        help="on TERM, seconds a job may take to finish before it is re-queued "
+        f"(default {DEFAULTS.graceful_shutdown_timeout:g})",
     )
     work.add_argument(
         "--wakeup-every",
         type=positive_float,
-        default=5.0,
+        default=DEFAULTS.wakeup_every,
         metavar="S",
-        help="idle re-check interval; new jobs wake workers sooner (default 5)",
+        help="idle re-check interval; new jobs wake workers sooner "
+        f"(default {DEFAULTS.wakeup_every:g})",
     )
     work.add_argument(
         "--guarantee-memory",
         type=size,
-        default=DEFAULT_GUARANTEE_MEMORY,
+        default=DEFAULTS.guarantee_memory,
         metavar="BYTES",
-        help="restart a worker before a job if less memory is available (default 64M)",
+        help="restart a worker before a job if less memory is available "
+        f"(default {DEFAULTS.guarantee_memory >> 20}M)",
     )
     work.add_argument(
         "--max-rss",
@@ -98,30 +120,36 @@ def add_parser(sub: Commands) -> None:
     work.add_argument(
         "--max-crashes",
         type=positive_int,
-        default=DEFAULT_MAX_CRASHES,
+        default=DEFAULTS.max_crashes,
         metavar="N",
         help="a job whose worker died while running it (segfault, os._exit, OOM, "
-        f"--max-rss) N times fails for good (default {DEFAULT_MAX_CRASHES})",
+        f"--max-rss) N times fails for good (default {DEFAULTS.max_crashes})",
     )
     work.add_argument(
         "--lease",
         type=positive_float,
-        default=30.0,
+        default=DEFAULTS.lease,
         metavar="S",
         help="seconds a worker's claim holds without renewal before its job may be "
-        "rescued (renewed every S/3 while the job runs; default 30)",
+        f"rescued (renewed every S/3 while the job runs; default {DEFAULTS.lease:g})",
     )
     work.add_argument(
         "--prefetch",
         type=positive_int,
-        default=1,
+        default=DEFAULTS.prefetch,
         metavar="K",
         help="claim K jobs per transaction and acknowledge in batches (short jobs)",
     )
     work.add_argument("--nice", type=int, metavar="N", help="add N to the workers' niceness")
-    work.add_argument("--no-jitter", action="store_true", help="no random start-up/idle delays")
+    work.add_argument(
+        "--no-jitter",
+        dest="jitter",
+        action="store_false",
+        help="no random start-up/idle delays",
+    )
     work.add_argument(
         "--burst",
+        dest="exit_if_no_jobs",
         action="store_true",
         help="workers exit when no job is due, and then so does liteq work",
     )
@@ -146,30 +174,21 @@ def _work(args: argparse.Namespace) -> int:
     url = store_url(args)
     _open_patiently(args)  # a bad URL or file fails now, not in a loop
     _check_imports(args.imports, url)
-    options = WorkerOptions(
-        queues=args.queues,
-        wakeup_every=args.wakeup_every,
-        exit_if_no_jobs=args.burst,
-        exit_after_n_jobs=args.max_jobs,
-        max_time=args.max_time,
-        guarantee_memory=args.guarantee_memory,
-        max_rss=args.max_rss,
-        max_crashes=args.max_crashes,
-        graceful_shutdown_timeout=args.graceful_timeout,
-        jitter=not args.no_jitter,
-        nice=args.nice,
-        prefetch=args.prefetch,
-        lease=args.lease,
-    )
     supervisor = Supervisor(
         url,
         imports=args.imports,
         processes=args.processes,
-        worker_options=options,
-        burst=args.burst,
+        worker_options=worker_options(args),
+        burst=args.exit_if_no_jobs,
         verbose=args.verbose > 0,
     )
     return supervisor.run()
+
+
+def worker_options(args: argparse.Namespace) -> WorkerOptions:
+    """The WorkerOptions `liteq work`'s flags ask for (each flag's dest is its field)."""
+    fields = (field.name for field in dataclasses.fields(WorkerOptions))
+    return WorkerOptions(**{name: getattr(args, name) for name in fields if name not in NO_FLAG})
 
 
 def _open_patiently(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from liteq.worker.exits import (
 )
 from liteq.worker.loop import Worker
 from liteq.worker.options import WorkerOptions
+from liteq.worker.rescue import detect_hung_jobs
 from liteq.worker.signals import Interrupted
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Interrupted",
     "Worker",
     "WorkerOptions",
+    "detect_hung_jobs",
 ]

@@ -19,6 +19,7 @@ from liteq.worker.exits import EXIT_SIGNAL
 if TYPE_CHECKING:
     from liteq.managed import ManagedJob
     from liteq.stores.contract import Finished, Store, WorkerInfo
+    from liteq.worker.run import InFlight
     from liteq.worker.signals import Signals
 
 log = logging.getLogger("liteq.worker")
@@ -53,24 +54,27 @@ def report_health(store: Store) -> None:
 
 class Heartbeat:
     """Every `lease`/3 seconds: renews the leases of the jobs `holding()` returns, and
-    beats in the store's registry of workers with `progress()` (jobs done, the job running
-    now) and the outcomes counted since the last beat."""
+    beats in the store's registry of workers with `jobs_done()`, the job in flight and the
+    outcomes counted since the last beat. It stops a job in flight (through `signals`)
+    whose lease is lost, or that takes the worker past max_rss, and ends the process when
+    a job could not be interrupted."""
 
     def __init__(
         self,
         store: Store,
         holding: Callable[[], list[ManagedJob]],
-        progress: Callable[[], tuple[int, int | None]],
+        jobs_done: Callable[[], int],
+        in_flight: InFlight,
         signals: Signals,
         *,
         lease: float,
         check_health: bool,
         disown: Callable[[], None] = lambda: None,
-        max_rss: int | None = None,
     ) -> None:
         self.store = store
         self.holding = holding
-        self.progress = progress
+        self.jobs_done = jobs_done
+        self.in_flight = in_flight
         self.signals = signals
         self.lease = lease
         self.check_health = check_health
@@ -78,10 +82,9 @@ class Heartbeat:
         #: timeout): tell the supervisor no job was running, so that none is blamed.
         self.disown = disown
         #: Stop a job that takes the worker past this many bytes while it runs (None: no
-        #: watch; `liteq work`'s supervisor watches its workers itself).
-        self.max_rss = max_rss
-        self._over_rss: int | None = None  # the job stopped for it (once)
-        #: When leases were last renewed (monotonic clock).
+        #: watch; `liteq work`'s supervisor watches its workers itself). Set by start().
+        self.max_rss: int | None = None
+        #: When leases were last renewed, or taken by a claim (monotonic clock).
         self.renewed = time.monotonic()
         self._info: WorkerInfo | None = None
         self._registered = False
@@ -92,16 +95,22 @@ class Heartbeat:
         self._told: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stopped: int | None = None  # the job stopped for want of a lease
 
     def count(self, queue: str, completed: bool) -> None:
         """A job of `queue` completed, or an attempt failed: told at the next beat."""
         totals = self._completed if completed else self._failed
         totals[queue] = totals.get(queue, 0) + 1
 
-    def start(self, info: WorkerInfo) -> None:
-        """Register the worker `info` describes, and start the thread."""
+    def claimed(self) -> None:
+        """The worker has just claimed the jobs it holds: their leases are as good as
+        renewed now."""
+        self.renewed = time.monotonic()
+
+    def start(self, info: WorkerInfo, *, max_rss: int | None = None) -> None:
+        """Register the worker `info` describes, and start the thread (with `max_rss`, it
+        watches the memory of the process while a job runs)."""
         self._info = info
+        self.max_rss = max_rss
         self._registered = False
         self._register()
         self._stop.clear()
@@ -140,7 +149,7 @@ class Heartbeat:
             failed = totals[1].get(queue, 0) - self._told[1].get(queue, 0)
             if done or failed:
                 finished[queue] = (done, failed)
-        jobs_done, current = self.progress()
+        jobs_done, current = self.jobs_done(), self.in_flight.current_id()
         try:
             owner = self._info.owner
             self.store.beat(
@@ -158,14 +167,15 @@ class Heartbeat:
         tick = 0.5 if self.max_rss is None else RSS_CHECK_EVERY
         while not self._stop.wait(tick):
             self._watch_rss()
-            hard_exit_at = self.signals.hard_exit_at
-            if hard_exit_at is not None and time.monotonic() > hard_exit_at:
-                # The job could not be unwound (stuck outside Python): end the process; the
-                # supervisor or the lease re-queues the job once this process is gone.
-                log.error("job could not be interrupted: exiting hard")
-                if not self.signals.hard_exit_blames_job:
-                    self.disown()
-                os._exit(EXIT_SIGNAL)
+            for run in self.in_flight.now():
+                hard_exit_at = run.hard_exit_at
+                if hard_exit_at is not None and time.monotonic() > hard_exit_at:
+                    # The job could not be unwound (stuck outside Python): end the process;
+                    # the supervisor or the lease re-queues the job once this process is gone.
+                    log.error("job could not be interrupted: exiting hard")
+                    if not run.hard_exit_blames_job:
+                        self.disown()
+                    os._exit(EXIT_SIGNAL)
             if self.check_health and time.monotonic() >= health_at:
                 health_at = time.monotonic() + HEALTH_EVERY
                 report_health(self.store)
@@ -180,43 +190,50 @@ class Heartbeat:
             except StoreError as exc:
                 log.error("renewing leases failed (%s); trying again shortly", exc)
                 beat_at = time.monotonic() + 1.0
-                _, running = self.progress()
                 given_up = self.lease * LEASE_GIVEN_UP
-                overdue = time.monotonic() - self.renewed > given_up
-                if running is not None and running != self._stopped and overdue:
-                    self._stopped = running  # (once: it is handed back when it has unwound)
-                    reason = (
-                        f"its lease could not be renewed for {given_up:.1f}s (the store could "
-                        "not be reached), so it may be run elsewhere"
-                    )
-                    log.error("job %d: %s: stopping it", running, reason)
-                    self.signals.lose_lease(reason)
+                if time.monotonic() - self.renewed > given_up:
+                    self._give_up(given_up)
                 continue
             self.beat()
+
+    def _give_up(self, given_up: float) -> None:
+        """Stop the jobs in flight: their leases went unrenewed too long."""
+        reason = (
+            f"its lease could not be renewed for {given_up:.1f}s (the store could "
+            "not be reached), so it may be run elsewhere"
+        )
+        for run in self.in_flight.now():
+            if not run.lease_given_up:
+                run.lease_given_up = True  # (once: it is handed back when it has unwound)
+                log.error("job %d: %s: stopping it", run.mjob.id, reason)
+                self.signals.lose_lease(run, reason)
 
     def _watch_rss(self) -> None:
         max_rss = self.max_rss
         if max_rss is None:
             return
-        _, running = self.progress()
-        if running is None or running == self._over_rss:
+        runs = [run for run in self.in_flight.now() if not run.rss_stopped]
+        if not runs:
             return
         rss = _rss()
         if rss is None or rss <= max_rss:
             return
-        self._over_rss = running
         death = f"stopped at {rss >> 20} MiB RSS, over max_rss {max_rss >> 20} MiB"
-        log.error("job %d: %s: stopping it and this worker", running, death)
-        self.signals.stop_for_memory(death)
+        for run in runs:
+            run.rss_stopped = True
+            log.error("job %d: %s: stopping it and this worker", run.mjob.id, death)
+            self.signals.stop_for_memory(run, death)
 
     def _renew(self, mine: list[ManagedJob]) -> None:
         if not mine:
             return
         kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
         self.renewed = time.monotonic()
-        _, running = self.progress()
+        runs = self.in_flight.now()
         for mjob in mine:  # (one finished meanwhile is no longer RUNNING here)
             if id(mjob) not in kept and mjob.status is Status.RUNNING:
                 log.warning("job %d: lease lost; it was re-queued elsewhere", mjob.id)
-                if mjob.id == running:
-                    self.signals.lose_lease("its lease was lost: it was re-queued elsewhere")
+                for run in runs:
+                    if run.mjob.id == mjob.id:
+                        reason = "its lease was lost: it was re-queued elsewhere"
+                        self.signals.lose_lease(run, reason)

@@ -10,13 +10,13 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Final, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
 from liteq.job import bad_result
 from liteq.managed import ManagedJob, describe
-from liteq.status import DEFAULT_MAX_CRASHES, Status
+from liteq.status import Status
 from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
 from liteq.worker.exits import (
     EXIT_CODE_CHANGED,
@@ -28,7 +28,8 @@ from liteq.worker.exits import (
 from liteq.worker.heartbeat import Heartbeat
 from liteq.worker.identity import make_owner, parse_owner
 from liteq.worker.limits import CodeWatch, MemoryLimit
-from liteq.worker.options import DEFAULT_GUARANTEE_MEMORY, WorkerOptions
+from liteq.worker.options import WorkerOptions, takes_options
+from liteq.worker.run import InFlight, Run
 from liteq.worker.signals import Interrupted, Signals
 
 log = logging.getLogger("liteq.worker")
@@ -47,73 +48,14 @@ class Worker:
 
         liteq.Worker(store, queues=["mail"], exit_if_no_jobs=True).start()
 
-    Args:
-        queues: the queues to serve (default: all).
-        wakeup_every: seconds between re-checks when idle (new jobs wake it sooner).
-        exit_if_no_jobs: return once no job in its queues is due now.
-        exit_after_n_jobs / max_time: return after that many jobs / seconds.
-        guarantee_memory: return 1 before a job if less available memory would remain.
-        graceful_shutdown_timeout: seconds a signalled worker lets its job finish.
-        jitter: randomize start-up and idle re-checks (never the pick-up of a new job).
-        nice: add this to the process's niceness.
-        lease: seconds a claim is valid; renewed while the job runs.
-        prefetch: claim up to this many jobs per transaction and acknowledge completions
-            in batches of as many: far faster for short jobs. Prefetched jobs are RUNNING
-            and leased by this worker until they run; on a stop, those not started are
-            handed back; on a crash, they are rescued like any running job (at least once).
-        check_code: return 2 when an imported module's source changes.
-        check_health: log, every 10 s, conditions of the store an operator should hear of
-            (a WAL file that a long reader keeps growing, say); `liteq work` does it
-            in its supervisor instead.
-        max_rss: return 1 before a job once this process uses more bytes than this. While
-            a job runs too: past it, the job is stopped (as a crash of it, see max_crashes)
-            and the worker returns 1; under `liteq work` the supervisor kills the worker.
-        max_crashes: a job whose worker died while running it (a segfault, os._exit, an
-            OOM or max_rss kill) this many times fails for good; each death before is a
-            mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
-            worker for max_rss, or a caller of detect_hung_jobs (which uses 3).
-        handle_signals: in the main thread, handle TERM/QUIT/INT/HUP as described in
-            docs/deploying.md and enforce max_runtime and max_rss in a job with SIGALRM.
+    After the store come its options, by name or in order: WorkerOptions' (see there for
+    each one's meaning and default), checked once; `with_options` takes a WorkerOptions.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        queues: Sequence[str] | None = None,
-        wakeup_every: float = 5.0,
-        exit_if_no_jobs: bool = False,
-        exit_after_n_jobs: int | None = None,
-        max_time: float | None = None,
-        guarantee_memory: int = DEFAULT_GUARANTEE_MEMORY,
-        graceful_shutdown_timeout: float = 5.0,
-        jitter: bool = True,
-        nice: int | None = None,
-        lease: float = 30.0,
-        check_code: bool = True,
-        check_health: bool = True,
-        max_rss: int | None = None,
-        handle_signals: bool = True,
-        prefetch: int = 1,
-        max_crashes: int = DEFAULT_MAX_CRASHES,
-    ) -> None:
-        self.options = WorkerOptions(
-            queues=queues,
-            wakeup_every=wakeup_every,
-            exit_if_no_jobs=exit_if_no_jobs,
-            exit_after_n_jobs=exit_after_n_jobs,
-            max_time=max_time,
-            guarantee_memory=guarantee_memory,
-            graceful_shutdown_timeout=graceful_shutdown_timeout,
-            jitter=jitter,
-            nice=nice,
-            lease=lease,
-            check_code=check_code,
-            check_health=check_health,
-            max_rss=max_rss,
-            handle_signals=handle_signals,
-            prefetch=prefetch,
-            max_crashes=max_crashes,
-        )
+    @takes_options(WorkerOptions)
+    def __init__(self, store: Store, *args: Any, **kwargs: Any) -> None:
+        # (The options' names, types and defaults are WorkerOptions': one place for each.)
+        self.options = options = WorkerOptions(*args, **kwargs)
         self.store = store
         #: Jobs this worker has run (any outcome).
         self.jobs_processed = 0
@@ -121,21 +63,24 @@ class Worker:
         self._held: list[ManagedJob] = []  # claimed, not yet started
         self._acks: list[ManagedJob] = []  # completed, not yet acknowledged
         self._acks_since = 0.0
-        self._current: ManagedJob | None = None
-        self._lock = threading.Lock()  # for what the heartbeat reads: _held, _acks, _current
+        #: The jobs running now, each with what its signals and heartbeat share.
+        self._in_flight = InFlight()
+        # For what the heartbeat reads: _held, _acks (not _in_flight, read as a snapshot: a
+        # job is in _acks before it leaves _in_flight, so the heartbeat never misses it).
+        self._lock = threading.Lock()
         self._batch_head: ManagedJob | None = None
-        self._recheck_after = lease / 2  # see _still_mine
-        self._signals = Signals(graceful_shutdown_timeout)
-        self._memory = MemoryLimit(guarantee_memory, max_rss)
+        self._recheck_after = options.lease / 2  # see _still_mine
+        self._signals = Signals(options.graceful_shutdown_timeout, self._in_flight)
+        self._memory = MemoryLimit(options.guarantee_memory, options.max_rss)
         self._heartbeat = Heartbeat(
             store,
             self._holding,
-            self._progress,
+            lambda: self.jobs_processed,
+            self._in_flight,
             self._signals,
-            lease=lease,
-            check_health=check_health,
+            lease=options.lease,
+            check_health=options.check_health,
             disown=lambda: self._tell_running(None),
-            max_rss=max_rss,
         )
         self._running_hook: Callable[[int | None], None] | None = None
         self._unknown_types: set[str] = set()  # said once each, see _hand_back
@@ -169,8 +114,6 @@ class Worker:
         """
         self._running_hook = running
         options = self.options
-        # Under a supervisor (which is told the running job) it watches the memory instead.
-        self._heartbeat.max_rss = options.max_rss if running is None else None
         self._signals.reset()
         if options.nice:
             os.nice(options.nice)
@@ -181,7 +124,9 @@ class Worker:
             self._signals.install()
         try:
             try:
-                self._heartbeat.start(self._info(owner))
+                # Under a supervisor (told the running job) it watches the memory instead.
+                max_rss = options.max_rss if running is None else None
+                self._heartbeat.start(self._info(owner), max_rss=max_rss)
                 if options.jitter and not options.exit_if_no_jobs:
                     self._sleep(random.uniform(0, min(0.5, options.wakeup_every / 10)))  # noqa: S311
                 log.info("worker %s started (queues: %s)", owner, self._queues or "all")
@@ -230,18 +175,10 @@ class Worker:
         if self._running_hook is not None:
             self._running_hook(job_id)
 
-    def _progress(self) -> tuple[int, int | None]:
-        """Jobs run so far, and the one running now (for the heartbeat)."""
-        current = self._current
-        return self.jobs_processed, None if current is None else current.id
-
     def _holding(self) -> list[ManagedJob]:
         """The jobs whose leases this worker holds (for the heartbeat)."""
         with self._lock:
-            mine = [*self._held, *self._acks]
-            if self._current is not None:
-                mine.append(self._current)
-        return mine
+            return [*self._held, *self._acks, *(run.mjob for run in self._in_flight.now())]
 
     # -- the loop ----------------------------------------------------------------
     def _loop(self, owner: str, code: CodeWatch | None, began: float) -> int:
@@ -277,7 +214,7 @@ class Worker:
                 with self._lock:
                     self._held = held
                 self._batch_head = held[0]
-                self._heartbeat.renewed = time.monotonic()
+                self._heartbeat.claimed()
             with self._lock:
                 mjob = self._held.pop(0)
             # Finished jobs do not wait on a slow one; nor on one that took a worker down
@@ -357,8 +294,7 @@ class Worker:
         so none runs here while it may run elsewhere."""
         with self._lock:
             mine = {m.id for m in (*held, *self._held, *self._acks)}
-            if self._current is not None:
-                mine.add(self._current.id)
+            mine.update(run.mjob.id for run in self._in_flight)
         strays = self._patiently(
             "looking for jobs claimed by a commit whose reply was lost",
             lambda: [m for m in self.store.held_by(owner) if m.id not in mine],
@@ -441,25 +377,23 @@ class Worker:
             self._heartbeat.count(mjob.queue, completed=False)
             self.jobs_processed += 1
             return
-        signals = self._signals
-        with self._lock:
-            self._current = mjob
+        signals, run = self._signals, Run(mjob)
+        self._in_flight.add(run)
         self._tell_running(mjob.id)
-        signals.job_current = True
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             log.debug("job %d (%s) started, attempt %d", mjob.id, describe(mjob), mjob.attempts)
         if mjob.max_runtime is not None or signals.stop_requested:
-            signals.job_starts(mjob.max_runtime)
+            signals.job_starts(run, mjob.max_runtime)
         try:
             try:
-                signals.in_job = True
+                run.executing = True
                 try:
                     result = job.run(mjob)
                 finally:
-                    signals.in_job = False
+                    run.executing = False
             finally:
-                signals.job_ends()
+                signals.job_ends(run)
                 try:
                     job.cleanup()
                 except Exception:
@@ -467,7 +401,7 @@ class Worker:
         except Interrupted as exc:
             # The job's code has unwound: only now may it be handed back (however long
             # that takes: the hard exit was for a job that would not unwind).
-            signals.hard_exit_at = None
+            run.hard_exit_at = None
             death = exc.death
             if death is not None:  # it took the worker past max_rss: a crash of the job
                 max_crashes = self.options.max_crashes
@@ -489,7 +423,7 @@ class Worker:
                     "job %d (%s) %s: re-queued with a mulligan", mjob.id, describe(mjob), reason
                 )
                 if exc.stop_worker:
-                    signals.stop_requested = True
+                    signals.request_stop()
         except (Exception, SystemExit) as exc:
             message = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc()
@@ -528,11 +462,9 @@ class Worker:
             if debug:
                 log.debug("job %d (%s) returned %r", mjob.id, describe(mjob), result)
         finally:
-            with self._lock:
-                self._current = None
+            self._in_flight.discard(run)
             self._tell_running(None)
-            signals.job_current = False
-            signals.hard_exit_at = None
+            run.hard_exit_at = None  # (a stop that came as it ended is moot)
             self.jobs_processed += 1
 
     def _ack(self, mjob: ManagedJob, action: Callable[[], object]) -> Status | None:

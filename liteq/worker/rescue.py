@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from liteq.record import Record
 from liteq.status import DEFAULT_MAX_CRASHES, Status
+from liteq.stores.base import install_hung_check
 from liteq.stores.contract import Hung
 from liteq.worker.identity import Owner, kill, owner_state, parse_owner
 
@@ -172,3 +173,7 @@ def detect_hung_jobs(
             log.info("job %d rescued: %s -> %s", mjob.id, mjob.error, mjob.status.value)
             rescued.append(mjob)
     return rescued
+
+
+# Every store's detect_hung_jobs runs this (a store knows no processes: see stores.base).
+install_hung_check(detect_hung_jobs)

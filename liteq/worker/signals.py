@@ -6,9 +6,12 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from liteq.worker.exits import EXIT_OK, EXIT_SIGNAL
+
+if TYPE_CHECKING:
+    from liteq.worker.run import InFlight, Run
 
 #: After a job should have been interrupted, how long before the process exits hard.
 HARD_EXIT_GRACE: Final = 5.0
@@ -28,32 +31,21 @@ class Interrupted(BaseException):
 
 
 class Signals:
-    """What signals asked of a worker, and the alarms that time its job.
+    """What signals asked of a worker, and the alarms that time the jobs it has in flight.
 
-    TERM/QUIT: finish the job within the graceful timeout, else interrupt it; INT: finish,
-    a second INT interrupts now; HUP: finish (a restart); ALRM: a deadline has come.
+    TERM/QUIT: finish the jobs within the graceful timeout, else interrupt them; INT: finish,
+    a second INT interrupts now; HUP: finish (a restart); ALRM: a deadline has come, or the
+    heartbeat asks to stop a job. Worker-wide state lives here (a stop requested, the exit
+    status, the INTs); each job's lives on its `Run`, found through `in_flight`.
     Plain attributes only: a handler must not take locks.
     """
 
-    def __init__(self, graceful_timeout: float) -> None:
+    def __init__(self, graceful_timeout: float, in_flight: InFlight) -> None:
         self.graceful_timeout = graceful_timeout
+        self.in_flight = in_flight
         self.stop_requested = False
         self.exit_status = EXIT_OK
         self.ints = 0
-        #: A job is current (from its claim to its cleanup) / its run() is executing.
-        self.job_current = False
-        self.in_job = False
-        self.graceful_deadline: float | None = None
-        self.runtime_deadline: float | None = None
-        #: When the heartbeat ends the process, if a job could not be interrupted.
-        self.hard_exit_at: float | None = None
-        #: Whether that exit is the job's doing (past max_runtime, say: a crash of the job)
-        #: or a deliberate stop's (past the graceful timeout: none).
-        self.hard_exit_blames_job = False
-        #: Why the running job's lease is lost (the heartbeat says so from its thread).
-        self.lease_lost: str | None = None
-        #: How far past max_rss the running job took the worker (the heartbeat says so).
-        self.over_memory: str | None = None
         self._previous: dict[int, object] = {}
 
     @property
@@ -67,9 +59,11 @@ class Signals:
         self.exit_status = EXIT_OK
         self.ints = 0
 
-    def request_stop(self, status: int) -> None:
-        """Finish the current job, then return `status` from Worker.start()."""
-        self.exit_status = status
+    def request_stop(self, status: int | None = None) -> None:
+        """Finish the jobs in flight, then return `status` from Worker.start() (None: keep
+        the status asked before, if any)."""
+        if status is not None:
+            self.exit_status = status
         self.stop_requested = True
 
     def install(self) -> None:
@@ -95,87 +89,107 @@ class Signals:
         self._previous.clear()
 
     # -- a job's alarms ------------------------------------------------------------------
-    def job_starts(self, max_runtime: float | None) -> None:
-        """Arm the alarms a job needs: its max_runtime, and the graceful timeout if a
+    def job_starts(self, run: Run, max_runtime: float | None) -> None:
+        """Arm the alarms `run` needs: its max_runtime, and the graceful timeout if a
         TERM came before it started."""
         if not self.installed or (max_runtime is None and not self.stop_requested):
             return
-        self.graceful_deadline = None
-        self.runtime_deadline = None
+        run.graceful_deadline = None
+        run.runtime_deadline = None
         if max_runtime is not None:
-            self.runtime_deadline = time.monotonic() + max_runtime
+            run.runtime_deadline = time.monotonic() + max_runtime
         if self.stop_requested and self.exit_status == EXIT_SIGNAL:
-            self.graceful_deadline = time.monotonic() + self.graceful_timeout
+            run.graceful_deadline = time.monotonic() + self.graceful_timeout
         self._arm()
 
-    def job_ends(self) -> None:
-        """Disarm the job's alarms."""
-        if self.graceful_deadline is not None or self.runtime_deadline is not None:
+    def job_ends(self, run: Run) -> None:
+        """Disarm `run`'s alarms (those of other runs stay armed)."""
+        if run.graceful_deadline is not None or run.runtime_deadline is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        self.graceful_deadline = None
-        self.runtime_deadline = None
+            run.graceful_deadline = None
+            run.runtime_deadline = None
+            self._arm()
 
     # -- handlers --------------------------------------------------------------------------
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop(EXIT_SIGNAL)
-        if self.job_current and self.graceful_deadline is None:
-            self.graceful_deadline = time.monotonic() + self.graceful_timeout
+        timed = False
+        for run in self.in_flight.now():
+            if run.graceful_deadline is None:
+                run.graceful_deadline = time.monotonic() + self.graceful_timeout
+                timed = True
+        if timed:
             self._arm()
 
     def _on_int(self, signum: int, frame: FrameType | None) -> None:
         self.ints += 1
         self.request_stop(EXIT_SIGNAL)
-        if self.ints >= 2 and self.job_current:
-            self._interrupt("a second SIGINT asked to stop now", stop_worker=True)
+        if self.ints >= 2:
+            reason = "a second SIGINT asked to stop now"
+            self._interrupt([(run, reason, True, None) for run in self.in_flight.now()])
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop(EXIT_SIGNAL)
 
-    def lose_lease(self, reason: str) -> None:
-        """Stop the running job: its lease is lost, so it may run elsewhere now (called
-        from the heartbeat's thread; the job is stopped in the main thread by ALRM)."""
-        if not self.installed or not self.in_job:
+    def lose_lease(self, run: Run, reason: str) -> None:
+        """Stop `run`: its lease is lost, so it may run elsewhere now (called from the
+        heartbeat's thread; the job is stopped in the main thread by ALRM)."""
+        if not self.installed or not run.executing:
             return
-        self.lease_lost = reason
+        run.lease_lost = reason
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
-    def stop_for_memory(self, death: str) -> None:
-        """Stop the running job and then the worker: it took the worker past max_rss (called
+    def stop_for_memory(self, run: Run, death: str) -> None:
+        """Stop `run` and then the worker: its job took the worker past max_rss (called
         from the heartbeat's thread, like lose_lease)."""
-        if not self.installed or not self.in_job:
+        if not self.installed or not run.executing:
             return
-        self.over_memory = death
+        run.over_memory = death
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
-        if self.over_memory is not None:
-            death, self.over_memory = self.over_memory, None
-            self._interrupt(death, stop_worker=True, death=death)
-        elif self.lease_lost is not None:
-            reason, self.lease_lost = self.lease_lost, None
-            self._interrupt(reason, stop_worker=False)
-        elif self.graceful_deadline is not None and now >= self.graceful_deadline:
-            self._interrupt(
-                f"the job outlasted the graceful shutdown timeout of {self.graceful_timeout}s",
-                stop_worker=True,
-            )
-        elif self.runtime_deadline is not None and now >= self.runtime_deadline:
-            self._interrupt("the job ran longer than its max_runtime", stop_worker=False)
-        else:
-            self._arm()
+        stops: list[tuple[Run, str, bool, str | None]] = []
+        for run in self.in_flight.now():
+            if run.over_memory is not None:
+                death, run.over_memory = run.over_memory, None
+                stops.append((run, death, True, death))
+            elif run.lease_lost is not None:
+                reason, run.lease_lost = run.lease_lost, None
+                stops.append((run, reason, False, None))
+            elif run.graceful_deadline is not None and now >= run.graceful_deadline:
+                reason = (
+                    f"the job outlasted the graceful shutdown timeout of {self.graceful_timeout}s"
+                )
+                stops.append((run, reason, True, None))
+            elif run.runtime_deadline is not None and now >= run.runtime_deadline:
+                stops.append((run, "the job ran longer than its max_runtime", False, None))
+        # A run stopped now is not timed again (its hard exit is); the others are.
+        self._arm(skip=[stop[0] for stop in stops])
+        self._interrupt(stops)
 
-    def _arm(self) -> None:
-        deadlines = [d for d in (self.graceful_deadline, self.runtime_deadline) if d is not None]
+    def _arm(self, skip: list[Run] | None = None) -> None:
+        deadlines = [
+            deadline
+            for run in self.in_flight.now()
+            if not skip or run not in skip
+            for deadline in (run.graceful_deadline, run.runtime_deadline)
+            if deadline is not None
+        ]
         if deadlines:
             signal.setitimer(signal.ITIMER_REAL, max(0.001, min(deadlines) - time.monotonic()))
 
-    def _interrupt(self, reason: str, *, stop_worker: bool, death: str | None = None) -> None:
-        """Stop the running job by raising in it; if it is not in its code now, it is
-        ending anyway. A job stopped for its own doing (`death`, or not to stop the worker:
-        max_runtime) is to blame should its worker then have to exit hard."""
-        if self.hard_exit_at is None:
-            self.hard_exit_at = time.monotonic() + HARD_EXIT_GRACE
-            self.hard_exit_blames_job = death is not None or not stop_worker
-        if self.in_job:
-            raise Interrupted(reason, stop_worker=stop_worker, death=death)
+    def _interrupt(self, stops: list[tuple[Run, str, bool, str | None]]) -> None:
+        """Stop each run of `stops` (with its reason, whether to stop the worker too, and
+        its `death`) by raising in the one whose code executes now; one not in its code now
+        is ending anyway. A job stopped for its own doing (`death`, or not to stop the
+        worker: max_runtime) is to blame should its worker then have to exit hard."""
+        raised: Interrupted | None = None
+        for run, reason, stop_worker, death in stops:
+            if run.hard_exit_at is None:
+                run.hard_exit_at = time.monotonic() + HARD_EXIT_GRACE
+                run.hard_exit_blames_job = death is not None or not stop_worker
+            if run.executing:
+                raised = Interrupted(reason, stop_worker=stop_worker, death=death)
+        if raised is not None:
+            raise raised
