@@ -2,8 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from liteq.asyncjob import resolve_wait_async
-from liteq.delayed import do_later
+from liteq.dolater import do_later
 from liteq.errors import (
     InvalidState,
     InvalidStateChange,
@@ -23,6 +22,7 @@ from liteq.managed import ManagedJob
 from liteq.status import Status
 from liteq.stores import EnqueueOptions, MemoryStore, SQLiteStore, Store, connect, postgres_store
 from liteq.task import Task
+from liteq.waitasync import resolve_wait_async
 from liteq.worker import Worker
 
 if TYPE_CHECKING:

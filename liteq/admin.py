@@ -86,9 +86,9 @@ def overview(store: Store) -> dict[str, Any]:
             for w in live_workers(store)
         ],
     }
-    wal_bytes = getattr(store, "wal_bytes", None)
-    if wal_bytes is not None:
-        report["file"] = {"path": getattr(store, "path", None), "wal_bytes": wal_bytes()}
+    file = store.file_info()
+    if file is not None:
+        report["file"] = {"path": file.path, "wal_bytes": file.wal_bytes}
     return report
 
 

@@ -12,12 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from liteq.asyncjob import resolve_wait_async
 from liteq.errors import StoreError
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.status import Status
 from liteq.stores.sqlite import SQLiteStore
+from liteq.waitasync import resolve_wait_async
 from liteq.worker import Worker
 
 

@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 from liteq import admin
-from liteq.asyncjob import resolve_wait_async
 from liteq.cli.common import (
     OK,
     PARTLY,
@@ -25,12 +24,14 @@ from liteq.cli.common import (
     open_store,
     store_url,
 )
-from liteq.cli.output import Progress, ago, confirm, emit_json, error_line
+from liteq.cli.output import Progress, confirm, emit_json, error_line
 from liteq.cli.payload import build
 from liteq.errors import InvalidState, JobLocked, JobNotFound, UnknownJobType
 from liteq.job import Job, registered_type
 from liteq.status import Status
 from liteq.task import TaskJob
+from liteq.timeformat import ago
+from liteq.waitasync import resolve_wait_async
 
 
 def add_parsers(sub: Commands) -> None:

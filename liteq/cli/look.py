@@ -26,11 +26,12 @@ from liteq.cli.common import (
     positive_int,
     store_url,
 )
-from liteq.cli.output import ago, emit_json, iso, table, when, write_all
+from liteq.cli.output import emit_json, table, write_all
 from liteq.errors import JobNotFound
 from liteq.managed import ManagedJob
 from liteq.status import Status
 from liteq.stores import JobQuery
+from liteq.timeformat import ago, iso, when
 
 
 def add_parsers(sub: Commands) -> None:

@@ -1,4 +1,5 @@
-"""How commands print: tables that fit the terminal, JSON for scripts, times, progress."""
+"""How commands print: tables that fit the terminal, JSON for scripts, progress (times:
+`liteq.timeformat`, which the dashboard shares)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,18 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TextIO
+
+from liteq.timeformat import iso
 
 #: Columns no narrower than this are shortened first when a table is too wide.
 _MIN_WIDTH = 8
 
 
-def when(value: datetime | None) -> str:
-    """A time as the terminal's reader reads it: local date and time to the second."""
-    return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def iso(value: datetime | float | None) -> str | None:
-    """A time as JSON gives it to scripts: ISO 8601 in UTC with its offset, to the second
-    (`2026-12-06T22:58:09+00:00`), from a datetime or epoch seconds; None stays None."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, UTC)
-    return value.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def error_line(message: str) -> None:
     """One mistake or refusal on stderr, in the form every command uses."""
     sys.stderr.write(f"liteq: {message}\n")
-
-
-def ago(seconds: float | None) -> str:
-    """A span of seconds in words that fit a column: '45s', '12m', '3h', '2d'."""
-    if seconds is None:
-        return "-"
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= length:
-            return f"{seconds / length:.0f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None) -> None:

@@ -19,11 +19,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from liteq import admin
-from liteq.asyncjob import resolve_wait_async
-from liteq.cli.output import ago, when
 from liteq.errors import JobNotFound, LiteqError, StoreUnavailable
 from liteq.status import Status
 from liteq.stores.contract import JobQuery, Store
+from liteq.timeformat import ago, when
+from liteq.waitasync import resolve_wait_async
 from liteq.web import charts
 from liteq.web.metrics import exposition
 from liteq.web.security import Guard, Refused

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
-from liteq.cli.output import when
 from liteq.errors import LiteqError, StoreMoved
 from liteq.stores.contract import Store
 from liteq.stores.sqlite import SQLiteStore
+from liteq.timeformat import when
 from liteq.web.snapshot import Snapshot
 
 #: How often, at most, a path whose file cannot be shown is tried again (each try opens it).

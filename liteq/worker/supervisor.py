@@ -529,8 +529,8 @@ def _child_main(
 def _warn_of_other_queues(store: Store) -> None:
     """A jobs module that opened a queue of its own (a module-level SQLiteStore("x")) would
     send the jobs it enqueues there, not to this worker's queue: say so once."""
-    path = getattr(store, "path", None)
-    ours = os.path.realpath(path) if isinstance(path, str) else repr(store)
+    file = store.file_info()
+    ours = os.path.realpath(file.path) if file is not None else repr(store)
     for other in sorted(open_queue_files() - {ours}):
         log.warning(
             "an imported module opened the queue %s, not the one liteq work serves (%s): jobs "

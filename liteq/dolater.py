@@ -13,7 +13,7 @@ from liteq.job import COROUTINES_NOT_YET, Job, is_coroutine_function
 from liteq.stores.memory import MemoryStore
 from liteq.worker import Worker
 
-log = logging.getLogger("liteq.delayed")
+log = logging.getLogger("liteq.dolater")
 
 _pending: list[Callable[[], None]] = []
 _pending_lock = threading.Lock()
