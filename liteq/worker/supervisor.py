@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
-import importlib
 import logging
-import mmap
 import os
 import select
 import signal
-import struct
-import sys
-import threading
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -30,12 +23,9 @@ from liteq.errors import StoreCorrupt, StoreError, StoreMoved
 from liteq.status import Status
 from liteq.stores import connect
 from liteq.stores.contract import Store
-from liteq.stores.sqlite import open_queue_files
+from liteq.worker.child import HANDLED, Child, child_main, how_it_died, new_slot
 from liteq.worker.exits import (
-    EXIT_CRASHED,
-    EXIT_MEMORY,
     EXIT_OK,
-    EXIT_SIGNAL,
     EXIT_STARTUP_FAILED,
     EXIT_STORE_CORRUPT,
     EXIT_STORE_MOVED,
@@ -46,7 +36,6 @@ from liteq.worker.exits import (
 )
 from liteq.worker.heartbeat import report_health
 from liteq.worker.identity import process_start
-from liteq.worker.loop import Worker
 from liteq.worker.options import WorkerOptions
 from liteq.worker.rescue import Ended, ProcessKey, detect_hung_jobs
 
@@ -66,43 +55,6 @@ PAUSE_GRACE = 2.0
 #: While a limit on workers' memory is set, how often the supervisor reads their RSS: a job
 #: that allocates without bound is stopped within about this long of crossing it.
 RSS_CHECK_EVERY = 0.1
-#: The signals the supervisor handles and forwards.
-_HANDLED = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
-
-
-#: A child's job slot: the id of the job it runs now (0: none), in memory shared with its
-#: supervisor, which reads it once the child is dead. A store write per job would cost.
-_SLOT = struct.Struct("q")
-
-
-@dataclass
-class _Child:
-    pid: int
-    started: float
-    #: The child's start as owners name it (None if it was gone before it could be read).
-    start: str | None
-    slot: mmap.mmap
-    #: The read end of the pipe the child writes one byte to when it is ready (None once
-    #: read, or closed).
-    ready_fd: int | None
-    ready: bool = False
-    retiring: bool = False
-    #: HUP sent for a rolling restart (it is on its way out).
-    leaving: bool = False
-    #: Why the supervisor killed it (its memory), if it did.
-    killed_for: str | None = None
-
-    def running(self) -> int | None:
-        """The job the child runs now (or ran when it died)."""
-        job_id: int = _SLOT.unpack_from(self.slot)[0]
-        return job_id or None
-
-    def close(self) -> None:
-        """Release what the supervisor holds of it (once it is reaped, or in a sibling)."""
-        if self.ready_fd is not None:
-            os.close(self.ready_fd)
-            self.ready_fd = None
-        self.slot.close()
 
 
 @dataclass
@@ -121,7 +73,7 @@ class Supervisor:
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError(f"processes must be at least 1, not {self.processes}")
-        self._children: dict[int, _Child] = {}
+        self._children: dict[int, Child] = {}
         self._deaths: collections.deque[float] = collections.deque()
         self._pending_starts = 0
         self._next_start = 0.0
@@ -147,7 +99,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
-        previous = {s: signal.signal(s, self._on_signal) for s in _HANDLED}
+        previous = {s: signal.signal(s, self._on_signal) for s in HANDLED}
         old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         self._pipe = (read_fd, write_fd)
         store: Store | None = None
@@ -306,7 +258,7 @@ class Supervisor:
             # A job it was running when it died is that job's crash, however it exited
             # (a job may call os._exit(0)); one it left deliberately is not in its slot.
             crashed |= not planned or job_id is not None
-            death = _death(child, status)
+            death = how_it_died(child, status)
             if child.start is not None:  # (even with no job: then none of its jobs is blamed)
                 self._ended[pid, child.start] = Ended(death, job_id)
             if job_id is not None:
@@ -443,107 +395,22 @@ class Supervisor:
         return store
 
     def _spawn(self) -> None:
-        slot = mmap.mmap(-1, _SLOT.size)  # (anonymous memory is shared with the child)
+        slot = new_slot()  # (anonymous memory is shared with the child)
         ready_read, ready_write = os.pipe()
         # Signals stay blocked across fork(): a TERM forwarded to a child before it has
         # dropped the supervisor's handlers would otherwise be recorded and never acted on.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             pid = os.fork()
             if pid == 0:  # the worker: never returns
                 os.close(ready_read)
                 for other in self._children.values():  # (theirs, not this child's)
                     other.close()
-                os._exit(_child_main(self, self._pipe, slot, ready_write))
+                os._exit(child_main(self, self._pipe, slot, ready_write))
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         os.close(ready_write)
         os.set_blocking(ready_read, False)
-        child = _Child(pid, time.monotonic(), process_start(pid), slot, ready_read)
+        child = Child(pid, time.monotonic(), process_start(pid), slot, ready_read)
         self._children[pid] = child
         log.debug("started worker %d", pid)
-
-
-def _death(child: _Child, status: int) -> str:
-    """How a child died, in words, for its job's error."""
-    if child.killed_for is not None:
-        return child.killed_for
-    if os.WIFSIGNALED(status):
-        return f"signal {os.WTERMSIG(status)}"
-    code = os.waitstatus_to_exitcode(status)
-    if code == EXIT_SIGNAL:  # (a worker exits so with a job only when it cannot stop it)
-        return f"exit status {code}: the job could not be interrupted"
-    return f"exit status {code}"
-
-
-def _child_main(
-    supervisor: Supervisor, pipe: tuple[int, int], slot: mmap.mmap, ready_fd: int
-) -> int:
-    parent = os.getppid()
-    url = supervisor.url
-    try:
-        # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which
-        # forwards it once (otherwise each worker would see it twice and stop at once).
-        os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        for fd in pipe:
-            os.close(fd)
-        for signum in _HANDLED:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # a pending TERM now ends it
-        # As `python -m` does: the application's own modules import from where it runs;
-        # and its code finds this queue with liteq.connect().
-        os.environ["LITEQ_URL"] = url
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        for module in supervisor.imports:  # after fork: each new worker loads the current code
-            importlib.import_module(module)
-        store = connect(url)
-    except BaseException as exc:
-        if supervisor.verbose:
-            log.error("worker %d could not start:\n%s", os.getpid(), traceback.format_exc())
-        else:
-            log.error("worker %d could not start: %s: %s", os.getpid(), type(exc).__name__, exc)
-        return EXIT_STARTUP_FAILED
-    _warn_of_other_queues(store)
-    # The supervisor reports the store's health, once for all its workers.
-    options = dataclasses.replace(supervisor.worker_options, check_health=False)
-    worker = Worker.with_options(store, options)
-    threading.Thread(target=_watch_parent, args=(worker, parent), daemon=True).start()
-
-    def ready() -> None:
-        with contextlib.suppress(OSError):  # (a supervisor that died reads nothing)
-            os.write(ready_fd, b"r")
-        os.close(ready_fd)
-
-    def running(job_id: int | None) -> None:
-        _SLOT.pack_into(slot, 0, job_id or 0)
-
-    try:
-        return worker.start(ready=ready, running=running)
-    except BaseException:
-        log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc().rstrip())
-        return EXIT_MEMORY if isinstance(sys.exc_info()[1], MemoryError) else EXIT_CRASHED
-
-
-def _warn_of_other_queues(store: Store) -> None:
-    """A jobs module that opened a queue of its own (a module-level SQLiteStore("x")) would
-    send the jobs it enqueues there, not to this worker's queue: say so once."""
-    file = store.file_info()
-    ours = os.path.realpath(file.path) if file is not None else repr(store)
-    for other in sorted(open_queue_files() - {ours}):
-        log.warning(
-            "an imported module opened the queue %s, not the one liteq work serves (%s): jobs "
-            "it enqueues go there; write `store = liteq.connect()` in it to use the "
-            "worker's queue (liteq work sets LITEQ_URL)",
-            other,
-            ours,
-        )
-
-
-def _watch_parent(worker: Worker, parent: int) -> None:
-    """A worker whose supervisor died finishes its job and exits instead of living on alone."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    log.warning("worker %d: the supervisor %d is gone: finishing and exiting", os.getpid(), parent)
-    worker.stop(EXIT_SIGNAL)
