@@ -64,8 +64,8 @@ def check_job_id(job_id: object) -> int:
 
 
 class BaseStore(Runs):
-    """Shared semantics of every store. Subclasses implement the primitives only, and
-    give their workers' registry."""
+    """Shared semantics of every store. Subclasses implement the primitives, give their
+    workers' registry, and override what their transport needs (see stores/contract.py)."""
 
     def __init__(
         self,

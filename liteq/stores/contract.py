@@ -5,7 +5,8 @@ Three roles, by who calls them: `AppStore` (an application, and a job's own code
 its ManagedJob), `WorkerStore` (the worker loop and the rescue of hung jobs) and
 `OperatorStore` (admin, the command line, the dashboard; it includes `AppStore`). `Store`
 is all three: what a store is. `BaseStore` implements them once for every backend, as rules
-over a dozen primitives; a backend (MemoryStore, SQLiteStore, ...) subclasses it and
+over the primitives listed in docs/architecture.md; a backend (MemoryStore, SQLiteStore, ...)
+subclasses it and
 supplies those primitives (`Backend`), its write transaction (`Tx`) and its workers'
 registry (`registry.Registry`). The contract suite in `tests/contract/` runs against every
 backend: a new one joins by passing it.
@@ -23,6 +24,24 @@ Locking rules a backend must keep:
   (a unique violation is translated, never raised).
 - A fenced write changes a row only while it is still the claimed run (RUNNING, same owner,
   same attempt).
+- `Tx.insert` returns None only while the holder it met is one `Tx.coalesce_holder` finds in
+  the same transaction (a backend whose insert can meet a holder that is not yet visible
+  tries again, as PostgreSQL's does).
+
+Other rules a backend keeps:
+
+- Faults are liteq's errors, never a driver's: `StoreUnavailable` for a server that cannot
+  be reached now (a worker waits it out), `StoreError` for the rest (`StoreMoved`,
+  `StoreCorrupt` where they apply). A commit whose outcome is unknown (the connection
+  dropped during it) is a `StoreError` too: the rules above it assume it may have gone
+  through, and look (`Runs.held_by`, an acknowledgement that finds its own outcome done).
+- One store object is shared by a worker's loop and its heartbeat thread: its primitives
+  are safe to call from two threads (a mutex around the connection, as `Link` and
+  `QueueFile` do).
+- No connection crosses `fork()`: a store closes what it holds before a fork, and a child
+  opens its own.
+- A backend overrides, beyond the primitives, what its transport needs (`close`,
+  `wait_for_jobs` with its own wake-ups, `file_info`, `check_health`).
 """
 
 from __future__ import annotations
@@ -336,9 +355,11 @@ class Tx(abc.ABC):
         in the claim order: highest priority, then earliest run_at, then lowest id (FIFO).
         Start each as `start_run` says, write that, and return the started records.
 
-        The claim order is stated here, and once in each backend (MemoryStore's
-        `claim_order`, SQLite's and PostgreSQL's `claim_order` block of queries.sql),
-        whose claim index follows it."""
+        "Unlocked" is about `store.locked()`'s mutex columns; rows other transactions hold
+        are skipped as the locking rules above say. The claim order is stated here, and
+        once in each backend (MemoryStore's `claim_order`, the `claim_order` block of
+        SQLite's queries.sql, the `claim` block of PostgreSQL's), whose claim index follows
+        it."""
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""

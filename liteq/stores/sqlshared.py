@@ -8,7 +8,7 @@ import importlib.resources
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from liteq.stores.contract import JobQuery, WorkerInfo
 
@@ -59,25 +59,22 @@ def numbered_scripts(package: str) -> dict[int, str]:
     return found
 
 
-def worker_values(info: WorkerInfo) -> tuple[Any, ...]:
-    """A worker's row in the order the `register` statements take it (queues as JSON)."""
-    queues = None if info.queues is None else json.dumps(list(info.queues))
-    row = dataclasses.astuple(dataclasses.replace(info, queues=None))
-    return (*row[:3], queues, *row[4:])
+#: The columns of the workers' registry: WorkerInfo's fields, by name (a column is added
+#: to WorkerInfo, the tables' migrations, and nowhere else).
+WORKER_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(WorkerInfo))
+
+
+def worker_values(info: WorkerInfo) -> dict[str, Any]:
+    """A worker's row by column name, as the `register` statements take it (queues as
+    JSON)."""
+    row = {name: getattr(info, name) for name in WORKER_COLUMNS}
+    row["queues"] = None if info.queues is None else json.dumps(list(info.queues))
+    return row
 
 
 def worker_of(row: Sequence[Any]) -> WorkerInfo:
-    """The WorkerInfo of a row the `workers` statements select."""
-    owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss = row
-    return WorkerInfo(
-        owner=owner,
-        host=host,
-        pid=pid,
-        queues=None if queues is None else tuple(json.loads(queues)),
-        started_at=started_at,
-        beat_at=beat_at,
-        lease=lease,
-        jobs_done=jobs_done,
-        current_job=current_job,
-        rss=rss,
-    )
+    """The WorkerInfo of a row the `workers` statements select (`{worker_columns}`)."""
+    fields = dict(zip(WORKER_COLUMNS, row, strict=True))
+    queues = fields["queues"]
+    fields["queues"] = None if queues is None else tuple(json.loads(queues))
+    return WorkerInfo(**fields)

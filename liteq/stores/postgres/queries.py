@@ -10,7 +10,7 @@ from typing import Any, Final
 from liteq.record import COLUMNS, COLUMNS_BUT_ID, Record
 from liteq.status import Status
 from liteq.stores.contract import JobQuery
-from liteq.stores.sqlshared import filters, read_blocks, search_filters
+from liteq.stores.sqlshared import WORKER_COLUMNS, filters, read_blocks, search_filters
 
 _SQL: Final = read_blocks(__package__, "queries.sql")
 
@@ -56,6 +56,8 @@ class Queries:
             "values": ", ".join(["%s"] * len(COLUMNS_BUT_ID)),
             "assignments": ", ".join(f"{c} = %s" for c in COLUMNS_BUT_ID),
             "arrays": ", ".join(f"%({c})b::{_TYPES[c]}[]" for c in COLUMNS_BUT_ID),
+            "worker_columns": ", ".join(WORKER_COLUMNS),
+            "worker_values": ", ".join(f"%({c})s" for c in WORKER_COLUMNS),
         }
         sql = self._sql
         self.channel = channel(schema)

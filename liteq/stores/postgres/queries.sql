@@ -132,9 +132,7 @@ ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
 SELECT name FROM {s}.queues WHERE paused
 
 -- name: register
-INSERT INTO {s}.workers
-    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO {s}.workers ({worker_columns}) VALUES ({worker_values})
 ON CONFLICT (owner) DO UPDATE SET host = excluded.host, pid = excluded.pid,
     queues = excluded.queues, started_at = excluded.started_at, beat_at = excluded.beat_at,
     lease = excluded.lease, jobs_done = excluded.jobs_done, current_job = excluded.current_job,
@@ -159,8 +157,7 @@ DELETE FROM {s}.workers WHERE beat_at + %s * lease < %s
 DELETE FROM {s}.workers WHERE owner = %s
 
 -- name: workers
-SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss
-FROM {s}.workers
+SELECT {worker_columns} FROM {s}.workers
 
 -- name: throughput
 SELECT minute, queue, completed, failed FROM {s}.stats WHERE minute >= %s

@@ -37,6 +37,8 @@ def record_of(row: Sequence[Any]) -> Record:
     return record
 
 
+# UPDATE … RETURNING gives the claimed rows in no order: they are put back in the claim
+# order that the `claim` block chose them by.
 def _best_first(record: Record) -> tuple[int, float, int]:
     return (-record.priority, record.run_at, record.id)
 

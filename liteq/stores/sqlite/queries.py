@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from liteq.record import COLUMNS, COLUMNS_BUT_ID
 from liteq.stores.contract import JobQuery
-from liteq.stores.sqlshared import filters, read_blocks, search_filters
+from liteq.stores.sqlshared import WORKER_COLUMNS, filters, read_blocks, search_filters
 
 #: What jobs that insert_alike inserts with one statement share: every column but these.
 ALIKE: Final = tuple(c for c in COLUMNS_BUT_ID if c not in ("job_type", "payload"))
@@ -25,6 +25,8 @@ _FIXED: Final = {
     "alike_rows": f"?{len(ALIKE) + 2}",
     "alike_type": f"?{len(ALIKE) + 3}",
     "claim_order": _SQL["claim_order"],
+    "worker_columns": ", ".join(WORKER_COLUMNS),
+    "worker_values": ", ".join(f":{c}" for c in WORKER_COLUMNS),
 }
 
 

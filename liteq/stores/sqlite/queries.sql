@@ -210,9 +210,7 @@ ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
 SELECT name FROM liteq_queues WHERE paused
 
 -- name: register
-INSERT OR REPLACE INTO liteq_workers
-    (owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT OR REPLACE INTO liteq_workers ({worker_columns}) VALUES ({worker_values})
 
 -- name: beat
 UPDATE liteq_workers SET beat_at = ?, jobs_done = ?, current_job = ?, rss = ?
@@ -233,8 +231,7 @@ DELETE FROM liteq_workers WHERE beat_at + ? * lease < ?
 DELETE FROM liteq_workers WHERE owner = ?
 
 -- name: workers
-SELECT owner, host, pid, queues, started_at, beat_at, lease, jobs_done, current_job, rss
-FROM liteq_workers
+SELECT {worker_columns} FROM liteq_workers
 
 -- name: throughput
 SELECT minute, queue, completed, failed FROM liteq_stats WHERE minute >= ?
