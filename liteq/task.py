@@ -55,6 +55,12 @@ class Task(Generic[P, R]):
     """
 
     def __init__(self, store: AppStore, func: Callable[P, R], options: EnqueueOptions) -> None:
+        # (a worker imports a task by module and name: a partial or a callable has none)
+        is_function = inspect.isfunction(func)  # (kept apart: a narrowed func returns Any)
+        if not is_function:
+            raise TypeError(
+                f"@task needs a function defined with def at module level, not {func!r}"
+            )
         if "<locals>" in func.__qualname__:
             raise TypeError(f"@task needs a module-level function; {func.__qualname__} is nested")
         if is_coroutine_function(func):

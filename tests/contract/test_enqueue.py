@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -218,6 +219,8 @@ def test_task_must_be_module_level(store: liteq.stores.BaseStore) -> None:
 
     with pytest.raises(TypeError, match="module-level"):
         store.task(nested)
+    with pytest.raises(TypeError, match="a function defined with def at module level"):
+        store.task(functools.partial(record_task, 1))
 
 
 def test_every_store_satisfies_the_store_protocol(store: liteq.stores.BaseStore) -> None:
