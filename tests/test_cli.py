@@ -56,13 +56,17 @@ def send(to, subject="hi"):
 """
 
 
+def make_app(directory: Path) -> Path:
+    """An application's directory: a package of jobs, not installed, and its queue file."""
+    (directory / "myapp").mkdir()
+    (directory / "myapp" / "__init__.py").write_text("")
+    (directory / "myapp" / "jobs.py").write_text(JOBS_MODULE)
+    return directory
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Path:
-    """An application's directory: a package of jobs, not installed, and its queue file."""
-    (tmp_path / "myapp").mkdir()
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    (tmp_path / "myapp" / "jobs.py").write_text(JOBS_MODULE)
-    return tmp_path
+    return make_app(tmp_path)
 
 
 def liteq_cmd(

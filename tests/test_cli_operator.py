@@ -16,7 +16,7 @@ import pytest
 import liteq
 from liteq.stores.contract import WorkerInfo
 from tests import pg
-from tests.test_cli import JOBS_MODULE, LITEQ, files, in_app, liteq_cmd, one_line
+from tests.test_cli import LITEQ, files, in_app, liteq_cmd, make_app, one_line
 
 #: Commands that change a queue and are not meant to make one (docs/cli.md).
 WRITES = [
@@ -38,11 +38,7 @@ WRITES = [
 
 @pytest.fixture
 def app(tmp_path: Path) -> Path:
-    """An application's directory with its package of jobs (as in test_cli.py)."""
-    (tmp_path / "myapp").mkdir()
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    (tmp_path / "myapp" / "jobs.py").write_text(JOBS_MODULE)
-    return tmp_path
+    return make_app(tmp_path)
 
 
 def queue(app: Path) -> liteq.SQLiteStore:

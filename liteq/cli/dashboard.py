@@ -15,11 +15,11 @@ from liteq.cli.common import (
     Failure,
     add_db,
     import_modules,
+    open_existing,
     open_store,
     store_url,
 )
-from liteq.errors import StoreError
-from liteq.stores import BaseStore, connect, sqlite_path
+from liteq.stores import BaseStore, sqlite_path
 
 DEFAULT_PORT: Final = 8350
 INSTALL: Final = "pip install 'liteq-jobs[dashboard]'"
@@ -147,13 +147,7 @@ def _open(args: argparse.Namespace) -> BaseStore:
     it is an error; older, a read-write dashboard brings it up to date."""
     if args.read_only:
         return open_store(args, readonly=True)
-    try:
-        connect(store_url(args), readonly=True).close()
-    except StoreError as exc:
-        if str(exc).startswith(("no queue at", "no liteq queue")):
-            raise
-        # Else a queue of an older liteq: opening it read-write migrates it.
-    return open_store(args, readonly=False)
+    return open_existing(args)
 
 
 def _wildcard(host: str) -> bool:

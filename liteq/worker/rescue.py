@@ -53,6 +53,10 @@ class Ended(NamedTuple):
 ProcessKey = tuple[int, str]
 
 
+#: The death of a worker no supervisor saw (its supervisor died too, or none ran it).
+UNSEEN_DEATH = "cause unknown: its process was gone"
+
+
 class Verdict(NamedTuple):
     """Why a job is hung, the live process of this host to stop before it is re-queued, and
     how its worker died running it (None: no death of the job's doing, a plain mulligan)."""
@@ -87,7 +91,7 @@ def assess(
         if seen is None and key in unreaped:
             return None  # our own child, dead but not reaped yet: the reap will say how
         if seen is None:  # died unseen (its supervisor died too, or none ran it)
-            death = "cause unknown: its process was gone" if sole else None
+            death = UNSEEN_DEATH if sole else None
             return Verdict(f"its worker {rec.owner} is gone", None, death)
         if seen.job != rec.id:  # it was not running this one (prefetched, done, handed back)
             return Verdict(f"its worker {rec.owner} is gone ({seen.death})", None)
@@ -163,7 +167,7 @@ def detect_hung_jobs(
                 if not kill_live or time.monotonic() - seen > STALE_VERDICT:
                     return None
                 if not kill(verdict.victim):  # it ended by itself meanwhile
-                    death = "cause unknown: its process was gone" if sole else None
+                    death = UNSEEN_DEATH if sole else None
                     return Hung(f"its worker {current.owner} is gone", death, max_crashes)
             return Hung(verdict.reason, verdict.death, max_crashes)
 
