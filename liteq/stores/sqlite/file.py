@@ -396,7 +396,8 @@ class QueueFile:
                 self.check_in_place(pair[0])
             except StoreMoved:
                 return  # abandoned, not closed
-            pair[0].close()
+            with self.holding.closing():
+                pair[0].close()
         self._session = None
         self.gate.close()
         self.holding.release()  # (after the close, which may checkpoint into our file)

@@ -41,6 +41,7 @@ import os
 import struct
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Final
 
 from liteq.errors import StoreError, StoreMoved
@@ -192,6 +193,25 @@ class Holding:
             recorded = _recorded(fd)
             return recorded is None or recorded == self._identity
         return False
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        """Around closing the connection: one process at a time. SQLite removes `-wal` and
+        `-shm` when the last connection closes, seen as the only one left; two closing at
+        once each see the other and both leave them."""
+        fd = self._fd
+        taken = False
+        if fd is not None and self._writable:
+            with contextlib.suppress(StoreError):
+                lock_path = f"{_real(self.path)}-lock"
+                _lock(fd, fcntl.F_WRLCK, time.monotonic() + _REMOVE_WAIT, lock_path)
+                taken = True
+        try:
+            yield
+        finally:
+            if taken and fd is not None:
+                with contextlib.suppress(OSError):
+                    _unlock(fd, 0, 1)
 
     def release(self) -> None:
         """Let go (after the connection is closed); without having recorded its file,
