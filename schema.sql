@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 7 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 9 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
@@ -87,7 +87,8 @@ CREATE TABLE liteq_workers (
     lease       REAL    NOT NULL,
     jobs_done   INTEGER NOT NULL DEFAULT 0,
     current_job INTEGER,              -- the job it runs now, if any
-    rss         INTEGER               -- bytes of memory it used at its last beat
+    rss         INTEGER,              -- bytes of memory it used at its last beat
+    in_flight   INTEGER NOT NULL DEFAULT 0  -- jobs it had in flight at its last beat
 ) WITHOUT ROWID;
 
 -- Jobs workers finished, per minute and queue (minute: epoch seconds // 60), kept a day.
@@ -99,4 +100,19 @@ CREATE TABLE liteq_stats (
     PRIMARY KEY (minute, queue)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 7;
+-- Periodic jobs (`@store.periodic`), one row per schedule name. last_slot (epoch seconds)
+-- only moves forward, and a slot's job is inserted in the transaction that moves it there,
+-- only if it did: one job per (name, slot), however many workers find the slot due.
+-- last_job: the job of that slot (NULL: skipped, or the schedule's start). seen_at: when
+-- a worker that has the schedule in its code last said so (a removed schedule's row stays).
+CREATE TABLE liteq_schedules (
+    name      TEXT    PRIMARY KEY,
+    spec      TEXT    NOT NULL,  -- a cron string, or `every Ns`
+    tz        TEXT    NOT NULL,
+    queue     TEXT    NOT NULL,
+    last_slot INTEGER NOT NULL,
+    last_job  INTEGER,
+    seen_at   REAL    NOT NULL
+) WITHOUT ROWID;
+
+PRAGMA user_version = 9;

@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from liteq.errors import InvalidState, InvalidStateChange, JobLocked, JobNotFound
 from liteq.managed import ManagedJob
 from liteq.managed import describe as describe  # for the command line and dashboard
+from liteq.periodic import schedule_of
 from liteq.status import Status
 from liteq.stores.contract import JobQuery, Store, WorkerInfo, finished_of
 from liteq.worker.identity import owner_state
@@ -82,6 +83,7 @@ def overview(store: Store) -> dict[str, Any]:
                 "queues": w.queues,
                 "last_beat": w.beat_at,
                 "rss": w.rss,
+                "in_flight": w.in_flight,
             }
             for w in live_workers(store)
         ],
@@ -221,3 +223,47 @@ def purgeable(
         if before is None
         or (mjob.finished_at is not None and mjob.finished_at.timestamp() < before)
     )
+
+
+#: A schedule no worker has declared for this long is shown as not seen lately: removed
+#: from the code, or its workers are stopped (workers declare theirs every hour).
+STALE_SCHEDULE: Final = 86400.0
+
+
+def schedules(store: Store) -> list[dict[str, Any]]:
+    """What `liteq schedules` and the dashboard show of the periodic jobs, as data: each
+    schedule's name, spec, zone, queue, next slot (computed from its spec and zone; None
+    for a cron string without cronsim installed, or one that never matches), its last
+    slot, that slot's job and the job's status ("gone": completed and deleted, or deleted;
+    None: the slot was skipped, or is the schedule's start), and when a worker last had it
+    (`stale`: not for a day). Times are epoch seconds."""
+    now = store.clock()
+    paused = store.paused()
+    report = []
+    for row in store.schedules():
+        try:
+            next_slot: int | None = schedule_of(row.spec, row.tz).after(now)
+        except (ImportError, ValueError):
+            next_slot = None
+        status = None
+        if row.last_job is not None:
+            try:
+                status = store.get(row.last_job).status.value
+            except JobNotFound:
+                status = "gone"
+        report.append(
+            {
+                "name": row.name,
+                "spec": row.spec,
+                "tz": row.tz,
+                "queue": row.queue,
+                "paused": row.queue in paused,
+                "next_slot": next_slot,
+                "last_slot": row.last_slot,
+                "last_job": row.last_job,
+                "last_status": status,
+                "seen_at": row.seen_at,
+                "stale": now - row.seen_at > STALE_SCHEDULE,
+            }
+        )
+    return report

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from liteq.job import COROUTINES_NOT_YET, Job, is_coroutine_function
+from liteq.job import Job
 from liteq.stores.memory import MemoryStore
 from liteq.worker import Worker
 
@@ -23,7 +24,8 @@ _registered_pid: int | None = None
 def do_later(fn_or_job: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> None:
     """Run a callable (with these arguments) or a Job when the interpreter exits.
 
-    Jobs run in the order given; one that raises is logged and the rest still run. The
+    Jobs run in the order given (an `async def` function is run to its end with
+    asyncio.run); one that raises is logged and the rest still run. The
     work never leaves this process, so any callable will do; a Job runs through a
     MemoryStore and a Worker, exactly as a worker would run it. A child created by
     fork() does not inherit its parent's pending work.
@@ -36,8 +38,11 @@ def do_later(fn_or_job: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> 
             raise TypeError("do_later(job) takes no further arguments")
         job = fn_or_job
         thunk: Callable[[], None] = lambda: _run_job(job)  # noqa: E731
-    elif is_coroutine_function(fn_or_job):
-        raise TypeError(f"do_later({fn_or_job.__qualname__}): it is {COROUTINES_NOT_YET}")
+    elif inspect.iscoroutinefunction(fn_or_job):
+        coroutine_function = fn_or_job
+        thunk = lambda: _run_coroutine(coroutine_function, args, kwargs)  # noqa: E731
+    elif inspect.isasyncgenfunction(fn_or_job):
+        raise TypeError(f"do_later({fn_or_job.__qualname__}): an async generator cannot be run")
     elif callable(fn_or_job):
         fn = fn_or_job
         thunk = lambda: fn(*args, **kwargs)  # noqa: E731
@@ -49,6 +54,14 @@ def do_later(fn_or_job: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> 
             atexit.register(run_pending)
             _registered_pid = os.getpid()
         _pending.append(thunk)
+
+
+def _run_coroutine(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    import asyncio  # (only for an async def: most programs would import it for nothing)
+
+    asyncio.run(function(*args, **kwargs))
 
 
 def _run_job(job: Job) -> None:

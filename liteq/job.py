@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import inspect
 import random
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from liteq.errors import UnknownJobType
 
@@ -47,14 +48,28 @@ def registered_type(name: str) -> type[Job]:
         ) from None
 
 
-#: Until coroutine jobs land, an `async def` job would be completed without running its
-#: body (nothing awaits it): it is refused where it is defined instead.
-COROUTINES_NOT_YET = "an async def: liteq cannot run coroutine jobs yet; make it a plain def"
+#: The hooks a worker or an app calls without awaiting: an `async def` one would never run.
+_PLAIN_HOOKS: Final = (
+    "resolve_wait_async",
+    "cleanup",
+    "status_did_change",
+    "description",
+    "coalesce_id",
+    "enqueue_options",
+    "retry_delay",
+    "to_state",
+    "from_state",
+)
 
 
 def is_coroutine_function(obj: object) -> bool:
     """Whether `obj` is an `async def` function (or async generator function)."""
     return inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj)
+
+
+def is_coroutine_job(job: Job) -> bool:
+    """Whether `job` is a coroutine job: its `run` is an `async def`."""
+    return inspect.iscoroutinefunction(job.run)
 
 
 def bad_result(result: object) -> str:
@@ -65,9 +80,8 @@ def bad_result(result: object) -> str:
         if callable(close):
             close()
         return (
-            f"the job returned a {type(result).__name__}, which nothing would await (an async "
-            "def, or a call of one, returned from a plain one): liteq cannot run coroutine "
-            "jobs yet"
+            f"run() returned a {type(result).__name__} instead of running it: make run() "
+            "itself an async def (a coroutine job), or await it inside; nothing ran"
         )
     return f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
 
@@ -105,13 +119,29 @@ class Job:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("run", "resolve_wait_async"):
-            if is_coroutine_function(vars(cls).get(name)):
-                raise TypeError(f"{cls.__qualname__}.{name} is {COROUTINES_NOT_YET}")
+        run = vars(cls).get("run")
+        if inspect.isasyncgenfunction(run):
+            raise TypeError(
+                f"{cls.__qualname__}.run is an async generator (it yields): a job's run is "
+                "a def or an async def that returns"
+            )
+        for name in _PLAIN_HOOKS:
+            hook = vars(cls).get(name)
+            if isinstance(hook, (classmethod, staticmethod)):
+                hook = hook.__func__
+            if is_coroutine_function(hook):
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} is an async def, which liteq calls without "
+                    "awaiting (it would never run): make it a plain def (only run may be "
+                    "an async def)"
+                )
         _REGISTRY[type_name(cls)] = cls
 
-    def run(self, job: ManagedJob) -> Status | None:
+    def run(self, job: ManagedJob) -> Status | Awaitable[Status | None] | None:
         """Do the work. Return None when done, or `Status.WAIT_ASYNC` to finish later.
+
+        It may be an `async def` (a coroutine job): the worker awaits it on its event loop,
+        with up to `liteq work --concurrency N` of them at once in one process.
 
         An exception fails the attempt: the job is retried while attempts remain.
         """

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
-from liteq.job import COROUTINES_NOT_YET, Job, is_coroutine_function
+from liteq.job import Job
 from liteq.status import Status
 
 if TYPE_CHECKING:
@@ -30,9 +30,13 @@ class TaskJob(Job):
         self.args = args
         self.kwargs = kwargs
 
+    def call_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the function is called with: the stored ones."""
+        return self.kwargs
+
     def run(self, job: ManagedJob) -> Status | None:
         """Call the function with the stored arguments."""
-        result = type(self).func(*self.args, **self.kwargs)
+        result = type(self).func(*self.args, **self.call_kwargs())
         # The worker fails a job that returns an awaitable, rather than complete it unrun.
         handed_on = result is Status.WAIT_ASYNC or inspect.isawaitable(result)
         return result if handed_on else None
@@ -48,34 +52,61 @@ class TaskJob(Job):
         return f"{type(self).__qualname__}({', '.join(parts)})"
 
 
+class CoroutineTaskJob(TaskJob):
+    """A call of an `async def` function decorated with `@store.task`: a coroutine job."""
+
+    async def run(self, job: ManagedJob) -> Status | None:  # type: ignore[override]  # (an async run is a Job's too: see Job.run)
+        """Await the function with the stored arguments."""
+        result = await type(self).func(*self.args, **self.call_kwargs())
+        return Status.WAIT_ASYNC if result is Status.WAIT_ASYNC else None
+
+
 class Task(Generic[P, R]):
     """A function made into a job type by `@store.task(...)`.
 
     Call it to run it now; `enqueue(*args, **kwargs)` to run it in a worker.
     """
 
-    def __init__(self, store: AppStore, func: Callable[P, R], options: EnqueueOptions) -> None:
+    def __init__(
+        self,
+        store: AppStore,
+        func: Callable[P, R],
+        options: EnqueueOptions,
+        *,
+        decorator: str = "@task",
+        bases: tuple[type[TaskJob], type[TaskJob]] = (TaskJob, CoroutineTaskJob),
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """`bases`: the job class's base for a plain function and for an `async def` one;
+        `extra`: more attributes of the job class (`@store.periodic` gives both)."""
         # (a worker imports a task by module and name: a partial or a callable has none)
         is_function = inspect.isfunction(func)  # (kept apart: a narrowed func returns Any)
         if not is_function:
             raise TypeError(
-                f"@task needs a function defined with def at module level, not {func!r}"
+                f"{decorator} needs a function defined with def at module level, not {func!r}"
             )
         if "<locals>" in func.__qualname__:
-            raise TypeError(f"@task needs a module-level function; {func.__qualname__} is nested")
-        if is_coroutine_function(func):
-            raise TypeError(f"@task on {func.__qualname__}: it is {COROUTINES_NOT_YET}")
+            raise TypeError(
+                f"{decorator} needs a module-level function; {func.__qualname__} is nested"
+            )
+        if inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"{decorator} on {func.__qualname__}: an async generator (it yields) cannot be "
+                "a job; make it a def or an async def that returns"
+            )
+        base = bases[1] if inspect.iscoroutinefunction(func) else bases[0]
         self.store = store
         self.func = func
         self.options = options
         self.job_class: type[TaskJob] = type(
             func.__name__,
-            (TaskJob,),
+            (base,),
             {
                 "func": staticmethod(func),
                 "task_options": dict(options),
                 "__module__": func.__module__,
                 "__qualname__": func.__qualname__,
+                **(extra or {}),
             },
         )
 
@@ -94,3 +125,22 @@ class Task(Generic[P, R]):
     ) -> ManagedJob:
         """Enqueue a call with enqueue options for this call only (they win over the decorator's)."""
         return self.store.enqueue(self.job_class(list(args), dict(kwargs or {})), **options)
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> ManagedJob:
+        """`enqueue` from async code (see the store's aenqueue): the caller's event loop
+        goes on while the job is written.
+
+            mjob = await send_email.aenqueue("ann@example.com")
+        """
+        return await self.store.aenqueue(self.job_class(list(args), dict(kwargs)))
+
+    async def aenqueue_with(
+        self,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ManagedJob:
+        """`enqueue_with` from async code: options for this call only, the caller's event
+        loop going on while the job is written."""
+        job = self.job_class(list(args), dict(kwargs or {}))
+        return await self.store.aenqueue(job, **options)

@@ -173,6 +173,22 @@ def test_json_times_are_iso_8601_in_utc_and_unset_ones_null(app: Path) -> None:
     assert ISO_UTC.fullmatch(worker["since"]) and ISO_UTC.fullmatch(worker["last_beat"])
 
 
+def test_status_shows_how_many_jobs_each_worker_has_in_flight(app: Path) -> None:
+    db = ("--db", "app.sqlite")
+    in_app(app, "import liteq; liteq.connect()")
+    now = time.time()
+    store = queue(app)
+    store.register_worker(WorkerInfo("w@elsewhere", "elsewhere", 7, None, now, now, lease=600))
+    store.beat("w@elsewhere", jobs_done=2, current_job=None, finished={}, in_flight=3)
+    store.close()
+    (worker,) = json.loads(liteq_cmd(app, "status", "--json", *db).stdout)["workers"]
+    assert worker["in_flight"] == 3
+    lines = liteq_cmd(app, "status", *db).stdout.splitlines()
+    (head,) = [line for line in lines if line.startswith("host ")]
+    (row,) = [line for line in lines if line.startswith("elsewhere ")]
+    assert row[head.index("in flight") :].split()[0] == "3"
+
+
 # -- 12: pipes ------------------------------------------------------------------------------------
 def test_a_reader_that_goes_away_ends_the_command_quietly(app: Path) -> None:
     in_app(

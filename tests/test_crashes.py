@@ -27,6 +27,7 @@ import pytest
 
 import liteq
 from liteq import Status
+from liteq.stores.sqlite.schema import SCHEMA_VERSION
 from liteq.worker.identity import host
 from tests import pg
 from tests.conftest import OWNER
@@ -365,7 +366,7 @@ def test_an_older_file_gets_the_count_of_deaths(tmp_path: Path) -> None:
     conn.close()
     store = liteq.SQLiteStore(path)
     db = store._db()
-    assert db.execute("PRAGMA user_version").fetchone() == (7,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     running = store.get(1)
     assert (running.status, running.record.crashes) == (Status.RUNNING, 0)

@@ -420,9 +420,11 @@ def test_the_workers_page_and_the_overview_show_a_working_queue(
         for row, info in zip(rows, workers, strict=True):
             cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
             assert cells[0] == info.host and cells[1] == str(info.pid)
-            assert cells[4] == (str(job.id) if info.current_job == job.id else "-")
-            assert re.fullmatch(r"[\d,]+\.\d MiB", cells[6]) and float(cells[6].split()[0]) > 5
+            assert cells[4] == str(info.in_flight)
+            assert cells[5] == (str(job.id) if info.current_job == job.id else "-")
+            assert re.fullmatch(r"[\d,]+\.\d MiB", cells[7]) and float(cells[7].split()[0]) > 5
         assert sum(w.current_job == job.id for w in workers) == 1
+        assert [w.in_flight for w in workers if w.current_job == job.id] == [1]
         shot(browser, "workers", tmp_path)
 
         browser.get(server.url)
@@ -836,6 +838,24 @@ def test_metrics_are_in_prometheus_text_format(
     assert 0 <= samples['liteq_oldest_due_job_age_seconds{queue="mail"}'] < 60
     assert "# TYPE liteq_jobs_completed_total counter" in text
     assert 'liteq_jobs_completed_total{queue="bulk"} 12345679\n' in text
+
+
+def test_metrics_give_each_live_workers_jobs_in_flight(
+    serve: Callable[..., Server], queue: tuple[str, BaseStore]
+) -> None:
+    url, store = queue
+    now = store.clock()
+    for owner, pid in (("one", 7), ("two", 8)):
+        store.register_worker(WorkerInfo(owner, 'far "away"', pid, None, now, now, 600))
+    store.beat("one", jobs_done=1, current_job=None, finished={}, in_flight=3)
+    server = serve(url)
+    status, _, text = server.request("GET", "/metrics")
+    assert status == 200
+    samples = _metrics(text)
+    assert samples["liteq_workers_alive"] == 2
+    assert samples['liteq_worker_jobs_in_flight{worker="far \\"away\\"/7"}'] == 3
+    assert samples['liteq_worker_jobs_in_flight{worker="far \\"away\\"/8"}'] == 0
+    assert "# TYPE liteq_worker_jobs_in_flight gauge" in text
 
 
 def test_the_command_refuses_bad_input_in_one_line_and_makes_no_file(tmp_path: Path) -> None:

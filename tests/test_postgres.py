@@ -8,6 +8,7 @@ The store contract, the state machine and the multi-process suite run on Postgre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -280,6 +281,65 @@ def test_a_schema_of_version_1_is_migrated_with_its_jobs() -> None:
             store.beat("w", jobs_done=1, current_job=None, finished={"mail": (1, 0)}, rss=1 << 20)
             assert store.totals() == {"mail": (1, 0)}
             assert [w.rss for w in store.workers()] == [1 << 20]
+        finally:
+            store.close()
+    finally:
+        pg.drop_schema(schema)
+
+
+def test_a_schema_of_version_3_gets_its_workers_jobs_in_flight() -> None:
+    dsn = pg.dsn_or_skip()
+    schema = pg.new_schema()
+    try:
+        first = liteq.PostgresStore(dsn, schema=schema)
+        now = time.time()
+        first.register_worker(WorkerInfo("w", "elsewhere", 7, None, now, now, 600, 4, 9))
+        first.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as version 3 left it
+            for sql in (
+                f'ALTER TABLE "{schema}".workers DROP COLUMN in_flight',
+                f'UPDATE "{schema}".meta SET version = 3',  # noqa: S608
+            ):
+                conn.execute(sql.encode())
+        with pytest.raises(liteq.StoreError, match="open it once read-write"):
+            liteq.PostgresStore(dsn, schema=schema, readonly=True)
+        store = liteq.PostgresStore(dsn, schema=schema)
+        try:
+            (old,) = store.workers()
+            assert (old.owner, old.jobs_done, old.current_job, old.in_flight) == ("w", 4, 9, 0)
+            store.beat("w", jobs_done=5, current_job=None, finished={}, in_flight=3)
+            assert [w.in_flight for w in store.workers()] == [3]
+            store.register_worker(WorkerInfo("w", "elsewhere", 7, None, now, now, 600))
+            assert [w.in_flight for w in store.workers()] == [0]  # registered anew
+        finally:
+            store.close()
+    finally:
+        pg.drop_schema(schema)
+
+
+def test_a_schema_of_version_4_gets_its_schedules_table() -> None:
+    from liteq.stores.contract import ScheduleInfo
+
+    dsn = pg.dsn_or_skip()
+    schema = pg.new_schema()
+    try:
+        liteq.PostgresStore(dsn, schema=schema).close()
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as version 4 left it
+            for sql in (
+                f'DROP TABLE "{schema}".schedules',
+                f'UPDATE "{schema}".meta SET version = 4',  # noqa: S608
+            ):
+                conn.execute(sql.encode())
+        with pytest.raises(liteq.StoreError, match="open it once read-write"):
+            liteq.PostgresStore(dsn, schema=schema, readonly=True)
+        store = liteq.PostgresStore(dsn, schema=schema)
+        try:
+            info = ScheduleInfo("nightly", "0 3 * * *", "UTC", "default", 100, None, 1.0)
+            with store._transaction() as tx:
+                tx.declare_schedule(info)
+                assert tx.advance_schedule(dataclasses.replace(info, last_slot=200))
+                assert not tx.advance_schedule(dataclasses.replace(info, last_slot=200))
+            assert [(s.name, s.last_slot) for s in store.schedules()] == [("nightly", 200)]
         finally:
             store.close()
     finally:

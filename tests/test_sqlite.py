@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import gc
 import json
@@ -389,6 +390,58 @@ def test_an_older_file_is_migrated_with_its_jobs_claims_and_id_history(
     # A job claimed before the migration is rescued by its lease, as it was then.
     later = liteq.SQLiteStore(path, clock=lambda: now + 61)
     assert [m.id for m in later.detect_hung_jobs()] == [1]
+
+
+def test_a_version_7_file_gets_its_workers_jobs_in_flight(tmp_path: Path) -> None:
+    path = tmp_path / "v7.sqlite"
+    conn = apsw.Connection(str(path))
+    for _ in conn.execute((ROOT / "tests" / "schema_v7.sql").read_text()):
+        pass
+    now = time.time()
+    conn.execute(
+        "INSERT INTO liteq_workers (owner, host, pid, queues, started_at, beat_at, lease, "
+        "jobs_done, current_job, rss) VALUES ('w', 'elsewhere', 7, NULL, ?, ?, 600, 4, 9, ?)",
+        (now, now, 1 << 20),
+    )
+    conn.close()
+    store = liteq.SQLiteStore(path)
+    db = store._db()
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    (old,) = store.workers()
+    assert (old.owner, old.jobs_done, old.current_job, old.in_flight) == ("w", 4, 9, 0)
+    store.beat("w", jobs_done=5, current_job=None, finished={}, in_flight=3)
+    assert [w.in_flight for w in store.workers()] == [3]
+    # The same table as a new file's (schema.sql), column for column.
+    fresh = liteq.SQLiteStore(tmp_path / "fresh.sqlite")
+    info = "PRAGMA table_info(liteq_workers)"
+    assert list(db.execute(info)) == list(fresh._db().execute(info))
+    fresh.close()
+
+
+def test_a_version_8_file_gets_its_schedules_table(tmp_path: Path) -> None:
+    from liteq.stores.contract import ScheduleInfo
+
+    path = tmp_path / "v8.sqlite"
+    conn = apsw.Connection(str(path))
+    for _ in conn.execute((ROOT / "tests" / "schema_v8.sql").read_text()):
+        pass
+    conn.close()
+    store = liteq.SQLiteStore(path)
+    db = store._db()
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    info = ScheduleInfo("nightly", "0 3 * * *", "UTC", "default", 100, None, 1.0)
+    with store._transaction() as tx:
+        tx.declare_schedule(info)
+        assert tx.advance_schedule(dataclasses.replace(info, last_slot=200))
+        assert not tx.advance_schedule(dataclasses.replace(info, last_slot=200))
+    assert [(s.name, s.last_slot) for s in store.schedules()] == [("nightly", 200)]
+    # The same table as a new file's (schema.sql), column for column.
+    fresh = liteq.SQLiteStore(tmp_path / "fresh.sqlite")
+    table = "PRAGMA table_info(liteq_schedules)"
+    assert list(db.execute(table)) == list(fresh._db().execute(table))
+    fresh.close()
 
 
 def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(

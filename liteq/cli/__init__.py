@@ -18,7 +18,7 @@ from typing import NoReturn
 import apsw
 
 from liteq import __version__
-from liteq.cli import act, dashboard, db, look, work
+from liteq.cli import act, dashboard, db, look, schedules, work
 from liteq.cli.common import (
     BAD_INPUT,
     CLOSED_PIPE,
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     work.add_parser(sub)
     look.add_parsers(sub)
+    schedules.add_parser(sub)
     act.add_parsers(sub)
     db.add_parsers(sub)
     dashboard.add_parser(sub)

@@ -157,13 +157,14 @@ def _print_status(store: Any, as_json: bool, *, one_line: bool = False) -> None:
     if workers:
         now = time.time()
         table(
-            ("host", "pid", "since", "jobs done", "running job", "memory", "queues"),
+            ("host", "pid", "since", "jobs done", "in flight", "running job", "memory", "queues"),
             [
                 (
                     w["host"],
                     w["pid"],
                     ago(now - w["since"]) + " ago",
                     w["jobs_done"],
+                    w["in_flight"],
                     w["current_job"] or "-",
                     "-" if w["rss"] is None else f"{w['rss'] / (1 << 20):.0f} MiB",
                     ",".join(w["queues"]) if w["queues"] else "all",

@@ -140,6 +140,14 @@ def add_parser(sub: Commands) -> None:
         metavar="K",
         help="claim K jobs per transaction and acknowledge in batches (short jobs)",
     )
+    work.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=DEFAULTS.concurrency,
+        metavar="N",
+        help="run up to N coroutine jobs (async def) at once in each worker process "
+        "(plain jobs still run one at a time; default 1)",
+    )
     work.add_argument("--nice", type=int, metavar="N", help="add N to the workers' niceness")
     work.add_argument(
         "--no-jitter",

@@ -13,12 +13,14 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any, Unpack
 
 from liteq.errors import InvalidState, JobNotFound, LiteqError
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records, check_text
+from liteq.periodic import Periodic, make_schedule, register
 from liteq.record import Record, evolve
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
@@ -35,8 +37,9 @@ from liteq.stores.contract import (
     WorkerInfo,
 )
 from liteq.stores.events import Announcer, Event, StatusHook, listens
+from liteq.stores.offload import Offload
 from liteq.stores.registry import Registry
-from liteq.stores.runs import Runs
+from liteq.stores.schedules import Schedules
 from liteq.stores.wakeup import Waker
 from liteq.task import Task
 
@@ -63,7 +66,7 @@ def check_job_id(job_id: object) -> int:
     return job_id
 
 
-class BaseStore(Runs):
+class BaseStore(Schedules):
     """Shared semantics of every store. Subclasses implement the primitives, give their
     workers' registry, and override what their transport needs (see stores/contract.py)."""
 
@@ -79,6 +82,7 @@ class BaseStore(Runs):
         waker = waker or Waker()
         overridden = type(self).status_did_change is not BaseStore.status_did_change
         super().__init__(clock, Announcer(self, waker, overridden), waker, registry)
+        self._offload = Offload(f"liteq-{type(self).__name__}")
 
     # -- hooks -------------------------------------------------------------
     def status_did_change(self, job: ManagedJob, old_status: Status, message: str | None) -> None:
@@ -109,14 +113,10 @@ class BaseStore(Runs):
 
             mjob = store.enqueue(SendEmail("ann@example.com"), priority=5, delay=60)
         """
-        record = build_record(job, options, self.clock())
-        events: list[Event] = []
-        if self._announcer.listening() or listens(job):
-            events.append((record, Status.UNQUEUED, "enqueued", job))
+        record, events = self._new_record(job, options)
         if record.coalesce_id is None:  # nothing can conflict: a write of its own
             record.id = self._insert_one(record)
-            self._announcer.committed(events)
-            return ManagedJob(self, record, job, None)
+            return self._enqueued(record, job, events)
         with self._write() as w:
             new_id = w.tx.insert(record)
             if new_id is None:
@@ -126,6 +126,38 @@ class BaseStore(Runs):
                 w.events.extend(events)
         if new_id is None:  # outside the transaction: other processes may write meanwhile
             return self._managed(holder)
+        return ManagedJob(self, record, job, None)
+
+    async def aenqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob:
+        """Enqueue a job from async code: `enqueue`'s options, errors and coalescing.
+
+        SQLite (apsw) and the memory store are synchronous: the write runs in a thread of
+        the store's own (see stores/offload.py), so that the caller's event loop goes on
+        while it waits for the file's write lock. A write is short, and the thread keeps
+        the loop free even while SQLite waits on a lock another process holds.
+        PostgresStore writes with psycopg's async connection instead. Cancelling the
+        await does not undo an enqueue that has begun: the job may exist.
+
+            @app.post("/signup")
+            async def signup(email: str) -> dict[str, int]:
+                mjob = await store.aenqueue(SendWelcome(email), delay=60)
+                return {"job": mjob.id}
+        """
+        return await self._offload.call(lambda: self.enqueue(job, **options))
+
+    def _new_record(self, job: Job, options: EnqueueOptions) -> tuple[Record, list[Event]]:
+        """The row an enqueue of `job` inserts, and the status event its hooks are told once
+        it is committed; raises TypeError or ValueError (nothing is written yet)."""
+        record = build_record(job, options, self.clock())
+        events: list[Event] = []
+        if self._announcer.listening() or listens(job):
+            events.append((record, Status.UNQUEUED, "enqueued", job))
+        return record, events
+
+    def _enqueued(self, record: Record, job: Job, events: list[Event]) -> ManagedJob:
+        """A new job, committed with its id: wake the idle workers, run its hooks, and
+        return its ManagedJob."""
+        self._announcer.committed(events)
         return ManagedJob(self, record, job, None)
 
     def enqueue_many(
@@ -191,10 +223,73 @@ class BaseStore(Runs):
             )
         return Task(self, func, options)
 
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        max_runtime: float | None = None,
+        tz: str = "UTC",
+        catch_up: int = 1,
+    ) -> Callable[[Any], Periodic]:
+        """Run a module-level function (or a Job instance) on a schedule: a cron string
+        (five fields; needs the `cron` extra) or `every` seconds (or a timedelta).
+
+            @store.periodic("0 3 * * *", tz="Europe/Berlin")
+            def nightly_report(scheduled_at: datetime) -> None: ...
+
+            store.periodic(every=300, name="sync")(Sync(full=False))
+
+        Each slot's job is an ordinary job, enqueued once per (name, slot) by whichever
+        worker (`liteq work --import` of this module) finds it due first. `name`: the
+        schedule's (default: the function's dotted name). `tz`: the IANA zone the cron
+        string's wall clock is in (default UTC). `catch_up`: how many of the slots missed
+        while no worker ran are run (default 1, the latest; 0 skips them). A function with
+        a `scheduled_at` parameter is given its slot's time, an aware datetime in `tz`.
+        A bad cron string or zone, or a name used by another schedule, raise here (at
+        import); see docs/concepts.md for DST and catch-up.
+        """
+        schedule = make_schedule(cron, every, tz)
+        options: EnqueueOptions = {}
+        for key, value in (
+            ("queue", queue),
+            ("priority", priority),
+            ("max_attempts", max_attempts),
+            ("max_runtime", max_runtime),
+        ):
+            if value is not None:
+                options[key] = value  # type: ignore[literal-required]  # (keys: EnqueueOptions')
+
+        def decorate(target: Any) -> Periodic:
+            if getattr(target, "__module__", None) == "__main__" and not self.in_process:
+                raise TypeError(
+                    f"@periodic on {getattr(target, '__qualname__', target)!r}, defined in the "
+                    "script being run (__main__): no worker process can import that; define "
+                    "it in a module and import it (liteq work --import that module)"
+                )
+            return register(
+                Periodic(self, target, schedule, name=name, catch_up=catch_up, options=options)
+            )
+
+        return decorate
+
     # -- reading -----------------------------------------------------------
     def get(self, job_id: int) -> ManagedJob:
         """Return the job with this id, or raise JobNotFound (works for undecodable rows too)."""
-        record = self._read(check_job_id(job_id))
+        return self._found(job_id, self._read(check_job_id(job_id)))
+
+    async def aget(self, job_id: int) -> ManagedJob:
+        """`get` from async code: the read runs in the store's own thread, as aenqueue's
+        write does (PostgresStore reads with its async connection)."""
+        check_job_id(job_id)
+        return await self._offload.call(lambda: self.get(job_id))
+
+    def _found(self, job_id: int, record: Record | None) -> ManagedJob:
+        """The ManagedJob of the row read for `job_id`; JobNotFound if there was none."""
         if record is None:
             raise JobNotFound(f"no job with id {job_id}")
         return self._managed(record)
@@ -427,11 +522,18 @@ class BaseStore(Runs):
         current_job: int | None,
         finished: Finished,
         rss: int | None = None,
+        in_flight: int = 0,
     ) -> None:
         """A worker is alive: its count of jobs, the job it runs now, the jobs it finished
-        since its last beat, per queue (completed, failed), and the memory it uses."""
+        since its last beat, per queue (completed, failed), the memory it uses, and how
+        many jobs it has in flight."""
         self._registry.beat(
-            owner, jobs_done=jobs_done, current_job=current_job, finished=finished, rss=rss
+            owner,
+            jobs_done=jobs_done,
+            current_job=current_job,
+            finished=finished,
+            rss=rss,
+            in_flight=in_flight,
         )
 
     def unregister_worker(self, owner: str) -> None:
@@ -470,7 +572,8 @@ class BaseStore(Runs):
         return None
 
     def close(self) -> None:
-        """Release the store's resources."""
+        """Release the store's resources (a backend closes its own, then calls this)."""
+        self._offload.close()
 
     def __enter__(self) -> BaseStore:
         return self

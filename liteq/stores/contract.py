@@ -50,6 +50,7 @@ import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Unpack, runtime_checkable
 
 from liteq.record import Changes, Record, evolve
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from liteq.job import Job
     from liteq.managed import ManagedJob
     from liteq.options import EnqueueOptions
+    from liteq.periodic import Periodic
 
 
 class Hung(NamedTuple):
@@ -121,6 +123,9 @@ class WorkerInfo:
     jobs_done: int = 0
     current_job: int | None = None
     rss: int | None = None  # bytes of memory the process used at its last beat
+    #: Jobs in flight at its last beat: more than one only with coroutine jobs
+    #: (`liteq work --concurrency N`).
+    in_flight: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,6 +146,22 @@ class FileInfo:
 
     path: str
     wal_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A periodic job's row (`@store.periodic`): its name, when its slots fall (`spec`, in
+    the zone `tz`), its queue, the last slot enqueued or skipped (epoch seconds; slots only
+    move forward), the job that slot enqueued (None: skipped, or the schedule's start), and
+    when a worker that has it in its code last said so (the store's clock)."""
+
+    name: str
+    spec: str
+    tz: str
+    queue: str
+    last_slot: int
+    last_job: int | None = None
+    seen_at: float = 0.0
 
 
 #: Per queue: (jobs completed, attempts failed).
@@ -178,6 +199,8 @@ class AppStore(Protocol):
         self, func: Callable[..., Any] | None = None, **options: Unpack[EnqueueOptions]
     ) -> Any: ...
     def get(self, job_id: int) -> ManagedJob: ...
+    async def aenqueue(self, job: Job, **options: Unpack[EnqueueOptions]) -> ManagedJob: ...
+    async def aget(self, job_id: int) -> ManagedJob: ...
     def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None: ...
     def count(self, queue: str | None = None, status: Status | None = None) -> int: ...
     def jobs(
@@ -190,6 +213,19 @@ class AppStore(Protocol):
         self, job_id: int, lease: float = 60.0
     ) -> contextlib.AbstractContextManager[ManagedJob]: ...
     def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        max_runtime: float | None = None,
+        tz: str = "UTC",
+        catch_up: int = 1,
+    ) -> Callable[[Any], Periodic]: ...
     def close(self) -> None: ...
 
 
@@ -218,6 +254,7 @@ class OperatorStore(AppStore, Protocol):
     def finished(self, since: float) -> Finished: ...
     def throughput(self, since: float) -> list[MinuteCount]: ...
     def totals(self) -> Finished: ...
+    def schedules(self) -> list[ScheduleInfo]: ...
 
 
 @runtime_checkable
@@ -277,11 +314,14 @@ class WorkerStore(Protocol):
         current_job: int | None,
         finished: Finished,
         rss: int | None = None,
+        in_flight: int = 0,
     ) -> None: ...
     def unregister_worker(self, owner: str) -> None: ...
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
     def wake(self) -> None: ...
+    def declare_schedules(self, periodics: Sequence[Periodic]) -> None: ...
+    def run_schedule(self, periodic: Periodic) -> list[ManagedJob]: ...
 
 
 @runtime_checkable
@@ -360,6 +400,23 @@ class Tx(abc.ABC):
         once in each backend (MemoryStore's `claim_order`, the `claim_order` block of
         SQLite's queries.sql, the `claim` block of PostgreSQL's), whose claim index follows
         it."""
+
+    @abc.abstractmethod
+    def declare_schedule(self, info: ScheduleInfo) -> None:
+        """Insert the schedule's row, or set its spec, tz, queue and seen_at; its last_slot
+        and last_job stay, but for a spec or tz that changed: then its last_slot becomes
+        the later of the two (it never goes back)."""
+
+    @abc.abstractmethod
+    def advance_schedule(self, info: ScheduleInfo) -> bool:
+        """Make `info.last_slot` the schedule's last slot (its last_job None) only if it is
+        later than the row's (inserting the row if there is none), in one conditional
+        statement; return whether it did. Two transactions that advance the same schedule
+        to the same slot: one does, the other waits for it, then does not."""
+
+    @abc.abstractmethod
+    def schedule_job(self, name: str, job_id: int) -> None:
+        """Set the job the schedule's last slot enqueued."""
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
@@ -441,6 +498,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _read_active(self) -> list[Record]:
         """Every RUNNING or WAIT_ASYNC row."""
+
+    @abc.abstractmethod
+    def _schedules(self) -> list[ScheduleInfo]:
+        """Every schedule's row, by name."""
 
     @abc.abstractmethod
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:

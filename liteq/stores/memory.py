@@ -21,6 +21,7 @@ from liteq.stores.contract import (
     JobQuery,
     MinuteCount,
     QueueCount,
+    ScheduleInfo,
     Tx,
     WorkerInfo,
     start_run,
@@ -35,12 +36,41 @@ def claim_order(record: Record) -> tuple[int, float, int]:
 
 
 class _MemoryTx(Tx):
-    __slots__ = ("_store", "_undo")
+    __slots__ = ("_store", "_undo", "_undo_schedules")
 
     def __init__(self, store: MemoryStore, now: float) -> None:
         super().__init__(now, time.monotonic())
         self._store = store
         self._undo: dict[int, Record | None] = {}
+        self._undo_schedules: dict[str, ScheduleInfo | None] = {}
+
+    def _put_schedule(self, info: ScheduleInfo) -> None:
+        schedules = self._store.schedules_by_name
+        if info.name not in self._undo_schedules:
+            self._undo_schedules[info.name] = schedules.get(info.name)
+        schedules[info.name] = info
+
+    def declare_schedule(self, info: ScheduleInfo) -> None:
+        old = self._store.schedules_by_name.get(info.name)
+        if old is not None:
+            same = (old.spec, old.tz) == (info.spec, info.tz)
+            last_slot = old.last_slot if same else max(old.last_slot, info.last_slot)
+            info = dataclasses.replace(info, last_slot=last_slot, last_job=old.last_job)
+        self._put_schedule(info)
+
+    def advance_schedule(self, info: ScheduleInfo) -> bool:
+        old = self._store.schedules_by_name.get(info.name)
+        if old is not None:
+            if old.last_slot >= info.last_slot:
+                return False
+            info = dataclasses.replace(old, last_slot=info.last_slot, last_job=None)
+        self._put_schedule(info)
+        return True
+
+    def schedule_job(self, name: str, job_id: int) -> None:
+        old = self._store.schedules_by_name.get(name)
+        if old is not None:
+            self._put_schedule(dataclasses.replace(old, last_job=job_id))
 
     def _touch(self, job_id: int) -> None:
         if job_id not in self._undo:
@@ -90,6 +120,12 @@ class _MemoryTx(Tx):
     def rollback(self) -> None:
         for job_id, record in self._undo.items():
             self._store.put(record, job_id)
+        schedules = self._store.schedules_by_name
+        for name, info in self._undo_schedules.items():
+            if info is None:
+                schedules.pop(name, None)
+            else:
+                schedules[name] = info
 
 
 class MemoryStore(BaseStore):
@@ -117,6 +153,7 @@ class MemoryStore(BaseStore):
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self.paused_queues: set[str] = set()
+        self.schedules_by_name: dict[str, ScheduleInfo] = {}
 
     def next_id(self) -> int:
         """A new job id, never used before."""
@@ -237,6 +274,10 @@ class MemoryStore(BaseStore):
                 default=None,
             )
 
+    def _schedules(self) -> list[ScheduleInfo]:
+        with self._lock:
+            return [self.schedules_by_name[n] for n in sorted(self.schedules_by_name)]
+
     def _set_paused(self, queue: str, paused: bool) -> None:
         with self._lock:
             (self.paused_queues.add if paused else self.paused_queues.discard)(queue)
@@ -293,12 +334,23 @@ class _RegistryTables(RegistryWrite):
         self.totals: Finished = {}
 
     def beat(
-        self, owner: str, now: float, jobs_done: int, current_job: int | None, rss: int | None
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        rss: int | None,
+        in_flight: int,
     ) -> None:
         info = self.workers.get(owner)
         if info is not None:
             self.workers[owner] = dataclasses.replace(
-                info, beat_at=now, jobs_done=jobs_done, current_job=current_job, rss=rss
+                info,
+                beat_at=now,
+                jobs_done=jobs_done,
+                current_job=current_job,
+                rss=rss,
+                in_flight=in_flight,
             )
 
     def count(self, minute: int, queue: str, completed: int, failed: int) -> None:

@@ -41,9 +41,16 @@ class RegistryWrite(abc.ABC):
 
     @abc.abstractmethod
     def beat(
-        self, owner: str, now: float, jobs_done: int, current_job: int | None, rss: int | None
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        rss: int | None,
+        in_flight: int,
     ) -> None:
-        """Set the worker's beat_at, jobs_done, current_job and rss (no row: nothing)."""
+        """Set the worker's beat_at, jobs_done, current_job, rss and in_flight (no row:
+        nothing)."""
 
     @abc.abstractmethod
     def count(self, minute: int, queue: str, completed: int, failed: int) -> None:
@@ -95,13 +102,15 @@ class Registry(abc.ABC):
         current_job: int | None,
         finished: Finished,
         rss: int | None = None,
+        in_flight: int = 0,
     ) -> None:
         """A worker is alive: its count of jobs, the job it runs now, the jobs it finished
-        since its last beat, per queue (completed, failed), and the memory it uses."""
+        since its last beat, per queue (completed, failed), the memory it uses, and how
+        many jobs it has in flight."""
         now = self.clock()
         minute = int(now // 60)
         with self._writing() as w:
-            w.beat(owner, now, jobs_done, current_job, rss)
+            w.beat(owner, now, jobs_done, current_job, rss, in_flight)
             for queue, (completed, failed) in sorted(finished.items()):
                 w.count(minute, queue, completed, failed)
             w.forget(minute - STATS_MINUTES, now)

@@ -81,6 +81,7 @@ class Dashboard:
             Route("/live/overview", self.overview_part),
             Route("/workers", self.workers),
             Route("/live/workers", self.workers_part),
+            Route("/schedules", self.schedules),
             Route("/jobs", self.jobs),
             Route("/jobs/{id:int}", self.job),
             Route("/jobs/{id:int}/{action:str}", self.job_action, methods=["GET", "POST"]),
@@ -171,6 +172,14 @@ class Dashboard:
 
     def workers_part(self, request: Request) -> Response:
         return self.render("_workers.html", **self._workers_values())
+
+    def schedules(self, request: Request) -> Response:
+        return self.render(
+            "schedules.html",
+            page="schedules",
+            schedules=admin.schedules(self.store),
+            now=self.store.clock(),
+        )
 
     def jobs(self, request: Request) -> Response:
         params = request.query_params

@@ -8,10 +8,15 @@ from liteq.status import Status
 from liteq.stores.contract import Finished
 
 
+def _label(name: str, value: str) -> str:
+    """A label of a sample, its value escaped as the text format says."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'{name}="{escaped}"'
+
+
 def _queue(name: str) -> str:
-    """The labels of a queue's sample: its name escaped as the text format says."""
-    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'queue="{escaped}"'
+    """The labels of a queue's sample."""
+    return _label("queue", name)
 
 
 def exposition(report: dict[str, Any], totals: Finished) -> str:
@@ -68,5 +73,12 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
         "Attempts that failed (a job retried after a failure counts once per attempt).",
         [(_queue(name), failed) for name, (_, failed) in sorted(totals.items())],
     )
-    family("liteq_workers_alive", "gauge", "Live workers.", [("", len(report["workers"]))])
+    workers = report["workers"]
+    family("liteq_workers_alive", "gauge", "Live workers.", [("", len(workers))])
+    family(
+        "liteq_worker_jobs_in_flight",
+        "gauge",
+        "Jobs a live worker had in flight at its last beat.",
+        [(_label("worker", f"{w['host']}/{w['pid']}"), w["in_flight"]) for w in workers],
+    )
     return "\n".join(lines) + "\n"

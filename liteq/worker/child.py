@@ -52,8 +52,9 @@ def new_slot() -> mmap.mmap:
     return mmap.mmap(-1, SLOT.size)
 
 
-#: A child's job slot: the id of the job it runs now (0: none), in memory shared with its
-#: supervisor, which reads it once the child is dead. A store write per job would cost.
+#: A child's job slot: the id of the job it runs now (0: none; SEVERAL: more than one, each a
+#: coroutine job), in memory shared with its supervisor, which reads it once the child is
+#: dead. A store write per job would cost.
 SLOT = struct.Struct("q")
 
 
@@ -77,9 +78,14 @@ class Child:
     killed_for: str | None = None
 
     def running(self) -> int | None:
-        """The job the child runs now (or ran when it died)."""
+        """The job the child runs now (or ran when it died), if it runs just one: a death
+        is then that job's doing."""
         job_id: int = SLOT.unpack_from(self.slot)[0]
-        return job_id or None
+        return job_id if job_id > 0 else None
+
+    def busy(self) -> bool:
+        """Whether the child runs a job now (or several), or did when it died."""
+        return bool(SLOT.unpack_from(self.slot)[0])
 
     def close(self) -> None:
         """Release what the supervisor holds of it (once it is reaped, or in a sibling)."""

@@ -153,7 +153,12 @@ class Heartbeat:
         try:
             owner = self._info.owner
             self.store.beat(
-                owner, jobs_done=jobs_done, current_job=current, finished=finished, rss=_rss()
+                owner,
+                jobs_done=jobs_done,
+                current_job=current,
+                finished=finished,
+                rss=_rss(),
+                in_flight=len(self.in_flight.now()),
             )
         except StoreError:
             return False  # told next time
@@ -222,7 +227,8 @@ class Heartbeat:
         for run in runs:
             run.rss_stopped = True
             log.error("job %d: %s: stopping it and this worker", run.mjob.id, death)
-            self.signals.stop_for_memory(run, death)
+            # (Of several jobs in flight, any may have grown it: none is blamed.)
+            self.signals.stop_for_memory(run, death, blame=len(runs) == 1)
 
     def _renew(self, mine: list[ManagedJob]) -> None:
         if not mine:

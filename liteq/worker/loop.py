@@ -1,4 +1,5 @@
-"""Worker: runs jobs from a store in this process, one at a time."""
+"""Worker: runs jobs from a store in this process: plain jobs one at a time, coroutine jobs
+up to its concurrency at once."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
-from liteq.job import bad_result
+from liteq.job import bad_result, is_coroutine_job
 from liteq.managed import ManagedJob, describe
 from liteq.status import Status
 from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
+from liteq.worker.coroutines import Coroutines, Outcome
 from liteq.worker.exits import (
     EXIT_CODE_CHANGED,
     EXIT_MEMORY,
@@ -30,6 +32,7 @@ from liteq.worker.identity import make_owner, parse_owner
 from liteq.worker.limits import CodeWatch, MemoryLimit
 from liteq.worker.options import WorkerOptions, takes_options
 from liteq.worker.run import InFlight, Run
+from liteq.worker.schedule import Scheduler
 from liteq.worker.signals import Interrupted, Signals
 
 log = logging.getLogger("liteq.worker")
@@ -82,10 +85,14 @@ class Worker:
             check_health=options.check_health,
             disown=lambda: self._tell_running(None),
         )
+        self._coroutines = Coroutines(store.wake)
         self._running_hook: Callable[[int | None], None] | None = None
+        self._raised_hook: Callable[[ManagedJob, BaseException], None] | None = None
         self._unknown_types: set[str] = set()  # said once each, see _hand_back
         # A claim failed: its commit may have gone through unseen (see _hand_back_unseen).
         self._unseen_claims = False
+        # Periodic jobs of its queues (a burst worker, which drains, schedules none).
+        self._scheduler = None if options.exit_if_no_jobs else Scheduler(store, self._queues)
 
     @classmethod
     def with_options(cls, store: Store, options: WorkerOptions) -> Worker:
@@ -103,16 +110,20 @@ class Worker:
         *,
         ready: Callable[[], None] | None = None,
         running: Callable[[int | None], None] | None = None,
+        raised: Callable[[ManagedJob, BaseException], None] | None = None,
     ) -> int:
         """Run jobs until stopped; return 0 (stopped or drained), 1 (memory), 2 (code
         changed), 3 (a signal), 4 (the queue file was deleted or replaced) or 5 (the queue
         file is damaged).
 
         For a supervisor: `ready()` is called once the worker has registered and is about
-        to claim its first job; `running(job_id)` as each job starts, `running(None)` as
-        it ends (it must be cheap: it runs on every job).
+        to claim its first job; `running(job_id)` as each job starts and ends, with the id
+        of the one job in flight, SEVERAL (-1) while more are, None while none is (it must
+        be cheap: it runs on every job). `raised(mjob, exc)` is called when a job's code
+        raised, once its failure is recorded (liteq.testing.drain re-raises it).
         """
         self._running_hook = running
+        self._raised_hook = raised
         options = self.options
         self._signals.reset()
         if options.nice:
@@ -182,15 +193,32 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------
     def _loop(self, owner: str, code: CodeWatch | None, began: float) -> int:
-        options, signals = self.options, self._signals
+        try:
+            status = self._claim_and_run(owner, code, began)
+        except BaseException:
+            self._coroutines.close()  # (a no-op while any is in flight)
+            raise
+        self._finish_coroutines()
+        return status
+
+    def _claim_and_run(self, owner: str, code: CodeWatch | None, began: float) -> int:
+        options, signals, coroutines = self.options, self._signals, self._coroutines
         while not signals.stop_requested:
+            self._record_coroutines()
             if options.max_time is not None and time.monotonic() - began >= options.max_time:
                 log.info("max_time of %ss reached", options.max_time)
                 return EXIT_OK
-            limit = options.prefetch
+            free = options.concurrency - coroutines.count
+            if free <= 0:  # every slot taken: wait for a coroutine job to end
+                self._record_coroutines(wait=0.1)
+                continue
+            limit = options.prefetch if options.concurrency == 1 else free
             if options.exit_after_n_jobs is not None:
-                left = options.exit_after_n_jobs - self.jobs_processed
+                left = options.exit_after_n_jobs - self.jobs_processed - coroutines.count
                 if left <= 0:
+                    if coroutines.count:
+                        self._record_coroutines(wait=0.1)
+                        continue
                     log.info("ran %d jobs: exiting", self.jobs_processed)
                     return EXIT_OK
                 limit = min(limit, left)
@@ -202,14 +230,21 @@ class Worker:
             if changed is not None:
                 log.info("source file %s changed: exiting to restart with the new code", changed)
                 return EXIT_CODE_CHANGED
+            if self._scheduler is not None:  # (cheap until its next slot is due)
+                self._patiently("enqueuing periodic jobs", self._scheduler.run_due)
             if not self._held:
                 held = self._complete_and_claim(owner, limit)
                 if held is None:  # the store failed and the worker is stopping
                     break
                 if not held:
-                    if options.exit_if_no_jobs:
+                    if options.exit_if_no_jobs and not coroutines.count:
                         return EXIT_OK
-                    self._patiently("waiting for jobs", lambda: self._idle(self._idle_timeout()))
+                    # A coroutine job that ends wakes the wait (its slot is free again); one
+                    # that ended during the claim rang before the claim saw nothing: look.
+                    if not coroutines.ended():
+                        self._patiently(
+                            "waiting for jobs", lambda: self._idle(self._idle_timeout())
+                        )
                     continue
                 with self._lock:
                     self._held = held
@@ -227,6 +262,23 @@ class Worker:
                 continue
             self._run(mjob)
         return signals.exit_status
+
+    def _record_coroutines(self, wait: float = 0.0) -> None:
+        """Record the outcomes of the coroutine jobs that ended (waiting up to `wait`
+        seconds for one)."""
+        if self._coroutines.count:
+            for outcome in self._coroutines.outcomes(wait):
+                self._finish(outcome)
+
+    def _finish_coroutines(self) -> None:
+        """On the way out: the coroutine jobs in flight end (a signalled stop's graceful
+        timeout cancels them, as it interrupts a plain job), and are recorded."""
+        coroutines = self._coroutines
+        if coroutines.count:
+            log.info("waiting for %d coroutine job(s) in flight", coroutines.count)
+        while coroutines.count:
+            self._record_coroutines(wait=0.1)
+        coroutines.close()
 
     def _still_mine(self, mjob: ManagedJob) -> bool:
         """Before a prefetched job starts: is it still this worker's to run?
@@ -346,6 +398,8 @@ class Worker:
         due = self.store.next_run_at(self._queues)
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.store.clock()))
+        if self._scheduler is not None:  # idle workers wake for the next slot
+            timeout = min(timeout, self._scheduler.wait())
         return timeout
 
     # -- one job -------------------------------------------------------------
@@ -365,6 +419,8 @@ class Worker:
         )
 
     def _run(self, mjob: ManagedJob) -> None:
+        """Run a claimed job: a plain one here and now, a coroutine job on the loop (it is
+        recorded when it ends, by _record_coroutines)."""
         job = mjob.job
         if job is None:
             if mjob.unknown_type:
@@ -378,18 +434,22 @@ class Worker:
             self.jobs_processed += 1
             return
         signals, run = self._signals, Run(mjob)
+        coroutine = is_coroutine_job(job)
+        if coroutine:
+            self._coroutines.start(run, job)  # (run.cancel set: stops cancel its task)
         self._in_flight.add(run)
-        self._tell_running(mjob.id)
-        debug = log.isEnabledFor(logging.DEBUG)
-        if debug:
+        self._tell_running(self._in_flight.running())
+        if log.isEnabledFor(logging.DEBUG):
             log.debug("job %d (%s) started, attempt %d", mjob.id, describe(mjob), mjob.attempts)
         if mjob.max_runtime is not None or signals.stop_requested:
             signals.job_starts(run, mjob.max_runtime)
+        if coroutine:
+            return
         try:
             try:
                 run.executing = True
                 try:
-                    result = job.run(mjob)
+                    outcome = Outcome(run, result=job.run(mjob))
                 finally:
                     run.executing = False
             finally:
@@ -398,74 +458,92 @@ class Worker:
                     job.cleanup()
                 except Exception:
                     log.exception("cleanup() of job %d raised", mjob.id)
-        except Interrupted as exc:
-            # The job's code has unwound: only now may it be handed back (however long
-            # that takes: the hard exit was for a job that would not unwind).
-            run.hard_exit_at = None
-            death = exc.death
-            if death is not None:  # it took the worker past max_rss: a crash of the job
-                max_crashes = self.options.max_crashes
-                status = self._ack(mjob, lambda: self.store.crash(mjob, death, max_crashes))
-                self._heartbeat.count(mjob.queue, completed=False)
-                log.error(
-                    "job %d (%s): the worker was %s: %s; exiting",
-                    mjob.id,
-                    describe(mjob),
-                    death,
-                    status.value if status else "lost",
-                )
-                signals.request_stop(EXIT_MEMORY)
-            else:
-                reason = f"interrupted: {exc}"
-                self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
-                self._heartbeat.count(mjob.queue, completed=False)
-                log.warning(
-                    "job %d (%s) %s: re-queued with a mulligan", mjob.id, describe(mjob), reason
-                )
-                if exc.stop_worker:
-                    signals.request_stop()
-        except (Exception, SystemExit) as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            tb = traceback.format_exc()
-            status = self._ack(mjob, lambda: self.store.fail(mjob, message, tb))
-            self._heartbeat.count(mjob.queue, completed=False)
-            log.error(
-                "job %d (%s) failed on attempt %d/%d: %s -> %s\n%s",
-                mjob.id,
-                describe(mjob),
-                mjob.attempts,
-                mjob.max_attempts,
-                message,
-                status.value if status else "lost",
-                tb.rstrip(),
-            )
+        except (Exception, SystemExit, Interrupted) as exc:
+            outcome = Outcome(run, error=exc, traceback=traceback.format_exc())
         except BaseException:
             # KeyboardInterrupt and the like: hand the job back untouched, then stop.
             self._ack(mjob, lambda: self.store.fail(mjob, "interrupted", mulligan=True))
-            raise
-        else:
-            if result is Status.WAIT_ASYNC:
-                self._ack(mjob, lambda: self.store.wait_async(mjob))
-            elif result is None or result is Status.COMPLETED:
-                # Recorded with the next claim, in its transaction (which comes at once
-                # when no claimed job is waiting) or, mid-batch, after ACK_DELAY.
-                with self._lock:
-                    if not self._acks:
-                        self._acks_since = time.monotonic()
-                    self._acks.append(mjob)
-                self._heartbeat.count(mjob.queue, completed=True)
-            else:
-                message = bad_result(result)
-                self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
-                self._heartbeat.count(mjob.queue, completed=False)
-                log.error("job %d (%s): %s", mjob.id, describe(mjob), message)
-            if debug:
-                log.debug("job %d (%s) returned %r", mjob.id, describe(mjob), result)
-        finally:
             self._in_flight.discard(run)
-            self._tell_running(None)
-            run.hard_exit_at = None  # (a stop that came as it ended is moot)
+            raise
+        self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        """Record how a job's attempt ended (a plain job's, or a coroutine job's)."""
+        run = outcome.run
+        mjob, signals, error = run.mjob, self._signals, outcome.error
+        if run.cancel is not None:
+            signals.job_ends(run)
+        try:
+            if isinstance(error, Interrupted):
+                self._interrupted(mjob, error)
+            elif error is not None:
+                message = f"{type(error).__name__}: {error}"
+                status = self._ack(mjob, lambda: self.store.fail(mjob, message, outcome.traceback))
+                self._heartbeat.count(mjob.queue, completed=False)
+                log.error(
+                    "job %d (%s) failed on attempt %d/%d: %s -> %s\n%s",
+                    mjob.id,
+                    describe(mjob),
+                    mjob.attempts,
+                    mjob.max_attempts,
+                    message,
+                    status.value if status else "lost",
+                    outcome.traceback.rstrip(),
+                )
+                if self._raised_hook is not None:
+                    self._raised_hook(mjob, error)
+            else:
+                self._returned(mjob, outcome.result)
+        finally:
+            # The job's code has unwound: a hard exit armed for it is moot.
+            run.hard_exit_at = None
+            self._in_flight.discard(run)
+            self._tell_running(self._in_flight.running())
             self.jobs_processed += 1
+
+    def _interrupted(self, mjob: ManagedJob, stop: Interrupted) -> None:
+        """A job the worker stopped (a signal, max_runtime, a lost lease, max_rss), once its
+        code has unwound: only now may it be handed back."""
+        death = stop.death
+        if death is not None:  # it took the worker past max_rss: a crash of the job
+            max_crashes = self.options.max_crashes
+            status = self._ack(mjob, lambda: self.store.crash(mjob, death, max_crashes))
+            self._heartbeat.count(mjob.queue, completed=False)
+            log.error(
+                "job %d (%s): the worker was %s: %s; exiting",
+                mjob.id,
+                describe(mjob),
+                death,
+                status.value if status else "lost",
+            )
+            self._signals.request_stop(EXIT_MEMORY)
+            return
+        reason = f"interrupted: {stop}"
+        self._ack(mjob, lambda: self.store.fail(mjob, reason, mulligan=True))
+        self._heartbeat.count(mjob.queue, completed=False)
+        log.warning("job %d (%s) %s: re-queued with a mulligan", mjob.id, describe(mjob), reason)
+        if stop.stop_worker:
+            self._signals.request_stop()
+
+    def _returned(self, mjob: ManagedJob, result: object) -> None:
+        """A job's run returned `result`."""
+        if result is Status.WAIT_ASYNC:
+            self._ack(mjob, lambda: self.store.wait_async(mjob))
+        elif result is None or result is Status.COMPLETED:
+            # Recorded with the next claim, in its transaction (which comes at once
+            # when no claimed job is waiting) or, mid-batch, after ACK_DELAY.
+            with self._lock:
+                if not self._acks:
+                    self._acks_since = time.monotonic()
+                self._acks.append(mjob)
+            self._heartbeat.count(mjob.queue, completed=True)
+        else:
+            message = bad_result(result)
+            self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
+            self._heartbeat.count(mjob.queue, completed=False)
+            log.error("job %d (%s): %s", mjob.id, describe(mjob), message)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job %d (%s) returned %r", mjob.id, describe(mjob), result)
 
     def _ack(self, mjob: ManagedJob, action: Callable[[], object]) -> Status | None:
         """Record a job's outcome; its new status, or None if it was not recorded."""

@@ -55,6 +55,10 @@ class WorkerOptions:
             OOM or max_rss kill) this many times fails for good; each death before is a
             mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
             worker for max_rss, or a caller of detect_hung_jobs (which uses 3).
+        concurrency: up to this many coroutine jobs (`async def run`, or `@task` on an
+            `async def`) in flight at once, on an event loop in a thread of the worker's
+            own; a claim takes as many jobs as there are free slots (prefetch aside). Plain
+            jobs still run one at a time, in the worker's main thread.
 
     A new option is a field here (with its check in __post_init__ and a line above): Worker
     takes it, and `liteq work` needs a flag for it or a reason for none (cli/work.py).
@@ -76,6 +80,7 @@ class WorkerOptions:
     handle_signals: bool = True
     prefetch: int = 1
     max_crashes: int = DEFAULT_MAX_CRASHES
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         queues = self.queues
@@ -99,6 +104,9 @@ class WorkerOptions:
         crashes = self.max_crashes
         if isinstance(crashes, bool) or not isinstance(crashes, int) or crashes < 1:
             raise ValueError(f"max_crashes must be an int of at least 1, not {crashes!r}")
+        concurrency = self.concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int of at least 1, not {concurrency!r}")
         if self.max_rss is not None and self.max_rss < 1:
             raise ValueError(f"max_rss must be a positive number of bytes, not {self.max_rss!r}")
 

@@ -11,10 +11,21 @@ worker's, not one job's (a stop requested, the exit status, the count of SIGINTs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from liteq.managed import ManagedJob
+    from liteq.worker.signals import Interrupted
+
+
+#: Told a supervisor while several jobs are in flight: a death then blames none of them.
+SEVERAL = -1
+
+
+class Cancel(Protocol):
+    """How a coroutine run is stopped: its task cancelled on its loop, from any thread."""
+
+    def soon(self) -> None: ...
 
 
 class Run:
@@ -40,6 +51,10 @@ class Run:
     #: when it has unwound).
     lease_given_up: bool = False
     rss_stopped: bool = False
+    #: A coroutine job's: how to cancel its task, and the stop asked of it (which its
+    #: outcome is, however its code ends: see coroutines.py). None for a plain job.
+    cancel: Cancel | None = None
+    stopped: Interrupted | None = None
 
     def __init__(self, mjob: ManagedJob) -> None:
         self.mjob = mjob
@@ -61,6 +76,14 @@ class InFlight(set[Run]):
     def now(self) -> tuple[Run, ...]:
         """The runs in flight now."""
         return tuple(self)
+
+    def running(self) -> int | None:
+        """What a supervisor is told runs now: the id of the job in flight if it is the only
+        one (a death is then its doing), SEVERAL if more are, None if none is."""
+        runs = self.now()
+        if not runs:
+            return None
+        return runs[0].mjob.id if len(runs) == 1 else SEVERAL
 
     def current_id(self) -> int | None:
         """The id of a job in flight, if any (the registry of workers shows one)."""

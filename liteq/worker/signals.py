@@ -8,7 +8,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from liteq.worker.exits import EXIT_OK, EXIT_SIGNAL
+from liteq.worker.exits import EXIT_MEMORY, EXIT_OK, EXIT_SIGNAL
 
 if TYPE_CHECKING:
     from liteq.worker.run import InFlight, Run
@@ -28,6 +28,20 @@ class Interrupted(BaseException):
         self.stop_worker = stop_worker
         #: How the job took its worker down (over max_rss), if it did: a crash of the job.
         self.death = death
+
+
+def stop_run(run: Run, stop: Interrupted) -> None:
+    """Stop a coroutine run (from any thread, or a signal handler): its task is cancelled
+    on its loop; should the loop not get to it (blocked), the heartbeat ends the process
+    after HARD_EXIT_GRACE, as for a plain job that cannot be interrupted."""
+    if run.stopped is not None:
+        return
+    run.stopped = stop
+    if run.hard_exit_at is None:
+        run.hard_exit_at = time.monotonic() + HARD_EXIT_GRACE
+        run.hard_exit_blames_job = stop.death is not None or not stop.stop_worker
+    if run.cancel is not None:
+        run.cancel.soon()
 
 
 class Signals:
@@ -133,15 +147,23 @@ class Signals:
 
     def lose_lease(self, run: Run, reason: str) -> None:
         """Stop `run`: its lease is lost, so it may run elsewhere now (called from the
-        heartbeat's thread; the job is stopped in the main thread by ALRM)."""
+        heartbeat's thread; a plain job is stopped in the main thread by ALRM)."""
+        if run.cancel is not None:
+            stop_run(run, Interrupted(reason, stop_worker=False))
+            return
         if not self.installed or not run.executing:
             return
         run.lease_lost = reason
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
-    def stop_for_memory(self, run: Run, death: str) -> None:
+    def stop_for_memory(self, run: Run, death: str, *, blame: bool = True) -> None:
         """Stop `run` and then the worker: its job took the worker past max_rss (called
-        from the heartbeat's thread, like lose_lease)."""
+        from the heartbeat's thread, like lose_lease). Without `blame` (one of several
+        coroutine jobs in flight, any of which may have taken it there) it is a mulligan."""
+        if run.cancel is not None:
+            self.request_stop(EXIT_MEMORY)
+            stop_run(run, Interrupted(death, stop_worker=True, death=death if blame else None))
+            return
         if not self.installed or not run.executing:
             return
         run.over_memory = death
@@ -189,7 +211,9 @@ class Signals:
             if run.hard_exit_at is None:
                 run.hard_exit_at = time.monotonic() + HARD_EXIT_GRACE
                 run.hard_exit_blames_job = death is not None or not stop_worker
-            if run.executing:
+            if run.cancel is not None:  # a coroutine job: its task is cancelled instead
+                stop_run(run, Interrupted(reason, stop_worker=stop_worker, death=death))
+            elif run.executing:
                 raised = Interrupted(reason, stop_worker=stop_worker, death=death)
         if raised is not None:
             raise raised

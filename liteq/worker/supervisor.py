@@ -220,7 +220,7 @@ class Supervisor:
             return
         self._next_rss_check = now + RSS_CHECK_EVERY
         for child in self._children.values():
-            if child.killed_for is not None or child.running() is None:
+            if child.killed_for is not None or not child.busy():
                 continue
             try:
                 rss = int(psutil.Process(child.pid).memory_info().rss)
@@ -230,7 +230,10 @@ class Supervisor:
                 continue
             child.killed_for = f"stopped at {rss >> 20} MiB RSS, over --max-rss {max_rss >> 20} MiB"
             log.warning(
-                "worker %d: job %s: %s: killing it", child.pid, child.running(), child.killed_for
+                "worker %d: job %s: %s: killing it",
+                child.pid,
+                child.running() or "(several)",
+                child.killed_for,
             )
             # Our own unreaped child: its pid cannot name another process yet.
             with contextlib.suppress(ProcessLookupError):
@@ -253,16 +256,19 @@ class Supervisor:
             lived = time.monotonic() - child.started
             code = os.waitstatus_to_exitcode(status)
             planned = os.WIFEXITED(status) and code in PLANNED
-            job_id = child.running()
+            job_id, busy = child.running(), child.busy()
             child.close()
             # A job it was running when it died is that job's crash, however it exited
             # (a job may call os._exit(0)); one it left deliberately is not in its slot.
-            crashed |= not planned or job_id is not None
+            # (Of several coroutine jobs in flight, none is blamed: each is re-queued.)
+            crashed |= not planned or busy
             death = how_it_died(child, status)
             if child.start is not None:  # (even with no job: then none of its jobs is blamed)
                 self._ended[pid, child.start] = Ended(death, job_id)
             if job_id is not None:
                 log.warning("worker %d died running job %d: %s", pid, job_id, death)
+            elif busy and not planned:
+                log.warning("worker %d died running several coroutine jobs: %s", pid, death)
             if code in FATAL and self._fatal is None:
                 log.error(
                     "worker %d stopped: %s; no worker can go on with it, so liteq work stops",

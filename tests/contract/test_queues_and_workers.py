@@ -52,6 +52,22 @@ def test_workers_register_beat_and_vanish_when_silent(
     assert store.workers() == []
 
 
+def test_a_beat_tells_how_many_jobs_the_worker_has_in_flight(
+    store: liteq.stores.BaseStore, clock: Clock
+) -> None:
+    store.register_worker(info("a", clock))
+    store.register_worker(info("b", clock))
+    assert [w.in_flight for w in store.workers()] == [0, 0]  # none told yet
+    clock.advance(1)
+    store.beat("a", jobs_done=2, current_job=12, finished={}, in_flight=3)
+    store.beat("b", jobs_done=1, current_job=None, finished={})  # a beat that does not say
+    (a, b) = store.workers()
+    assert (a.owner, a.in_flight, a.current_job) == ("a", 3, 12)
+    assert (b.owner, b.in_flight) == ("b", 0)
+    store.beat("a", jobs_done=5, current_job=None, finished={}, in_flight=0)
+    assert [w.in_flight for w in store.workers()] == [0, 0]  # each beat says it anew
+
+
 def test_finished_jobs_are_counted_by_the_minute(
     store: liteq.stores.BaseStore, clock: Clock
 ) -> None:

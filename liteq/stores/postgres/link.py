@@ -64,24 +64,39 @@ def connect(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
     """A new autocommit connection: StoreUnavailable if the server cannot be reached now,
     StoreError if it refuses for good, ValueError if a setting is wrong (before asking it)."""
     try:
-        return psycopg.connect(
-            conninfo,
-            autocommit=True,
-            # (only when neither the URL nor PGAPPNAME names the connection: an application
-            # that gives its workers a name of their own can tell them apart on the server)
-            fallback_application_name="liteq",
-            **_timeout_unless_given(conninfo),
-        )
-    except psycopg.ProgrammingError as exc:  # (before the server is asked)
-        raise ValueError(f"bad PostgreSQL URL or connection string: {_first_line(exc)}") from exc
-    except psycopg.OperationalError as exc:
-        reason = _reason(exc)
-        if _MISCONFIGURED.search(reason):
-            raise ValueError(f"bad PostgreSQL setting: {reason}") from exc
-        message = f"cannot connect to {where(conninfo)}: {reason}"
-        if any(words in str(exc) for words in _REFUSALS):
-            raise StoreError(message) from exc  # trying again would not help
-        raise StoreUnavailable(message) from exc
+        return psycopg.connect(conninfo, **connect_options(conninfo))
+    except psycopg.Error as exc:
+        raise connect_failure(exc, conninfo) or exc from exc
+
+
+def connect_options(conninfo: str) -> dict[str, Any]:
+    """How liteq connects (a blocking connection or an async one alike): autocommit, and
+    named "liteq" on the server unless the URL or PGAPPNAME names it."""
+    return {
+        "autocommit": True,
+        # (only when neither the URL nor PGAPPNAME names the connection: an application
+        # that gives its workers a name of their own can tell them apart on the server)
+        "fallback_application_name": "liteq",
+        **_timeout_unless_given(conninfo),
+    }
+
+
+def connect_failure(exc: psycopg.Error, conninfo: str) -> Exception | None:
+    """What a failed connection attempt raises: ValueError for a setting that is wrong
+    (libpq checks them before it asks the server), StoreError for a refusal for good,
+    StoreUnavailable for a server that may answer later; None for anything else (raised
+    as it is)."""
+    if isinstance(exc, psycopg.ProgrammingError):  # (before the server is asked)
+        return ValueError(f"bad PostgreSQL URL or connection string: {_first_line(exc)}")
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    reason = _reason(exc)
+    if _MISCONFIGURED.search(reason):
+        return ValueError(f"bad PostgreSQL setting: {reason}")
+    message = f"cannot connect to {where(conninfo)}: {reason}"
+    if any(words in str(exc) for words in _REFUSALS):
+        return StoreError(message)  # trying again would not help
+    return StoreUnavailable(message)
 
 
 def _timeout_unless_given(conninfo: str) -> dict[str, Any]:
@@ -152,7 +167,7 @@ def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> S
     return None
 
 
-def _alive(conn: psycopg.Connection[Any]) -> bool:
+def alive(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether an idle connection is still open: one the server ended (a restart, an idle
     timeout, pg_terminate_backend) has its last words waiting on the socket, which costs
     one poll to see, so that the statement sent next does not fail for it."""
@@ -185,7 +200,7 @@ class Link:
     def connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         """The open connection (call with the mutex held), connecting if there is none."""
         conn = self._conn
-        if conn is not None and not _alive(conn):
+        if conn is not None and not alive(conn):
             self._lost = True
             self.close_quietly()
             log.warning("the connection to %s was closed by the server", self.server)

@@ -123,6 +123,32 @@ FROM {s}.jobs GROUP BY queue, status ORDER BY queue COLLATE "C", status
 DELETE FROM {s}.jobs WHERE id IN (
     SELECT id FROM {s}.jobs WHERE status = %s {where} ORDER BY id LIMIT %s)
 
+-- Periodic jobs' schedules (migrations/05_schedules.sql). A declaration keeps last_slot,
+-- but for a spec or zone that changed: then it starts from now (never going back); an
+-- advance moves it only forward, and returns a row only if it did. Two
+-- hosts advancing one schedule at once: the second waits for the first's row lock, then
+-- finds the WHERE false and changes nothing.
+-- name: declare_schedule
+INSERT INTO {s}.schedules (name, spec, tz, queue, last_slot, last_job, seen_at)
+VALUES (%(name)s, %(spec)s, %(tz)s, %(queue)s, %(last_slot)s, NULL, %(seen_at)s)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tz = excluded.tz,
+    queue = excluded.queue, seen_at = excluded.seen_at,
+    last_slot = CASE WHEN schedules.spec = excluded.spec AND schedules.tz = excluded.tz
+        THEN schedules.last_slot ELSE greatest(schedules.last_slot, excluded.last_slot) END
+
+-- name: advance_schedule
+INSERT INTO {s}.schedules (name, spec, tz, queue, last_slot, last_job, seen_at)
+VALUES (%(name)s, %(spec)s, %(tz)s, %(queue)s, %(last_slot)s, NULL, %(seen_at)s)
+ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot, last_job = NULL
+WHERE schedules.last_slot < excluded.last_slot
+RETURNING name
+
+-- name: schedule_job
+UPDATE {s}.schedules SET last_job = %s WHERE name = %s
+
+-- name: schedules
+SELECT name, spec, tz, queue, last_slot, last_job, seen_at FROM {s}.schedules ORDER BY name
+
 -- Queues, workers and their counts of finished jobs.
 -- name: set_paused
 INSERT INTO {s}.queues (name, paused) VALUES (%s, %s)
@@ -136,10 +162,11 @@ INSERT INTO {s}.workers ({worker_columns}) VALUES ({worker_values})
 ON CONFLICT (owner) DO UPDATE SET host = excluded.host, pid = excluded.pid,
     queues = excluded.queues, started_at = excluded.started_at, beat_at = excluded.beat_at,
     lease = excluded.lease, jobs_done = excluded.jobs_done, current_job = excluded.current_job,
-    rss = excluded.rss
+    rss = excluded.rss, in_flight = excluded.in_flight
 
 -- name: beat
-UPDATE {s}.workers SET beat_at = %s, jobs_done = %s, current_job = %s, rss = %s
+UPDATE {s}.workers SET beat_at = %s, jobs_done = %s, current_job = %s, rss = %s,
+    in_flight = %s
 WHERE owner = %s
 
 -- name: count_finished

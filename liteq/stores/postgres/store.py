@@ -17,10 +17,12 @@ from liteq.managed import ManagedJob
 from liteq.options import EnqueueOptions
 from liteq.record import Record
 from liteq.status import Status
-from liteq.stores.base import BaseStore
-from liteq.stores.contract import WAITS_FOR_ITS_TYPE, JobQuery, QueueCount, Tx
+from liteq.stores.base import BaseStore, check_job_id
+from liteq.stores.contract import WAITS_FOR_ITS_TYPE, JobQuery, QueueCount, ScheduleInfo, Tx
 from liteq.stores.events import StatusHook
+from liteq.stores.postgres import aio
 from liteq.stores.postgres import schema as pg_schema
+from liteq.stores.postgres.aio import AsyncLink
 from liteq.stores.postgres.link import Link, translate
 from liteq.stores.postgres.listener import Listener
 from liteq.stores.postgres.queries import SCHEMA_NAME, queries
@@ -64,6 +66,7 @@ class PostgresStore(BaseStore):
         self.readonly = readonly
         self._q = queries(schema)
         self._link = Link(dsn, self._q.PLANNER_SETTINGS)
+        self._alink = AsyncLink(dsn, self._q.PLANNER_SETTINGS, self._link.server)
         waker = Waker()
         super().__init__(
             registry=PgRegistry(self._link, self._q, clock),
@@ -113,6 +116,44 @@ class PostgresStore(BaseStore):
             return super().enqueue_many(jobs, **options)
         with self._joining(connection):
             return super().enqueue_many(jobs, **options)
+
+    async def aenqueue(
+        self,
+        job: Job,
+        *,
+        connection: psycopg.AsyncConnection[Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> ManagedJob:
+        """Enqueue a job from async code, on this event loop's own async connection (see
+        BaseStore.aenqueue: the same options, errors and coalescing; idle workers are woken
+        as for enqueue). With `connection`, an application's psycopg AsyncConnection,
+        inside its transaction, as enqueue() joins a blocking one.
+
+            async with app_db.transaction():
+                await app_db.execute("INSERT INTO orders …")
+                await store.aenqueue(SendReceipt(order_id), connection=app_db)
+        """
+        if connection is not None and not isinstance(connection, psycopg.AsyncConnection):
+            raise TypeError(
+                f"connection must be a psycopg AsyncConnection, not {connection!r} "
+                "(store.enqueue joins a blocking one)"
+            )
+        record, events = self._new_record(job, options)
+        if connection is None:
+            outcome = await self._alink.insert(self._q, record)
+        else:
+            outcome = await aio.insert_joined(connection, self._q, record, self._link.server)
+        if isinstance(outcome, int):
+            record.id = outcome
+            return self._enqueued(record, job, events)
+        if outcome is None:
+            raise StoreError(f"job {record.job_type} was not inserted")
+        return self._managed(record_of(outcome))  # the job holding its coalesce id
+
+    async def aget(self, job_id: int) -> ManagedJob:
+        """`get` from async code, on this event loop's own async connection."""
+        row = await self._alink.fetchone(self._q.GET, (check_job_id(job_id),))
+        return self._found(job_id, None if row is None else record_of(row))
 
     @contextlib.contextmanager
     def _joining(self, connection: psycopg.Connection[Any]) -> Iterator[None]:
@@ -206,6 +247,9 @@ class PostgresStore(BaseStore):
         found = [float(d) for d in dues if d is not None]
         return min(found) if found else None
 
+    def _schedules(self) -> list[ScheduleInfo]:
+        return [ScheduleInfo(*row) for row in self._rows(self._q.SCHEDULES)]
+
     def _set_paused(self, queue: str, paused: bool) -> None:
         with self._transaction(prompt=True) as tx:
             assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
@@ -224,7 +268,10 @@ class PostgresStore(BaseStore):
         return super().wait_for_jobs(queues, timeout)
 
     def close(self) -> None:
-        """Close this process's connections (a later use opens them again)."""
+        """Close this process's connections (a later use opens them again), the async
+        API's too: each in its event loop's thread, at once or when its task is done."""
+        super().close()
+        self._alink.close()
         self._listener.stop()
         self._link.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from psycopg.rows import tuple_row
 from liteq.errors import StoreError
 from liteq.record import COLUMNS_BUT_ID, Changes, Record
 from liteq.status import Status
-from liteq.stores.contract import Tx
+from liteq.stores.contract import ScheduleInfo, Tx
 
 if TYPE_CHECKING:
     from liteq.stores.postgres.link import Link
@@ -35,6 +35,44 @@ def record_of(row: Sequence[Any]) -> Record:
     record = Record(*row)
     record.status = _STATUS[record.status]
     return record
+
+
+#: An insert, as the statements it runs in turn: each step yields (sql, args) and is sent
+#: the first row that statement returned (None: none); it returns the new job's id, the
+#: row of the job holding its coalesce id (locked until the transaction ends), or None for
+#: a job with no coalesce id that was not inserted. Both PgTx.insert and the async enqueue
+#: (aio.py) run it: the rule is written once.
+InsertSteps = Generator[tuple[str, Sequence[Any]], tuple[Any, ...] | None, "Inserted"]
+Inserted = int | tuple[Any, ...] | None  # (what an insert comes to: see InsertSteps)
+
+
+def insert_steps(q: Queries, record: Record) -> InsertSteps:
+    """Insert a new job; with a coalesce id that a job holds, lock that job instead."""
+    values = new_values(record)
+    for _ in range(100):
+        row = yield q.INSERT, values
+        if row is not None:
+            return int(row[0])
+        if record.coalesce_id is None:
+            return None
+        # The coalesce id is held. Lock the holder, so that it still holds it when the
+        # caller reads it; if it let go meanwhile (completed, deleted), insert again.
+        holder = yield q.COALESCE_HOLDER_FOR_UPDATE, (record.coalesce_id,)
+        if holder is not None:
+            return holder
+    raise StoreError(f"coalesce id {record.coalesce_id!r} changed hands a hundred times meanwhile")
+
+
+def _schedule_values(info: ScheduleInfo) -> dict[str, Any]:
+    """A schedule's row as the declare_schedule and advance_schedule statements take it."""
+    return {
+        "name": info.name,
+        "spec": info.spec,
+        "tz": info.tz,
+        "queue": info.queue,
+        "last_slot": info.last_slot,
+        "seen_at": info.seen_at,
+    }
 
 
 # UPDATE … RETURNING gives the claimed rows in no order: they are put back in the claim
@@ -61,6 +99,15 @@ class PgTx(Tx):
     def _one(self, sql: str, args: Sequence[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
         return self._cursor.execute(sql, args).fetchone()
 
+    def declare_schedule(self, info: ScheduleInfo) -> None:
+        self._cursor.execute(self._q.DECLARE_SCHEDULE, _schedule_values(info))
+
+    def advance_schedule(self, info: ScheduleInfo) -> bool:
+        return self._one(self._q.ADVANCE_SCHEDULE, _schedule_values(info)) is not None
+
+    def schedule_job(self, name: str, job_id: int) -> None:
+        self._cursor.execute(self._q.SCHEDULE_JOB, (job_id, name))
+
     def get(self, job_id: int) -> Record | None:
         row = self._one(self._q.GET_FOR_UPDATE, (job_id,))
         return None if row is None else record_of(row)
@@ -70,18 +117,14 @@ class PgTx(Tx):
         return None if row is None else record_of(row)
 
     def insert(self, record: Record) -> int | None:
-        values = new_values(record)
-        for _ in range(100):
-            row = self._one(self._q.INSERT, values)
-            if row is not None:
-                return int(row[0])
-            # The coalesce id is held. Lock the holder, so that it still holds it when the
-            # caller reads it; if it let go meanwhile (completed, deleted), insert again.
-            if record.coalesce_id is None or self.coalesce_holder(record.coalesce_id):
-                return None
-        raise StoreError(
-            f"coalesce id {record.coalesce_id!r} changed hands a hundred times meanwhile"
-        )
+        steps = insert_steps(self._q, record)
+        try:
+            sql, args = next(steps)
+            while True:
+                sql, args = steps.send(self._one(sql, args))
+        except StopIteration as done:
+            outcome: Inserted = done.value
+        return outcome if isinstance(outcome, int) else None
 
     def insert_many(self, records: Sequence[Record]) -> list[int | None]:
         ids: list[int | None] = [None] * len(records)

@@ -201,6 +201,30 @@ PRAGMA user_version
 SELECT name FROM sqlite_master
 WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY name
 
+-- Periodic jobs' schedules (schema.sql: liteq_schedules). A declaration keeps last_slot,
+-- but for a spec or zone that changed: then it starts from now (never going back); an
+-- advance moves it only forward, and changes() says whether it did. (The right-hand sides
+-- of SET read the row as it was.)
+-- name: declare_schedule
+INSERT INTO liteq_schedules (name, spec, tz, queue, last_slot, last_job, seen_at)
+VALUES (:name, :spec, :tz, :queue, :last_slot, NULL, :seen_at)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tz = excluded.tz,
+    queue = excluded.queue, seen_at = excluded.seen_at,
+    last_slot = CASE WHEN spec = excluded.spec AND tz = excluded.tz THEN last_slot
+        ELSE max(last_slot, excluded.last_slot) END
+
+-- name: advance_schedule
+INSERT INTO liteq_schedules (name, spec, tz, queue, last_slot, last_job, seen_at)
+VALUES (:name, :spec, :tz, :queue, :last_slot, NULL, :seen_at)
+ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot, last_job = NULL
+WHERE last_slot < excluded.last_slot
+
+-- name: schedule_job
+UPDATE liteq_schedules SET last_job = ? WHERE name = ?
+
+-- name: schedules
+SELECT name, spec, tz, queue, last_slot, last_job, seen_at FROM liteq_schedules ORDER BY name
+
 -- Queues, workers and their counts of finished jobs.
 -- name: set_paused
 INSERT INTO liteq_queues (name, paused) VALUES (?, ?)
@@ -213,7 +237,7 @@ SELECT name FROM liteq_queues WHERE paused
 INSERT OR REPLACE INTO liteq_workers ({worker_columns}) VALUES ({worker_values})
 
 -- name: beat
-UPDATE liteq_workers SET beat_at = ?, jobs_done = ?, current_job = ?, rss = ?
+UPDATE liteq_workers SET beat_at = ?, jobs_done = ?, current_job = ?, rss = ?, in_flight = ?
 WHERE owner = ?
 
 -- name: count_finished

@@ -59,9 +59,15 @@ class _Beat(RegistryWrite):
         self._conn = conn
 
     def beat(
-        self, owner: str, now: float, jobs_done: int, current_job: int | None, rss: int | None
+        self,
+        owner: str,
+        now: float,
+        jobs_done: int,
+        current_job: int | None,
+        rss: int | None,
+        in_flight: int,
     ) -> None:
-        self._conn.execute(queries.BEAT, (now, jobs_done, current_job, rss, owner))
+        self._conn.execute(queries.BEAT, (now, jobs_done, current_job, rss, in_flight, owner))
 
     def count(self, minute: int, queue: str, completed: int, failed: int) -> None:
         self._conn.execute(queries.COUNT_FINISHED, (minute, queue, completed, failed))

@@ -14,7 +14,14 @@ from liteq.errors import StoreError
 from liteq.record import Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore
-from liteq.stores.contract import WAITS_FOR_ITS_TYPE, FileInfo, JobQuery, QueueCount, Tx
+from liteq.stores.contract import (
+    WAITS_FOR_ITS_TYPE,
+    FileInfo,
+    JobQuery,
+    QueueCount,
+    ScheduleInfo,
+    Tx,
+)
 from liteq.stores.events import StatusHook
 from liteq.stores.sqlite import queries
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
@@ -165,6 +172,10 @@ class SQLiteStore(BaseStore):
             rows = conn.execute(queries.ACTIVE).fetchall()
         return [record_of(r) for r in rows]
 
+    def _schedules(self) -> list[ScheduleInfo]:
+        with self.file.reading() as conn:
+            return [ScheduleInfo(*row) for row in conn.execute(queries.SCHEDULES)]
+
     def _set_paused(self, queue: str, paused: bool) -> None:
         with self._transaction(prompt=True):
             self.file.session()[0].execute(queries.SET_PAUSED, (queue, int(paused)))
@@ -293,7 +304,9 @@ class SQLiteStore(BaseStore):
         ]
 
     def close(self) -> None:
-        """Close this process's connection (it reopens if the store is used again)."""
+        """Close this process's connection (it reopens if the store is used again), and
+        stop the thread of aenqueue and aget."""
+        super().close()
         self.file.close()
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ import apsw
 
 from liteq.record import COLUMNS_BUT_ID, Changes, Record
 from liteq.status import Status
-from liteq.stores.contract import Tx, start_run
+from liteq.stores.contract import ScheduleInfo, Tx, start_run
 from liteq.stores.sqlite import queries
 from liteq.stores.sqlite.gate import Busy
 
@@ -29,6 +29,18 @@ def record_of(row: Sequence[Any]) -> Record:
     record.status = _STATUS[record.status]
     record.delete_on_complete = bool(record.delete_on_complete)
     return record
+
+
+def schedule_values(info: ScheduleInfo) -> dict[str, Any]:
+    """A schedule's row as queries' declare_schedule and advance_schedule take it."""
+    return {
+        "name": info.name,
+        "spec": info.spec,
+        "tz": info.tz,
+        "queue": info.queue,
+        "last_slot": info.last_slot,
+        "seen_at": info.seen_at,
+    }
 
 
 #: A new row's values, as queries.INSERT takes them: each column but the id.
@@ -124,6 +136,16 @@ class SQLiteTx(Tx):
                 start, which = queries.START_MANY, json.dumps([r.id for r in records])
             self._cursor.execute(start, (now, owner, lease_until, lease_mono, mono, which))
         return records
+
+    def declare_schedule(self, info: ScheduleInfo) -> None:
+        self._cursor.execute(queries.DECLARE_SCHEDULE, schedule_values(info))
+
+    def advance_schedule(self, info: ScheduleInfo) -> bool:
+        self._cursor.execute(queries.ADVANCE_SCHEDULE, schedule_values(info))
+        return bool(self._conn.changes())
+
+    def schedule_job(self, name: str, job_id: int) -> None:
+        self._cursor.execute(queries.SCHEDULE_JOB, (job_id, name))
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         if len(writes) == 1:  # a worker's steady state

@@ -1,0 +1,1 @@
+"""A sample application that enqueues jobs, tested with liteq's pytest plugin."""

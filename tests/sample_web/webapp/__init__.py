@@ -1,0 +1,1 @@
+"""A sample Starlette application that enqueues jobs from its handlers."""
