@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 9 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 10 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
@@ -35,7 +35,12 @@ CREATE TABLE liteq_jobs (
     lease_mono         REAL,
     deadline_mono      REAL,
     -- How many times a worker died while running it: at max_crashes it fails for good.
-    crashes            INTEGER NOT NULL DEFAULT 0
+    crashes            INTEGER NOT NULL DEFAULT 0,
+    -- keep_result: what its run returned (JSON), kept keep_result seconds once it
+    -- completed, until expires_at (then workers purge it).
+    result             TEXT,
+    keep_result        REAL,
+    expires_at         REAL
 );
 
 -- The claim: in each queue, best due job first, in the claim order (the `claim_order`
@@ -52,6 +57,20 @@ CREATE UNIQUE INDEX liteq_jobs_coalesce ON liteq_jobs (coalesce_id)
 -- Hung-job detection reads only the few running and waiting jobs.
 CREATE INDEX liteq_jobs_active ON liteq_jobs (status)
     WHERE status IN ('running', 'wait_async');
+
+-- Workers purge expired results by this.
+CREATE INDEX liteq_jobs_expiry ON liteq_jobs (expires_at) WHERE expires_at IS NOT NULL;
+
+-- Dependencies (`after=`): job_id runs after after_id; done once after_id completed. A job
+-- that waits is queued with its run_at held far ahead (liteq/record.py: WAITING), so the
+-- claim never sees it; the completion of its last dependency gives it back its own.
+CREATE TABLE liteq_dependencies (
+    job_id   INTEGER NOT NULL,
+    after_id INTEGER NOT NULL,
+    done     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, after_id)
+) WITHOUT ROWID;
+CREATE INDEX liteq_dependencies_after ON liteq_dependencies (after_id);
 
 -- The largest id ever deleted while it was the largest: ids stay above it.
 CREATE TABLE liteq_meta (
@@ -115,4 +134,4 @@ CREATE TABLE liteq_schedules (
     seen_at   REAL    NOT NULL
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 9;
+PRAGMA user_version = 10;

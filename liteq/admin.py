@@ -112,6 +112,34 @@ def problem(mjob: ManagedJob) -> str:
     return "" if mjob.unknown_type else mjob.decode_error or ""
 
 
+def runs_after(store: Store, mjob: ManagedJob) -> str:
+    """What the job runs after (`after=`), as `liteq show` and the dashboard say it:
+    "waiting for 2 jobs: 4, 7 (done: 3)", "after 3, 4 (done)", or "" for none."""
+    dependencies = store.dependencies(mjob.id)
+    if not dependencies:
+        return ""
+    pending = [str(a) for a, done in dependencies if not done]
+    done = [str(a) for a, finished in dependencies if finished]
+    if mjob.waiting and pending:
+        more = f" (done: {', '.join(done)})" if done else ""
+        s = "" if len(pending) == 1 else "s"
+        return f"waiting for {len(pending)} job{s}: {', '.join(pending)}{more}"
+    if not pending:
+        return f"after {', '.join(done)} (done)"
+    return f"after {', '.join(str(a) for a, _ in dependencies)} (not done: {', '.join(pending)})"
+
+
+def result_of(mjob: ManagedJob, now: float) -> Any:
+    """The job's kept result, read as JSON; None if it keeps none (or it expired)."""
+    record = mjob.record
+    if record.result is None or record.expires_at is None or record.expires_at <= now:
+        return None
+    try:
+        return json.loads(record.result)
+    except ValueError:
+        return None
+
+
 def state_of(mjob: ManagedJob) -> Any:
     """The job's stored state, read as JSON: no class of it need be imported."""
     try:

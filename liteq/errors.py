@@ -58,3 +58,22 @@ class StoreUnavailable(StoreError):
     """The store's server cannot be reached now (down, restarting, or the connection was
     lost): the operation did not happen, or, if the connection was lost as it committed,
     may have. Trying again later may succeed."""
+
+
+class ResultNotReady(LiteqError):
+    """The job has not finished yet (or not within the time given to wait for it)."""
+
+
+class JobFailed(LiteqError):
+    """The job failed for good: it has no result."""
+
+    def __init__(self, message: str | None = None, *, job_id: int = 0, error: str | None = None):
+        super().__init__(message)
+        #: The job's id, and its last error.
+        self.job_id = job_id
+        self.error = error
+
+
+class ResultExpired(LiteqError):
+    """The job's result is gone: it expired and was purged, the job was deleted, or it
+    completed without keep_result."""

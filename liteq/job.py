@@ -7,6 +7,7 @@ imported (see codec): payloads are data, never code.
 from __future__ import annotations
 
 import inspect
+import json
 import random
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -83,7 +84,35 @@ def bad_result(result: object) -> str:
             f"run() returned a {type(result).__name__} instead of running it: make run() "
             "itself an async def (a coroutine job), or await it inside; nothing ran"
         )
-    return f"run() returned {result!r}; return None or Status.WAIT_ASYNC"
+    return (
+        f"run() returned {result!r}; return None or Status.WAIT_ASYNC (or enqueue the job "
+        "with keep_result=True to keep what it returns)"
+    )
+
+
+class ResultRefused(str):
+    """Why a job's return value cannot be kept as its result (the job fails for good)."""
+
+    __slots__ = ()
+
+
+def encode_result(value: object) -> str | ResultRefused:
+    """A run's return value as the JSON text its result is kept as, or why it cannot be."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        return ResultRefused(
+            f"run() returned {type(value).__name__} {_short(value)}, which cannot be kept as "
+            f"its result (keep_result keeps JSON: {exc}); the job fails, not retried"
+        )
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        return "(whose repr() raised)"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def backoff(attempts: int, base: float = 2.0, cap: float = 3600.0) -> float:
@@ -116,6 +145,9 @@ class Job:
     retry_backoff: ClassVar[float] = 2.0
     #: ... but never more than this many seconds.
     retry_backoff_max: ClassVar[float] = 3600.0
+    #: Keep what run() returns (JSON) once the job completes: True (a day) or seconds; the
+    #: enqueue option keep_result wins. None: no result is kept.
+    keep_result: ClassVar[bool | float | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,7 +170,8 @@ class Job:
         _REGISTRY[type_name(cls)] = cls
 
     def run(self, job: ManagedJob) -> Status | Awaitable[Status | None] | None:
-        """Do the work. Return None when done, or `Status.WAIT_ASYNC` to finish later.
+        """Do the work. Return None when done, or `Status.WAIT_ASYNC` to finish later; a job
+        enqueued with keep_result returns its result (a JSON-encodable value).
 
         It may be an `async def` (a coroutine job): the worker awaits it on its event loop,
         with up to `liteq work --concurrency N` of them at once in one process.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from liteq.record import DUE_AT_ONCE, Record
+from liteq.record import DUE_AT_ONCE, Record, own_run_at, waits
 from liteq.status import Status
 
 if TYPE_CHECKING:
@@ -158,8 +158,23 @@ class ManagedJob:
     @property
     def run_at(self) -> datetime:
         """Not before this time (for a job due at once, when it was queued: created_at)."""
-        run_at = self._record.run_at
+        run_at = own_run_at(self._record.run_at)
         return _utc_set(self._record.created_at if run_at == DUE_AT_ONCE else run_at)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether it is QUEUED but waits for jobs it runs after (`after=`) to complete."""
+        return waits(self._record)
+
+    @property
+    def keep_result(self) -> float | None:
+        """Seconds its result is kept once it completes (keep_result), or None."""
+        return self._record.keep_result
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When its result expires (and the job with it), once completed with keep_result."""
+        return _utc(self._record.expires_at)
 
     @property
     def started_at(self) -> datetime | None:
@@ -198,6 +213,25 @@ class ManagedJob:
     def delete(self) -> None:
         """Delete the job. A worker still running it finds it gone and logs that."""
         self._store.delete(self)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Its result (what run returned, kept with keep_result), waiting up to `timeout`
+        seconds for the job to finish (None: not at all). Raises ResultNotReady, JobFailed
+        or ResultExpired: see `store.result`.
+
+            mjob = store.enqueue(Export(user_id), keep_result=True)
+            link = mjob.result(timeout=30)
+        """
+        return self._store.result(self.id, timeout)
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """`result` from async code: `await mjob.aresult(30)`."""
+        return await self._store.aresult(self.id, timeout)
+
+    def dependency_results(self) -> dict[int, Any]:
+        """The results of the jobs it runs after (`after=`) that kept one, by id: what its
+        run reads (`def run(self, job): job.dependency_results()`)."""
+        return self._store.dependency_results(self.id)
 
     def refresh(self) -> ManagedJob:
         """Return the job as it is on file now."""

@@ -24,6 +24,8 @@ class EnqueueOptions(TypedDict, total=False):
     coalesce_id: str | None
     max_runtime: float | None
     delete_on_complete: bool
+    keep_result: bool | float | timedelta | None
+    after: Iterable[Any]
 
 
 _OPTION_NAMES = frozenset(EnqueueOptions.__annotations__)
@@ -35,6 +37,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 LATEST: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 #: The longest max_runtime: a worker times a job with an interval timer, which has bounds.
 MAX_RUNTIME: Final = 1e9
+#: How long `keep_result=True` keeps a result: a day.
+DEFAULT_KEEP_RESULT: Final = 86400.0
+#: The longest keep_result: about a hundred years.
+MAX_KEEP_RESULT: Final = 3.2e9
 
 
 def check_text(value: object, name: str) -> str:
@@ -116,9 +122,10 @@ _BY_OPTIONS: Final = (
     "run_at",
     "max_runtime",
     "delete_on_complete",
+    "keep_result",
 )
 _PER_JOB: Final = ("job_type", "payload", "created_at", "coalesce_id")
-_QUEUE, _PRIORITY, _MAX_ATTEMPTS, _RUN_AT, _MAX_RUNTIME, _DELETE_ON_COMPLETE = map(
+_QUEUE, _PRIORITY, _MAX_ATTEMPTS, _RUN_AT, _MAX_RUNTIME, _DELETE_ON_COMPLETE, _KEEP_RESULT = map(
     COLUMNS.index, _BY_OPTIONS
 )
 _JOB_TYPE, _PAYLOAD, _CREATED_AT, _COALESCE_ID = map(COLUMNS.index, _PER_JOB)
@@ -164,6 +171,7 @@ def _new_row(
     run_at: float,
     max_runtime: float | None,
     delete_on_complete: bool,
+    keep_result: float | None,
 ) -> list[Any]:
     row = _NEW_JOB.copy()
     row[_QUEUE] = queue
@@ -172,6 +180,7 @@ def _new_row(
     row[_RUN_AT] = run_at
     row[_MAX_RUNTIME] = max_runtime
     row[_DELETE_ON_COMPLETE] = delete_on_complete
+    row[_KEEP_RESULT] = keep_result
     return row
 
 
@@ -218,11 +227,37 @@ def _resolve(opts: dict[str, Any], explicit: EnqueueOptions, now: float) -> _Res
     delete_on_complete = opts.get("delete_on_complete", True)
     if not isinstance(delete_on_complete, bool):
         raise TypeError(f"delete_on_complete must be a bool, not {delete_on_complete!r}")
+    if "after" in opts:
+        raise TypeError(
+            "after= is an option of one enqueue call (store.enqueue(job, after=[...])), "
+            "not of a job class or a task"
+        )
     return _Resolved(
         "coalesce_id" in opts,
         opts.get("coalesce_id"),
-        _new_row(queue, priority, max_attempts, due, max_runtime, delete_on_complete),
+        _new_row(
+            queue,
+            priority,
+            max_attempts,
+            due,
+            max_runtime,
+            delete_on_complete,
+            keep_result_seconds(opts.get("keep_result")),
+        ),
     )
+
+
+def keep_result_seconds(value: object) -> float | None:
+    """keep_result as seconds (True: DEFAULT_KEEP_RESULT; None or False: no result kept);
+    TypeError or ValueError for anything else."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_KEEP_RESULT
+    seconds = _seconds(value, "keep_result", positive=True)
+    if seconds > MAX_KEEP_RESULT:
+        raise ValueError(f"keep_result must be at most {MAX_KEEP_RESULT:.1e} seconds")
+    return seconds
 
 
 #: What no options resolve to.
@@ -253,13 +288,15 @@ def build_records(
         if cls is not last_cls:  # (a batch is most often of one class)
             how, last_cls = how_to_encode(cls), cls
         job_type, payload = encode_as(job, how)
-        if cls.enqueue_options is Job.enqueue_options:
+        if cls.enqueue_options is Job.enqueue_options and cls.keep_result is None:
             if shared is None:
                 shared = _resolve(dict(options), options, now)
             r = shared
         else:
             defaults = job.enqueue_options()
             _check_names(defaults)
+            if cls.keep_result is not None and "keep_result" not in defaults:
+                defaults = {**defaults, "keep_result": cls.keep_result}
             r = _resolve({**defaults, **options}, options, now)
             uniform = False
         if r.coalesce_given:
@@ -282,6 +319,7 @@ def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:
         options
         or cls.enqueue_options is not Job.enqueue_options
         or cls.coalesce_id is not Job.coalesce_id
+        or cls.keep_result is not None
     ):
         return build_records((job,), options, now)[0][0]
     job_type, payload = encode_as(job, how)

@@ -41,6 +41,12 @@ class Record:
     deadline_mono: float | None = None
     #: How many times a worker died while running it (see DEFAULT_MAX_CRASHES).
     crashes: int = 0
+    #: keep_result: the run's return value as JSON text once it completed (None: none kept).
+    result: str | None = None
+    #: Seconds a completed job's result is kept (None: no result is kept).
+    keep_result: float | None = None
+    #: When the result expires and the job is purged (the store's clock), once completed.
+    expires_at: float | None = None
 
 
 #: Record's columns. A store writes and reads each by its name; a row's values in this
@@ -67,6 +73,28 @@ DUE_AT_ONCE: Final = -1.0
 def due_since(run_at: float, created_at: float) -> float:
     """Since when a due job has waited: not before it was enqueued."""
     return max(run_at, created_at)
+
+
+#: A job that waits for its dependencies (`after=`) is QUEUED with its run_at moved past
+#: any time an option can give (options.LATEST, in 9999) by this much: no claim, no index
+#: and no due count sees it, and its own run_at comes back when its last dependency
+#: completes (a float keeps it to a fraction of a millisecond).
+WAITING: Final = 1e12
+
+
+def held(run_at: float) -> float:
+    """The run_at of a job that waits for its dependencies, its own being `run_at`."""
+    return WAITING + run_at
+
+
+def own_run_at(run_at: float) -> float:
+    """A job's own run_at: its stored one, unless it waits for dependencies."""
+    return run_at - WAITING if run_at >= WAITING - 2 else run_at
+
+
+def waits(record: Record) -> bool:
+    """Whether a QUEUED job waits for dependencies to complete."""
+    return record.status is Status.QUEUED and record.run_at >= WAITING - 2
 
 
 #: The columns of a job that no worker holds.

@@ -34,12 +34,13 @@ class TaskJob(Job):
         """The keyword arguments the function is called with: the stored ones."""
         return self.kwargs
 
-    def run(self, job: ManagedJob) -> Status | None:
-        """Call the function with the stored arguments."""
+    def run(self, job: ManagedJob) -> Any:
+        """Call the function with the stored arguments; its return value is the job's result
+        when the job keeps one (keep_result)."""
         result = type(self).func(*self.args, **self.call_kwargs())
         # The worker fails a job that returns an awaitable, rather than complete it unrun.
         handed_on = result is Status.WAIT_ASYNC or inspect.isawaitable(result)
-        return result if handed_on else None
+        return result if handed_on or job.record.keep_result is not None else None
 
     def enqueue_options(self) -> EnqueueOptions:
         """The options given to `@store.task(...)`."""
@@ -55,10 +56,12 @@ class TaskJob(Job):
 class CoroutineTaskJob(TaskJob):
     """A call of an `async def` function decorated with `@store.task`: a coroutine job."""
 
-    async def run(self, job: ManagedJob) -> Status | None:  # type: ignore[override]  # (an async run is a Job's too: see Job.run)
-        """Await the function with the stored arguments."""
+    async def run(self, job: ManagedJob) -> Any:  # (an async run is a Job's too: see Job.run)
+        """Await the function with the stored arguments; its return value is the job's
+        result when the job keeps one (keep_result)."""
         result = await type(self).func(*self.args, **self.call_kwargs())
-        return Status.WAIT_ASYNC if result is Status.WAIT_ASYNC else None
+        keep = result is Status.WAIT_ASYNC or job.record.keep_result is not None
+        return result if keep else None
 
 
 class Task(Generic[P, R]):

@@ -346,6 +346,38 @@ def test_a_schema_of_version_4_gets_its_schedules_table() -> None:
         pg.drop_schema(schema)
 
 
+def test_a_schema_of_version_5_gets_results_and_dependencies() -> None:
+    dsn = pg.dsn_or_skip()
+    schema = pg.new_schema()
+    try:
+        first = liteq.PostgresStore(dsn, schema=schema)
+        old = first.enqueue(Noop(1))
+        first.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as version 5 left it
+            for sql in (
+                f'DROP TABLE "{schema}".dependencies',
+                f'DROP TRIGGER jobs_released ON "{schema}".jobs',
+                f'DROP TRIGGER jobs_done ON "{schema}".jobs',
+                f'DROP FUNCTION "{schema}".job_done',
+                f'ALTER TABLE "{schema}".jobs DROP COLUMN result, DROP COLUMN keep_result, '
+                "DROP COLUMN expires_at",
+                f'UPDATE "{schema}".meta SET version = 5',  # noqa: S608
+            ):
+                conn.execute(sql.encode())
+        with pytest.raises(liteq.StoreError, match="open it once read-write"):
+            liteq.PostgresStore(dsn, schema=schema, readonly=True)
+        store = liteq.PostgresStore(dsn, schema=schema)
+        try:
+            assert store.get(old.id).keep_result is None
+            then = store.enqueue(Noop(2), after=[old.id], keep_result=True)
+            assert store.dependencies(then.id) == [(old.id, False)]
+            assert store.get(then.id).waiting
+        finally:
+            store.close()
+    finally:
+        pg.drop_schema(schema)
+
+
 def test_read_only_commands_never_create_a_schema(tmp_path: Path) -> None:
     schema = pg.new_schema()
     target = pg.url(schema)

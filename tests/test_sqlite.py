@@ -943,3 +943,29 @@ while not pathlib.Path(stop).exists():
             for reader in readers:
                 reader.kill()
                 reader.wait()
+
+
+def test_a_version_9_file_gets_results_and_dependencies(tmp_path: Path) -> None:
+    path = tmp_path / "v9.sqlite"
+    conn = apsw.Connection(str(path))
+    for _ in conn.execute((ROOT / "tests" / "schema_v9.sql").read_text()):
+        pass
+    conn.close()
+    store = liteq.SQLiteStore(path)
+    db = store._db()
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    first = store.enqueue(Noop(1), keep_result=True)
+    then = store.enqueue(Noop(2), after=[first])
+    assert store.dependencies(then.id) == [(first.id, False)]
+    # The same tables and indexes as a new file's (schema.sql), column for column.
+    fresh = liteq.SQLiteStore(tmp_path / "fresh.sqlite")
+    for pragma in (
+        "PRAGMA table_info(liteq_jobs)",
+        "PRAGMA table_info(liteq_dependencies)",
+        "PRAGMA index_list(liteq_jobs)",
+        "PRAGMA index_list(liteq_dependencies)",
+    ):
+        assert sorted(db.execute(pragma)) == sorted(fresh._db().execute(pragma)), pragma
+    fresh.close()
+    store.close()

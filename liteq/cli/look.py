@@ -232,13 +232,23 @@ def _show(args: argparse.Namespace) -> int:
         mjob = store.get(args.id)
     except JobNotFound as exc:
         raise Failure(str(exc), PARTLY) from None
+    after = admin.runs_after(store, mjob) or None
+    result = admin.result_of(mjob, store.clock())
     if args.json:
         fields = _json_fields(mjob)
+        fields["after"] = [{"id": a, "done": done} for a, done in store.dependencies(mjob.id)]
+        fields["result"] = result
         fields["state"] = admin.state_of(mjob)
         fields["traceback"] = mjob.traceback
         emit_json(fields)
         return OK
     fields = _fields(mjob)
+    if after:
+        fields["after"] = after
+    if mjob.keep_result is not None:
+        fields["keeps_result"] = f"{mjob.keep_result:g} s"
+        fields["result_expires"] = when(mjob.expires_at)
+        fields["result"] = json.dumps(result, ensure_ascii=False)
     fields["state"] = admin.state_of(mjob)
     fields["traceback"] = mjob.traceback
     shown = {k: v for k, v in fields.items() if k not in ("state", "traceback", "error")}

@@ -9,19 +9,29 @@ holds its components: the `Announcer` (hooks), the `Waker` and the workers' `Reg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, Unpack
 
-from liteq.errors import InvalidState, JobNotFound, LiteqError
+from liteq.errors import (
+    InvalidState,
+    JobFailed,
+    JobNotFound,
+    LiteqError,
+    ResultExpired,
+    ResultNotReady,
+)
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.options import INT64_MAX, EnqueueOptions, build_record, build_records, check_text
 from liteq.periodic import Periodic, make_schedule, register
-from liteq.record import Record, evolve
+from liteq.record import WAITING, Record, evolve, held
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
 from liteq.stores.contract import (
@@ -45,6 +55,15 @@ from liteq.task import Task
 
 #: Rows a purge deletes per transaction: other writers get the file in between.
 PURGE_BATCH = 1000
+
+#: While `result` waits: how often it looks at the store's wake-up marker (a commit here,
+#: or by another process: SQLite's data_version, PostgreSQL's notifications), and the
+#: longest it goes without reading the job's row (a backstop: a job deleted on completion
+#: sends no notification).
+RESULT_POLL, RESULT_RECHECK = 0.05, 1.0
+
+#: What _outcome says of a job that has not finished.
+_PENDING: Any = object()
 
 #: What `detect_hung_jobs` runs: which worker processes live, and stopping them, is the
 #: workers' business, never a store's; liteq.worker.rescue installs its check as it loads
@@ -112,7 +131,15 @@ class BaseStore(Schedules):
         type) or ValueError (bad option value) before anything is written.
 
             mjob = store.enqueue(SendEmail("ann@example.com"), priority=5, delay=60)
+
+        `after=[a, b]` (ManagedJobs or ids of this store): the job is not claimed until every
+        one has completed; if one fails for good or is deleted, the job fails too. A job
+        that coalesces onto an existing one keeps that one's dependencies.
         """
+        if "after" in options:
+            after = options.pop("after")
+            record, events = self._new_record(job, options)
+            return self._enqueue_after(record, job, events, after)
         record, events = self._new_record(job, options)
         if record.coalesce_id is None:  # nothing can conflict: a write of its own
             record.id = self._insert_one(record)
@@ -125,6 +152,53 @@ class BaseStore(Schedules):
                 record.id = new_id
                 w.events.extend(events)
         if new_id is None:  # outside the transaction: other processes may write meanwhile
+            return self._managed(holder)
+        return ManagedJob(self, record, job, None)
+
+    def _enqueue_after(
+        self, record: Record, job: Job, events: list[Event], after: object
+    ) -> ManagedJob:
+        """Enqueue `record` to run after the jobs `after` names, in one transaction: it waits
+        (held, see record.WAITING) for those not completed yet, and is FAILED at once if one
+        has failed. JobNotFound (nothing written) for an id with no job, unless it was given
+        as a ManagedJob: that job was, and its row went as it completed (or was deleted)."""
+        if isinstance(after, ManagedJob | int | str | bytes) or not isinstance(after, Iterable):
+            raise TypeError(f"after must be a list of ManagedJobs or job ids, not {after!r}")
+        ids: dict[int, bool] = {}  # id -> given as a ManagedJob
+        for dep in after:
+            if isinstance(dep, ManagedJob):
+                if dep.store is not self:
+                    raise ValueError(f"after: job {dep.id} is in another store")
+                ids[dep.id] = True
+            else:
+                ids.setdefault(check_job_id(dep), False)
+        with self._write() as w:
+            pending, failed = [], None
+            for dep_id in sorted(ids):
+                dep = w.tx.get(dep_id)
+                if dep is None:
+                    if not ids[dep_id]:
+                        raise JobNotFound(
+                            f"after: no job with id {dep_id} (pass its ManagedJob if it has "
+                            "completed and was deleted on completion)"
+                        )
+                elif dep.status is Status.FAILED:
+                    failed = dep_id if failed is None else failed
+                elif dep.status is not Status.COMPLETED:
+                    pending.append(dep_id)
+            if failed is not None:
+                message = f"dependency {failed} failed"
+                record = evolve(record, status=Status.FAILED, finished_at=w.tx.now, error=message)
+            elif pending:
+                record = evolve(record, run_at=held(record.run_at))
+            new_id = w.tx.insert(record)
+            if new_id is None:  # coalesced: the holder keeps its own dependencies
+                holder = self._holder(w.tx, record)
+            else:
+                record.id = new_id
+                w.tx.add_dependencies(new_id, [(d, d not in pending) for d in sorted(ids)])
+                w.events.extend((record, old, said, j) for _, old, said, j in events)
+        if new_id is None:
             return self._managed(holder)
         return ManagedJob(self, record, job, None)
 
@@ -294,6 +368,80 @@ class BaseStore(Schedules):
             raise JobNotFound(f"no job with id {job_id}")
         return self._managed(record)
 
+    # -- results and dependencies ------------------------------------------------
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """The result of job `job_id` (what its run returned, kept with keep_result),
+        waiting up to `timeout` seconds for it to finish (None: not at all).
+
+        Raises ResultNotReady if it has not finished (in time), JobFailed (with the job's
+        id and error) if it failed for good, ResultExpired if the result is gone: it
+        expired, the job was deleted, or it completed without keep_result.
+
+            mjob = store.enqueue(Report(42), keep_result=True)
+            url = store.result(mjob.id, timeout=30)
+        """
+        check_job_id(job_id)
+        deadline = _deadline(timeout)
+        while True:
+            mark = self._result_mark()  # (before the read: a commit after it moves it)
+            outcome = _outcome(job_id, self._read(job_id), self.clock())
+            if outcome is not _PENDING:
+                return outcome
+            left = _left(job_id, deadline)
+            recheck = time.monotonic() + min(left, RESULT_RECHECK)
+            while self._result_mark() == mark and (pause := recheck - time.monotonic()) > 0:
+                time.sleep(min(pause, RESULT_POLL))
+
+    async def aresult(self, job_id: int, timeout: float | None = None) -> Any:
+        """`result` from async code: the caller's event loop goes on while it waits (reads
+        run in the store's own thread, as aget's; PostgresStore reads with its async
+        connection).
+
+            value = await mjob.aresult(timeout=30)
+        """
+        check_job_id(job_id)
+        deadline = _deadline(timeout)
+        while True:
+            mark = await self._aresult_mark()
+            outcome = _outcome(job_id, await self._aread(job_id), self.clock())
+            if outcome is not _PENDING:
+                return outcome
+            left = _left(job_id, deadline)
+            recheck = time.monotonic() + min(left, RESULT_RECHECK)
+            while (pause := recheck - time.monotonic()) > 0:
+                await asyncio.sleep(min(pause, RESULT_POLL))
+                if await self._aresult_mark() != mark:
+                    break
+
+    def _result_mark(self) -> object:
+        """What changes when a job may have finished (see Waker.mark)."""
+        return self._waker.mark()
+
+    async def _aresult_mark(self) -> object:
+        return await self._offload.call(self._result_mark)
+
+    async def _aread(self, job_id: int) -> Record | None:
+        return await self._offload.call(lambda: self._read(job_id))
+
+    def dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        """What job `job_id` runs after (`after=`): (id, whether it has completed), by id."""
+        return self._dependencies(check_job_id(job_id))
+
+    def dependency_results(self, job_id: int) -> dict[int, Any]:
+        """The results of job `job_id`'s dependencies that kept one (keep_result) and
+        still have it, by id: what a dependent job's run reads.
+
+            def run(self, job):
+                (report,) = job.dependency_results().values()
+        """
+        results = {}
+        now = self.clock()
+        for after_id, _ in self.dependencies(job_id):
+            record = self._read(after_id)
+            if record is not None and _kept(record, now):
+                results[after_id] = json.loads(record.result or "null")
+        return results
+
     def get_by_coalesce_id(self, coalesce_id: str) -> ManagedJob | None:
         """Return the job holding this coalesce id, or None."""
         record = self._read_coalesce(check_text(coalesce_id, "coalesce_id"))
@@ -355,7 +503,8 @@ class BaseStore(Schedules):
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None:
         """Epoch seconds when the next queued job in these queues is due, or None (a time
         in the past, or DUE_AT_ONCE, for a job due now)."""
-        return self._next_run_at(queues)
+        due = self._next_run_at(queues)
+        return None if due is None or due >= WAITING - 2 else due  # (only waiting jobs)
 
     def active(self) -> list[Record]:
         """Every RUNNING or WAIT_ASYNC row: what the hung-job check looks at."""
@@ -369,6 +518,7 @@ class BaseStore(Schedules):
         job_id = check_job_id(job.id if isinstance(job, ManagedJob) else job)
         with self._write() as w:
             transitions.current(w, job_id, token)
+            transitions.fail_dependents(w, job_id, "was deleted")
             w.tx.delete(job_id)
 
     def retry(self, mjob: ManagedJob, *, mulligan: bool = False) -> bool:
@@ -399,6 +549,8 @@ class BaseStore(Schedules):
                 message="retried with a mulligan" if mulligan else "retried",
                 **forgiven,
             )
+            if requeued.status is Status.QUEUED and not own:  # (a job that never ran waits)
+                requeued = transitions.wait_again(w, requeued)
         mjob.replace_record(requeued)
         return requeued.status is Status.QUEUED
 
@@ -412,7 +564,8 @@ class BaseStore(Schedules):
                     "it twice at once: stop its worker or wait for it"
                 )
             fresh = transitions.restarted(rec, w.tx.now)
-            mjob.replace_record(transitions.apply(w, rec.status, fresh, "restarted", mjob.job))
+            fresh = transitions.apply(w, rec.status, fresh, "restarted", mjob.job)
+            mjob.replace_record(transitions.wait_again(w, fresh))
 
     @contextlib.contextmanager
     def locked(self, job_id: int, lease: float = 60.0) -> Iterator[ManagedJob]:
@@ -580,3 +733,52 @@ class BaseStore(Schedules):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """When a wait of `timeout` seconds ends (monotonic clock); None: no wait."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    return time.monotonic() + max(0.0, float(timeout))
+
+
+def _left(job_id: int, deadline: float | None) -> float:
+    """The seconds left to wait for job `job_id`; ResultNotReady if none are."""
+    left = 0.0 if deadline is None else deadline - time.monotonic()
+    if left <= 0:
+        raise ResultNotReady(f"job {job_id} has not finished")
+    return left
+
+
+def _kept(record: Record, now: float) -> bool:
+    """Whether a job's row holds a result still readable at `now`."""
+    return (
+        record.status is Status.COMPLETED
+        and record.result is not None
+        and record.expires_at is not None
+        and record.expires_at > now
+    )
+
+
+def _outcome(job_id: int, record: Record | None, now: float) -> Any:
+    """The result a row gives, or _PENDING; JobFailed or ResultExpired as `result` says."""
+    if record is None:
+        raise ResultExpired(
+            f"job {job_id} is gone: its result expired and was purged, or it was deleted "
+            "(or it completed without keep_result, deleted on completion)"
+        )
+    if record.status is Status.FAILED:
+        raise JobFailed(
+            f"job {job_id} failed: {record.error or 'no error recorded'}",
+            job_id=job_id,
+            error=record.error,
+        )
+    if record.status is not Status.COMPLETED:
+        return _PENDING
+    if _kept(record, now):
+        return json.loads(record.result or "null")
+    if record.keep_result is None:
+        raise ResultExpired(f"job {job_id} completed without keep_result: no result was kept")
+    raise ResultExpired(f"job {job_id}'s result expired")

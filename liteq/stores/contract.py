@@ -213,6 +213,10 @@ class AppStore(Protocol):
         self, job_id: int, lease: float = 60.0
     ) -> contextlib.AbstractContextManager[ManagedJob]: ...
     def apply_async_result(self, mjob: ManagedJob, new: Status) -> Status: ...
+    def result(self, job_id: int, timeout: float | None = None) -> Any: ...
+    async def aresult(self, job_id: int, timeout: float | None = None) -> Any: ...
+    def dependencies(self, job_id: int) -> list[tuple[int, bool]]: ...
+    def dependency_results(self, job_id: int) -> dict[int, Any]: ...
     def periodic(
         self,
         cron: str | None = None,
@@ -321,6 +325,7 @@ class WorkerStore(Protocol):
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
     def wake(self) -> None: ...
     def declare_schedules(self, periodics: Sequence[Periodic]) -> None: ...
+    def expire_results(self, limit: int = ...) -> int: ...
     def run_schedule(self, periodic: Periodic) -> list[ManagedJob]: ...
 
 
@@ -418,6 +423,26 @@ class Tx(abc.ABC):
     def schedule_job(self, name: str, job_id: int) -> None:
         """Set the job the schedule's last slot enqueued."""
 
+    # Dependencies (`after=`): rows (job_id, after_id, done), kept while the job's row is,
+    # found by after_id as its dependencies finish.
+    @abc.abstractmethod
+    def add_dependencies(self, job_id: int, after: Sequence[tuple[int, bool]]) -> None:
+        """Record that job `job_id` runs after each (after_id, done) given, done or not yet
+        (a row already there takes the new `done`)."""
+
+    @abc.abstractmethod
+    def dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        """Job `job_id`'s dependencies, (after_id, done), by after_id."""
+
+    @abc.abstractmethod
+    def dependents(self, after_ids: Sequence[int]) -> list[int]:
+        """The jobs with a dependency among `after_ids` not yet done (a job once per row)."""
+
+    @abc.abstractmethod
+    def finish_dependencies(self, after_ids: Sequence[int]) -> list[int]:
+        """Mark the dependencies on `after_ids` done; return the jobs whose rows changed
+        (a job once per row)."""
+
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
         return [self.fenced_write(claimed, changes) for claimed, changes in writes]
@@ -502,6 +527,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _schedules(self) -> list[ScheduleInfo]:
         """Every schedule's row, by name."""
+
+    @abc.abstractmethod
+    def _dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        """Job `job_id`'s dependencies, (after_id, done), by after_id."""
+
+    @abc.abstractmethod
+    def _expire_results(self, now: float, limit: int) -> int:
+        """In one transaction, up to `limit` completed jobs whose result expired before
+        `now`: deleted (their result cleared, for those not deleted on completion); and up
+        to `limit` rows of dependencies whose job is gone, deleted. Return how many jobs."""
 
     @abc.abstractmethod
     def _next_run_at(self, queues: Sequence[str] | None) -> float | None:

@@ -36,13 +36,45 @@ def claim_order(record: Record) -> tuple[int, float, int]:
 
 
 class _MemoryTx(Tx):
-    __slots__ = ("_store", "_undo", "_undo_schedules")
+    __slots__ = ("_store", "_undo", "_undo_dependencies", "_undo_schedules")
 
     def __init__(self, store: MemoryStore, now: float) -> None:
         super().__init__(now, time.monotonic())
         self._store = store
         self._undo: dict[int, Record | None] = {}
         self._undo_schedules: dict[str, ScheduleInfo | None] = {}
+        self._undo_dependencies: dict[int, dict[int, bool]] | None = None
+
+    def _dependencies_to_change(self) -> dict[int, dict[int, bool]]:
+        deps = self._store.dependencies_of
+        if self._undo_dependencies is None:  # (a copy to roll back to: they are few)
+            self._undo_dependencies = {job_id: dict(d) for job_id, d in deps.items()}
+        return deps
+
+    def add_dependencies(self, job_id: int, after: Sequence[tuple[int, bool]]) -> None:
+        self._dependencies_to_change().setdefault(job_id, {}).update(after)
+
+    def dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        return sorted(self._store.dependencies_of.get(job_id, {}).items())
+
+    def dependents(self, after_ids: Sequence[int]) -> list[int]:
+        wanted = set(after_ids)
+        return [
+            job_id
+            for job_id, deps in self._store.dependencies_of.items()
+            for after_id, done in deps.items()
+            if after_id in wanted and not done
+        ]
+
+    def finish_dependencies(self, after_ids: Sequence[int]) -> list[int]:
+        dependents = self.dependents(after_ids)
+        if dependents:
+            deps = self._dependencies_to_change()
+            wanted = set(after_ids)
+            for job_id in dependents:
+                for after_id in wanted & deps[job_id].keys():
+                    deps[job_id][after_id] = True
+        return dependents
 
     def _put_schedule(self, info: ScheduleInfo) -> None:
         schedules = self._store.schedules_by_name
@@ -120,6 +152,8 @@ class _MemoryTx(Tx):
     def rollback(self) -> None:
         for job_id, record in self._undo.items():
             self._store.put(record, job_id)
+        if self._undo_dependencies is not None:
+            self._store.dependencies_of = self._undo_dependencies
         schedules = self._store.schedules_by_name
         for name, info in self._undo_schedules.items():
             if info is None:
@@ -154,6 +188,8 @@ class MemoryStore(BaseStore):
         self._lock = threading.RLock()
         self.paused_queues: set[str] = set()
         self.schedules_by_name: dict[str, ScheduleInfo] = {}
+        #: Per job, what it runs after (`after=`): {after_id: done}.
+        self.dependencies_of: dict[int, dict[int, bool]] = {}
 
     def next_id(self) -> int:
         """A new job id, never used before."""
@@ -260,6 +296,30 @@ class MemoryStore(BaseStore):
             for job_id in gone:
                 tx.delete(job_id)
         return len(gone)
+
+    def _dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        with self._lock:
+            return sorted(self.dependencies_of.get(job_id, {}).items())
+
+    def _expire_results(self, now: float, limit: int) -> int:
+        with self._transaction() as tx:
+            expired = [
+                r
+                for r in self.rows.values()
+                if r.status is Status.COMPLETED and r.expires_at is not None and r.expires_at < now
+            ][:limit]
+            for record in expired:
+                if record.delete_on_complete:
+                    tx.delete(record.id)
+                else:
+                    tx.update(evolve(record, result=None, expires_at=None))
+            gone = [j for j in self.dependencies_of if j not in self.rows][:limit]
+            if gone:
+                assert isinstance(tx, _MemoryTx)  # noqa: S101 - this store's own
+                deps = tx._dependencies_to_change()
+                for job_id in gone:
+                    del deps[job_id]
+        return len(expired)
 
     def _read_active(self) -> list[Record]:
         with self._lock:

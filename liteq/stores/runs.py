@@ -9,6 +9,7 @@ workers' `Registry`. BaseStore adds the application's and the operator's sides o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -218,7 +219,8 @@ class Runs(Backend):
         """Complete claimed jobs in one transaction (a worker's batched acknowledgement).
 
         Each is fenced on its own run; a job this worker no longer owns is left as it is
-        and reported in the returned list of LeaseLost errors.
+        and reported in the returned list of LeaseLost errors. A job that keeps a result
+        (keep_result) stores its claimed record's `result` (JSON text; None: null).
         """
         writes, changes = self._completions(mjobs)
         with self._transaction() as tx:
@@ -228,52 +230,71 @@ class Runs(Backend):
 
     def _completions(
         self, mjobs: Sequence[ManagedJob]
-    ) -> tuple[list[tuple[Record, Changes | None]], Changes]:
-        """The fenced writes that complete claimed jobs, and the changes they make."""
+    ) -> tuple[list[tuple[Record, Changes | None]], list[Changes]]:
+        """The fenced writes that complete claimed jobs, and the changes each makes."""
+        now = self.clock()
         changes: Changes = {
             "status": Status.COMPLETED,
-            "finished_at": self.clock(),
+            "finished_at": now,
             **UNOWNED,
             "error": None,
             "traceback": None,
         }
         writes: list[tuple[Record, Changes | None]] = []
+        each: list[Changes] = []
         for mjob in mjobs:
             if not mjob.claimed:
                 raise InvalidState(f"job {mjob.id} was not claimed by this worker")
             claimed = mjob.record
             check_transition(claimed.id, claimed.status, Status.COMPLETED)
-            writes.append((claimed, None if claimed.delete_on_complete else changes))
-        return writes, changes
+            keep = claimed.keep_result
+            if keep is None:
+                writes.append((claimed, None if claimed.delete_on_complete else changes))
+                each.append(changes)
+            else:  # kept, whatever delete_on_complete says, until its result expires
+                result = "null" if claimed.result is None else claimed.result
+                kept = {**changes, "result": result, "expires_at": now + keep}
+                writes.append((claimed, kept))
+                each.append(kept)
+        return writes, each
 
     @staticmethod
     def _complete_in(
         tx: Tx, mjobs: Sequence[ManagedJob], writes: list[tuple[Record, Changes | None]]
     ) -> list[LeaseLost | None]:
-        """Make the `_completions` writes in `tx`, fenced. Per job: None if it completed,
-        else the LeaseLost error saying why not."""
+        """Make the `_completions` writes in `tx`, fenced, and release the dependents whose
+        last dependency completed. Per job: None if it completed, else the LeaseLost error
+        saying why not."""
         applied = tx.fenced_write_many(writes) if writes else []
+        done = [mjob.id for mjob, ok in zip(mjobs, applied, strict=True) if ok]
+        if done:
+            _release_in(tx, done)
         return [
             None if ok else _not_completed(tx.get(mjob.id), mjob)
             for mjob, ok in zip(mjobs, applied, strict=True)
         ]
 
     def _completed(
-        self, mjobs: Sequence[ManagedJob], changes: Changes, lost: list[LeaseLost | None]
+        self, mjobs: Sequence[ManagedJob], changes: list[Changes], lost: list[LeaseLost | None]
     ) -> list[Event]:
         """After the commit: the completed jobs' records, and their events (made only for
         jobs something listens to). A claimed job's record is its ManagedJob's own and
         changes in place: hooks get copies."""
         store_listens = self._announcer.listening()
         events: list[Event] = []
-        for mjob, error in zip(mjobs, lost, strict=True):
+        for mjob, error, made in zip(mjobs, lost, changes, strict=True):
             if error is None:
                 record = mjob.record
-                for name, value in changes.items():
+                for name, value in made.items():
                     setattr(record, name, value)
                 if store_listens or listens(mjob.job):
                     events.append((record, Status.RUNNING, "completed", mjob.job))
         return events
+
+    def expire_results(self, limit: int = 500) -> int:
+        """Purge up to `limit` completed jobs whose result expired (in a transaction of its
+        own; workers call it now and then); return how many."""
+        return self._expire_results(self.clock(), limit)
 
     def wait_async(self, mjob: ManagedJob) -> None:
         """Mark a claimed job WAIT_ASYNC: it is finished later by resolve_wait_async."""
@@ -394,6 +415,13 @@ class Runs(Backend):
                 mjob.queue, completed=int(new is Status.COMPLETED), failed=int(new is Status.FAILED)
             )
         return mjob.status
+
+
+def _release_in(tx: Tx, done: list[int]) -> None:
+    """transitions.release_dependents, in a transaction with no events to announce."""
+    # (a release changes no status: it has no events to announce)
+    with Write(contextlib.nullcontext(tx), lambda events: None) as w:
+        transitions.release_dependents(w, done)
 
 
 def _owned(rec: Record | None, mjob: ManagedJob) -> Record:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liteq.errors import InvalidState, JobLocked, JobNotFound
-from liteq.record import DUE_AT_ONCE, UNOWNED, Record, evolve
+from liteq.record import DUE_AT_ONCE, UNOWNED, Record, evolve, held, own_run_at, waits
 from liteq.status import COALESCE_HOLDING, MULLIGAN_CAP, Status, check_transition
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ def change(
 
 def apply(w: Write, old: Status, updated: Record, message: str | None, job: Job | None) -> Record:
     """Write `updated` (a job now taking its coalesce id back must find it free; a job
-    completed with delete_on_complete goes) and record the event."""
+    completed with delete_on_complete goes, unless it keeps a result) and record the event.
+    A job that completes releases its dependents; one that fails for good fails them."""
     new = updated.status
     if updated.coalesce_id is not None and new in COALESCE_HOLDING and old not in COALESCE_HOLDING:
         holder = w.tx.coalesce_holder(updated.coalesce_id)
@@ -32,12 +33,75 @@ def apply(w: Write, old: Status, updated: Record, message: str | None, job: Job 
                 f"job {updated.id} cannot be re-queued: job {holder.id} holds its "
                 f"coalesce id {updated.coalesce_id!r}"
             )
-    if new is Status.COMPLETED and updated.delete_on_complete:
+    if new is Status.COMPLETED and updated.keep_result is not None:
+        updated.result = "null" if updated.result is None else updated.result
+        updated.expires_at = w.tx.now + updated.keep_result
+    if new is Status.COMPLETED and updated.delete_on_complete and updated.keep_result is None:
         w.tx.delete(updated.id)
     else:
         w.tx.update(updated)
     w.events.append((updated, old, message, job))
+    if new is Status.COMPLETED and old is not Status.COMPLETED:
+        release_dependents(w, [updated.id])
+    elif new is Status.FAILED and old is not Status.FAILED:
+        fail_dependents(w, updated.id, "failed")
     return updated
+
+
+def release_dependents(w: Write, done: list[int]) -> None:
+    """Jobs `done` completed (in this write): their dependents whose last dependency this
+    was become due (at their own run_at)."""
+    for job_id in sorted(set(w.tx.finish_dependencies(done))):
+        rec = w.tx.get(job_id)
+        if rec is None or not waits(rec):
+            continue
+        if not any(not finished for _, finished in w.tx.dependencies(job_id)):
+            # (no status change, no event: the commit wakes this process's idle workers,
+            # and PostgreSQL's trigger those elsewhere)
+            w.tx.update(evolve(rec, run_at=own_run_at(rec.run_at)))
+
+
+def fail_dependents(w: Write, job_id: int, what: str) -> None:
+    """Job `job_id` failed for good or was deleted (`what`): the jobs waiting for it fail
+    ("dependency 12 failed"), and theirs in turn, in this write. (A job that fails this way
+    bypasses the status machine, from QUEUED, as restart() does: it never ran.)"""
+    for dependent in sorted(w.tx.dependents([job_id])):
+        rec = w.tx.get(dependent)
+        if rec is None or not waits(rec):
+            continue
+        message = f"dependency {job_id} {what}"
+        failed = evolve(
+            rec,
+            status=Status.FAILED,
+            run_at=own_run_at(rec.run_at),
+            finished_at=w.tx.now,
+            error=message,
+            traceback=None,
+        )
+        apply(w, rec.status, failed, message, None)  # (which fails its own dependents)
+
+
+def wait_again(w: Write, rec: Record) -> Record:
+    """`rec`, being queued again by hand (retry, restart), made to wait for those of its
+    dependencies that have not completed (a job whose row is gone counts as completed:
+    one deleted by hand had failed this one). InvalidState if one of them has failed."""
+    dependencies = w.tx.dependencies(rec.id)
+    if not dependencies:
+        return rec
+    pending = []
+    for after_id, _ in dependencies:
+        dep = w.tx.get(after_id)
+        if dep is not None and dep.status is Status.FAILED:
+            raise InvalidState(
+                f"job {rec.id} depends on job {after_id}, which failed: retry that one first"
+            )
+        if dep is not None and dep.status is not Status.COMPLETED:
+            pending.append(after_id)
+    w.tx.add_dependencies(rec.id, [(a, a not in pending) for a, _ in dependencies])
+    if pending and rec.status is Status.QUEUED:
+        rec = evolve(rec, run_at=held(own_run_at(rec.run_at)))
+        w.tx.update(rec)
+    return rec
 
 
 def requeue_or_fail(
@@ -127,6 +191,8 @@ def restarted(rec: Record, now: float) -> Record:
         finished_at=None,
         error=None,
         traceback=None,
+        result=None,
+        expires_at=None,
         **UNOWNED,
     )
 

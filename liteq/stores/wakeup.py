@@ -36,6 +36,7 @@ class Waker:
         self._bell = threading.Lock()
         self._bell.acquire()
         self._version = 0
+        self._finished = 0
         self._seen: tuple[int, object] = (-1, None)
         self._busy_until = 0.0
 
@@ -51,6 +52,16 @@ class Waker:
                 self._bell.release()
             except RuntimeError:  # rung meanwhile by another thread
                 pass
+
+    def finished(self) -> None:
+        """A job finished in another process (PostgreSQL's notification): `mark` moves,
+        without waking the idle workers (nothing was queued)."""
+        self._finished += 1
+
+    def mark(self) -> object:
+        """What changes when this store, or another process, may have finished a job: a
+        result waits until it does (store.result), reading the job only then."""
+        return (self._finished, self._marker())
 
     def saw_nothing(self) -> None:
         """A claim found no job: what wait() will compare with to see a change since."""

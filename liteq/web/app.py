@@ -228,7 +228,7 @@ class Dashboard:
             (what, at)
             for what, at in (
                 ("created", mjob.created_at),
-                ("due", mjob.run_at),
+                ("due", None if mjob.waiting else mjob.run_at),
                 ("started", mjob.started_at),
                 (f"finished: {mjob.status.value}", mjob.finished_at),
             )
@@ -242,6 +242,10 @@ class Dashboard:
             description=admin.describe(mjob),
             problem=admin.problem(mjob),
             state=json.dumps(admin.state_of(mjob), indent=2, ensure_ascii=False),
+            after=admin.runs_after(self.store, mjob),
+            result=json.dumps(
+                admin.result_of(mjob, self.store.clock()), indent=2, ensure_ascii=False
+            ),
             timeline=timeline,
             said=SAID.get(request.query_params.get("said", "")),
         )

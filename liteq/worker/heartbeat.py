@@ -31,6 +31,11 @@ LEASE_GIVEN_UP: Final = 0.8
 #: How often a worker asks its store for conditions an operator should hear of.
 HEALTH_EVERY: Final = 10.0
 
+#: How often a worker purges results that expired (at a beat; the first at its first beat),
+#: and how many jobs at most each time, in a transaction of its own.
+EXPIRE_EVERY: Final = 60.0
+EXPIRE_BATCH: Final = 500
+
 #: With max_rss, how often a worker's heartbeat reads its RSS while a job runs.
 RSS_CHECK_EVERY: Final = 0.1
 
@@ -167,7 +172,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         beat_at = time.monotonic() + self.lease / 3
-        health_at = time.monotonic()
+        health_at = expire_at = time.monotonic()
         # A job may allocate a gigabyte a second: with a limit, look ten times as often.
         tick = 0.5 if self.max_rss is None else RSS_CHECK_EVERY
         while not self._stop.wait(tick):
@@ -200,6 +205,21 @@ class Heartbeat:
                     self._give_up(given_up)
                 continue
             self.beat()
+            if time.monotonic() >= expire_at:
+                expire_at = time.monotonic() + EXPIRE_EVERY
+                self._expire()
+
+    def _expire(self) -> None:
+        """Purge a batch of expired results (a worker's upkeep: any worker may do it)."""
+        try:
+            purged = self.store.expire_results(EXPIRE_BATCH)
+        except (StoreMoved, StoreCorrupt):
+            return  # the worker's loop meets it too, and stops
+        except StoreError as exc:
+            log.debug("purging expired results failed: %s", exc)
+            return
+        if purged:
+            log.info("purged %d job(s) whose result expired", purged)
 
     def _give_up(self, given_up: float) -> None:
         """Stop the jobs in flight: their leases went unrenewed too long."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 import random
@@ -15,8 +16,9 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
-from liteq.job import bad_result, is_coroutine_job
+from liteq.job import ResultRefused, bad_result, encode_result, is_coroutine_job
 from liteq.managed import ManagedJob, describe
+from liteq.record import evolve
 from liteq.status import Status
 from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
 from liteq.worker.coroutines import Coroutines, Outcome
@@ -527,6 +529,14 @@ class Worker:
 
     def _returned(self, mjob: ManagedJob, result: object) -> None:
         """A job's run returned `result`."""
+        kept = mjob.record.keep_result is not None
+        if kept and not isinstance(result, Status) and not inspect.isawaitable(result):
+            encoded = encode_result(result)  # before the acknowledgement, which stores it
+            if isinstance(encoded, ResultRefused):
+                result = encoded
+            else:
+                mjob.replace_record(evolve(mjob.record, result=encoded))
+                result = None
         if result is Status.WAIT_ASYNC:
             self._ack(mjob, lambda: self.store.wait_async(mjob))
         elif result is None or result is Status.COMPLETED:
@@ -538,7 +548,7 @@ class Worker:
                 self._acks.append(mjob)
             self._heartbeat.count(mjob.queue, completed=True)
         else:
-            message = bad_result(result)
+            message = str(result) if isinstance(result, ResultRefused) else bad_result(result)
             self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
             self._heartbeat.count(mjob.queue, completed=False)
             log.error("job %d (%s): %s", mjob.id, describe(mjob), message)

@@ -388,7 +388,7 @@ def test_with_concurrency_n_up_to_n_coroutines_are_in_flight_and_plain_jobs_run_
 ) -> None:
     mixed: list[liteq.Job] = []
     for n in range(12):
-        mixed.append(CoCounted(n, 0.3))
+        mixed.append(CoCounted(n, 0.1))
         if n % 3 == 0:
             mixed.append(PlainCounted(n, 0.02))
     store.enqueue_many(mixed)

@@ -1,4 +1,5 @@
-"""Wake-ups by LISTEN/NOTIFY: a thread that rings a store's doorbell when jobs are queued.
+"""Wake-ups by LISTEN/NOTIFY: a thread that rings a store's doorbell when jobs are queued
+(and moves its mark when a job finishes, for results waited for).
 
 The schema's triggers NOTIFY on the store's channel when a transaction that queues jobs
 commits. Each process that waits for jobs keeps a connection of its own that LISTENs; a
@@ -69,6 +70,11 @@ class Listener:
         # (the thread rings once it listens, so that a job queued before is claimed).
         listening.wait(2.0)
 
+    def running(self) -> bool:
+        """Whether the thread runs (it listens, or connects again)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def stop(self) -> None:
         """Stop the thread (it closes its connection)."""
         with self._lock:
@@ -127,8 +133,11 @@ class Listener:
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the connection was closed by the server")
             notified = False
-            while pgconn.notifies() is not None:
-                notified = True
+            while (notice := pgconn.notifies()) is not None:
+                if notice.extra == b"done":  # a job finished: for those waiting for results
+                    self.waker.finished()
+                else:
+                    notified = True
             if notified:
                 self.waker.ring()
 

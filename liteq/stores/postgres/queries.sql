@@ -149,6 +149,38 @@ UPDATE {s}.schedules SET last_job = %s WHERE name = %s
 -- name: schedules
 SELECT name, spec, tz, queue, last_slot, last_job, seen_at FROM {s}.schedules ORDER BY name
 
+-- Dependencies (`after=`; migrations/06_results_and_dependencies.sql).
+-- name: add_dependency
+INSERT INTO {s}.dependencies (job_id, after_id, done) VALUES (%s, %s, %s)
+ON CONFLICT (job_id, after_id) DO UPDATE SET done = excluded.done
+
+-- name: dependencies
+SELECT after_id, done FROM {s}.dependencies WHERE job_id = %s ORDER BY after_id
+
+-- name: dependents
+SELECT job_id FROM {s}.dependencies WHERE after_id = ANY(%s) AND NOT done
+
+-- name: finish_dependencies
+UPDATE {s}.dependencies SET done = true WHERE after_id = ANY(%s) AND NOT done
+RETURNING job_id
+
+-- Results that expired: deleted (cleared, for jobs kept whatever delete_on_complete said
+-- not), a batch at a time; then dependencies whose job is gone.
+-- name: expired_gone
+DELETE FROM {s}.jobs WHERE id IN (
+    SELECT id FROM {s}.jobs WHERE expires_at < %s AND status = 'completed'
+        AND delete_on_complete LIMIT %s FOR UPDATE SKIP LOCKED)
+
+-- name: expired_kept
+UPDATE {s}.jobs SET result = NULL, expires_at = NULL WHERE id IN (
+    SELECT id FROM {s}.jobs WHERE expires_at < %s AND status = 'completed'
+        AND NOT delete_on_complete LIMIT %s FOR UPDATE SKIP LOCKED)
+
+-- name: orphan_dependencies
+DELETE FROM {s}.dependencies WHERE (job_id, after_id) IN (
+    SELECT d.job_id, d.after_id FROM {s}.dependencies AS d
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.jobs WHERE id = d.job_id) LIMIT %s)
+
 -- Queues, workers and their counts of finished jobs.
 -- name: set_paused
 INSERT INTO {s}.queues (name, paused) VALUES (%s, %s)

@@ -138,6 +138,10 @@ class PostgresStore(BaseStore):
                 f"connection must be a psycopg AsyncConnection, not {connection!r} "
                 "(store.enqueue joins a blocking one)"
             )
+        if "after" in options:
+            if connection is not None:
+                raise TypeError("after= cannot join an application's async connection")
+            return await self._offload.call(lambda: self.enqueue(job, **options))
         record, events = self._new_record(job, options)
         if connection is None:
             outcome = await self._alink.insert(self._q, record)
@@ -231,6 +235,31 @@ class PostgresStore(BaseStore):
         sql, args = self._q.purge(status.value, queue, before, limit)
         with self._link.using() as conn:
             return conn.execute(sql, args).rowcount
+
+    def _dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        rows = self._rows(self._q.DEPENDENCIES, (job_id,))
+        return [(int(after_id), bool(done)) for after_id, done in rows]
+
+    def _expire_results(self, now: float, limit: int) -> int:
+        with self._transaction() as tx:
+            assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
+            purged = tx.count(self._q.EXPIRED_GONE, (now, limit))
+            purged += tx.count(self._q.EXPIRED_KEPT, (now, limit))
+            tx.execute(self._q.ORPHAN_DEPENDENCIES, (limit,))
+        return purged
+
+    def _result_mark(self) -> object:
+        self._listener.ensure_running()  # (its 'done' notifications move the mark)
+        return super()._result_mark()
+
+    async def _aresult_mark(self) -> object:
+        if not self._listener.running():
+            await self._offload.call(self._listener.ensure_running)
+        return self._waker.mark()
+
+    async def _aread(self, job_id: int) -> Record | None:
+        row = await self._alink.fetchone(self._q.GET, (job_id,))
+        return None if row is None else record_of(row)
 
     def _read_active(self) -> list[Record]:
         return [record_of(row) for row in self._rows(self._q.ACTIVE)]

@@ -96,6 +96,10 @@ class PgTx(Tx):
         """Run a statement of the store's own in this transaction."""
         self._cursor.execute(sql, args)
 
+    def count(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run a statement of the store's own; how many rows it changed."""
+        return int(self._cursor.execute(sql, args).rowcount)
+
     def _one(self, sql: str, args: Sequence[Any] | dict[str, Any]) -> tuple[Any, ...] | None:
         return self._cursor.execute(sql, args).fetchone()
 
@@ -107,6 +111,22 @@ class PgTx(Tx):
 
     def schedule_job(self, name: str, job_id: int) -> None:
         self._cursor.execute(self._q.SCHEDULE_JOB, (job_id, name))
+
+    def add_dependencies(self, job_id: int, after: Sequence[tuple[int, bool]]) -> None:
+        rows = [(job_id, after_id, done) for after_id, done in after]
+        self._cursor.executemany(self._q.ADD_DEPENDENCY, rows)
+
+    def dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        rows = self._cursor.execute(self._q.DEPENDENCIES, (job_id,)).fetchall()
+        return [(int(after_id), bool(done)) for after_id, done in rows]
+
+    def dependents(self, after_ids: Sequence[int]) -> list[int]:
+        rows = self._cursor.execute(self._q.DEPENDENTS, (list(after_ids),)).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def finish_dependencies(self, after_ids: Sequence[int]) -> list[int]:
+        rows = self._cursor.execute(self._q.FINISH_DEPENDENCIES, (list(after_ids),)).fetchall()
+        return [int(row[0]) for row in rows]
 
     def get(self, job_id: int) -> Record | None:
         row = self._one(self._q.GET_FOR_UPDATE, (job_id,))

@@ -243,7 +243,8 @@ class QueueFile:
         try:
             if isinstance(why, StoreMoved):  # the log may be another file's: copy none of it
                 conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-            conn.close()
+            with self.holding.closing():
+                conn.close()
         finally:
             self.holding.release()
 

@@ -225,6 +225,40 @@ UPDATE liteq_schedules SET last_job = ? WHERE name = ?
 -- name: schedules
 SELECT name, spec, tz, queue, last_slot, last_job, seen_at FROM liteq_schedules ORDER BY name
 
+-- Dependencies (`after=`; schema.sql: liteq_dependencies).
+-- name: add_dependency
+INSERT INTO liteq_dependencies (job_id, after_id, done) VALUES (?, ?, ?)
+ON CONFLICT (job_id, after_id) DO UPDATE SET done = excluded.done
+
+-- name: dependencies
+SELECT after_id, done FROM liteq_dependencies WHERE job_id = ? ORDER BY after_id
+
+-- name: dependents
+SELECT job_id FROM liteq_dependencies
+WHERE after_id IN (SELECT value FROM json_each(?)) AND NOT done
+
+-- name: finish_dependencies
+UPDATE liteq_dependencies SET done = 1
+WHERE after_id IN (SELECT value FROM json_each(?)) AND NOT done
+RETURNING job_id
+
+-- Results that expired: deleted (cleared, for jobs kept whatever delete_on_complete said
+-- not), a batch at a time; then dependencies whose job is gone.
+-- name: expired_gone
+DELETE FROM liteq_jobs WHERE id IN (
+    SELECT id FROM liteq_jobs WHERE expires_at < ? AND status = 'completed'
+        AND delete_on_complete LIMIT ?)
+
+-- name: expired_kept
+UPDATE liteq_jobs SET result = NULL, expires_at = NULL WHERE id IN (
+    SELECT id FROM liteq_jobs WHERE expires_at < ? AND status = 'completed'
+        AND NOT delete_on_complete LIMIT ?)
+
+-- name: orphan_dependencies
+DELETE FROM liteq_dependencies WHERE (job_id, after_id) IN (
+    SELECT d.job_id, d.after_id FROM liteq_dependencies AS d
+    WHERE NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id = d.job_id) LIMIT ?)
+
 -- Queues, workers and their counts of finished jobs.
 -- name: set_paused
 INSERT INTO liteq_queues (name, paused) VALUES (?, ?)

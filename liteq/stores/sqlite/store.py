@@ -167,6 +167,21 @@ class SQLiteStore(BaseStore):
             deleted = int(conn.changes())
         return deleted
 
+    def _dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        with self.file.reading() as conn:
+            return SQLiteTx(conn, conn.cursor(), self.clock()).dependencies(job_id)
+
+    def _expire_results(self, now: float, limit: int) -> int:
+        with self._transaction():
+            conn = self.file.session()[0]
+            conn.execute(queries.EXPIRED_GONE, (now, limit))
+            purged = int(conn.changes())
+            conn.execute(queries.EXPIRED_KEPT, (now, limit))
+            purged += int(conn.changes())
+            # (and the rows of dependents deleted on completion, or purged)
+            conn.execute(queries.ORPHAN_DEPENDENCIES, (limit,))
+        return purged
+
     def _read_active(self) -> list[Record]:
         with self.file.reading() as conn:
             rows = conn.execute(queries.ACTIVE).fetchall()

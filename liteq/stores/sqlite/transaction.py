@@ -147,6 +147,22 @@ class SQLiteTx(Tx):
     def schedule_job(self, name: str, job_id: int) -> None:
         self._cursor.execute(queries.SCHEDULE_JOB, (job_id, name))
 
+    def add_dependencies(self, job_id: int, after: Sequence[tuple[int, bool]]) -> None:
+        rows = [(job_id, after_id, int(done)) for after_id, done in after]
+        self._cursor.executemany(queries.ADD_DEPENDENCY, rows)
+
+    def dependencies(self, job_id: int) -> list[tuple[int, bool]]:
+        rows = self._cursor.execute(queries.DEPENDENCIES, (job_id,))
+        return [(int(row[0]), bool(row[1])) for row in rows]
+
+    def dependents(self, after_ids: Sequence[int]) -> list[int]:
+        rows = self._cursor.execute(queries.DEPENDENTS, (json.dumps(list(after_ids)),))
+        return [row[0] for row in rows]
+
+    def finish_dependencies(self, after_ids: Sequence[int]) -> list[int]:
+        rows = self._cursor.execute(queries.FINISH_DEPENDENCIES, (json.dumps(list(after_ids)),))
+        return [row[0] for row in rows]
+
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         if len(writes) == 1:  # a worker's steady state
             return [self.fenced_write(*writes[0])]
