@@ -60,7 +60,12 @@ class CoroutineTaskJob(TaskJob):
         """Await the function with the stored arguments; its return value is the job's
         result when the job keeps one (keep_result)."""
         result = await type(self).func(*self.args, **self.call_kwargs())
-        keep = result is Status.WAIT_ASYNC or job.record.keep_result is not None
+        # (One that returns a coroutine it forgot to await fails: nothing would run it.)
+        keep = (
+            result is Status.WAIT_ASYNC
+            or job.record.keep_result is not None
+            or inspect.isawaitable(result)
+        )
         return result if keep else None
 
 

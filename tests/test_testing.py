@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 import liteq
-from liteq.testing import Clock, drain, eager, enqueued
+from liteq import periodic
+from liteq.testing import Clock, drain, eager, enqueued, run_schedules
 
 DONE: list[Any] = []
 
@@ -226,3 +228,62 @@ def test_eager_refuses_what_enqueue_refuses(liteq_store: liteq.Store) -> None:
         liteq_store.enqueue(Note(datetime.now(UTC)))  # type: ignore[arg-type]
     assert str(eagerly.value).split("(")[0] == str(plain.value).split("(")[0]
     assert liteq_store.count() == 0
+
+
+# -- run_schedules ---------------------------------------------------------------------------
+def at_slot(scheduled_at: datetime) -> None:
+    DONE.append(scheduled_at)
+
+
+@pytest.fixture
+def hourly(liteq_store: liteq.Store) -> Iterator[periodic.Periodic]:
+    p = liteq_store.periodic(every=3600, name="test_testing.hourly")(at_slot)
+    yield p
+    periodic.unregister(p.name)
+
+
+def test_run_schedules_enqueues_the_due_slots_for_drain_to_run(
+    liteq_store: liteq.Store, liteq_clock: Clock, hourly: periodic.Periodic
+) -> None:
+    liteq_clock.set(datetime(2030, 1, 1, 2, 30, tzinfo=UTC))
+    assert run_schedules(liteq_store, hourly) == []  # first seen: it starts now
+    assert drain(liteq_store) == 0  # drain schedules nothing
+    liteq_clock.advance(timedelta(minutes=29, seconds=59))
+    assert run_schedules(liteq_store, hourly) == []
+    liteq_clock.advance(1)
+    [mjob] = run_schedules(liteq_store, hourly)
+    assert mjob.queue == hourly.queue
+    assert run_schedules(liteq_store, hourly) == []  # one job per slot
+    assert DONE == []  # enqueued, not run
+    assert drain(liteq_store) == 1
+    [slot] = DONE
+    assert slot == datetime(2030, 1, 1, 3, tzinfo=UTC)
+    liteq_clock.advance(timedelta(hours=5))  # catch_up=1: the latest slot missed, once
+    assert len(run_schedules(liteq_store, hourly)) == 1
+    assert drain(liteq_store) == 1
+    assert DONE[-1] == datetime(2030, 1, 1, 8, tzinfo=UTC)
+
+
+def test_run_schedules_skips_a_paused_queue_and_takes_only_schedules(
+    liteq_store: liteq.Store, liteq_clock: Clock, hourly: periodic.Periodic
+) -> None:
+    run_schedules(liteq_store, hourly)
+    liteq_store.pause(hourly.queue)
+    liteq_clock.advance(3600)
+    assert run_schedules(liteq_store, hourly) == []
+    with pytest.raises(TypeError, match="give the schedules"):
+        run_schedules(liteq_store)
+    with pytest.raises(TypeError, match=r"what @store\.periodic returns"):
+        run_schedules(liteq_store, at_slot)  # type: ignore[arg-type]
+
+
+def test_run_schedules_on_a_sqlite_file(
+    liteq_sqlite_store: liteq.Store, liteq_clock: Clock, hourly: periodic.Periodic
+) -> None:
+    liteq_clock.set(datetime(2030, 1, 1, 2, 59, tzinfo=UTC))
+    run_schedules(liteq_sqlite_store, hourly)
+    liteq_clock.advance(60)
+    assert len(run_schedules(liteq_sqlite_store, hourly)) == 1
+    assert drain(liteq_sqlite_store) == 1
+    [slot] = DONE
+    assert slot == datetime(2030, 1, 1, 3, tzinfo=UTC)

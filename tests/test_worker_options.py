@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import inspect
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -47,6 +49,7 @@ def test_work_flags_reach_worker_options() -> None:
     argv += ["--max-time", "9", "--graceful-timeout", "2", "--wakeup-every", "0.5"]
     argv += ["--guarantee-memory", "1M", "--max-rss", "2M", "--max-crashes", "4"]
     argv += ["--lease", "12", "--prefetch", "3", "--nice", "1", "--no-jitter", "--burst"]
+    argv += ["--concurrency", "5"]
     options = worker_options(build_parser().parse_args(argv))
     assert options == WorkerOptions(
         queues=("a", "b"),
@@ -59,6 +62,7 @@ def test_work_flags_reach_worker_options() -> None:
         max_crashes=4,
         lease=12.0,
         prefetch=3,
+        concurrency=5,
         nice=1,
         jitter=False,
         exit_if_no_jobs=True,
@@ -91,3 +95,27 @@ def test_every_worker_option_is_documented() -> None:
     assert documented == FIELDS, "docs/deploying.md: The Worker"
     for name in FIELDS:
         assert re.search(rf"\b{name}\b", doc), f"WorkerOptions' docstring: {name}"
+
+
+@pytest.mark.parametrize("flag", ["--prefetch", "--concurrency"])
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "10001", "99999999999999999999"])
+def test_a_claim_size_past_its_bound_is_one_line_and_exit_2(flag: str, value: str) -> None:
+    # (A value past 2**63 once reached SQLite's LIMIT, and every worker crashed in a loop.)
+    result = subprocess.run(
+        [sys.executable, "-m", "liteq", "work", "--import", "jobs", flag, value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "expected a whole number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_a_claim_size_past_its_bound() -> None:
+    store = liteq.MemoryStore()
+    for option in ("prefetch", "concurrency"):
+        with pytest.raises(ValueError, match=rf"{option} must be an int from 1 to 10000"):
+            Worker(store, **{option: 10_001})
+        assert getattr(Worker(store, **{option: 10_000}).options, option) == 10_000

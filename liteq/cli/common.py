@@ -7,7 +7,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias
 
 from liteq.errors import LiteqError, StoreCorrupt, StoreError, StoreMoved, StoreUnavailable
@@ -117,10 +117,23 @@ def import_modules(modules: Sequence[str], url: str | None = None) -> None:
 
 
 def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
+    """An argparse type: a whole number of at least 1 (and below 2**63, as stores hold)."""
+    if not re.fullmatch(r"\s*\d+\s*", text) or not 1 <= int(text) < 2**63:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
     return int(text)
+
+
+def up_to(limit: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to `limit`."""
+
+    def whole_number(text: str) -> int:
+        if not re.fullmatch(r"\s*\d+\s*", text) or not 1 <= int(text) <= limit:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from 1 to {limit}, not {text!r}"
+            )
+        return int(text)
+
+    return whole_number
 
 
 def job_id(text: str) -> int:

@@ -21,9 +21,10 @@ from liteq.cli.common import (
     positive_int,
     size,
     store_url,
+    up_to,
 )
 from liteq.errors import StoreUnavailable
-from liteq.worker.options import WorkerOptions
+from liteq.worker.options import MAX_SLOTS, WorkerOptions
 
 #: `liteq work`'s own exit when its workers cannot import their modules.
 EXIT_IMPORTS: int = 70
@@ -135,14 +136,14 @@ def add_parser(sub: Commands) -> None:
     )
     work.add_argument(
         "--prefetch",
-        type=positive_int,
+        type=up_to(MAX_SLOTS),
         default=DEFAULTS.prefetch,
         metavar="K",
         help="claim K jobs per transaction and acknowledge in batches (short jobs)",
     )
     work.add_argument(
         "--concurrency",
-        type=positive_int,
+        type=up_to(MAX_SLOTS),
         default=DEFAULTS.concurrency,
         metavar="N",
         help="run up to N coroutine jobs (async def) at once in each worker process "

@@ -2,7 +2,7 @@
 
 `drain(store)` runs every due job in this process, as a worker would; `eager(store)` runs
 each job as it is enqueued; `enqueued(store, ...)` lists the jobs waiting; a `Clock` moves
-the store's time. The pytest plugin (`liteq.testing.plugin`, registered through the
+the store's time; `run_schedules(store, *periodics)` enqueues periodic jobs' due slots. The pytest plugin (`liteq.testing.plugin`, registered through the
 `pytest11` entry point) gives the fixtures `liteq_store`, `liteq_sqlite_store` and
 `liteq_clock`. See docs/testing.md.
 
@@ -15,5 +15,6 @@ from liteq.testing.clock import Clock
 from liteq.testing.drain import drain
 from liteq.testing.eager import eager
 from liteq.testing.pending import enqueued
+from liteq.testing.schedules import run_schedules
 
-__all__ = ["Clock", "drain", "eager", "enqueued"]
+__all__ = ["Clock", "drain", "eager", "enqueued", "run_schedules"]

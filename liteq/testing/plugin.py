@@ -107,7 +107,8 @@ def _app_store(named: str) -> Store:
 
 
 def _empty(store: Store) -> None:
-    """Delete every job of `store` and resume its paused queues (between tests)."""
+    """Delete every job of `store` and resume its paused queues (between tests). Its
+    schedules' rows stay (each periodic job's last slot): no store call deletes them."""
     for mjob in list(store.jobs()):
         store.delete(mjob.id)
     for queue in store.paused():

@@ -107,12 +107,14 @@ def how_it_died(child: Child, status: int) -> str:
     return f"exit status {code}"
 
 
-def child_main(supervisor: Spawner, pipe: tuple[int, int], slot: mmap.mmap, ready_fd: int) -> int:
+def child_main(
+    supervisor: Spawner, pipe: tuple[int, int], slot: mmap.mmap, ready_fd: int, parent: int
+) -> int:
     """A new worker's life after fork(), to its exit status: it drops the supervisor's
     signal handling and pipe, imports the application's modules, opens its own store, and
     tells its supervisor through `slot` which job it runs and through `ready_fd` when it is
-    ready."""
-    parent = os.getppid()
+    ready. `parent` is the supervisor's pid, read before fork(): one that died before this
+    process could ask is seen as gone at once."""
     url = supervisor.url
     try:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which
@@ -175,8 +177,11 @@ def _warn_of_other_queues(store: Store) -> None:
 
 
 def _watch_parent(worker: Worker, parent: int) -> None:
-    """A worker whose supervisor died finishes its job and exits instead of living on alone."""
+    """A worker whose supervisor died finishes its job and exits instead of living on alone.
+    (It asks again every second: a stop asked before Worker.start() began is reset there.)"""
     while os.getppid() == parent:
         time.sleep(1.0)
     log.warning("worker %d: the supervisor %d is gone: finishing and exiting", os.getpid(), parent)
-    worker.stop(EXIT_SIGNAL)
+    while True:
+        worker.stop(EXIT_SIGNAL)
+        time.sleep(1.0)

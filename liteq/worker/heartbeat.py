@@ -247,8 +247,7 @@ class Heartbeat:
         for run in runs:
             run.rss_stopped = True
             log.error("job %d: %s: stopping it and this worker", run.mjob.id, death)
-            # (Of several jobs in flight, any may have grown it: none is blamed.)
-            self.signals.stop_for_memory(run, death, blame=len(runs) == 1)
+            self.signals.stop_for_memory(run, death)
 
     def _renew(self, mine: list[ManagedJob]) -> None:
         if not mine:

@@ -88,6 +88,10 @@ class Worker:
             disown=lambda: self._tell_running(None),
         )
         self._coroutines = Coroutines(store.wake)
+        #: A coroutine job that took a worker down before, in flight alone (see _run).
+        self._alone: Run | None = None
+        #: Whether the last claim held a plain job (see _claim_limit).
+        self._claimed_plain = False
         self._running_hook: Callable[[int | None], None] | None = None
         self._raised_hook: Callable[[ManagedJob, BaseException], None] | None = None
         self._unknown_types: set[str] = set()  # said once each, see _hand_back
@@ -210,20 +214,6 @@ class Worker:
             if options.max_time is not None and time.monotonic() - began >= options.max_time:
                 log.info("max_time of %ss reached", options.max_time)
                 return EXIT_OK
-            free = options.concurrency - coroutines.count
-            if free <= 0:  # every slot taken: wait for a coroutine job to end
-                self._record_coroutines(wait=0.1)
-                continue
-            limit = options.prefetch if options.concurrency == 1 else free
-            if options.exit_after_n_jobs is not None:
-                left = options.exit_after_n_jobs - self.jobs_processed - coroutines.count
-                if left <= 0:
-                    if coroutines.count:
-                        self._record_coroutines(wait=0.1)
-                        continue
-                    log.info("ran %d jobs: exiting", self.jobs_processed)
-                    return EXIT_OK
-                limit = min(limit, left)
             short = self._memory.exceeded()
             if short is not None:
                 log.warning("%s: exiting so a fresh worker can start", short)
@@ -234,6 +224,22 @@ class Worker:
                 return EXIT_CODE_CHANGED
             if self._scheduler is not None:  # (cheap until its next slot is due)
                 self._patiently("enqueuing periodic jobs", self._scheduler.run_due)
+            free = options.concurrency - coroutines.count
+            if free <= 0 or self._alone is not None:
+                # Every slot taken, or a job that took a worker down before runs alone:
+                # wait for a coroutine job to end.
+                self._record_coroutines(wait=0.1)
+                continue
+            limit = self._claim_limit(free)
+            if options.exit_after_n_jobs is not None:
+                left = options.exit_after_n_jobs - self.jobs_processed - coroutines.count
+                if left <= 0:
+                    if coroutines.count:
+                        self._record_coroutines(wait=0.1)
+                        continue
+                    log.info("ran %d jobs: exiting", self.jobs_processed)
+                    return EXIT_OK
+                limit = min(limit, left)
             if not self._held:
                 held = self._complete_and_claim(owner, limit)
                 if held is None:  # the store failed and the worker is stopping
@@ -248,12 +254,20 @@ class Worker:
                             "waiting for jobs", lambda: self._idle(self._idle_timeout())
                         )
                     continue
+                if options.concurrency > 1:
+                    held = self._keep_one_plain(held)
                 with self._lock:
                     self._held = held
                 self._batch_head = held[0]
                 self._heartbeat.claimed()
+            mjob = self._held[0]
+            if mjob.record.crashes and coroutines.count:
+                # It took a worker down before: it runs alone (once the loop's jobs have
+                # ended), so that a death while it runs is its doing alone.
+                self._record_coroutines(wait=0.1)
+                continue
             with self._lock:
-                mjob = self._held.pop(0)
+                self._held.pop(0)
             # Finished jobs do not wait on a slow one; nor on one that took a worker down
             # before and may again: its crash would re-queue them, to run once more.
             if self._acks and (
@@ -264,6 +278,29 @@ class Worker:
                 continue
             self._run(mjob)
         return signals.exit_status
+
+    def _claim_limit(self, free: int) -> int:
+        """How many jobs the next claim may take: `prefetch` at concurrency 1; else the free
+        slots, while the jobs claimed last were all coroutine jobs (one at a time after a
+        plain one: a worker runs plain jobs one by one, and must not hold many that other
+        processes could be running)."""
+        if self.options.concurrency == 1:
+            return self.options.prefetch
+        return 1 if self._claimed_plain else free
+
+    def _keep_one_plain(self, held: list[ManagedJob]) -> list[ManagedJob]:
+        """Of a claim at concurrency > 1, hand back at once (no attempt used) the plain
+        jobs past the first: this worker would run them one by one while other processes
+        might be idle."""
+        plain = [m for m in held if m.job is None or not is_coroutine_job(m.job)]
+        self._claimed_plain = bool(plain)
+        extra = plain[1:]
+        if not extra:
+            return held
+        if self._patiently("handing back plain jobs", lambda: self.store.release(extra)) is None:
+            return held  # stopping: _settle hands them back
+        kept = {id(m) for m in extra}
+        return [m for m in held if id(m) not in kept]
 
     def _record_coroutines(self, wait: float = 0.0) -> None:
         """Record the outcomes of the coroutine jobs that ended (waiting up to `wait`
@@ -439,6 +476,8 @@ class Worker:
         coroutine = is_coroutine_job(job)
         if coroutine:
             self._coroutines.start(run, job)  # (run.cancel set: stops cancel its task)
+            if mjob.record.crashes:
+                self._alone = run
         self._in_flight.add(run)
         self._tell_running(self._in_flight.running())
         if log.isEnabledFor(logging.DEBUG):
@@ -499,6 +538,8 @@ class Worker:
         finally:
             # The job's code has unwound: a hard exit armed for it is moot.
             run.hard_exit_at = None
+            if run is self._alone:
+                self._alone = None
             self._in_flight.discard(run)
             self._tell_running(self._in_flight.running())
             self.jobs_processed += 1

@@ -17,6 +17,9 @@ from liteq.options import check_text
 from liteq.status import DEFAULT_MAX_CRASHES
 
 DEFAULT_GUARANTEE_MEMORY: Final = 64 * 1024 * 1024
+#: The most jobs one claim may take (prefetch, concurrency): far past any gain, and a bound
+#: that keeps a typo from claiming a whole queue into one process.
+MAX_SLOTS: Final = 10_000
 
 P = ParamSpec("P")
 W = TypeVar("W")
@@ -99,14 +102,24 @@ class WorkerOptions:
         if self.lease <= 0:
             raise ValueError(f"lease must be positive, not {self.lease!r}")
         prefetch = self.prefetch
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be an int of at least 1, not {prefetch!r}")
+        if (
+            isinstance(prefetch, bool)
+            or not isinstance(prefetch, int)
+            or not 1 <= prefetch <= MAX_SLOTS
+        ):
+            raise ValueError(f"prefetch must be an int from 1 to {MAX_SLOTS}, not {prefetch!r}")
         crashes = self.max_crashes
         if isinstance(crashes, bool) or not isinstance(crashes, int) or crashes < 1:
             raise ValueError(f"max_crashes must be an int of at least 1, not {crashes!r}")
         concurrency = self.concurrency
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int of at least 1, not {concurrency!r}")
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_SLOTS
+        ):
+            raise ValueError(
+                f"concurrency must be an int from 1 to {MAX_SLOTS}, not {concurrency!r}"
+            )
         if self.max_rss is not None and self.max_rss < 1:
             raise ValueError(f"max_rss must be a positive number of bytes, not {self.max_rss!r}")
 

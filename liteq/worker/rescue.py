@@ -43,10 +43,12 @@ STALE_VERDICT = 1.0
 class Ended(NamedTuple):
     """How a worker process of this host ended, as its supervisor saw it: `death` in words
     ("signal 11", "exit status 7", over max_rss), and the job it was running then (None:
-    none, or it stopped deliberately and left its job to be handed back)."""
+    none, or it stopped deliberately and left its job to be handed back), or whether it
+    was running several (coroutine jobs: each is blamed, and then runs alone)."""
 
     death: str
     job: int | None
+    several: bool = False
 
 
 #: The key of a process in a mapping of Ended: (pid, start), as an owner names it.
@@ -93,6 +95,9 @@ def assess(
         if seen is None:  # died unseen (its supervisor died too, or none ran it)
             death = UNSEEN_DEATH if sole else None
             return Verdict(f"its worker {rec.owner} is gone", None, death)
+        if seen.several:  # any of them may have done it: each counts a crash, then runs alone
+            why = f"the worker running it and other jobs ({rec.owner}) died: {seen.death}"
+            return Verdict(why, None, seen.death)
         if seen.job != rec.id:  # it was not running this one (prefetched, done, handed back)
             return Verdict(f"its worker {rec.owner} is gone ({seen.death})", None)
         return Verdict(f"the worker running it ({rec.owner}) died: {seen.death}", None, seen.death)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from liteq.worker.signals import Interrupted
 
 
-#: Told a supervisor while several jobs are in flight: a death then blames none of them.
+#: Told a supervisor while several jobs are in flight: a death then blames each of them.
 SEVERAL = -1
 
 

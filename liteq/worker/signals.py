@@ -8,7 +8,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from liteq.worker.exits import EXIT_MEMORY, EXIT_OK, EXIT_SIGNAL
+from liteq.worker.exits import EXIT_OK, EXIT_SIGNAL
 
 if TYPE_CHECKING:
     from liteq.worker.run import InFlight, Run
@@ -156,13 +156,12 @@ class Signals:
         run.lease_lost = reason
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
-    def stop_for_memory(self, run: Run, death: str, *, blame: bool = True) -> None:
+    def stop_for_memory(self, run: Run, death: str) -> None:
         """Stop `run` and then the worker: its job took the worker past max_rss (called
-        from the heartbeat's thread, like lose_lease). Without `blame` (one of several
-        coroutine jobs in flight, any of which may have taken it there) it is a mulligan."""
+        from the heartbeat's thread, like lose_lease). Of several coroutine jobs in flight,
+        each is stopped so: each counts a crash, and then runs alone."""
         if run.cancel is not None:
-            self.request_stop(EXIT_MEMORY)
-            stop_run(run, Interrupted(death, stop_worker=True, death=death if blame else None))
+            stop_run(run, Interrupted(death, stop_worker=True, death=death))
             return
         if not self.installed or not run.executing:
             return

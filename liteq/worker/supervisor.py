@@ -260,11 +260,12 @@ class Supervisor:
             child.close()
             # A job it was running when it died is that job's crash, however it exited
             # (a job may call os._exit(0)); one it left deliberately is not in its slot.
-            # (Of several coroutine jobs in flight, none is blamed: each is re-queued.)
+            # (Of several coroutine jobs in flight, each is blamed, and then runs alone.)
             crashed |= not planned or busy
             death = how_it_died(child, status)
             if child.start is not None:  # (even with no job: then none of its jobs is blamed)
-                self._ended[pid, child.start] = Ended(death, job_id)
+                several = busy and job_id is None
+                self._ended[pid, child.start] = Ended(death, job_id, several)
             if job_id is not None:
                 log.warning("worker %d died running job %d: %s", pid, job_id, death)
             elif busy and not planned:
@@ -280,7 +281,9 @@ class Supervisor:
             if self._stopping:
                 log.info("worker %d stopped: %s", pid, describe_exit(status))
                 continue
-            if self.burst and code == EXIT_OK:
+            # (One that stopped at --max-jobs or --max-time with jobs still due: a new one
+            # goes on.)
+            if self.burst and code == EXIT_OK and not self._jobs_due():
                 log.info("worker %d drained the queue", pid)
                 continue
             if self.burst and code == EXIT_STARTUP_FAILED and self._fatal is None:
@@ -312,6 +315,21 @@ class Supervisor:
                 lived,
             )
             self._pending_starts += 1
+
+    def _jobs_due(self) -> bool:
+        """Whether a job of the workers' queues is due now (a store opened for the look,
+        read-only, and closed: none is open when a worker forks)."""
+        try:
+            store = connect(self.url, readonly=True)
+        except StoreError:
+            return False  # (no queue to read: nothing to drain)
+        try:
+            due = store.next_run_at(self.worker_options.queues)
+            return due is not None and due <= store.clock()
+        except StoreError:
+            return False
+        finally:
+            store.close()
 
     def _next_start_due(self) -> float:
         return self._next_start if self._pending_starts else time.monotonic() + 3600
@@ -403,6 +421,7 @@ class Supervisor:
     def _spawn(self) -> None:
         slot = new_slot()  # (anonymous memory is shared with the child)
         ready_read, ready_write = os.pipe()
+        supervisor = os.getpid()
         # Signals stay blocked across fork(): a TERM forwarded to a child before it has
         # dropped the supervisor's handlers would otherwise be recorded and never acted on.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
@@ -412,7 +431,7 @@ class Supervisor:
                 os.close(ready_read)
                 for other in self._children.values():  # (theirs, not this child's)
                     other.close()
-                os._exit(child_main(self, self._pipe, slot, ready_write))
+                os._exit(child_main(self, self._pipe, slot, ready_write, supervisor))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         os.close(ready_write)

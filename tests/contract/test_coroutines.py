@@ -246,12 +246,19 @@ def test_an_exception_in_a_coroutine_retries_then_fails_as_a_plain_jobs_does(
     assert sorted(RAN) == [("failed", 1), ("failed", 1)]
 
 
-@pytest.mark.parametrize("how", ["job", "task"])
+async def forgets_to_await(to: str) -> Any:
+    """An async def that returns a coroutine it forgot to await."""
+    return never_awaited(to)
+
+
+@pytest.mark.parametrize("how", ["job", "task", "async task"])
 def test_a_plain_run_that_returns_a_coroutine_fails_and_nothing_runs(
     store: liteq.stores.BaseStore, how: str
 ) -> None:
     if how == "task":
         mjob = store.task(hands_back_a_coroutine).enqueue_with(("ann@example.com",), max_attempts=3)
+    elif how == "async task":
+        mjob = store.task(forgets_to_await).enqueue_with(("ann@example.com",), max_attempts=3)
     else:
         mjob = store.enqueue(ReturnsACoroutine(), max_attempts=3)
     # filterwarnings=error: a coroutine left unawaited ("never awaited") fails the test too.

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
+from datetime import datetime
 
 import liteq
 
 store = liteq.connect()
 
-#: What the jobs did, for the checks to read (a real app would send mail).
+#: What the jobs did, for the tests to read (a real app would send mail).
 SENT: list[str] = []
 
 
 @store.task(queue="mail")
 def send_welcome(email: str) -> None:
     SENT.append(f"welcome {email}")
-
-
-@store.task
-def send_invoice(order_id: int) -> None:
-    raise RuntimeError(f"no template for order {order_id}")
 
 
 @store.task
@@ -39,18 +34,6 @@ def flaky_export(name: str) -> None:
     SENT.append(f"exported {name}")
 
 
-@store.task
-def close_month(emails: list[str]) -> None:
-    for email in emails:
-        send_welcome.enqueue(email)
-
-
-@store.task
-def poll_forever(n: int) -> None:
-    poll_forever.enqueue(n + 1)
-
-
-@store.task
-async def notify(user_id: int) -> None:
-    await asyncio.sleep(0.01)
-    SENT.append(f"notified {user_id}")
+@store.periodic(every=24 * 3600)  # each day at 00:00 UTC (a cron string needs liteq-jobs[cron])
+def daily_report(scheduled_at: datetime) -> None:
+    SENT.append(f"report {scheduled_at:%Y-%m-%d}")

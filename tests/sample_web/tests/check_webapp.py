@@ -1,4 +1,4 @@
-"""The sample Starlette application's tests (the recipe of docs/testing.md)."""
+"""The web application's tests: the recipe of liteq's docs/testing.md."""
 
 from __future__ import annotations
 

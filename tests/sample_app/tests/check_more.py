@@ -1,5 +1,6 @@
-"""The sample application's tests. Those named *_fails are meant to fail: the test that
-runs this file checks that they do, and how."""
+"""More of the sample application's tests, for liteq's own checks of the plugin (not in the
+recipe). Those named *_fails are meant to fail: the test that runs this file checks that
+they do, and how."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 from shop import jobs
-from shop.jobs import close_month, flaky_export, notify, poll_forever, send_invoice
-from shop.signup import signup
+from shop.more_jobs import close_month, notify, poll_forever, send_invoice
 
 import liteq
-from liteq.testing import drain, eager, enqueued
+from liteq.testing import Clock, drain, eager, run_schedules
 
 
 @pytest.fixture(autouse=True)
@@ -24,47 +24,6 @@ def _sent() -> Iterator[None]:
 def test_the_store_is_the_apps(liteq_store: liteq.Store) -> None:
     assert liteq_store is jobs.store
     assert isinstance(liteq_store, liteq.MemoryStore)
-
-
-def test_signup_sends_a_welcome_mail(liteq_store: liteq.Store) -> None:
-    signup("ann@example.com")
-    assert drain(liteq_store) == 1
-    assert jobs.SENT == ["welcome ann@example.com"]
-
-
-def test_enqueued_finds_the_mail_without_sending_it(liteq_store: liteq.Store) -> None:
-    signup("ann@example.com")
-    [mail] = enqueued(liteq_store, jobs.send_welcome)
-    assert mail.job is not None and mail.job.args == ["ann@example.com"]
-    assert mail.queue == "mail"
-    assert [m.job_type for m in enqueued(liteq_store)] == [
-        "shop.jobs.send_welcome",
-        "shop.jobs.remind",
-    ]
-    assert jobs.SENT == []
-
-
-def test_a_delayed_job_runs_only_after_advance(liteq_store: liteq.Store, liteq_clock) -> None:
-    signup("ann@example.com")
-    drain(liteq_store)
-    assert jobs.SENT == ["welcome ann@example.com"]
-    liteq_clock.advance(3599)
-    assert drain(liteq_store) == 0
-    liteq_clock.advance(1)
-    assert drain(liteq_store) == 1
-    assert jobs.SENT[-1] == "reminder ann@example.com"
-
-
-def test_a_retry_with_backoff_is_reached_by_advance(liteq_store: liteq.Store, liteq_clock) -> None:
-    jobs.FAILURES["left"] = 1
-    mjob = flaky_export.enqueue("march")
-    with pytest.raises(ConnectionError):
-        drain(liteq_store)
-    assert liteq_store.get(mjob.id).status is liteq.Status.QUEUED
-    assert drain(liteq_store) == 0  # its backoff has not passed
-    liteq_clock.advance(60)
-    assert drain(liteq_store) == 1
-    assert jobs.SENT == ["exported march"]
 
 
 def test_drain_follows_jobs_enqueued_by_jobs(liteq_store: liteq.Store) -> None:
@@ -99,6 +58,14 @@ def test_a_job_that_enqueues_itself_forever_stops_at_max_jobs(liteq_store: liteq
 
 def test_a_sqlite_file_of_its_own(liteq_sqlite_store: liteq.Store) -> None:
     assert isinstance(liteq_sqlite_store, liteq.SQLiteStore)
+
+
+def test_the_apps_store_runs_a_schedule(liteq_store: liteq.Store, liteq_clock: Clock) -> None:
+    # Once a session on the app's store: its schedules' rows outlive a test.
+    assert run_schedules(liteq_store, jobs.daily_report) == []
+    liteq_clock.advance(24 * 3600)
+    assert len(run_schedules(liteq_store, jobs.daily_report)) == 1
+    assert drain(liteq_store) == 1 and jobs.SENT[0].startswith("report ")
 
 
 # -- meant to fail -------------------------------------------------------------------------
