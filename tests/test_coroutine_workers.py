@@ -74,6 +74,23 @@ class CoBlocks(liteq.Job):
         trace(self.path, job.id, "end", job.attempts)
 
 
+class CoKillsItsWorker(liteq.Job):
+    """Awaits `seconds`, then takes its whole worker down (os._exit(139), as a segfault in
+    a C extension would): on every attempt. Records each run's start and the moment it
+    kills (in `deaths`, with the pid it kills)."""
+
+    def __init__(self, path: str, deaths: str, seconds: float) -> None:
+        self.path = path
+        self.deaths = deaths
+        self.seconds = seconds
+
+    async def run(self, job: liteq.ManagedJob) -> None:
+        trace(self.path, job.id, "start", job.attempts)
+        await asyncio.sleep(self.seconds)
+        trace(self.deaths, job.id, "kill", job.attempts)
+        os._exit(139)
+
+
 # -- processes -------------------------------------------------------------------------
 
 
@@ -431,3 +448,79 @@ def test_status_shows_how_many_coroutines_each_worker_has_in_flight(
     assert shown["in_flight"] == 20
     assert shown["pid"] == w.children()[0]
     assert w.stop() == 0
+
+
+# -- a job that kills its worker among others ------------------------------------------------
+
+
+@SQLITE_ONLY
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("max_crashes", "deaths_to_fail"), [(3, 3), (1, 2)])
+def test_a_coroutine_job_that_kills_its_worker_fails_alone_and_the_innocent_jobs_run_once(
+    queue: str, tmp_path: Path, work: list[Work], max_crashes: int, deaths_to_fail: int
+) -> None:
+    # A poison job kills its worker with 10 innocent coroutine jobs in flight. Each job in
+    # flight at a death counts a crash, and a job with a crash then runs alone: the poison
+    # fails for good after --max-crashes deaths (each later one its doing alone), and each
+    # innocent job completes once, never beside another run of itself. (It used to be that
+    # no job was blamed for a death with several in flight: all were re-queued with a
+    # mulligan, and the poison took every innocent job down with it, over and over, until
+    # every job ended FAILED.) The innocent jobs await 0.8 s, not 3: in flight at the 0.5 s
+    # death all the same, and run alone one by one afterwards within the test's time.
+    path, deaths = tmp_path / "q.trace", tmp_path / "q.deaths"
+    store = liteq.connect(queue)
+    poison = store.enqueue(CoKillsItsWorker(str(path), str(deaths), 0.5), priority=1)
+    innocents = store.enqueue_many([CoSleeps(str(path), 0.8) for _ in range(10)])
+    w = start(
+        work,
+        queue,
+        tmp_path / "work.log",
+        "--concurrency",
+        "50",
+        "--processes",
+        "1",
+        "--max-crashes",
+        str(max_crashes),
+    )
+    wait_until(lambda: starts(path) >= 11, 30, "the 11 jobs in flight")
+
+    def settled() -> bool:
+        if len(finals_of(deaths)) > deaths_to_fail:  # past --max-crashes: it will not settle
+            return True
+        return store.get(poison.id).status is Status.FAILED and store.count() == 1
+
+    wait_until(settled, 40, "the poison to fail and every innocent job to complete")
+    # The first death was shared (a crash counted, never the last); the rest its own.
+    assert len(finals_of(deaths)) == deaths_to_fail, "the poison's deaths"
+    assert store.count() == 1, [(m.id, m.status, m.error) for m in store.jobs()]
+    assert w.stop() == 0
+    failed = store.get(poison.id)
+    assert failed.record.crashes == deaths_to_fail, failed.record
+    kills = finals_of(deaths)
+    assert [k["id"] for k in kills] == [poison.id] * deaths_to_fail
+    killed = {int(k["pid"]): float(k["t"]) for k in kills}  # type: ignore[call-overload, arg-type]
+    assert len(killed) == deaths_to_fail  # a worker process per death
+    runs = runs_by_job(path)
+    assert len(runs[poison.id]) == deaths_to_fail
+    assert all(r["end"] is None for r in runs[poison.id])
+    # The first death met the innocent jobs in flight (each then runs again, alone).
+    first_pid = int(runs[poison.id][0]["pid"])  # type: ignore[call-overload]
+    met = [m for m in innocents if runs[m.id][0]["pid"] == first_pid]
+    assert len(met) == 10, [runs[m.id] for m in innocents]
+    for m in innocents:
+        ended = [r for r in runs[m.id] if r["end"] is not None]
+        assert len(ended) == 1, (m.id, runs[m.id])  # completed exactly once
+        with pytest.raises(liteq.JobNotFound):
+            store.get(m.id)  # completed (and deleted)
+    assert_runs_never_overlap({m.id: runs[m.id] for m in innocents}, killed)
+    # The later deaths were the poison's alone: nothing else was in flight beside it.
+    for run in runs[poison.id][1:]:
+        pid, began = run["pid"], float(run["start"])  # type: ignore[arg-type]
+        beside = [
+            r
+            for m in innocents
+            for r in runs[m.id]
+            if r["pid"] == pid and (r["end"] is None or float(r["end"]) > began)  # type: ignore[arg-type]
+        ]
+        assert beside == [], beside
+    store.close()

@@ -440,3 +440,101 @@ def test_a_paused_worker_is_killed_before_its_expired_job_is_requeued(db: Path) 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_workers_still_importing_when_the_supervisor_is_killed_exit_soon(
+    db: Path, work: Callable[..., Work], tmp_path: Path
+) -> None:
+    # The supervisor is SIGKILLed while its workers import a slow module: each must notice
+    # once it has imported, and exit. (A stop asked before Worker.start() was reset there:
+    # they lived on forever under ppid 1.)
+    (tmp_path / "slowmod.py").write_text("import time\n\ntime.sleep(2)\n")
+    w = work(
+        "--import",
+        "slowmod",
+        "--processes",
+        "2",
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )
+    # (`liteq work` first imports the modules once in a subprocess of its own, for 2 s.)
+    wait_until(lambda: len(forked_workers(w)) == 2, 30, "both workers forked")
+    workers = forked_workers(w)
+    try:
+        time.sleep(0.5)  # each is still in `import slowmod`
+        assert all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
+        os.kill(w.proc.pid, signal.SIGKILL)
+        assert w.proc.wait(10) == -signal.SIGKILL
+        killed = time.monotonic()
+        # 1.5 s more of import, then at most a second or two to notice and stop.
+        wait_until(lambda: not any(map(alive, workers)), 8, "both workers to exit")
+        assert time.monotonic() - killed < 8
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def forked_workers(w: Work) -> list[int]:
+    """The supervisor's children that it forked (its workers, not the import check it runs
+    first with `python -c`)."""
+    try:
+        supervisor = psutil.Process(w.proc.pid)
+        mine = supervisor.cmdline()
+        found = []
+        for kid in supervisor.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if kid.cmdline() == mine:
+                    found.append(kid.pid)
+        return found
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie no reaper has collected yet does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_burst_plain_jobs_at_concurrency_spread_over_every_process(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    # At --concurrency > 1 a worker claims as many jobs as it has free slots; plain jobs
+    # it would run one by one, so it keeps one and hands the others back for the other
+    # processes. (One process used to claim all 8 and run them in turn, 4 s, while the
+    # other found nothing and exited.)
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjobs = store.enqueue_many([Traced(str(trace), 0.5) for _ in range(8)])
+    w = work("--processes", "2", "--concurrency", "10", "--burst")
+    assert w.proc.wait(30) == 0, w.log()
+    assert store.count() == 0
+    runs = runs_by_job(trace)
+    assert sorted(runs) == sorted(m.id for m in mjobs)
+    assert all(len(r) == 1 and r[0]["end"] is not None for r in runs.values()), runs
+    by_pid: dict[int, int] = {}
+    for (run,) in runs.values():
+        by_pid[int(run["pid"])] = by_pid.get(int(run["pid"]), 0) + 1  # type: ignore[call-overload]
+    assert len(by_pid) == 2, by_pid  # each process ran some
+    first = min(float(r[0]["start"]) for r in runs.values())  # type: ignore[arg-type]
+    last = max(float(r[0]["end"]) for r in runs.values())  # type: ignore[arg-type]
+    assert last - first < 3.0, f"8 jobs of 0.5 s took {last - first:.2f}s on 2 processes"
+
+
+def test_burst_with_max_jobs_goes_on_until_the_queue_is_drained(
+    db: Path, work: Callable[..., Work]
+) -> None:
+    # A worker that stops at --max-jobs with jobs still due has not drained the queue: a
+    # new one goes on. (`liteq work --burst` used to exit 0 after 10, with 20 still queued.)
+    trace = db.with_suffix(".trace")
+    store = liteq.SQLiteStore(db)
+    mjobs = store.enqueue_many([Traced(str(trace)) for _ in range(30)])
+    w = work("--burst", "--max-jobs", "10", "--processes", "1")
+    assert w.proc.wait(30) == 0, w.log()
+    assert store.count() == 0, f"{store.count()} jobs left queued"
+    runs = runs_by_job(trace)
+    assert sorted(runs) == sorted(m.id for m in mjobs)
+    assert all(len(r) == 1 and r[0]["end"] is not None for r in runs.values())
+    assert len({int(r[0]["pid"]) for r in runs.values()}) == 3  # type: ignore[call-overload]

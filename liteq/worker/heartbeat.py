@@ -247,7 +247,7 @@ class Heartbeat:
         for run in runs:
             run.rss_stopped = True
             log.error("job %d: %s: stopping it and this worker", run.mjob.id, death)
-            self.signals.stop_for_memory(run, death)
+            self.signals.stop_for_memory(run, death, shared=len(runs) > 1)
 
     def _renew(self, mine: list[ManagedJob]) -> None:
         if not mine:

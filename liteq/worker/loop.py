@@ -19,7 +19,7 @@ from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
 from liteq.job import ResultRefused, bad_result, encode_result, is_coroutine_job
 from liteq.managed import ManagedJob, describe
 from liteq.record import evolve
-from liteq.status import Status
+from liteq.status import MULLIGAN_CAP, Status
 from liteq.stores.contract import WAITS_FOR_ITS_TYPE, Store, WorkerInfo
 from liteq.worker.coroutines import Coroutines, Outcome
 from liteq.worker.exits import (
@@ -90,8 +90,8 @@ class Worker:
         self._coroutines = Coroutines(store.wake)
         #: A coroutine job that took a worker down before, in flight alone (see _run).
         self._alone: Run | None = None
-        #: Whether the last claim held a plain job (see _claim_limit).
-        self._claimed_plain = False
+        #: Whether the last claim held a job that runs alone (see _claim_limit).
+        self._claimed_alone = False
         self._running_hook: Callable[[int | None], None] | None = None
         self._raised_hook: Callable[[ManagedJob, BaseException], None] | None = None
         self._unknown_types: set[str] = set()  # said once each, see _hand_back
@@ -255,7 +255,7 @@ class Worker:
                         )
                     continue
                 if options.concurrency > 1:
-                    held = self._keep_one_plain(held)
+                    held = self._keep_one_alone(held)
                 with self._lock:
                     self._held = held
                 self._batch_head = held[0]
@@ -281,20 +281,22 @@ class Worker:
 
     def _claim_limit(self, free: int) -> int:
         """How many jobs the next claim may take: `prefetch` at concurrency 1; else the free
-        slots, while the jobs claimed last were all coroutine jobs (one at a time after a
-        plain one: a worker runs plain jobs one by one, and must not hold many that other
-        processes could be running)."""
+        slots, while the jobs claimed last could all run side by side (one at a time after a
+        plain job or one that took a worker down: this worker runs those one by one, and
+        must not hold many that other processes could be running)."""
         if self.options.concurrency == 1:
             return self.options.prefetch
-        return 1 if self._claimed_plain else free
+        return 1 if self._claimed_alone else free
 
-    def _keep_one_plain(self, held: list[ManagedJob]) -> list[ManagedJob]:
-        """Of a claim at concurrency > 1, hand back at once (no attempt used) the plain
-        jobs past the first: this worker would run them one by one while other processes
-        might be idle."""
-        plain = [m for m in held if m.job is None or not is_coroutine_job(m.job)]
-        self._claimed_plain = bool(plain)
-        extra = plain[1:]
+    def _keep_one_alone(self, held: list[ManagedJob]) -> list[ManagedJob]:
+        """Of a claim at concurrency > 1, hand back at once (no attempt used) the jobs past
+        the first that run alone (plain jobs, and those that took a worker down before):
+        this worker would run them one by one while other processes might be idle."""
+        alone = [
+            m for m in held if m.record.crashes or m.job is None or not is_coroutine_job(m.job)
+        ]
+        self._claimed_alone = bool(alone)
+        extra = alone[1:]
         if not extra:
             return held
         if self._patiently("handing back plain jobs", lambda: self.store.release(extra)) is None:
@@ -549,7 +551,8 @@ class Worker:
         code has unwound: only now may it be handed back."""
         death = stop.death
         if death is not None:  # it took the worker past max_rss: a crash of the job
-            max_crashes = self.options.max_crashes
+            # (A death shared with other jobs in flight is never the last: see rescue.py.)
+            max_crashes = MULLIGAN_CAP if stop.shared else self.options.max_crashes
             status = self._ack(mjob, lambda: self.store.crash(mjob, death, max_crashes))
             self._heartbeat.count(mjob.queue, completed=False)
             log.error(

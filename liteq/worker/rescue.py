@@ -23,7 +23,7 @@ from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from liteq.record import Record
-from liteq.status import DEFAULT_MAX_CRASHES, Status
+from liteq.status import DEFAULT_MAX_CRASHES, MULLIGAN_CAP, Status
 from liteq.stores.base import install_hung_check
 from liteq.stores.contract import Hung
 from liteq.worker.identity import Owner, kill, owner_state, parse_owner
@@ -66,6 +66,9 @@ class Verdict(NamedTuple):
     reason: str
     victim: Owner | None
     death: str | None = None
+    #: The death was shared with other jobs in flight: it counts a crash (the job then runs
+    #: alone) but never fails the job for good, which only a death of its own may.
+    shared: bool = False
 
 
 def assess(
@@ -97,7 +100,7 @@ def assess(
             return Verdict(f"its worker {rec.owner} is gone", None, death)
         if seen.several:  # any of them may have done it: each counts a crash, then runs alone
             why = f"the worker running it and other jobs ({rec.owner}) died: {seen.death}"
-            return Verdict(why, None, seen.death)
+            return Verdict(why, None, seen.death, shared=True)
         if seen.job != rec.id:  # it was not running this one (prefetched, done, handed back)
             return Verdict(f"its worker {rec.owner} is gone ({seen.death})", None)
         return Verdict(f"the worker running it ({rec.owner}) died: {seen.death}", None, seen.death)
@@ -174,7 +177,9 @@ def detect_hung_jobs(
                 if not kill(verdict.victim):  # it ended by itself meanwhile
                     death = UNSEEN_DEATH if sole else None
                     return Hung(f"its worker {current.owner} is gone", death, max_crashes)
-            return Hung(verdict.reason, verdict.death, max_crashes)
+            # (A shared death is never the last: see Verdict.shared.)
+            limit = MULLIGAN_CAP if verdict.shared else max_crashes
+            return Hung(verdict.reason, verdict.death, limit)
 
         mjob = store.rescue(rec, decide)
         if mjob is not None:

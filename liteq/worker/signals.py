@@ -23,11 +23,15 @@ class Interrupted(BaseException):
     A BaseException, so the job's own `except Exception` does not swallow it.
     """
 
-    def __init__(self, reason: str, *, stop_worker: bool, death: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, stop_worker: bool, death: str | None = None, shared: bool = False
+    ) -> None:
         super().__init__(reason)
         self.stop_worker = stop_worker
         #: How the job took its worker down (over max_rss), if it did: a crash of the job.
         self.death = death
+        #: That death was shared with other jobs in flight: never the job's last crash.
+        self.shared = shared
 
 
 def stop_run(run: Run, stop: Interrupted) -> None:
@@ -156,12 +160,13 @@ class Signals:
         run.lease_lost = reason
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
-    def stop_for_memory(self, run: Run, death: str) -> None:
+    def stop_for_memory(self, run: Run, death: str, *, shared: bool = False) -> None:
         """Stop `run` and then the worker: its job took the worker past max_rss (called
-        from the heartbeat's thread, like lose_lease). Of several coroutine jobs in flight,
-        each is stopped so: each counts a crash, and then runs alone."""
+        from the heartbeat's thread, like lose_lease). Of several coroutine jobs in flight
+        (`shared`), each is stopped so: each counts a crash, and then runs alone."""
         if run.cancel is not None:
-            stop_run(run, Interrupted(death, stop_worker=True, death=death))
+            stop = Interrupted(death, stop_worker=True, death=death, shared=shared)
+            stop_run(run, stop)
             return
         if not self.installed or not run.executing:
             return
