@@ -86,7 +86,8 @@ def test_killing_the_supervisor_and_restarting_at_once_keeps_every_promise(
     # What `Restart=always` does after an OOM kill: a new supervisor starts at once, while
     # the old one's workers (when only it died) are still finishing their jobs.
     db, log, trace = queue, tmp_path / "work.log", tmp_path / "q.trace"
-    jobs = 16_000
+    # (PostgreSQL runs them slower: fewer still outlast the storm, as asserted below.)
+    jobs = 10_000 if queue.startswith("postgresql:") else 16_000
     store = liteq.connect(db)
     store.enqueue_many([Traced(str(trace), 0.001) for _ in range(jobs)])
     store.close()

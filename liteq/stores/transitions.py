@@ -42,16 +42,17 @@ def apply(w: Write, old: Status, updated: Record, message: str | None, job: Job 
         w.tx.update(updated)
     w.events.append((updated, old, message, job))
     if new is Status.COMPLETED and old is not Status.COMPLETED:
-        release_dependents(w, [updated.id])
+        release_dependents(w, w.tx.finish_dependencies([updated.id]))
     elif new is Status.FAILED and old is not Status.FAILED:
         fail_dependents(w, updated.id, "failed")
     return updated
 
 
-def release_dependents(w: Write, done: list[int]) -> None:
-    """Jobs `done` completed (in this write): their dependents whose last dependency this
-    was become due (at their own run_at)."""
-    for job_id in sorted(set(w.tx.finish_dependencies(done))):
+def release_dependents(w: Write, waiting: list[int]) -> None:
+    """Jobs completed in this write, and `w.tx.finish_dependencies` marked them done for
+    the jobs `waiting` on them: those whose last dependency this was become due (at their
+    own run_at)."""
+    for job_id in sorted(set(waiting)):
         rec = w.tx.get(job_id)
         if rec is None or not waits(rec):
             continue

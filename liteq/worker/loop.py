@@ -44,6 +44,10 @@ T = TypeVar("T")
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 30.0
 #: With prefetch, the longest a completion waits for its batch before a job starts.
 ACK_DELAY: Final = 0.05
+#: A job in flight at this many deaths of its worker runs alone from then on: a death
+#: shared by several coroutine jobs counts a crash against each (see rescue.py), and one
+#: such death (a kill, an OOM) should not make every job of the worker run one by one.
+RUNS_ALONE_AFTER: Final = 2
 #: The longest a job of an unknown type waits before a worker looks at it again.
 UNKNOWN_TYPE_WAIT: Final = 300.0
 
@@ -88,7 +92,7 @@ class Worker:
             disown=lambda: self._tell_running(None),
         )
         self._coroutines = Coroutines(store.wake)
-        #: A coroutine job that took a worker down before, in flight alone (see _run).
+        #: A coroutine job that must run alone (runs_alone), in flight (see _run).
         self._alone: Run | None = None
         #: Whether the last claim held a job that runs alone (see _claim_limit).
         self._claimed_alone = False
@@ -226,7 +230,7 @@ class Worker:
                 self._patiently("enqueuing periodic jobs", self._scheduler.run_due)
             free = options.concurrency - coroutines.count
             if free <= 0 or self._alone is not None:
-                # Every slot taken, or a job that took a worker down before runs alone:
+                # Every slot taken, or a job that must run alone (runs_alone) is in flight:
                 # wait for a coroutine job to end.
                 self._record_coroutines(wait=0.1)
                 continue
@@ -261,8 +265,8 @@ class Worker:
                 self._batch_head = held[0]
                 self._heartbeat.claimed()
             mjob = self._held[0]
-            if mjob.record.crashes and coroutines.count:
-                # It took a worker down before: it runs alone (once the loop's jobs have
+            if runs_alone(mjob) and coroutines.count:
+                # It was in flight at two deaths: it runs alone (once the loop's jobs have
                 # ended), so that a death while it runs is its doing alone.
                 self._record_coroutines(wait=0.1)
                 continue
@@ -282,7 +286,7 @@ class Worker:
     def _claim_limit(self, free: int) -> int:
         """How many jobs the next claim may take: `prefetch` at concurrency 1; else the free
         slots, while the jobs claimed last could all run side by side (one at a time after a
-        plain job or one that took a worker down: this worker runs those one by one, and
+        plain job or one that runs alone: this worker runs those one by one, and
         must not hold many that other processes could be running)."""
         if self.options.concurrency == 1:
             return self.options.prefetch
@@ -290,11 +294,9 @@ class Worker:
 
     def _keep_one_alone(self, held: list[ManagedJob]) -> list[ManagedJob]:
         """Of a claim at concurrency > 1, hand back at once (no attempt used) the jobs past
-        the first that run alone (plain jobs, and those that took a worker down before):
+        the first that run alone (plain jobs, and those that must: runs_alone):
         this worker would run them one by one while other processes might be idle."""
-        alone = [
-            m for m in held if m.record.crashes or m.job is None or not is_coroutine_job(m.job)
-        ]
+        alone = [m for m in held if runs_alone(m) or m.job is None or not is_coroutine_job(m.job)]
         self._claimed_alone = bool(alone)
         extra = alone[1:]
         if not extra:
@@ -478,7 +480,7 @@ class Worker:
         coroutine = is_coroutine_job(job)
         if coroutine:
             self._coroutines.start(run, job)  # (run.cancel set: stops cancel its task)
-            if mjob.record.crashes:
+            if runs_alone(mjob):
                 self._alone = run
         self._in_flight.add(run)
         self._tell_running(self._in_flight.running())
@@ -634,6 +636,11 @@ class Worker:
                 log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
+
+
+def runs_alone(mjob: ManagedJob) -> bool:
+    """Whether a job must run with no other in flight beside it (see RUNS_ALONE_AFTER)."""
+    return mjob.record.crashes >= RUNS_ALONE_AFTER
 
 
 def _claiming(acks: list[ManagedJob]) -> str:

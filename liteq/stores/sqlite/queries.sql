@@ -242,6 +242,10 @@ UPDATE liteq_dependencies SET done = 1
 WHERE after_id IN (SELECT value FROM json_each(?)) AND NOT done
 RETURNING job_id
 
+-- name: finish_dependencies_of_one
+UPDATE liteq_dependencies SET done = 1 WHERE after_id = ? AND NOT done
+RETURNING job_id
+
 -- Results that expired: deleted (cleared, for jobs kept whatever delete_on_complete said
 -- not), a batch at a time; then dependencies whose job is gone.
 -- name: expired_gone

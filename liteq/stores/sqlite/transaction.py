@@ -160,7 +160,10 @@ class SQLiteTx(Tx):
         return [row[0] for row in rows]
 
     def finish_dependencies(self, after_ids: Sequence[int]) -> list[int]:
-        rows = self._cursor.execute(queries.FINISH_DEPENDENCIES, (json.dumps(list(after_ids)),))
+        if len(after_ids) == 1:  # a worker's steady state: no JSON to build and read
+            rows = self._cursor.execute(queries.FINISH_DEPENDENCIES_OF_ONE, (after_ids[0],))
+        else:
+            rows = self._cursor.execute(queries.FINISH_DEPENDENCIES, (json.dumps(list(after_ids)),))
         return [row[0] for row in rows]
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
