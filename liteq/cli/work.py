@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from liteq.cli.common import (
     Commands,
@@ -24,12 +24,16 @@ from liteq.cli.common import (
     up_to,
 )
 from liteq.errors import StoreUnavailable
+from liteq.worker.autoscale import DEFAULT_COOLDOWN, DEFAULT_TARGET_WAIT
 from liteq.worker.options import MAX_SLOTS, WorkerOptions
 
 #: `liteq work`'s own exit when its workers cannot import their modules.
 EXIT_IMPORTS: int = 70
 #: The longest wait between tries to reach a store's server at start.
 MAX_WAIT = 30.0
+
+if TYPE_CHECKING:
+    from liteq.worker.supervisor import PoolSpec
 
 log = logging.getLogger("liteq.supervisor")
 
@@ -74,7 +78,37 @@ def add_parser(sub: Commands) -> None:
         help="serve only this queue (repeatable; default: all)",
     )
     work.add_argument(
-        "--processes", "-n", type=positive_int, default=1, metavar="N", help="workers (default 1)"
+        "--processes", "-n", type=positive_int, metavar="N", help="workers (default 1)"
+    )
+    work.add_argument(
+        "--autoscale",
+        type=min_max,
+        metavar="MIN:MAX",
+        help="one pool of MIN to MAX workers for all queues (or --queue's), grown while "
+        "jobs wait longer than --target-wait and shrunk when idle (not with --processes)",
+    )
+    work.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        type=pool,
+        metavar="QUEUES=MIN:MAX",
+        help="an autoscaled pool of MIN to MAX workers serving QUEUES (comma-separated), "
+        "e.g. --pool mail=1:4 --pool default,reports=0:8 (repeatable)",
+    )
+    work.add_argument(
+        "--target-wait",
+        type=positive_float,
+        default=DEFAULT_TARGET_WAIT,
+        metavar="S",
+        help="autoscaling: grow a pool while its oldest due job has waited longer than this, "
+        f"or its backlog would take longer to clear (default {DEFAULT_TARGET_WAIT:g})",
+    )
+    work.add_argument(
+        "--max-processes",
+        type=positive_int,
+        metavar="N",
+        help="autoscaling: at most N worker processes in all pools together",
     )
     work.add_argument(
         "--max-jobs",
@@ -180,18 +214,95 @@ def _work(args: argparse.Namespace) -> int:
         format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s",
         force=True,
     )
+    pools = autoscaled_pools(args)
     url = store_url(args)
     _open_patiently(args)  # a bad URL or file fails now, not in a loop
     _check_imports(args.imports, url)
     supervisor = Supervisor(
         url,
         imports=args.imports,
-        processes=args.processes,
+        processes=args.processes or 1,
         worker_options=worker_options(args),
         burst=args.exit_if_no_jobs,
         verbose=args.verbose > 0,
+        pools=pools,
+        max_processes=args.max_processes,
     )
     return supervisor.run()
+
+
+#: For tests only: seconds a pool must be idle before it shrinks a step (else
+#: DEFAULT_COOLDOWN). An environment variable, not a flag: the cooldown is no knob to tune.
+COOLDOWN_ENV: Final = "LITEQ_AUTOSCALE_COOLDOWN"
+
+
+def min_max(text: str) -> tuple[int, int]:
+    """An argparse type: MIN:MAX, whole numbers, 0 <= MIN <= MAX, MAX >= 1."""
+    low, colon, high = text.partition(":")
+    if not colon or not low.strip().isdigit() or not high.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX (say 1:4), not {text!r}")
+    lo, hi = int(low), int(high)
+    if lo > hi or hi < 1 or hi > MAX_SLOTS:
+        raise argparse.ArgumentTypeError(
+            f"expected MIN:MAX with 0 <= MIN <= MAX and 1 <= MAX <= {MAX_SLOTS}, not {text!r}"
+        )
+    return lo, hi
+
+
+def pool(text: str) -> tuple[tuple[str, ...], int, int]:
+    """An argparse type: QUEUES=MIN:MAX, QUEUES comma-separated queue names."""
+    names, equals, limits = text.rpartition("=")
+    queues = tuple(q.strip() for q in names.split(","))
+    if not equals or not all(queues):
+        raise argparse.ArgumentTypeError(f"expected QUEUES=MIN:MAX (say mail=1:4), not {text!r}")
+    return (queues, *min_max(limits))
+
+
+def autoscaled_pools(args: argparse.Namespace) -> list[PoolSpec]:
+    """The pools --autoscale or --pool ask for (none: a fixed --processes), checked."""
+    from liteq.worker.autoscale import Limits
+    from liteq.worker.supervisor import PoolSpec
+
+    if args.autoscale is None and not args.pools:
+        for flag, value in (
+            ("--target-wait", args.target_wait != DEFAULT_TARGET_WAIT),
+            ("--max-processes", args.max_processes is not None),
+        ):
+            if value:
+                raise Failure(f"{flag} needs --autoscale or --pool")
+        return []
+    if args.processes is not None:
+        raise Failure("--processes sets a fixed number of workers: not with --autoscale/--pool")
+    if args.autoscale is not None and args.pools:
+        raise Failure("--autoscale is one pool for all queues: use --pool for each instead")
+    if args.exit_if_no_jobs:
+        raise Failure("--burst drains with a fixed number of workers: not with autoscaling")
+    cooldown = float(os.environ.get(COOLDOWN_ENV) or DEFAULT_COOLDOWN)
+    if args.autoscale is not None:
+        specs = [
+            ("all" if not args.queues else ",".join(args.queues), args.queues, *args.autoscale)
+        ]
+    else:
+        if args.queues:
+            raise Failure("--queue with --pool: name each pool's queues in its --pool")
+        seen: set[str] = set()
+        specs = []
+        for queues, low, high in args.pools:
+            twice = seen & set(queues)
+            if twice:
+                raise Failure(f"queue {sorted(twice)[0]!r} is in two --pool options")
+            seen |= set(queues)
+            specs.append((",".join(queues), list(queues), low, high))
+    pools = [
+        PoolSpec(name, queues, Limits(low, high, args.target_wait, cooldown))
+        for name, queues, low, high in specs
+    ]
+    least = sum(p.limits.minimum for p in pools)
+    if args.max_processes is not None and args.max_processes < least:
+        raise Failure(
+            f"--max-processes {args.max_processes} is below the pools' minimums ({least})"
+        )
+    return pools
 
 
 def worker_options(args: argparse.Namespace) -> WorkerOptions:

@@ -76,6 +76,10 @@ class Child:
     leaving: bool = False
     #: Why the supervisor killed it (its memory), if it did.
     killed_for: str | None = None
+    #: Its autoscaled pool ("": the fixed pool of --processes).
+    pool: str = ""
+    #: Told to stop by the autoscaler (TERM): its exit is no death and has no replacement.
+    scaled_down: bool = False
 
     def running(self) -> int | None:
         """The job the child runs now (or ran when it died), if it runs just one: a death
