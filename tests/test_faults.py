@@ -80,6 +80,11 @@ def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("victims", ["supervisor", "supervisor and workers"])
+# (On PostgreSQL a minute more: in the soak run, `pytest -m soak`. Its promises there are
+# held by test_concurrency's SIGKILLs and test_postgres's server restarts by default.)
+@pytest.mark.parametrize(
+    "queue", ["sqlite", pytest.param("postgres", marks=pytest.mark.soak)], indirect=True
+)
 def test_killing_the_supervisor_and_restarting_at_once_keeps_every_promise(
     tmp_path: Path, queue: str, victims: str
 ) -> None:
