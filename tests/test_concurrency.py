@@ -29,8 +29,8 @@ from tests import pg
 from tests.helpers import ROOT, liteq_work
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
-#: The default profile runs a few examples; the soak profile about 100.
-EXAMPLES = max(3, settings.default.max_examples // 20)
+#: The default profile runs a few examples (2); the soak profile about 70.
+EXAMPLES = max(2, settings.default.max_examples // 30)
 
 schedules = st.fixed_dictionaries(
     {
