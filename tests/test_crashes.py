@@ -266,6 +266,7 @@ def test_jobs_finished_before_a_poison_job_in_a_prefetched_batch_run_again_at_mo
     assert all(1 <= n <= 2 for n in counts.values()), counts
 
 
+@pytest.mark.soak  # (two hard exits, 5 s each: ~14 s; `pytest -m soak`)
 @pytest.mark.timeout(120)
 def test_a_worker_stopped_on_purpose_is_no_crash_but_one_past_max_runtime_is(
     tmp_path: Path, work: list[Work]

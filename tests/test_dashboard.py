@@ -304,6 +304,7 @@ def test_only_failures_there_are_show_in_red(
         assert colour(zero) != red, zero
 
 
+@pytest.mark.soak  # (a browser through two file swaps: ~14 s; `pytest -m soak`)
 def test_a_replaced_or_deleted_queue_file_is_noticed_within_a_refresh(
     browser: WebDriver, serve: Callable[..., Server], tmp_path: Path
 ) -> None:
