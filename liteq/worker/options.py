@@ -101,27 +101,23 @@ class WorkerOptions:
             )
         if self.lease <= 0:
             raise ValueError(f"lease must be positive, not {self.lease!r}")
-        prefetch = self.prefetch
-        if (
-            isinstance(prefetch, bool)
-            or not isinstance(prefetch, int)
-            or not 1 <= prefetch <= MAX_SLOTS
-        ):
-            raise ValueError(f"prefetch must be an int from 1 to {MAX_SLOTS}, not {prefetch!r}")
-        crashes = self.max_crashes
-        if isinstance(crashes, bool) or not isinstance(crashes, int) or crashes < 1:
-            raise ValueError(f"max_crashes must be an int of at least 1, not {crashes!r}")
-        concurrency = self.concurrency
-        if (
-            isinstance(concurrency, bool)
-            or not isinstance(concurrency, int)
-            or not 1 <= concurrency <= MAX_SLOTS
-        ):
-            raise ValueError(
-                f"concurrency must be an int from 1 to {MAX_SLOTS}, not {concurrency!r}"
-            )
+        _check_count("prefetch", self.prefetch, MAX_SLOTS)
+        _check_count("max_crashes", self.max_crashes)
+        _check_count("concurrency", self.concurrency, MAX_SLOTS)
         if self.max_rss is not None and self.max_rss < 1:
             raise ValueError(f"max_rss must be a positive number of bytes, not {self.max_rss!r}")
+
+
+def _check_count(name: str, value: object, most: int | None = None) -> None:
+    """ValueError unless `value` is an int (not a bool) from 1 (to `most`)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 1
+        or (most is not None and value > most)
+    ):
+        bounds = "of at least 1" if most is None else f"from 1 to {most}"
+        raise ValueError(f"{name} must be an int {bounds}, not {value!r}")
 
 
 def takes_options(
