@@ -845,9 +845,10 @@ def test_a_queue_in_a_read_only_directory_can_still_be_read(tmp_path: Path, lock
 #: another opener removed.
 CHURN = """
 import fcntl, os, pathlib, struct, sys, liteq
-db, stop = sys.argv[1:3]
+db, stop, ready = sys.argv[1:4]
 query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 1, 0, 0)
 opened = 0
+pathlib.Path(ready, str(os.getpid())).touch()
 while not pathlib.Path(stop).exists():
     try:
         store = liteq.SQLiteStore(db, readonly=True)
@@ -877,9 +878,11 @@ def test_openers_racing_to_make_and_remove_the_lock_file_never_hold_a_removed_on
             a_queue(path, 1)
         else:
             path.touch()
+        ready = tmp_path / f"{what}-ready"
+        ready.mkdir()
         readers = [
             subprocess.Popen(
-                [sys.executable, "-c", CHURN, str(path), str(stop)],
+                [sys.executable, "-c", CHURN, str(path), str(stop), str(ready)],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -888,6 +891,10 @@ def test_openers_racing_to_make_and_remove_the_lock_file_never_hold_a_removed_on
             for _ in range(6)
         ]
         try:
+            # Churn for 2 s once all have imported liteq (a loaded machine takes seconds).
+            deadline = time.monotonic() + 60
+            while len(list(ready.iterdir())) < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
             time.sleep(2)
         finally:
             stop.touch()
