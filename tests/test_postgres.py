@@ -397,6 +397,20 @@ def test_read_only_commands_never_create_a_schema(tmp_path: Path) -> None:
         assert found.fetchone() is None
 
 
+def test_a_url_with_the_host_in_its_query_string_connects() -> None:
+    # libpq's form for a Unix socket directory, postgresql:///db?host=/run/postgresql, has
+    # an empty authority: the URL liteq hands psycopg must keep it.
+    parts = psycopg.conninfo.conninfo_to_dict(pg.dsn_or_skip())
+    schema = pg.new_schema()
+    query = f"host={parts['host']}&port={parts.get('port', 5432)}&user={parts['user']}"
+    store = liteq.connect(f"postgresql:///{parts['dbname']}?{query}&schema={schema}")
+    try:
+        assert store.get(store.enqueue(Noop()).id).status is Status.QUEUED
+    finally:
+        store.close()
+        pg.drop_schema(schema)
+
+
 # -- faults --------------------------------------------------------------------------------
 @pytest.mark.timeout(180)
 def test_a_server_restart_loses_no_job_and_runs_none_twice(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from liteq.options import EnqueueOptions
 from liteq.stores.base import BaseStore
@@ -113,7 +113,9 @@ def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:
     if scheme in ("postgres", "postgresql"):
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         schema = query.pop("schema", "liteq")  # liteq's own; the rest are libpq's
-        dsn = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+        # Not urlunsplit: it drops the empty authority of `postgresql:///db?host=/run/pg`.
+        rest = urlencode(query, quote_via=quote)
+        dsn = url.split("?", 1)[0] + (f"?{rest}" if rest else "")
         return postgres_store()(dsn, schema=schema, readonly=readonly)
     raise ValueError(
         f"unsupported store URL {url!r}: use sqlite:///path.sqlite, "
