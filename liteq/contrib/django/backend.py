@@ -1,0 +1,208 @@
+"""LiteqBackend: Django's tasks framework (`django.tasks`) on a liteq queue."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from django.tasks import Task, TaskResult
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+
+from liteq.contrib.django.job import TaskJob, job_class
+from liteq.contrib.django.place import Place, django_sqlite_at, open_store, place_of, vendor
+from liteq.errors import JobNotFound, ResultExpired
+from liteq.job import lookup
+from liteq.options import check_text
+from liteq.stores import BaseStore, postgres_store
+
+#: A finished task's result is kept this long unless OPTIONS KEEP_RESULT says otherwise.
+DEFAULT_KEEP_RESULT: Final = 86400.0
+
+#: Why a Django database on SQLite cannot hold the queue (yet): see docs/django.md.
+SHARED_SQLITE: Final = (
+    "liteq cannot keep its queue in the Django SQLite database {alias!r} yet: a worker runs "
+    "tasks that use Django's sqlite3 connection beside liteq's own (apsw's SQLite), and two "
+    "copies of SQLite on one file in one process break each other's locks (commits lost). "
+    "Give the queue a file of its own: OPTIONS {{'URL': 'sqlite:////path/to/jobs.sqlite'}} "
+    "(docs/django.md)"
+)
+
+
+class LiteqBackend(BaseTaskBackend):
+    """Django's task backend on liteq: `TASKS = {"default": {"BACKEND":
+    "liteq.contrib.django.LiteqBackend"}}`.
+
+    OPTIONS: `DATABASE` (the default, "default"): the queue lives in that Django database
+    (PostgreSQL, in the schema `SCHEMA`, "liteq"), made by `manage.py migrate`, and
+    `enqueue` joins the current transaction: the job exists if and only if it commits.
+    `URL`: a queue of its own at that liteq URL (no shared transaction). `KEEP_RESULT`:
+    seconds a result is kept (a day); `MAX_ATTEMPTS`: tries per task (1).
+
+    A task's result id is its liteq job id; its priority is liteq's (higher first), its
+    queue_name a liteq queue, run_after the job's run_at. Workers: `manage.py liteq_work`.
+    """
+
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: Mapping[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.place: Place = place_of(self.options)
+        self.keep_result = _seconds(self.options.get("KEEP_RESULT", DEFAULT_KEEP_RESULT))
+        self.max_attempts = self.options.get("MAX_ATTEMPTS", 1)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ImproperlyConfigured(
+                f"liteq OPTIONS MAX_ATTEMPTS must be a whole number, not {self.max_attempts!r}"
+            )
+        if self.max_attempts < 1:
+            raise ImproperlyConfigured("liteq OPTIONS MAX_ATTEMPTS must be at least 1")
+        self._store: BaseStore | None = None
+        self._opening = threading.Lock()
+
+    # -- the queue ---------------------------------------------------------------
+    @property
+    def store(self) -> BaseStore:
+        """The liteq store of this backend's queue, opened on first use in this process."""
+        with self._opening:
+            if self._store is None:
+                self.refuse_shared_sqlite()
+                self._store = open_store(self.place)
+            return self._store
+
+    def refuse_shared_sqlite(self) -> None:
+        """ImproperlyConfigured for a queue in a Django SQLite database (SHARED_SQLITE),
+        whether DATABASE names it or a URL names its file."""
+        if vendor(self.place) == "sqlite":
+            raise ImproperlyConfigured(SHARED_SQLITE.format(alias=self.place.alias))
+        alias = django_sqlite_at(self.place)
+        if alias is not None:
+            raise ImproperlyConfigured(SHARED_SQLITE.format(alias=alias))
+
+    def close(self) -> None:
+        """Close this process's connections to the queue (they reopen on use)."""
+        with self._opening:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    # -- Django's contract ------------------------------------------------------
+    def validate_task(self, task: Task) -> None:
+        """Django's checks, and what a liteq worker needs: a function it can import by its
+        module path (not `__main__`'s), and a queue name liteq takes. Raises InvalidTask.
+
+        It also makes the task's liteq job type, so that a worker knows the type once it
+        has imported the task's module (Django calls this as `@task` declares it)."""
+        super().validate_task(task)
+        if task.func.__module__ == "__main__":
+            raise InvalidTask(
+                "Task function must be importable by a worker: define it in a module, "
+                "not in the script run as __main__."
+            )
+        try:
+            check_text(task.queue_name, "a queue name")
+        except (TypeError, ValueError) as exc:
+            raise InvalidTask(str(exc)) from exc
+        job_class(task)
+
+    def enqueue(self, task: Task, args: Iterable[Any], kwargs: Mapping[str, Any]) -> TaskResult:
+        """Enqueue a call of `task`. In the Django database (DATABASE), on its connection:
+        inside `transaction.atomic()` the job commits or rolls back with it (idle workers
+        wake once it commits); outside, it is committed at once. Returns a READY
+        TaskResult whose id is the job's."""
+        self.validate_task(task)
+        args, kwargs = list(args), dict(kwargs)
+        job = job_class(task)(args, kwargs, self.alias)
+        options: dict[str, Any] = {
+            "queue": task.queue_name,
+            "priority": task.priority,
+            "max_attempts": self.max_attempts,
+            "keep_result": self.keep_result,
+        }
+        if task.run_after is not None:
+            options["run_at"] = _aware(task.run_after)
+        store = self.store
+        if self.place.alias is None:
+            mjob = store.enqueue(job, **options)
+        else:
+            connection = connections[self.place.alias]
+            connection.ensure_connection()
+            # PostgreSQL wakes the workers itself as the transaction commits (NOTIFY).
+            assert isinstance(store, postgres_store())  # noqa: S101 - place.py opens one
+            mjob = store.enqueue(job, connection=connection.connection, **options)
+        result = job.result_of(mjob, task)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        """The task's result as liteq has it now; TaskResultDoesNotExist if no task has
+        that id (or its result expired: KEEP_RESULT)."""
+        try:
+            job_id = int(result_id)
+        except (TypeError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        store = self.store
+        try:
+            mjob = store.get(job_id)
+            if mjob.job is None and lookup(mjob.job_type) is None:
+                _import_task(mjob.job_type)  # (its module makes the job type)
+                mjob = store.get(job_id)
+            job = mjob.job
+            if not isinstance(job, TaskJob):
+                raise TaskResultDoesNotExist(f"job {job_id} is no Django task")
+            return job.result_of(mjob, job.bound(mjob))
+        except (JobNotFound, ResultExpired) as exc:
+            raise TaskResultDoesNotExist(result_id) from exc
+
+    def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
+        """`manage.py check`: where the queue lives must be one liteq can use."""
+        where = f"TASKS[{self.alias!r}]"
+        try:
+            self.refuse_shared_sqlite()
+            on_postgres = vendor(self.place) == "postgresql"
+        except ImproperlyConfigured as exc:
+            yield checks.Error(str(exc), obj=where, id="liteq.E001")
+            return
+        if on_postgres:
+            from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+            if not is_psycopg3:
+                yield checks.Error(
+                    "liteq joins Django's PostgreSQL transactions through psycopg 3: "
+                    "pip install 'psycopg[binary]' (Django uses it when it is installed)",
+                    obj=where,
+                    id="liteq.E002",
+                )
+
+
+def _import_task(path: str) -> None:
+    """Import the task a job names, if there is one (its module makes its job type)."""
+    from django.utils.module_loading import import_string
+
+    with contextlib.suppress(ImportError):
+        import_string(path)
+
+
+def _aware(when: datetime) -> datetime:
+    """run_after as liteq takes it: aware (Django's naive times, USE_TZ off, are in its
+    TIME_ZONE)."""
+    return when if timezone.is_aware(when) else timezone.make_aware(when)
+
+
+def _seconds(value: object) -> float:
+    """KEEP_RESULT in seconds: a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ImproperlyConfigured(
+            f"liteq OPTIONS KEEP_RESULT must be a positive number of seconds, not {value!r}"
+        )
+    return float(value)

@@ -1,0 +1,172 @@
+"""Django's tasks framework on liteq: a real Django project (tests/django_project) in a
+Python 3.12+ environment of its own (tests/django_project/venv.py), its real manage.py
+commands as separate processes, on PostgreSQL (the queue in the site's database: the
+outbox) and on SQLite (the queue in a file of its own).
+
+Without a Python 3.12+ these tests are skipped, saying why; under LITEQ_REQUIRE_DJANGO=1
+(CI sets it) that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from tests import pg
+from tests.django_project import venv
+
+PROJECT = Path(__file__).parent / "django_project"
+
+pytestmark = pytest.mark.timeout(300)  # (a first run builds the environment: about 30 s)
+
+
+@pytest.fixture(scope="module")
+def python() -> Path:
+    """The Django environment's python, built once and reused."""
+    built = venv.ensure_venv()
+    if built is None:
+        reason = (
+            "no Python 3.12+ for Django 6 (pyenv, PATH or uv): see tests/django_project/venv.py"
+        )
+        if os.environ.get("LITEQ_REQUIRE_DJANGO") == "1":
+            pytest.fail(reason + " (LITEQ_REQUIRE_DJANGO=1)")
+        pytest.skip(reason)
+    return built
+
+
+def manage(python: Path, env: dict[str, str], *args: str, check: bool = True) -> str:
+    """Run the project's manage.py; its stdout."""
+    result = subprocess.run(
+        [str(python), "manage.py", *args],
+        cwd=PROJECT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert result.returncode == 0, f"manage.py {' '.join(args)}:\n{result.stderr[-3000:]}"
+    return result.stdout if check else result.stdout + result.stderr
+
+
+@pytest.fixture
+def postgres_site() -> Iterator[dict[str, str]]:
+    """The site on PostgreSQL, in a database of the test's own (dropped after)."""
+    dsn = pg.dsn_or_skip()
+    name = f"liteq_dj_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    params = conninfo_to_dict(dsn)
+    try:
+        yield {
+            "SHOP_DB": "postgresql",
+            "SHOP_PG_NAME": name,
+            "SHOP_PG_HOST": str(params.get("host", "127.0.0.1")),
+            "SHOP_PG_PORT": str(params.get("port", "5432")),
+            "SHOP_PG_USER": str(params.get("user", "postgres")),
+        }
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def run_the_shop(python: Path, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Migrate and enqueue (a view, an atomic block rolled back, ...), run one burst
+    worker, and read every result back: (the ids, what get_result says of them)."""
+    ids = json.loads(manage(python, env, "shop_enqueue", "--migrate"))
+    manage(python, env, "liteq_work", "--burst", "--processes", "1", "-q")
+    wanted = [v for k, v in ids.items() if k not in ("later_status", "refused")]
+    return ids, json.loads(manage(python, env, "shop_results", *wanted))
+
+
+def check_the_runs(ids: dict[str, Any], seen: dict[str, Any]) -> None:
+    """What every place the queue may live shows alike."""
+    runs = seen["runs"]
+    assert runs.count("receipt book") == 1  # exactly once
+    done = seen[ids["committed"]]
+    assert done["status"] == "SUCCESSFUL"
+    assert done["value"] == {"order": 1, "item": "book"}
+    assert done["attempts"] == 1 and done["times"] == [True, True, True]
+    assert done["same_async"]
+
+    failed = seen[ids["failing"]]
+    assert failed["status"] == "FAILED"
+    assert failed["errors"] == [["shop.tasks.Refused", "shop.tasks.Refused: no stock", "Refused"]]
+    assert runs.count("refuse no stock") == 1
+
+    assert ids["later_status"] == "READY"
+    later = seen[ids["later"]]  # run_after an hour from now: not run by a burst
+    assert later["status"] == "READY" and "later" not in runs
+    assert later["times"] == [True, False, False]
+
+    assert seen[ids["high"]]["priority"] == 50 and seen[ids["low"]]["priority"] == -5
+    assert runs.index("high") < runs.index("receipt book") < runs.index("low")
+
+    mail = seen[ids["async"]]  # an async def task, on the mail queue
+    assert mail["status"] == "SUCCESSFUL" and mail["value"] == "sent to ann@example.com"
+    assert mail["queue"] == "mail" and runs.count("mail ann@example.com") == 1
+
+    assert seen[ids["context"]]["value"] == 1 and "attempt 1" in runs  # takes_context
+    assert seen[ids["aenqueued"]]["value"] == "from async"
+
+    module_level, importable = ids["refused"]  # (Django's InvalidTask, both)
+    assert "module level" in module_level and "__main__" in importable
+
+
+def test_postgresql_the_queue_in_the_sites_database(
+    python: Path, postgres_site: dict[str, str]
+) -> None:
+    ids, seen = run_the_shop(python, postgres_site)
+    check_the_runs(ids, seen)
+    # The outbox: the job enqueued in the block that rolled back never existed.
+    assert seen[ids["rolled_back"]] is None
+    assert not any(r.startswith("receipt lost") for r in seen["runs"])
+    with psycopg.connect(_site_dsn(postgres_site)) as conn:
+        count = conn.execute("SELECT count(*) FROM shop_jobs.jobs").fetchone()
+    assert count is not None and count[0] >= 8  # liteq's tables, in the site's database
+
+
+def _site_dsn(env: dict[str, str]) -> str:
+    return (
+        f"host={env['SHOP_PG_HOST']} port={env['SHOP_PG_PORT']} "
+        f"user={env['SHOP_PG_USER']} dbname={env['SHOP_PG_NAME']}"
+    )
+
+
+def test_sqlite_site_with_a_queue_file_of_its_own(python: Path, tmp_path: Path) -> None:
+    env = {
+        "SHOP_SQLITE": str(tmp_path / "site.sqlite3"),
+        "SHOP_QUEUE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+    }
+    ids, seen = run_the_shop(python, env)
+    check_the_runs(ids, seen)
+    # A queue of its own shares no transaction: the rolled-back order's job was written,
+    # and ran (and failed: its order is gone).
+    assert seen[ids["rolled_back"]]["status"] == "FAILED"
+    # liteq's tools on the same queue, through manage.py.
+    status = manage(python, env, "liteq", "jobs", "--json")
+    assert {job["id"] for job in json.loads(status)["jobs"]} >= {int(ids["committed"])}
+
+
+def test_a_sqlite_site_database_is_refused_for_the_queue(python: Path, tmp_path: Path) -> None:
+    """Django's sqlite3 and liteq's apsw are two copies of SQLite: on one file in one
+    process (a worker), closing one drops the other's locks, and the log can be deleted
+    under it. Refused, whether DATABASE or a URL names the site's file."""
+    site = tmp_path / "site.sqlite3"
+    env = {"SHOP_SQLITE": str(site), "SHOP_QUEUE_URL": ""}
+    said = manage(python, env, "check", check=False)
+    assert "liteq.E001" in said and "two copies of SQLite" in said
+    sqlite3.connect(site).close()  # (the site's file, there)
+    env["SHOP_QUEUE_URL"] = f"sqlite:///{site}"
+    said = manage(python, env, "liteq_work", "--burst", check=False)
+    assert "two copies of SQLite" in said
