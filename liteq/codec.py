@@ -80,6 +80,15 @@ def encode_as(job: Job, how: HowToEncode) -> tuple[str, str]:
     name, head, plain, pickled = how
     # The default to_state() copies the attributes; encoding only reads them.
     state = vars(job) if plain else job.to_state()
+    methods = _METHODS.get(type(job))
+    if methods is None:
+        methods = _METHODS[type(job)] = _methods_of(type(job))
+    if not methods.isdisjoint(state):
+        hidden = sorted(methods.intersection(state))[0]
+        raise TypeError(
+            f"{name}: its state's key {hidden!r} would hide the method {hidden}() of the job "
+            "decoded from it: give that value another name"
+        )
     if pickled:
         try:
             blob = base64.b64encode(pickle.dumps(state, protocol=5)).decode("ascii")
@@ -100,6 +109,19 @@ def encode_as(job: Job, how: HowToEncode) -> tuple[str, str]:
     ):
         raise _too_deep(name)
     return name, text
+
+
+#: Each job class's method names: a state key among them would hide a method once decoded
+#: (from_state sets the attributes).
+_METHODS: dict[type, frozenset[str]] = {}
+
+
+def _methods_of(cls: type) -> frozenset[str]:
+    return frozenset(
+        name
+        for name in dir(cls)
+        if not name.startswith("__") and callable(getattr(cls, name, None))
+    )
 
 
 _DECODER = json.JSONDecoder()

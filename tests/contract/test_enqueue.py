@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import liteq
@@ -110,10 +110,21 @@ _JSON_VALUES = st.recursive(
 
 @given(st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=5))
 def test_a_payload_is_exactly_the_json_of_its_state(state: dict[str, Any]) -> None:
+    assume(not any(callable(getattr(Noop, key, None)) for key in state))  # (refused: below)
     name, payload = encode(Noop.from_state(state))
     expected = {"type": name, "state": state}
     assert payload == json.dumps(expected, separators=(",", ":"), allow_nan=False)
     assert decode(payload).to_state() == state
+
+
+@pytest.mark.parametrize("key", ["to_state", "run", "retry_delay"])
+def test_a_state_key_that_would_hide_a_method_is_refused(
+    store: liteq.stores.BaseStore, key: str
+) -> None:
+    # Decoded, the job would have the value where its method was: it could never run.
+    with pytest.raises(TypeError, match=f"key '{key}' would hide the method {key}"):
+        store.enqueue(Noop.from_state({"n": 1, key: None}))
+    assert store.count() == 0
 
 
 def test_after_a_refused_state_the_same_objects_still_encode() -> None:
