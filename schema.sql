@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 10 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 12 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
@@ -85,6 +85,40 @@ BEGIN
     UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
 END;
 
+-- How many jobs each queue holds in each status, kept by triggers in the transaction of
+-- every insert, delete and change of status (whoever writes: liteq, or an application's
+-- own connection), so that counting costs a few rows whatever the queue's size. A row
+-- stays at 0 once its jobs are gone. `liteq db check` compares it with a scan.
+CREATE TABLE liteq_counts (
+    queue  TEXT    NOT NULL,
+    status TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (queue, status)
+) WITHOUT ROWID;
+
+CREATE TRIGGER liteq_jobs_count_insert AFTER INSERT ON liteq_jobs
+BEGIN
+    INSERT INTO liteq_counts (queue, status, n) VALUES (new.queue, new.status, 1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER liteq_jobs_count_delete AFTER DELETE ON liteq_jobs
+BEGIN
+    UPDATE liteq_counts SET n = n - 1 WHERE queue = old.queue AND status = old.status;
+END;
+
+CREATE TRIGGER liteq_jobs_count_update AFTER UPDATE OF queue, status ON liteq_jobs
+    WHEN old.status <> new.status OR old.queue <> new.queue
+BEGIN
+    INSERT INTO liteq_counts (queue, status, n)
+        VALUES (old.queue, old.status, -1), (new.queue, new.status, 1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n;
+END;
+
+-- Queued jobs that carry an error (a retry's, or waiting for a worker that knows their
+-- type): what the overview's count of the latter reads, without a scan of the queue.
+CREATE INDEX liteq_jobs_erred ON liteq_jobs (queue) WHERE status = 'queued' AND error IS NOT NULL;
+
 -- Queue settings, and what workers finished in each queue since it was made. A paused
 -- queue accepts jobs; workers claim none from it.
 CREATE TABLE liteq_queues (
@@ -134,4 +168,23 @@ CREATE TABLE liteq_schedules (
     seen_at   REAL    NOT NULL
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 10;
+-- The autoscaled pools of `liteq work` supervisors (one row per supervisor and pool), as
+-- each supervisor last reported them: at each decision and every few seconds. A stopping
+-- supervisor deletes its rows; a killed one's are no longer listed after 30 s and deleted
+-- at a later report. Read by `liteq status`, the dashboard and /metrics.
+CREATE TABLE liteq_pools (
+    supervisor  TEXT    NOT NULL,  -- host/pid/start/token of the supervisor
+    name        TEXT    NOT NULL,  -- the pool's name: its queues, comma-separated, or all
+    host        TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    processes   INTEGER NOT NULL,  -- its worker processes now, running or starting
+    minimum     INTEGER NOT NULL,
+    maximum     INTEGER NOT NULL,
+    target_wait REAL    NOT NULL,  -- seconds
+    decision    TEXT    NOT NULL,  -- the last decision's log line ('' before the first)
+    decided_at  REAL,
+    beat_at     REAL    NOT NULL,
+    PRIMARY KEY (supervisor, name)
+) WITHOUT ROWID;
+
+PRAGMA user_version = 12;

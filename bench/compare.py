@@ -4,8 +4,9 @@
     python bench/compare.py ../other --rounds 12 --jobs 50000
 
 Each round runs, in a fresh process per checkout and in alternating order, 20,000 single
-enqueues and a Worker draining 20,000 noop jobs (prefetch 1) on a new file; the medians
-and their ratio are printed. Turns and medians keep a noisy machine's drift out of the
+enqueues and a Worker draining 20,000 noop jobs (prefetch=1: one job per claim in both,
+the default before workers sized their claims) on a new file; the medians and their ratio
+are printed. Turns and medians keep a noisy machine's drift out of the
 ratio; seconds still vary, so read several rounds (bench/instructions.py counts CPU
 instructions instead, which repeat, but leaves out the kernel).
 """
@@ -30,7 +31,7 @@ n = int(sys.argv[2])
 store = liteq.SQLiteStore(os.path.join(tempfile.mkdtemp(), "q.sqlite"))
 store.enqueue_many([Noop(1) for _ in range(n)])
 began = time.perf_counter()
-liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start()
+liteq.Worker(store, exit_if_no_jobs=True, jitter=False, prefetch=1).start()
 drain = n / (time.perf_counter() - began)
 began = time.perf_counter()
 for _ in range(n):

@@ -1,8 +1,15 @@
-"""PostgresStore against a raw psycopg floor, measured in one run on this machine.
+"""liteq on PostgreSQL beside pgqueuer at defaults, and against a raw psycopg floor.
 
-    python bench/postgres.py                     # about three minutes
+    python bench/postgres.py                     # about six minutes
     python bench/postgres.py --quick             # smaller counts, one pass
+    python bench/postgres.py --only defaults     # only beside pgqueuer (--only floor: the rest)
     python bench/postgres.py --dsn postgresql://user@host/db
+
+At defaults: 20,000 no-op jobs, drained by each library's worker at its defaults (`liteq
+work --burst`, pgqueuer's drain mode), one and two processes, start-up included, rounds in
+turns, medians. pgqueuer is installed on first use into the peers' virtualenv that
+bench/coroutines.py makes (bench/.peers, outside git; --peers names another), and gets a
+database of its own on the server, dropped after (the user needs CREATEDB).
 
 The server: --dsn, else LITEQ_BENCH_POSTGRES, else what the tests use (tests/pg.py: a
 server on 127.0.0.1:5432, or a throwaway cluster). Each measure runs in a schema of its own,
@@ -33,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -227,6 +234,147 @@ def procrastinate_workload(dsn: str, n: int) -> tuple[float, float] | None:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 
+# -- pgqueuer, side by side, each at its defaults ---------------------------------------------
+# (Run as `pgq run bench_pgq:main --mode drain` does, through pgqueuer.run: pgqueuer
+# 1.6.0's command line fails at its default log level.)
+PGQUEUER_APP = """
+import asyncio, os
+from contextlib import asynccontextmanager
+
+import psycopg
+import pgqueuer
+from pgqueuer import PgQueuer, PsycopgDriver
+from pgqueuer.types import QueueExecutionMode
+
+
+@asynccontextmanager
+async def main():
+    conn = await psycopg.AsyncConnection.connect(os.environ["BENCH_DSN"], autocommit=True)
+    pgq = PgQueuer(PsycopgDriver(conn))
+
+    @pgq.entrypoint("noop")
+    async def noop(job) -> None:
+        pass
+
+    yield pgq
+    await conn.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(pgqueuer.run("bench_pgq:main", mode=QueueExecutionMode.drain))
+"""
+PGQUEUER_ENQUEUE = """
+import asyncio, os, sys
+
+import psycopg
+from pgqueuer import PsycopgDriver, Queries
+
+
+async def main(n: int) -> None:
+    conn = await psycopg.AsyncConnection.connect(os.environ["BENCH_DSN"], autocommit=True)
+    queries = Queries(PsycopgDriver(conn))
+    for done in range(0, n, 1000):
+        k = min(1000, n - done)
+        await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def pgqueuer_python(venv: Path) -> Path:
+    """The peers' interpreter (bench/coroutines.py's environment), with pgqueuer added."""
+    from bench.coroutines import peers_python
+
+    python = peers_python(venv)
+    if subprocess.run([str(python), "-c", "import pgqueuer"], capture_output=True).returncode:
+        print(f"installing pgqueuer into {venv} ...", flush=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "pgqueuer"], check=True, stdout=sys.stderr
+        )
+    return python
+
+
+def version(python: Path, package: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
+
+
+def drain_at_defaults(system: str, dsn: str, python: Path, processes: int, n: int) -> float:
+    """Jobs/s of `processes` worker processes at their defaults draining n no-op jobs, from
+    their start (start-up included) until no job is left: `liteq work --processes N
+    --burst` (in a schema of its own), or N pgqueuer workers in drain mode (in a database of
+    its own). Both exit once the queue is empty; pgqueuer only seconds later, which is not
+    counted."""
+    from bench.coroutines import database
+
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        if system == "liteq":
+            s = stack.enter_context(schema(dsn))
+            url, db = with_schema(dsn, s), dsn
+            with liteq.connect(url) as store:
+                for _ in range(n // 1000):
+                    store.enqueue_many([Noop(1) for _ in range(1000)])
+            left = f"SELECT count(*) FROM {s}.jobs WHERE status IN ('queued', 'running')"  # noqa: S608
+            began = time.perf_counter()
+            workers = [liteq_work(url, "--processes", str(processes), "--burst")]
+        else:
+            db = stack.enter_context(database(dsn, pg_name()))
+            env = {**os.environ, "BENCH_DSN": db}
+            left = "SELECT count(*) FROM pgqueuer"
+            env["PYTHONPATH"] = tmp
+            Path(tmp, "bench_pgq.py").write_text(PGQUEUER_APP)
+            Path(tmp, "bench_pgq_enqueue.py").write_text(PGQUEUER_ENQUEUE)
+            pgq = str(python.parent / "pgq")
+            install = [pgq, "--pg-dsn", env["BENCH_DSN"], "install"]
+            subprocess.run(install, check=True, env=env, capture_output=True)
+            enqueue = [str(python), "bench_pgq_enqueue.py", str(n)]
+            subprocess.run(enqueue, check=True, env=env, cwd=tmp)
+            run = [str(python), "bench_pgq.py"]
+            began = time.perf_counter()
+            workers = [
+                subprocess.Popen(run, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+                for _ in range(processes)
+            ]
+        with psycopg.connect(db, autocommit=True) as conn:
+            while conn.execute(left.encode()).fetchone() != (0,):
+                time.sleep(0.01)
+        took = time.perf_counter() - began
+        for worker in workers:
+            if worker.wait() != 0:
+                raise RuntimeError(f"{system}'s worker exited {worker.returncode}")
+        return n / took
+
+
+def pg_name() -> str:
+    return f"bench_pgqueuer_{os.getpid()}_{random.randrange(1 << 20)}"
+
+
+def with_schema(dsn: str, s: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}schema={s}"
+
+
+def at_defaults(dsn: str, venv: Path, n: int, rounds: int) -> None:
+    """liteq and pgqueuer, each's worker command at its defaults, in turns; medians."""
+    python = pgqueuer_python(venv)
+    got: dict[tuple[str, int], list[float]] = {}
+    for turn in range(rounds):
+        runs = [(system, p) for p in (1, 2) for system in ("liteq", "pgqueuer")]
+        for system, processes in runs[turn % 2 :] + runs[: turn % 2]:
+            rate_ = drain_at_defaults(system, dsn, python, processes, n)
+            got.setdefault((system, processes), []).append(rate_)
+            print(f"  {system}, {processes} process(es): {rate_:,.0f} jobs/s", flush=True)
+    print(
+        f"\n{n:,} no-op jobs, each worker command at its defaults, start-up included, "
+        f"median of {rounds}; pgqueuer {version(python, 'pgqueuer')}\n"
+        "| worker processes | pgqueuer | liteq | liteq / pgqueuer |\n|---|---|---|---|"
+    )
+    for processes in (1, 2):
+        ours = statistics.median(got["liteq", processes])
+        theirs = statistics.median(got["pgqueuer", processes])
+        print(f"| {processes} | {theirs:,.0f} jobs/s | {ours:,.0f} jobs/s | {ours / theirs:.2f} |")
+
+
 # -- the run --------------------------------------------------------------------------------
 def one_pass(dsn: str, n: int, batched: int) -> dict[str, float]:
     """One measure of each, the floor and liteq in turn, each on fresh tables."""
@@ -252,8 +400,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="the server (default: see the module's docstring)")
     parser.add_argument("--quick", action="store_true", help="small counts, one pass")
+    parser.add_argument(
+        "--only",
+        choices=["floor", "defaults"],
+        help="only the measures against the floor, or only those at defaults beside pgqueuer",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds at defaults (default 3)")
+    parser.add_argument("--peers", type=Path, default=ROOT / "bench" / ".peers")
     args = parser.parse_args()
     dsn = server(args.dsn)
+    if args.only != "floor":
+        jobs = 2_000 if args.quick else 20_000
+        at_defaults(dsn, args.peers, jobs, 1 if args.quick else args.rounds)
+    if args.only == "defaults":
+        return
     n, batched, passes = (500, 5_000, 1) if args.quick else (3_000, 30_000, 3)
     print(f"{where(dsn)}, {passes} pass(es)", flush=True)
     results: dict[str, list[float]] = {}

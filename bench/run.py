@@ -137,13 +137,15 @@ class Report:
         return "\n".join(lines)
 
 
-def drain_in_processes(db: Path, processes: int, prefetch: int = 1) -> tuple[float, int]:
-    """Drain `db` with `liteq work --burst`; return jobs/s and the largest worker RSS seen."""
+def drain_in_processes(db: Path, processes: int, prefetch: int | None) -> tuple[float, int]:
+    """Drain `db` with `liteq work --burst` (`--prefetch` unless None: the default, each
+    worker sizing its claims); return jobs/s and the largest worker RSS seen."""
     import psutil  # liteq's own dependency
 
     count = liteq.SQLiteStore(db).count()
     began = time.perf_counter()
-    work = liteq_work(db, "--processes", str(processes), "--prefetch", str(prefetch), "--burst")
+    flags = [] if prefetch is None else ["--prefetch", str(prefetch)]
+    work = liteq_work(db, "--processes", str(processes), *flags, "--burst")
     peak = 0
     # Sample the workers' memory while they run. Finding them (children() reads every
     # process in /proc, ~1 ms) only until they are found: sampling must not take CPU from
@@ -244,6 +246,16 @@ def liteq_insert_alone(store: liteq.SQLiteStore, n: int) -> None:
         store._insert_one(record)
 
 
+#: `liteq work --prefetch` as measured: one job per claim, the default (None: sized by each
+#: worker), 100.
+PREFETCHES = (1, None, 100)
+
+
+def work_key(label: str, processes: int, prefetch: int | None) -> str:
+    flag = "" if prefetch is None else f" --prefetch {prefetch}"
+    return f"liteq work, {label} jobs, --processes {processes}{flag}"
+
+
 def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
     """One pass of the throughput measures: label -> (floor, liteq)."""
     out: dict[str, tuple[float | None, float]] = {}
@@ -263,7 +275,7 @@ def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
     f = rate(n, lambda: floor_drain(floor, n))
     out["claim + complete, one worker"] = (
         f,
-        rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False).start),
+        rate(n, liteq.Worker(store, exit_if_no_jobs=True, jitter=False, prefetch=1).start),
     )
     page_size = page_size_of(tmp / "liteq.sqlite")
     small = floor_db(tmp / "floor-small-pages.sqlite", page_size=page_size)
@@ -301,14 +313,14 @@ def throughput(tmp: Path, n: int) -> dict[str, tuple[float | None, float]]:
     )
     full.close()
     for label, make, count in (("noop", Noop, n), ("1 ms", Sleep, max(500, n // 10))):
-        for prefetch in (1, 100):
+        for prefetch in PREFETCHES:
             # Enough jobs that starting the processes (~0.3 s) does not dominate.
-            jobs = count * 5 if label == "noop" and prefetch > 1 else count
+            jobs = count * 5 if label == "noop" and prefetch != 1 else count
             for processes in (1, 2):
                 path = tmp / f"work-{label}-{prefetch}-{processes}.sqlite"
                 liteq.SQLiteStore(path).enqueue_many([make() for _ in range(jobs)])
                 jobs_per_s, rss = drain_in_processes(path, processes, prefetch)
-                key = f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}"
+                key = work_key(label, processes, prefetch)
                 out[key] = (None, jobs_per_s)
                 out[f"rss {key}"] = (None, rss)
     return out
@@ -349,14 +361,15 @@ def main() -> None:
     enqueue_rate = median("enqueue, one per transaction")[1]
     drain_rate = median("claim + complete, one worker")[1]
     for label in ("noop", "1 ms"):
-        for prefetch in (1, 100):
+        for prefetch in PREFETCHES:
             rates = []
             for processes in (1, 2):
-                key = f"liteq work, {label} jobs, --processes {processes} --prefetch {prefetch}"
+                key = work_key(label, processes, prefetch)
                 rates.append(median(key)[1])
                 report.add(key, None, rates[-1])
             report.note(
-                f"{label} jobs, prefetch {prefetch}: 2 processes / 1", f"{rates[1] / rates[0]:.2f}"
+                f"{label} jobs, prefetch {prefetch or 'default'}: 2 processes / 1",
+                f"{rates[1] / rates[0]:.2f}",
             )
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

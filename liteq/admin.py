@@ -88,10 +88,34 @@ def overview(store: Store) -> dict[str, Any]:
             for w in live_workers(store)
         ],
     }
+    report["pools"] = autoscaled_pools(store)
     file = store.file_info()
     if file is not None:
         report["file"] = {"path": file.path, "wal_bytes": file.wal_bytes}
     return report
+
+
+def autoscaled_pools(store: Store) -> list[dict[str, Any]]:
+    """The pools of `liteq work --autoscale/--pool` supervisors that run (as they reported
+    at their last decision or within seconds): per pool its worker processes now, its
+    limits and target wait, and its last decision (its log line, and when: the store's
+    epoch seconds; None before its first)."""
+    return [
+        {
+            "pool": p.name,
+            "host": p.host,
+            "pid": p.pid,  # the supervisor's
+            "processes": p.processes,
+            "min": p.minimum,
+            "max": p.maximum,
+            "target_wait": p.target_wait,
+            "last_decision": p.decision or None,
+            "decided_at": p.decided_at,
+            "reported_at": p.beat_at,
+        }
+        for p in store.pools()
+        if owner_state(p.supervisor) != "dead"
+    ]
 
 
 def queue_names(store: Store) -> set[str]:
@@ -243,13 +267,15 @@ def purge(
 def purgeable(
     store: Store, status: Status, *, queue: str | None = None, older_than: float | None = None
 ) -> int:
-    """How many jobs purge() would delete now (for a dry run, or a confirmation)."""
-    before = None if older_than is None else store.clock() - older_than
+    """How many jobs purge() would delete now (for a dry run, or a confirmation): all of a
+    status from the kept counts; those finished before a time by a listing."""
+    if older_than is None:
+        return store.count(queue=queue, status=Status(status))
+    before = store.clock() - older_than
     return sum(
         1
         for mjob in each(store, JobQuery(queue=queue, status=Status(status), limit=500))
-        if before is None
-        or (mjob.finished_at is not None and mjob.finished_at.timestamp() < before)
+        if mjob.finished_at is not None and mjob.finished_at.timestamp() < before
     )
 
 

@@ -411,6 +411,36 @@ def test_a_url_with_the_host_in_its_query_string_connects() -> None:
         pg.drop_schema(schema)
 
 
+def test_liteq_work_never_logs_the_password_of_its_url(tmp_path: Path) -> None:
+    schema = pg.new_schema()
+    parts = psycopg.conninfo.conninfo_to_dict(pg.dsn_or_skip())
+    netloc = f"{parts['user']}:s3cret-pw@{parts['host']}:{parts.get('port', 5432)}"
+    url = f"postgresql://{netloc}/{parts['dbname']}?schema={schema}&password=s3cret-q"
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "liteq",
+                "work",
+                "--db",
+                url,
+                "--burst",
+                "--import",
+                "tests.jobs",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"on postgresql://{parts['user']}@" in done.stderr  # (the line is there)
+        assert "s3cret" not in done.stdout + done.stderr
+    finally:
+        pg.drop_schema(schema)
+
+
 # -- faults --------------------------------------------------------------------------------
 @pytest.mark.timeout(180)
 def test_a_server_restart_loses_no_job_and_runs_none_twice(tmp_path: Path) -> None:
@@ -681,7 +711,9 @@ def test_the_admin_commands_work_on_postgres(url: str, tmp_path: Path) -> None:
     purge = liteq_cmd("purge", "--status", "failed", "--dry-run")
     assert purge.returncode == 0 and "nothing to delete" in purge.stdout
     check = liteq_cmd("db", "check")
-    assert check.returncode == 2 and "SQLite queue files" in check.stderr
+    assert check.returncode == 0 and "counts of jobs: ok" in check.stdout
+    vacuum = liteq_cmd("db", "vacuum")
+    assert vacuum.returncode == 2 and "SQLite queue files" in vacuum.stderr
 
 
 @pytest.mark.timeout(90)

@@ -12,7 +12,10 @@ def runs_by_job(trace: Path) -> dict[int, list[dict[str, object]]]:
     runs: dict[int, list[dict[str, object]]] = {}
     if not trace.exists():  # no job ran (every one was coalesced, say)
         return runs
-    for line in trace.read_text().splitlines():
+    text = trace.read_text()
+    if not text.endswith("\n"):  # a line being written as we read: not an event yet
+        text = text[: text.rfind("\n") + 1]
+    for line in text.splitlines():
         event = json.loads(line)
         job_runs = runs.setdefault(event["id"], [])
         if event["event"] == "start":

@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from liteq.cli.common import (
     OK,
@@ -19,7 +19,7 @@ from liteq.cli.common import (
     open_store,
     store_url,
 )
-from liteq.stores import BaseStore, sqlite_path
+from liteq.stores import BaseStore, shown_url, sqlite_path
 
 DEFAULT_PORT: Final = 8350
 INSTALL: Final = "pip install 'liteq-jobs[dashboard]'"
@@ -79,11 +79,7 @@ def label(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme.lower() == "sqlite":
         return sqlite_path(url)
-    if parts.password is not None:
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        parts = parts._replace(netloc=f"{parts.username or ''}@{host}{port}")
-    return urlunsplit(parts)
+    return shown_url(url)
 
 
 def _dashboard(args: argparse.Namespace) -> int:

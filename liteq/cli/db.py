@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -20,6 +21,8 @@ from liteq.cli.common import (
 from liteq.cli.output import Progress, emit_json
 from liteq.errors import StoreCorrupt
 from liteq.stores import SQLiteStore
+from liteq.stores.base import BaseStore
+from liteq.stores.contract import CountDrift
 
 
 def add_parsers(sub: Commands) -> None:
@@ -28,12 +31,16 @@ def add_parsers(sub: Commands) -> None:
     actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = actions.add_parser(
         "check",
-        help="check the file for damage",
+        help="check the file for damage, and the kept counts of jobs against a scan",
         description="Check an SQLite queue file with PRAGMA quick_check (--full: "
         "integrity_check, which also compares indexes with their tables), and show the size "
-        "of its write-ahead log. Exit 0: no damage; 1: damage found; 2: no queue there.",
+        "of its write-ahead log; then, on SQLite and PostgreSQL, compare the counts of jobs "
+        "per queue and status that `liteq status` reads with a scan of the jobs (--repair: "
+        "set them from the scan). Exit 0: no damage, counts right (or repaired); 1: damage "
+        "or wrong counts found; 2: no queue there.",
     )
     check.add_argument("--full", action="store_true", help="also check indexes (slower)")
+    check.add_argument("--repair", action="store_true", help="set wrong counts of jobs from a scan")
     check.set_defaults(func=_check)
     vacuum = actions.add_parser(
         "vacuum",
@@ -72,17 +79,63 @@ def _store(args: argparse.Namespace, *, readonly: bool) -> SQLiteStore:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        store = _store(args, readonly=True)
-        problems = store.integrity(full=args.full)
+        store = open_existing(args) if args.repair else open_store(args, readonly=True)
+        file = store if isinstance(store, SQLiteStore) else None
+        problems = [] if file is None else file.integrity(full=args.full)
+        # Damage first: counts read from a damaged file say nothing, and a repair would
+        # write into it.
+        drift = [] if problems else store.check_counts(repair=args.repair)
     except StoreCorrupt as exc:
         raise Failure(str(exc), PARTLY) from None
-    wal = store.wal_bytes()
+    name = _name(store)
+    wal = None if file is None else file.wal_bytes()
+    wrong = bool(drift) and not args.repair
     if args.json:
-        emit_json({"path": store.path, "ok": not problems, "problems": problems, "wal_bytes": wal})
-        return PARTLY if problems else OK
-    if not problems:
-        print(f"{store.path}: ok (write-ahead log {wal:,} bytes)")
-        return OK
+        found = [dataclasses.asdict(d) for d in drift]
+        emit_json(
+            {
+                "path": name,
+                "ok": not problems and not wrong,
+                "problems": problems,
+                "wal_bytes": wal,
+                "counts": found,
+                "repaired": args.repair and bool(drift),
+            }
+        )
+        return PARTLY if problems or wrong else OK
+    if file is not None and problems:
+        _print_damage(file, problems)
+        return PARTLY
+    print(f"{name}: ok" + ("" if wal is None else f" (write-ahead log {wal:,} bytes)"))
+    _print_drift(drift, args.repair)
+    return PARTLY if wrong else OK
+
+
+def _name(store: BaseStore) -> str:
+    """What the check speaks of: a file's path, or a PostgreSQL queue's schema."""
+    if isinstance(store, SQLiteStore):
+        return store.path
+    schema = getattr(store, "schema", None)
+    return "the queue" if schema is None else f"schema {schema}"
+
+
+def _print_drift(drift: list[CountDrift], repaired: bool) -> None:
+    if not drift:
+        print("counts of jobs: ok (as a scan counts them)")
+        return
+    print("counts of jobs that differ from a scan (kept -> scanned):")
+    for d in drift[:20]:
+        print(f"  {d.queue} {d.status}: {d.kept:,} -> {d.scanned:,}")
+    if len(drift) > 20:
+        print(f"  … and {len(drift) - 20} more")
+    if repaired:
+        print("repaired: every count set from the scan")
+    else:
+        print("something wrote to the jobs around liteq's triggers; `liteq db check --repair`")
+        print("sets the counts from a scan (writers wait for it meanwhile)")
+
+
+def _print_damage(store: SQLiteStore, problems: list[str]) -> None:
     print(f"{store.path} is damaged; SQLite says:")
     for line in problems[:20]:
         print(f"  {line}")
@@ -92,7 +145,6 @@ def _check(args: argparse.Namespace) -> int:
         "Stop every process that uses it, then restore it from a backup, or save what "
         f"it holds with `sqlite3 {store.path} .recover | sqlite3 recovered.sqlite`."
     )
-    return PARTLY
 
 
 def _refuse_while_workers_run(store: SQLiteStore, doing: str) -> None:

@@ -41,7 +41,8 @@ def add_parsers(sub: Commands) -> None:
         help="each queue's jobs, throughput and live workers at a glance",
         description="Per queue: jobs by status, how long the oldest due job has waited, jobs "
         "completed and attempts failed in the last 1, 5 and 15 minutes, jobs waiting for a "
-        "worker that knows their type, paused or not; then the live workers.",
+        "worker that knows their type, paused or not; then the live workers, and the pools "
+        "of liteq work --autoscale/--pool (processes, limits, last decision).",
     )
     add_db(status)
     add_json(status)
@@ -119,6 +120,7 @@ def _print_status(store: Any, as_json: bool, *, one_line: bool = False) -> None:
     if as_json:
         for worker in report["workers"]:
             worker["since"], worker["last_beat"] = iso(worker["since"]), iso(worker["last_beat"])
+        _pools_as_json(report["pools"])
         if one_line:
             write_all(sys.stdout, json.dumps(report, ensure_ascii=False) + "\n")
         else:
@@ -172,8 +174,41 @@ def _print_status(store: Any, as_json: bool, *, one_line: bool = False) -> None:
                 for w in workers
             ],
         )
+    _print_pools(report["pools"])
     if "file" in report:
         print(f"\n{report['file']['path']}: write-ahead log {report['file']['wal_bytes']:,} bytes")
+
+
+def _pools_as_json(pools: list[dict[str, Any]]) -> None:
+    for p in pools:
+        p["reported_at"] = iso(p["reported_at"])
+        if p["decided_at"] is not None:
+            p["decided_at"] = iso(p["decided_at"])
+
+
+def _print_pools(pools: list[dict[str, Any]]) -> None:
+    """The autoscaled pools of running `liteq work` supervisors, if any."""
+    if not pools:
+        return
+    print(f"\n{len(pools)} autoscaled pool{'' if len(pools) == 1 else 's'}")
+    now = time.time()
+    table(
+        ("host", "supervisor", "pool", "processes", "min:max", "target wait", "last decision"),
+        [
+            (
+                p["host"],
+                p["pid"],
+                p["pool"],
+                p["processes"],
+                f"{p['min']}:{p['max']}",
+                f"{p['target_wait']:g} s",
+                "-"
+                if p["last_decision"] is None
+                else f"{ago(now - p['decided_at'])} ago: {p['last_decision']}",
+            )
+            for p in pools
+        ],
+    )
 
 
 # -- jobs -----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from liteq.cli.common import (
     up_to,
 )
 from liteq.errors import StoreUnavailable
+from liteq.options import check_text
 from liteq.worker.autoscale import DEFAULT_COOLDOWN, DEFAULT_TARGET_WAIT
 from liteq.worker.options import MAX_SLOTS, WorkerOptions
 
@@ -33,7 +34,7 @@ EXIT_IMPORTS: int = 70
 MAX_WAIT = 30.0
 
 if TYPE_CHECKING:
-    from liteq.worker.supervisor import PoolSpec
+    from liteq.worker.pools import PoolSpec
 
 log = logging.getLogger("liteq.supervisor")
 
@@ -74,6 +75,7 @@ def add_parser(sub: Commands) -> None:
         "--queue",
         dest="queues",
         action="append",
+        type=queue_name,
         metavar="QUEUE",
         help="serve only this queue (repeatable; default: all)",
     )
@@ -173,7 +175,8 @@ def add_parser(sub: Commands) -> None:
         type=up_to(MAX_SLOTS),
         default=DEFAULTS.prefetch,
         metavar="K",
-        help="claim K jobs per transaction and acknowledge in batches (short jobs)",
+        help="claim K jobs per transaction and acknowledge in batches (default: each worker "
+        "sizes its claims: one job, more while the queue is deep and its jobs short)",
     )
     work.add_argument(
         "--concurrency",
@@ -215,6 +218,7 @@ def _work(args: argparse.Namespace) -> int:
         force=True,
     )
     pools = autoscaled_pools(args)
+    reserve = memory_reserve() if pools else None
     url = store_url(args)
     _open_patiently(args)  # a bad URL or file fails now, not in a loop
     _check_imports(args.imports, url)
@@ -227,6 +231,7 @@ def _work(args: argparse.Namespace) -> int:
         verbose=args.verbose > 0,
         pools=pools,
         max_processes=args.max_processes,
+        memory_reserve=reserve,
     )
     return supervisor.run()
 
@@ -234,6 +239,22 @@ def _work(args: argparse.Namespace) -> int:
 #: For tests only: seconds a pool must be idle before it shrinks a step (else
 #: DEFAULT_COOLDOWN). An environment variable, not a flag: the cooldown is no knob to tune.
 COOLDOWN_ENV: Final = "LITEQ_AUTOSCALE_COOLDOWN"
+
+
+#: Bytes of available memory a new autoscaled worker must leave to the rest of the host
+#: (default: --guarantee-memory). An environment variable: a deployment's fact, rarely set.
+RESERVE_ENV: Final = "LITEQ_AUTOSCALE_RESERVE"
+
+
+def memory_reserve() -> int | None:
+    """LITEQ_AUTOSCALE_RESERVE in bytes (64M, 2G...), None if unset; a bad one refused."""
+    text = os.environ.get(RESERVE_ENV)
+    if not text:
+        return None
+    try:
+        return size(text)
+    except argparse.ArgumentTypeError as exc:
+        raise Failure(f"{RESERVE_ENV}: {exc}") from None
 
 
 def min_max(text: str) -> tuple[int, int]:
@@ -249,10 +270,19 @@ def min_max(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def queue_name(text: str) -> str:
+    """An argparse type: a queue name every store can hold, refused before any store is
+    opened."""
+    try:
+        return check_text(text, "a queue name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def pool(text: str) -> tuple[tuple[str, ...], int, int]:
     """An argparse type: QUEUES=MIN:MAX, QUEUES comma-separated queue names."""
     names, equals, limits = text.rpartition("=")
-    queues = tuple(q.strip() for q in names.split(","))
+    queues = tuple(queue_name(q.strip()) for q in names.split(","))
     if not equals or not all(queues):
         raise argparse.ArgumentTypeError(f"expected QUEUES=MIN:MAX (say mail=1:4), not {text!r}")
     return (queues, *min_max(limits))
@@ -261,7 +291,7 @@ def pool(text: str) -> tuple[tuple[str, ...], int, int]:
 def autoscaled_pools(args: argparse.Namespace) -> list[PoolSpec]:
     """The pools --autoscale or --pool ask for (none: a fixed --processes), checked."""
     from liteq.worker.autoscale import Limits
-    from liteq.worker.supervisor import PoolSpec
+    from liteq.worker.pools import PoolSpec
 
     if args.autoscale is None and not args.pools:
         for flag, value in (

@@ -35,6 +35,7 @@ __all__ = [
     "WorkerStore",
     "connect",
     "postgres_store",
+    "shown_url",
     "sqlite_path",
 ]
 
@@ -67,6 +68,23 @@ def sqlite_path(url: str) -> str:
     if not path:
         raise ValueError(f"the SQLite URL {url!r} names no file")
     return path
+
+
+def shown_url(url: str) -> str:
+    """`url` as a log line or a page may show it: a password, in the authority or as a
+    libpq `password=` parameter, left out."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    rest = url.split("://", 1)[1]
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        rest = f"{parts.username or ''}@{host}{rest[len(parts.netloc) :]}"
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        kept = [p for p in query.split("&") if p.split("=", 1)[0].lower() != "password"]
+        rest += f"?{'&'.join(kept)}" if kept else ""
+    return f"{url.split('://', 1)[0]}://{rest}"
 
 
 def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:

@@ -35,12 +35,14 @@ from liteq.record import WAITING, Record, evolve, held
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
 from liteq.stores.contract import (
+    CountDrift,
     Decide,
     FileInfo,
     Finished,
     Hung,
     JobQuery,
     MinuteCount,
+    PoolInfo,
     QueueCount,
     Store,
     Tx,
@@ -713,11 +715,27 @@ class BaseStore(Schedules):
         made (Prometheus counters; counted as `finished` says)."""
         return self._registry.totals()
 
+    def report_pools(self, supervisor: str, pools: Sequence[PoolInfo]) -> None:
+        """`liteq work --autoscale`: a supervisor's pools now, in place of its last report
+        (none: it stops)."""
+        self._registry.report_pools(supervisor, pools)
+
+    def pools(self) -> list[PoolInfo]:
+        """The autoscaled pools of the supervisors that reported lately (registry.POOL_LEASE)."""
+        return self._registry.pools()
+
     # -- the store itself ------------------------------------------------------
     def check_health(self) -> list[str]:
         """Conditions an operator should hear of (a growing WAL file, say), each in a
         sentence, new since the last call; workers and `liteq work` log them."""
         return []
+
+    def check_counts(self, *, repair: bool = False) -> list[CountDrift]:
+        """The kept counts of jobs per queue and status (what count(), summary() and the
+        overview read) that differ from a scan of the jobs: none, unless something wrote to
+        the store around its triggers. With `repair`, every count is set from the scan,
+        writers held off meanwhile. Scans the whole queue: for `liteq db check`."""
+        return self._check_counts(repair)
 
     def file_info(self) -> FileInfo | None:
         """The file the queue is kept in and its write-ahead log's size, for an operator;

@@ -81,10 +81,11 @@ Decide = Callable[[Record, float, float], str | Hung | None]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueCount:
-    """How many jobs of one status a queue holds. For queued jobs also: how many are due,
-    since when the oldest due one has waited (epoch seconds: its run_at, or for a job due
-    at once its created_at; None if none is
-    due), and how many wait for a worker that knows their type."""
+    """How many jobs of one status a queue holds (a kept count, never a scan). For queued
+    jobs also: how many are due, since when the oldest due one has waited (epoch seconds:
+    its run_at, or for a job due at once its created_at; None if none is due; read from
+    the first due job of each priority, in the claim order), and how many wait for a
+    worker that knows their type."""
 
     queue: str
     status: Status
@@ -92,6 +93,18 @@ class QueueCount:
     oldest_due: float | None = None
     due: int = 0
     unknown_type: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class CountDrift:
+    """A queue and status whose kept count of jobs (what counts and the overview read) is
+    not what a scan of the jobs finds: `kept` against `scanned`. The status is as stored
+    (a string: a row of a foreign writer may hold any)."""
+
+    queue: str
+    status: str
+    kept: int
+    scanned: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,6 +139,25 @@ class WorkerInfo:
     #: Jobs in flight at its last beat: more than one only with coroutine jobs
     #: (`liteq work --concurrency N`).
     in_flight: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """An autoscaled pool of one `liteq work` supervisor, as it last reported it (times:
+    the store's clock): its worker processes now, its limits and target wait, and its last
+    decision as logged ("" while it has taken none) and when."""
+
+    supervisor: str  # the supervisor's identity, host/pid/start/token as a worker's
+    name: str
+    host: str
+    pid: int
+    processes: int
+    minimum: int
+    maximum: int
+    target_wait: float
+    decision: str = ""
+    decided_at: float | None = None
+    beat_at: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -250,6 +282,7 @@ class OperatorStore(AppStore, Protocol):
     ) -> int: ...
     def detect_hung_jobs(self) -> list[ManagedJob]: ...
     def check_health(self) -> list[str]: ...
+    def check_counts(self, *, repair: bool = False) -> list[CountDrift]: ...
     def file_info(self) -> FileInfo | None: ...
     def pause(self, queue: str) -> None: ...
     def resume(self, queue: str) -> None: ...
@@ -259,6 +292,7 @@ class OperatorStore(AppStore, Protocol):
     def throughput(self, since: float) -> list[MinuteCount]: ...
     def totals(self) -> Finished: ...
     def schedules(self) -> list[ScheduleInfo]: ...
+    def pools(self) -> list[PoolInfo]: ...
 
 
 @runtime_checkable
@@ -321,6 +355,7 @@ class WorkerStore(Protocol):
         in_flight: int = 0,
     ) -> None: ...
     def unregister_worker(self, owner: str) -> None: ...
+    def report_pools(self, supervisor: str, pools: Sequence[PoolInfo]) -> None: ...
     def wait_for_jobs(self, queues: Sequence[str] | None, timeout: float) -> bool: ...
     def next_run_at(self, queues: Sequence[str] | None = None) -> float | None: ...
     def wake(self) -> None: ...
@@ -497,7 +532,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _count(self, queue: str | None, status: Status | None) -> int:
-        """How many rows match."""
+        """How many rows match, from the counts kept per queue and status (in the
+        transaction of every insert, delete and change of status), never a scan."""
 
     @abc.abstractmethod
     def _search(self, query: JobQuery) -> list[Record]:
@@ -505,7 +541,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _summary(self, now: float) -> list[QueueCount]:
-        """Rows per queue and status, with the oldest due run_at of queued ones."""
+        """Rows per queue and status (from the kept counts, never a scan), with what
+        depends on the time for queued ones."""
+
+    @abc.abstractmethod
+    def _check_counts(self, repair: bool) -> list[CountDrift]:
+        """The kept counts that differ from a scan of the jobs, compared in one snapshot;
+        with `repair`, set every count from the scan in the same transaction."""
 
     @abc.abstractmethod
     def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:

@@ -17,9 +17,11 @@ from liteq.status import COALESCE_HOLDING, Status
 from liteq.stores.base import BaseStore
 from liteq.stores.contract import (
     WAITS_FOR_ITS_TYPE,
+    CountDrift,
     Finished,
     JobQuery,
     MinuteCount,
+    PoolInfo,
     QueueCount,
     ScheduleInfo,
     Tx,
@@ -183,6 +185,8 @@ class MemoryStore(BaseStore):
             registry=MemoryRegistry(clock), clock=clock, on_status_change=on_status_change
         )
         self.rows: dict[int, Record] = {}
+        #: Jobs per (queue, status), kept by put() as the SQL stores' triggers keep theirs.
+        self.counts: collections.Counter[tuple[str, Status]] = collections.Counter()
         self.holders: dict[str, int] = {}  # coalesce id -> the job holding it
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -198,6 +202,8 @@ class MemoryStore(BaseStore):
     def put(self, record: Record | None, job_id: int) -> None:
         """Store `record` as the row `job_id` (None: delete it), keeping `holders` true."""
         old = self.rows.pop(job_id, None)
+        if old is not None:
+            self.counts[old.queue, old.status] -= 1
         if (
             old is not None
             and old.coalesce_id is not None
@@ -206,6 +212,7 @@ class MemoryStore(BaseStore):
             del self.holders[old.coalesce_id]
         if record is not None:
             self.rows[job_id] = record
+            self.counts[record.queue, record.status] += 1
             if record.coalesce_id is not None and record.status in COALESCE_HOLDING:
                 if self.holders.get(record.coalesce_id, job_id) != job_id:
                     raise LiteqError(f"coalesce id {record.coalesce_id!r} is held twice")
@@ -246,7 +253,11 @@ class MemoryStore(BaseStore):
 
     def _count(self, queue: str | None, status: Status | None) -> int:
         with self._lock:
-            return sum(1 for _ in self._matching(queue, status))
+            return sum(
+                n
+                for (q, st), n in self.counts.items()
+                if (queue is None or q == queue) and (status is None or st is status)
+            )
 
     def _search(self, query: JobQuery) -> list[Record]:
         with self._lock:
@@ -265,26 +276,36 @@ class MemoryStore(BaseStore):
         return found[: query.limit]
 
     def _summary(self, now: float) -> list[QueueCount]:
-        counts: collections.Counter[tuple[str, Status]] = collections.Counter()
         oldest: dict[str, float] = {}
         due: collections.Counter[str] = collections.Counter()
         unknown: collections.Counter[str] = collections.Counter()
         with self._lock:
-            for r in self.rows.values():
-                counts[r.queue, r.status] += 1
-                if r.status is Status.QUEUED:
-                    if r.run_at <= now:
-                        since = due_since(r.run_at, r.created_at)
-                        oldest[r.queue] = min(since, oldest.get(r.queue, since))
-                        due[r.queue] += 1
-                    if (r.error or "").startswith(WAITS_FOR_ITS_TYPE):
-                        unknown[r.queue] += 1
+            counts = sorted((key, n) for key, n in self.counts.items() if n)
+            for r in self.queued(None):
+                if r.run_at <= now:
+                    since = due_since(r.run_at, r.created_at)
+                    oldest[r.queue] = min(since, oldest.get(r.queue, since))
+                    due[r.queue] += 1
+                if (r.error or "").startswith(WAITS_FOR_ITS_TYPE):
+                    unknown[r.queue] += 1
         return [
             QueueCount(queue, status, n, oldest.get(queue), due[queue], unknown[queue])
             if status is Status.QUEUED
             else QueueCount(queue, status, n)
-            for (queue, status), n in sorted(counts.items())
+            for (queue, status), n in counts
         ]
+
+    def _check_counts(self, repair: bool) -> list[CountDrift]:
+        with self._lock:
+            scanned = collections.Counter((r.queue, r.status) for r in self.rows.values())
+            drift = [
+                CountDrift(queue, status.value, self.counts[queue, status], scanned[queue, status])
+                for queue, status in sorted(scanned.keys() | self.counts.keys())
+                if self.counts[queue, status] != scanned[queue, status]
+            ]
+            if repair:
+                self.counts = scanned
+        return drift
 
     def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
         with self._transaction() as tx:
@@ -354,6 +375,7 @@ class MemoryRegistry(Registry):
         super().__init__(clock)
         self._lock = threading.Lock()
         self._tables = _RegistryTables()
+        self._pools: dict[tuple[str, str], PoolInfo] = {}
 
     def register(self, info: WorkerInfo) -> None:
         with self._lock:
@@ -383,6 +405,17 @@ class MemoryRegistry(Registry):
     def _writing(self) -> Iterator[RegistryWrite]:
         with self._lock:  # (a write is the lock held: nothing to roll back)
             yield self._tables
+
+    def _pool_rows(self) -> list[PoolInfo]:
+        with self._lock:
+            return list(self._pools.values())
+
+    def _write_pools(self, supervisor: str, rows: Sequence[PoolInfo], forget_before: float) -> None:
+        with self._lock:
+            for key, row in list(self._pools.items()):
+                if row.supervisor == supervisor or row.beat_at < forget_before:
+                    del self._pools[key]
+            self._pools.update({(row.supervisor, row.name): row for row in rows})
 
 
 class _RegistryTables(RegistryWrite):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from liteq.errors import LiteqError
-from liteq.stores.contract import Finished, MinuteCount, WorkerInfo, finished_of
+from liteq.stores.contract import Finished, MinuteCount, PoolInfo, WorkerInfo, finished_of
 
 log = logging.getLogger("liteq.store")
 
@@ -34,6 +35,12 @@ STATS_MINUTES: Final = 24 * 60
 SILENT_LEASES: Final = 3
 #: The owner of a beat that only counts finished jobs: no worker's (theirs are never empty).
 NO_WORKER: Final = ""
+#: A supervisor's autoscaled pools are listed while it reported them within this many
+#: seconds (it reports at each decision and every few seconds); rows silent for
+#: SILENT_LEASES times as long (a supervisor killed) are forgotten at the next report.
+POOL_LEASE: Final = 30.0
+#: The columns of the pools' rows in the SQL stores: PoolInfo's fields, by name.
+POOL_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(PoolInfo))
 
 
 class RegistryWrite(abc.ABC):
@@ -93,6 +100,15 @@ class Registry(abc.ABC):
     def _writing(self) -> contextlib.AbstractContextManager[RegistryWrite]:
         """One write transaction of the registry, committed on a clean exit."""
 
+    @abc.abstractmethod
+    def _pool_rows(self) -> list[PoolInfo]:
+        """Every autoscaled pool's row, in any order."""
+
+    @abc.abstractmethod
+    def _write_pools(self, supervisor: str, rows: Sequence[PoolInfo], forget_before: float) -> None:
+        """In one write: delete the rows of `supervisor` and those whose beat_at is before
+        `forget_before`, then insert `rows`."""
+
     # -- the rules ------------------------------------------------------------------------
     def beat(
         self,
@@ -130,6 +146,21 @@ class Registry(abc.ABC):
     def finished(self, since: float) -> Finished:
         """Per queue, (completed, failed) since `since`, by the minute."""
         return finished_of(self.throughput(since), since)
+
+    def report_pools(self, supervisor: str, pools: Sequence[PoolInfo]) -> None:
+        """A supervisor's autoscaled pools now (none: it stops), stamped with the store's
+        clock, in place of what it reported before."""
+        now = self.clock()
+        rows = [dataclasses.replace(p, supervisor=supervisor, beat_at=now) for p in pools]
+        self._write_pools(supervisor, rows, now - SILENT_LEASES * POOL_LEASE)
+
+    def pools(self) -> list[PoolInfo]:
+        """The autoscaled pools reported within POOL_LEASE, by host, supervisor, name."""
+        now = self.clock()
+        return sorted(
+            (p for p in self._pool_rows() if p.beat_at + POOL_LEASE >= now),
+            key=lambda p: (p.host, p.pid, p.supervisor, p.name),
+        )
 
     def count_outside_worker(self, queue: str, *, completed: int, failed: int) -> None:
         """Count a job finished outside a worker (resolve_wait_async) where it finishes.

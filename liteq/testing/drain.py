@@ -50,6 +50,7 @@ def drain(
         handle_signals=False,
         guarantee_memory=0,  # a test's drain never stops for the host's free memory
         concurrency=1,  # one job at a time, in the order a worker claims them
+        prefetch=1,  # each claim the best job due now, as a job enqueued meanwhile may be
     )
     first: list[tuple[ManagedJob, BaseException]] = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from liteq.status import Status
@@ -81,4 +82,39 @@ def exposition(report: dict[str, Any], totals: Finished) -> str:
         "Jobs a live worker had in flight at its last beat.",
         [(_label("worker", f"{w['host']}/{w['pid']}"), w["in_flight"]) for w in workers],
     )
+    _pools(family, report.get("pools", []))
     return "\n".join(lines) + "\n"
+
+
+def _pools(
+    family: Callable[[str, str, str, list[tuple[str, float]]], None], pools: list[Any]
+) -> None:
+    """The autoscaled pools of running `liteq work` supervisors, labelled by pool and
+    supervisor (host/pid): processes now, limits, target wait, and when they last decided."""
+    labels = [
+        _label("pool", p["pool"]) + "," + _label("supervisor", f"{p['host']}/{p['pid']}")
+        for p in pools
+    ]
+    for name, key, help_text in (
+        ("liteq_pool_processes", "processes", "Worker processes of an autoscaled pool now."),
+        ("liteq_pool_min_processes", "min", "An autoscaled pool's least worker processes."),
+        ("liteq_pool_max_processes", "max", "An autoscaled pool's most worker processes."),
+        (
+            "liteq_pool_target_wait_seconds",
+            "target_wait",
+            "How long a pool's oldest due job may wait before it grows.",
+        ),
+    ):
+        family(
+            name, "gauge", help_text, [(lab, p[key]) for lab, p in zip(labels, pools, strict=True)]
+        )
+    family(
+        "liteq_pool_last_decision_timestamp_seconds",
+        "gauge",
+        "When an autoscaled pool last changed its count (or was held back), epoch seconds.",
+        [
+            (lab, p["decided_at"])
+            for lab, p in zip(labels, pools, strict=True)
+            if p["decided_at"] is not None
+        ],
+    )

@@ -1,8 +1,10 @@
 """The queue's counts, shared by every page, refresh and scrape.
 
-Counting jobs by queue and status reads every row (about a second for a million jobs in a
-file): the dashboard recounts at most once per `fresh` seconds, and never spends more than
-`share` of its time counting, however many pages poll it.
+The counts of jobs by queue and status are kept by the store (a few rows to read, whatever
+the queue's size), but what depends on the time (due jobs, the oldest wait) is read through
+an index, and grows with the jobs scheduled for later: the dashboard recounts at most once
+per `fresh` seconds, and never spends more than `share` of its time counting, however many
+pages poll it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ DEFAULT_TARGET_WAIT: Final = 5.0
 #: Idle this long (seconds) before a pool gives back one process; and no more than one
 #: step down per this long.
 DEFAULT_COOLDOWN: Final = 60.0
+#: A step up at most multiplies a pool's count by this. Up fast, down slow: each step waits
+#: for its workers to start and settle, so a burst met by small steps waits through several,
+#: while a pool too large for a while costs only memory, given back after the cooldown.
+GROWTH: Final = 4
 #: Samples older than the cooldown by this many seconds are dropped (the policy looks back
 #: one cooldown).
 KEEP_EXTRA: Final = 10.0
@@ -98,9 +102,9 @@ class Changes:
 def decide(
     samples: Sequence[Sample], current: int, limits: Limits, changes: Changes, now: float
 ) -> Decision:
-    """The count a pool wants now. Grow (at most double, at least +1) while its oldest due job
-    has waited longer than the target, or its backlog per worker is more than its recent
-    throughput clears within the target; one at once from zero on the first due job. Shrink
+    """The count a pool wants now. Grow (at most GROWTH times, at least +1) while its oldest
+    due job has waited longer than the target, or its backlog per worker is more than its
+    recent throughput clears within the target; one at once from zero on the first due job. Shrink
     one step once it has had nothing due and an idle worker for a whole cooldown, and not
     within a cooldown of its last change. Always within [minimum, maximum]."""
     low, high = limits.minimum, limits.maximum
@@ -117,7 +121,7 @@ def decide(
     settled = changes.up is None or now - changes.up >= limits.settle
     if want is not None and current < high and settled:
         count, why = want
-        return Decision(min(high, max(current + 1, min(count, 2 * current))), why)
+        return Decision(min(high, max(current + 1, min(count, GROWTH * current))), why)
     if current <= low or want is not None:
         return Decision(current)
     calm_since = now - limits.cooldown
@@ -135,7 +139,7 @@ def decide(
 def _wanted(last: Sample, current: int, limits: Limits) -> tuple[int, str] | None:
     """(count, why) if the pool is behind its target, else None."""
     if last.oldest_wait is not None and last.oldest_wait > limits.target_wait:
-        return 2 * current, f"oldest due waited {last.oldest_wait:.1f} s"
+        return GROWTH * current, f"oldest due waited {last.oldest_wait:.1f} s"
     if last.rate and current and last.due:
         per_worker = last.rate / current
         needed = math.ceil(last.due / (per_worker * limits.target_wait))
@@ -149,12 +153,14 @@ def cap(
     wanted: Mapping[str, int],
     current: Mapping[str, int],
     max_processes: int | None,
-    room: int | None,
+    spare: int | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Desired counts held to `max_processes` in all and to `room` new processes (what the
-    host's memory holds; None: no limit). Shrinking is never held back; growth is granted
-    pool by pool, in the order given, as far as what is left allows (a pool never drops
-    below its current count for it)."""
+    """Desired counts held to `max_processes` in all and to what the host's memory holds:
+    `spare` bytes for new processes (None: no limit), a new process of a pool taking
+    `sizes[pool]` bytes (what its workers use; a pool not in `sizes` is not limited).
+    Shrinking is never held back; growth is granted pool by pool, in the order given, as
+    far as what is left allows (a pool never drops below its current count for it)."""
     allowed = dict(current)
     for name, n in wanted.items():
         if n <= current[name]:
@@ -165,9 +171,10 @@ def cap(
         grant = n - current[name]
         if max_processes is not None:
             grant = min(grant, max(0, max_processes - sum(allowed.values())))
-        if room is not None:
-            grant = min(grant, max(0, room))
-            room -= grant
+        size = (sizes or {}).get(name)
+        if spare is not None and size:
+            grant = min(grant, max(0, spare // size))
+            spare -= grant * size
         allowed[name] = current[name] + grant
     return allowed
 
@@ -182,6 +189,7 @@ class Pool:
     samples: deque[Sample] = dataclasses.field(default_factory=deque)
     changes: Changes = Changes()
     last: str = ""  # the last decision, as logged
+    held_at: int | None = None  # the count a cap holds it at, once said
 
 
 class Autoscaler:
@@ -191,9 +199,16 @@ class Autoscaler:
         self.pools = {pool.name: pool for pool in pools}
         self.max_processes = max_processes
 
-    def tick(self, samples: Mapping[str, Sample], now: float, room: int | None = None) -> list[str]:
+    def tick(
+        self,
+        samples: Mapping[str, Sample],
+        now: float,
+        spare: int | None = None,
+        sizes: Mapping[str, int] | None = None,
+    ) -> list[str]:
         """Decide and apply for every pool sampled; return the decisions' log lines.
-        `room`: how many more processes the host's memory holds (None: not limited)."""
+        `spare`: bytes of memory new processes may take (None: not limited); `sizes`: the
+        bytes a new process of each pool takes (see `cap`)."""
         current = {name: pool.driver.current() for name, pool in self.pools.items()}
         wanted: dict[str, int] = {}
         reasons: dict[str, str] = {}
@@ -205,21 +220,23 @@ class Autoscaler:
                 pool.samples.popleft()
             decision = decide(pool.samples, current[name], pool.limits, pool.changes, now)
             wanted[name], reasons[name] = decision.count, decision.reason
-        allowed = cap(wanted, current, self.max_processes, room)
+        allowed = cap(wanted, current, self.max_processes, spare, sizes)
+        unheld = cap(wanted, current, self.max_processes)
         lines = []
         for name, pool in self.pools.items():
             was, now_n = current[name], allowed[name]
+            why = "memory" if now_n < unheld[name] else "--max-processes"
             if now_n == was:
-                if wanted[name] > was and pool.last != f"held at {was}":
-                    why = "memory" if room is not None and room <= 0 else "--max-processes"
-                    pool.last = f"held at {was}"
-                    lines.append(f"{name}: held at {was} by {why} ({reasons[name]})")
+                if wanted[name] > was and pool.held_at != was:  # (said once, not each tick)
+                    pool.held_at = was
+                    pool.last = f"{name}: held at {was} by {why} ({reasons[name]})"
+                    lines.append(pool.last)
                 continue
             pool.driver.scale_to(now_n)
             line = f"{name}: {was} -> {now_n}, {reasons[name]}"
             if now_n < wanted[name]:
-                line += f" (wanted {wanted[name]}: capped)"
-            pool.last = line
+                line += f" (wanted {wanted[name]}: capped by {why})"
+            pool.last, pool.held_at = line, None
             if now_n > was:
                 pool.changes = dataclasses.replace(pool.changes, up=now)
             else:

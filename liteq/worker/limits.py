@@ -48,6 +48,7 @@ class CodeWatch:
         self.every = every
         self._mtimes: dict[str, int] = {}
         self._next = 0.0
+        self._changed: str | None = None
         self._scan(record=True)
 
     def _scan(self, *, record: bool) -> str | None:
@@ -69,7 +70,8 @@ class CodeWatch:
     def changed(self) -> str | None:
         """The path of a changed source file, checked at most once per `every` seconds."""
         now = time.monotonic()
-        if now < self._next:
-            return None
+        if self._changed is not None or now < self._next:
+            return self._changed  # (once seen, a change is told again at each call)
         self._next = now + self.every
-        return self._scan(record=False)
+        self._changed = self._scan(record=False)
+        return self._changed

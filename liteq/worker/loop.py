@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
-from liteq.job import ResultRefused, bad_result, encode_result, is_coroutine_job
+from liteq.job import Job, ResultRefused, bad_result, encode_result, is_coroutine_job
 from liteq.managed import ManagedJob, describe
 from liteq.record import evolve
 from liteq.status import MULLIGAN_CAP, Status
@@ -36,6 +36,7 @@ from liteq.worker.options import WorkerOptions, takes_options
 from liteq.worker.run import InFlight, Run
 from liteq.worker.schedule import Scheduler
 from liteq.worker.signals import Interrupted, Signals
+from liteq.worker.sizing import ClaimSize
 
 log = logging.getLogger("liteq.worker")
 T = TypeVar("T")
@@ -96,6 +97,12 @@ class Worker:
         self._alone: Run | None = None
         #: Whether the last claim held a job that runs alone (see _claim_limit).
         self._claimed_alone = False
+        #: The size of the next claim when prefetch is left to the worker (see _claim_limit;
+        #: at concurrency > 1 a claim takes the free slots).
+        adaptive = options.prefetch is None and options.concurrency == 1
+        self._sizing = ClaimSize() if adaptive else None
+        #: A job just ran slow: the jobs this worker sized its claim for wait too long.
+        self._ran_slow = False
         self._running_hook: Callable[[int | None], None] | None = None
         self._raised_hook: Callable[[ManagedJob, BaseException], None] | None = None
         self._unknown_types: set[str] = set()  # said once each, see _hand_back
@@ -255,9 +262,12 @@ class Worker:
                     # that ended during the claim rang before the claim saw nothing: look.
                     if not coroutines.ended():
                         self._patiently(
-                            "waiting for jobs", lambda: self._idle(self._idle_timeout())
+                            "waiting for jobs", lambda: self._idle(self._idle_timeout(), code)
                         )
                     continue
+                if self._sizing is not None:
+                    timed = any(m.max_runtime is not None for m in held)
+                    self._sizing.claimed(limit, len(held), timed)
                 if options.concurrency > 1:
                     held = self._keep_one_alone(held)
                 with self._lock:
@@ -278,19 +288,38 @@ class Worker:
                 time.monotonic() - self._acks_since > ACK_DELAY or mjob.record.crashes
             ):
                 self._flush_acks()
+            if mjob.record.crashes and self._held and self._sizing is not None:
+                self._hand_back_held()
             if not self._still_mine(mjob):
                 continue
             self._run(mjob)
+            if self._ran_slow and self._held:
+                self._hand_back_held()
         return signals.exit_status
 
     def _claim_limit(self, free: int) -> int:
-        """How many jobs the next claim may take: `prefetch` at concurrency 1; else the free
-        slots, while the jobs claimed last could all run side by side (one at a time after a
-        plain job or one that runs alone: this worker runs those one by one, and
+        """How many jobs the next claim may take: at concurrency 1, `prefetch`, or if it is
+        unset as many as recent claims and runs say can start soon (ClaimSize); else the
+        free slots, while the jobs claimed last could all run side by side (one at a time
+        after a plain job or one that runs alone: this worker runs those one by one, and
         must not hold many that other processes could be running)."""
         if self.options.concurrency == 1:
-            return self.options.prefetch
+            if self._sizing is not None:
+                return self._sizing.next()
+            return self.options.prefetch or 1  # (set, when there is no ClaimSize)
         return 1 if self._claimed_alone else free
+
+    def _hand_back_held(self) -> None:
+        """Hand back the jobs held in a batch the worker sized itself (no attempt used):
+        after a slow job, so that none waits behind the next slow one while other workers
+        could run it; before a job that took a worker down before, so that should it do
+        so again it was the one job held, and its death is blamed on it even where no
+        supervisor saw which job ran (see rescue.py)."""
+        with self._lock:
+            held, self._held = self._held, []
+        if self._patiently("handing back held jobs", lambda: self.store.release(held)) is None:
+            with self._lock:  # stopping: _settle hands them back
+                self._held = held
 
     def _keep_one_alone(self, held: list[ManagedJob]) -> list[ManagedJob]:
         """Of a claim at concurrency > 1, hand back at once (no attempt used) the jobs past
@@ -427,11 +456,15 @@ class Worker:
         with self._lock:
             self._acks = self._acks[len(recorded) :]
 
-    def _idle(self, timeout: float) -> None:
+    def _idle(self, timeout: float, code: CodeWatch | None = None) -> None:
         # In slices, so a signal's stop request is seen within a tenth of a second.
         deadline = time.monotonic() + timeout
         while not self._signals.stop_requested and (left := deadline - time.monotonic()) > 0:
             if self.store.wait_for_jobs(self._queues, min(left, 0.1)):
+                return
+            # The code check (a stat of every module's file) runs here, while idle, rather
+            # than between a wake-up and the claim; the loop acts on a change.
+            if code is not None and code.changed() is not None:
                 return
 
     def _idle_timeout(self) -> float:
@@ -477,7 +510,7 @@ class Worker:
             self.jobs_processed += 1
             return
         signals, run = self._signals, Run(mjob)
-        coroutine = is_coroutine_job(job)
+        coroutine = _is_coroutine_job(job)
         if coroutine:
             self._coroutines.start(run, job)  # (run.cancel set: stops cancel its task)
             if runs_alone(mjob):
@@ -493,10 +526,13 @@ class Worker:
         try:
             try:
                 run.executing = True
+                began = time.monotonic()
                 try:
                     outcome = Outcome(run, result=job.run(mjob))
                 finally:
                     run.executing = False
+                    if self._sizing is not None:
+                        self._ran_slow = self._sizing.ran(time.monotonic() - began)
             finally:
                 signals.job_ends(run)
                 try:
@@ -636,6 +672,21 @@ class Worker:
                 log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
+
+
+#: Per job class whose run is its class's: whether it is a coroutine job (inspect's answer
+#: costs a few microseconds, on every job of a batch).
+_COROUTINE_CLASSES: dict[type, bool] = {}
+
+
+def _is_coroutine_job(job: Job) -> bool:
+    """is_coroutine_job(job), once per class (unless the job has a run of its own)."""
+    if "run" in getattr(job, "__dict__", ()):
+        return is_coroutine_job(job)
+    known = _COROUTINE_CLASSES.get(type(job))
+    if known is None:
+        known = _COROUTINE_CLASSES[type(job)] = is_coroutine_job(job)
+    return known
 
 
 def runs_alone(mjob: ManagedJob) -> bool:

@@ -54,6 +54,9 @@ class WorkerOptions:
             in batches of as many: far faster for short jobs. Prefetched jobs are RUNNING
             and leased by this worker until they run; on a stop, those not started are
             handed back; on a crash, they are rescued like any running job (at least once).
+            None (the default): the worker sizes each claim itself, one job at a time
+            unless the queue is deep and its jobs short, then as many (up to 100) as it
+            expects to run within about 50 ms (see worker/sizing.py).
         max_crashes: a job whose worker died while running it (a segfault, os._exit, an
             OOM or max_rss kill) this many times fails for good; each death before is a
             mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
@@ -81,7 +84,7 @@ class WorkerOptions:
     check_health: bool = True
     max_rss: int | None = None
     handle_signals: bool = True
-    prefetch: int = 1
+    prefetch: int | None = None
     max_crashes: int = DEFAULT_MAX_CRASHES
     concurrency: int = 1
 
@@ -101,7 +104,8 @@ class WorkerOptions:
             )
         if self.lease <= 0:
             raise ValueError(f"lease must be positive, not {self.lease!r}")
-        _check_count("prefetch", self.prefetch, MAX_SLOTS)
+        if self.prefetch is not None:
+            _check_count("prefetch", self.prefetch, MAX_SLOTS)
         _check_count("max_crashes", self.max_crashes)
         _check_count("concurrency", self.concurrency, MAX_SLOTS)
         if self.max_rss is not None and self.max_rss < 1:

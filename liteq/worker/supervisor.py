@@ -22,9 +22,8 @@ import psutil
 
 from liteq.errors import StoreCorrupt, StoreError, StoreMoved
 from liteq.status import Status
-from liteq.stores import connect
+from liteq.stores import connect, shown_url
 from liteq.stores.contract import Store
-from liteq.worker.autoscale import Autoscaler, Limits, Pool, Sample
 from liteq.worker.child import HANDLED, Child, child_main, how_it_died, new_slot
 from liteq.worker.exits import (
     EXIT_OK,
@@ -37,8 +36,9 @@ from liteq.worker.exits import (
     reason,
 )
 from liteq.worker.heartbeat import report_health
-from liteq.worker.identity import host, process_start
+from liteq.worker.identity import process_start
 from liteq.worker.options import WorkerOptions
+from liteq.worker.pools import Pools, PoolSpec
 from liteq.worker.rescue import Ended, ProcessKey, detect_hung_jobs
 
 log = logging.getLogger("liteq.supervisor")
@@ -57,20 +57,6 @@ PAUSE_GRACE = 2.0
 #: While a limit on workers' memory is set, how often the supervisor reads their RSS: a job
 #: that allocates without bound is stopped within about this long of crossing it.
 RSS_CHECK_EVERY = 0.1
-#: While autoscaling, how often the supervisor samples its pools' queues; and how often
-#: while a pool is at zero (its first job is picked up within about this long and a
-#: worker's start).
-AUTOSCALE_EVERY, AUTOSCALE_AT_ZERO = 1.0, 0.2
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """An autoscaled pool: its name (for the log), the queues its workers serve (None: all)
-    and its limits."""
-
-    name: str
-    queues: Sequence[str] | None
-    limits: Limits
 
 
 @dataclass
@@ -100,6 +86,9 @@ class Supervisor:
     pools: Sequence[PoolSpec] = ()
     #: While autoscaling, the most worker processes of all pools together.
     max_processes: int | None = None
+    #: While autoscaling, bytes of available memory a new worker must leave to the rest of
+    #: the host (None: the workers' guarantee_memory).
+    memory_reserve: int | None = None
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -117,15 +106,20 @@ class Supervisor:
             )
             for spec in self.pools
         }
-        self._autoscaler: Autoscaler | None = None
+        self._pools: Pools | None = None
         if self.pools:
-            self._autoscaler = Autoscaler(
-                [Pool(s.name, s.limits, LocalPool(self, s.name)) for s in self.pools],
-                self.max_processes,
+            self._pools = Pools(
+                self.url,
+                self.pools,
+                self._children,
+                self._pending_starts,
+                max_processes=self.max_processes,
+                reserve=(
+                    self.worker_options.guarantee_memory
+                    if self.memory_reserve is None
+                    else self.memory_reserve
+                ),
             )
-        self._next_autoscale = 0.0
-        self._rates: dict[str, collections.deque[tuple[float, int]]] = {}
-        self._done: dict[int, int] = {}  # jobs done per worker pid, at the last sample
         self._next_start = 0.0
         self._signals: list[int] = []
         self._stopping = False
@@ -161,24 +155,29 @@ class Supervisor:
                     ", ".join(
                         f"{p.name} {p.limits.minimum}:{p.limits.maximum}" for p in self.pools
                     ),
-                    self.url,
+                    shown_url(self.url),
                 )
                 for spec in self.pools:
                     for _ in range(spec.limits.minimum):
                         self._spawn(spec.name)
             else:
-                log.info("supervisor %d: %d worker(s) on %s", os.getpid(), self.processes, self.url)
+                log.info(
+                    "supervisor %d: %d worker(s) on %s",
+                    os.getpid(),
+                    self.processes,
+                    shown_url(self.url),
+                )
                 for _ in range(self.processes):
                     self._spawn()
             next_check = time.monotonic() + self.hung_check_every
             while (
                 self._children
                 or (self._pending_starts and not self._stopping)
-                or (self._autoscaler is not None and not self._stopping)
+                or (self._pools is not None and not self._stopping)
             ):
                 wake = min(next_check, self._next_start_due(), time.monotonic() + TICK)
-                if self._autoscaler is not None:
-                    wake = min(wake, self._next_autoscale)
+                if self._pools is not None:
+                    wake = min(wake, self._pools.next_due)
                 if self.worker_options.max_rss is not None:
                     wake = min(wake, self._next_rss_check)
                 readying = [c.ready_fd for c in self._children.values() if c.ready_fd is not None]
@@ -196,7 +195,9 @@ class Supervisor:
                 self._watch_memory()
                 if self._reap():
                     store = self._rescue(store)
-                self._autoscale()
+                if self._pools is not None:
+                    running = not self._stopping and self._fatal is None
+                    self._pools.tick(decide=running and not self._rolling, report=running)
                 self._start_due()
                 self._retire_next()
                 if time.monotonic() >= next_check:
@@ -204,6 +205,8 @@ class Supervisor:
                     next_check = time.monotonic() + self.hung_check_every
             if self._fatal is None:
                 store = self._rescue(store)
+                if self._pools is not None:
+                    self._pools.withdraw()
             log.info("supervisor %d: all workers stopped", os.getpid())
             if self._fatal is not None:
                 return self._fatal
@@ -252,14 +255,12 @@ class Supervisor:
         if not self._rolling or self._stopping:
             return
         children = self._children.values()
-        if self._pending_starts or any(c.leaving or not c.ready for c in children):
-            if not any(c.retiring for c in children):
-                self._rolling = False
-            return
         retiring = [c for c in children if c.retiring]
-        if not retiring:
+        if not retiring:  # (the last replacements may still be starting)
             self._rolling = False
             log.info("supervisor: rolling restart done")
+            return
+        if self._pending_starts or any(c.leaving or not c.ready for c in children):
             return
         retiring[0].leaving = True
         with contextlib.suppress(ProcessLookupError):
@@ -512,109 +513,3 @@ class Supervisor:
         child = Child(pid, time.monotonic(), process_start(pid), slot, ready_read, pool=pool)
         self._children[pid] = child
         log.debug("started worker %d%s", pid, f" of pool {pool}" if pool else "")
-
-    # -- autoscaling -------------------------------------------------------------
-    def _autoscale(self) -> None:
-        """Once a tick, sample each pool's queues (a store opened read-only for the look and
-        closed: none is open when a worker forks), and let the autoscaler decide."""
-        scaler = self._autoscaler
-        now = time.monotonic()
-        if scaler is None or now < self._next_autoscale:
-            return
-        at_zero = any(pool.driver.current() == 0 for pool in scaler.pools.values())
-        self._next_autoscale = now + (AUTOSCALE_AT_ZERO if at_zero else AUTOSCALE_EVERY)
-        if self._stopping or self._rolling or self._fatal is not None:
-            return
-        try:
-            samples = self._sample(now)
-        except StoreError as exc:
-            log.warning("autoscaling: cannot read the queue: %s", exc)
-            return
-        scaler.tick(samples, now, room=self._room())
-
-    def _sample(self, now: float) -> dict[str, Sample]:
-        store = connect(self.url, readonly=True)
-        try:
-            clock = store.clock()
-            rows = [r for r in store.summary() if r.status is Status.QUEUED]
-            done = {
-                w.pid: w.jobs_done
-                for w in store.workers()
-                if w.pid in self._children and w.host == host()
-            }
-        finally:
-            store.close()
-        samples = {}
-        for spec in self.pools:
-            mine = [r for r in rows if spec.queues is None or r.queue in spec.queues]
-            due = sum(r.due for r in mine)
-            oldest = [r.oldest_due for r in mine if r.oldest_due is not None and r.due]
-            children = [c for c in self._children.values() if c.pool == spec.name]
-            finished = sum(
-                done[c.pid] - self._done.get(c.pid, done[c.pid]) for c in children if c.pid in done
-            )
-            samples[spec.name] = Sample(
-                now,
-                due,
-                clock - min(oldest) if oldest else None,
-                rate=self._rate(spec.name, finished, now),
-                busy=sum(1 for c in children if c.busy()),
-            )
-        self._done = done
-        return samples
-
-    def _rate(self, pool: str, finished: int, now: float) -> float | None:
-        """Jobs per second the pool finished over about the last 10 s (None: not yet known)."""
-        history = self._rates.setdefault(pool, collections.deque())
-        history.append((now, finished))
-        while history and history[0][0] < now - 10.0:
-            history.popleft()
-        span = now - history[0][0]
-        total = sum(n for _, n in history)
-        return total / span if span >= 2.0 and total else None
-
-    def _room(self) -> int | None:
-        """How many more workers the host's memory holds: its available memory, less
-        --guarantee-memory, over the largest RSS of our workers (None: none to measure)."""
-        sizes = []
-        for child in self._children.values():
-            with contextlib.suppress(psutil.Error):
-                sizes.append(int(psutil.Process(child.pid).memory_info().rss))
-        if not sizes:
-            return None
-        spare = psutil.virtual_memory().available - self.worker_options.guarantee_memory
-        return max(0, spare // max(sizes))
-
-
-class LocalPool:
-    """The local `Scalable` driver: a pool of the supervisor's worker processes. Growing
-    asks for starts; shrinking takes back starts not yet made, then sends TERM to idle
-    workers (newest first), then to busy ones, which finish their jobs (within
-    --graceful-timeout) and exit: never SIGKILL, and not counted as deaths."""
-
-    def __init__(self, supervisor: Supervisor, pool: str) -> None:
-        self._supervisor = supervisor
-        self._pool = pool
-
-    def _members(self) -> list[Child]:
-        children = self._supervisor._children.values()
-        return [c for c in children if c.pool == self._pool and not c.scaled_down]
-
-    def current(self) -> int:
-        """Its workers, running or to be started (those told to go not counted)."""
-        return len(self._members()) + self._supervisor._pending_starts.count(self._pool)
-
-    def scale_to(self, n: int) -> None:
-        """Start or stop workers until `current()` is `n`."""
-        pending = self._supervisor._pending_starts
-        extra = n - self.current()
-        for _ in range(extra):
-            pending.append(self._pool)
-        while extra < 0 and self._pool in pending:
-            pending.remove(self._pool)
-            extra += 1
-        members = sorted(self._members(), key=lambda c: (c.busy(), -c.started))
-        for child in members[: max(0, -extra)]:
-            child.scaled_down = True
-            with contextlib.suppress(ProcessLookupError):  # (ours, unreaped: not reused)
-                os.kill(child.pid, signal.SIGTERM)

@@ -10,6 +10,7 @@ from typing import Any, Final
 from liteq.record import COLUMNS, COLUMNS_BUT_ID, Record
 from liteq.status import Status
 from liteq.stores.contract import JobQuery
+from liteq.stores.registry import POOL_COLUMNS
 from liteq.stores.sqlshared import WORKER_COLUMNS, filters, read_blocks, search_filters
 
 _SQL: Final = read_blocks(__package__, "queries.sql")
@@ -31,6 +32,8 @@ def _pg_type(hint: object) -> str:
 
 #: Each column's type, from Record's: insert_batch casts an array of each to it.
 _TYPES: Final = {name: _pg_type(hint) for name, hint in typing.get_type_hints(Record).items()}
+#: The columns in which rows inserted by insert_alike differ: each goes in as an array.
+ALIKE_ARRAYS: Final = ("job_type", "payload")
 
 
 def quoted(schema: str) -> str:
@@ -56,6 +59,9 @@ class Queries:
             "values": ", ".join(["%s"] * len(COLUMNS_BUT_ID)),
             "assignments": ", ".join(f"{c} = %s" for c in COLUMNS_BUT_ID),
             "arrays": ", ".join(f"%({c})b::{_TYPES[c]}[]" for c in COLUMNS_BUT_ID),
+            "alike_values": ", ".join(
+                f"t.{c}" if c in ALIKE_ARRAYS else f"%({c})s::{_TYPES[c]}" for c in COLUMNS_BUT_ID
+            ),
             "worker_columns": ", ".join(WORKER_COLUMNS),
             "worker_values": ", ".join(f"%({c})s" for c in WORKER_COLUMNS),
         }
@@ -68,6 +74,7 @@ class Queries:
         self.ACTIVE = sql("active")
         self.INSERT = sql("insert")
         self.INSERT_BATCH = sql("insert_batch")
+        self.INSERT_ALIKE = sql("insert_alike")
         self.UPDATE = sql("update")
         self.DELETE = sql("delete")
         self.DELETE_FENCED = sql("delete_fenced")
@@ -78,6 +85,12 @@ class Queries:
         self.QUEUED_QUEUES = sql("queued_queues")
         self.FIRST_DUE = sql("first_due")
         self.SUMMARY = sql("summary")
+        self.COUNT_DRIFT = sql("count_drift")
+        self.WITHOUT_JIT = sql("without_jit")
+        self.LOCK_JOBS_FOR_RECOUNT = sql("lock_jobs_for_recount")
+        self.FOLD_COUNTS = sql("fold_counts")
+        self.CLEAR_COUNTS = sql("clear_counts")
+        self.RECOUNT = sql("recount")
         self.DECLARE_SCHEDULE = sql("declare_schedule")
         self.ADVANCE_SCHEDULE = sql("advance_schedule")
         self.SCHEDULE_JOB = sql("schedule_job")
@@ -110,6 +123,14 @@ class Queries:
         self.CREATE_META = sql("create_meta")
         self.INIT_META = sql("init_meta")
         self.SET_VERSION = sql("set_version")
+        # The autoscaled pools' rows, by PoolInfo's field names.
+        pools = {
+            "pool_columns": ", ".join(POOL_COLUMNS),
+            "pool_values": ", ".join(f"%({c})s" for c in POOL_COLUMNS),
+        }
+        self.POOLS = sql("pools", **pools)
+        self.FORGET_POOLS = sql("forget_pools")
+        self.REPORT_POOL = sql("report_pool", **pools)
 
     def _sql(self, name: str, **parts: str) -> str:
         return _SQL[name].format(**self._fixed, **parts)

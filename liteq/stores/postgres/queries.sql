@@ -35,6 +35,16 @@ FROM unnest({arrays}) WITH ORDINALITY AS t({new_columns}, n)
 ORDER BY n
 RETURNING id
 
+-- Rows that differ only in job_type and payload (enqueue_many's common call): those two
+-- as arrays, every other column once, so that neither side handles a value per row per
+-- column.
+-- name: insert_alike
+INSERT INTO {s}.jobs (id, {new_columns}) OVERRIDING SYSTEM VALUE
+SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id')), {alike_values}
+FROM unnest(%(job_type)b::text[], %(payload)b::text[]) WITH ORDINALITY AS t(job_type, payload, n)
+ORDER BY n
+RETURNING id
+
 -- name: update
 UPDATE {s}.jobs SET {assignments} WHERE id = %s
 
@@ -106,18 +116,86 @@ SELECT min((SELECT run_at FROM {s}.jobs
             ORDER BY run_at LIMIT 1))
 FROM levels WHERE levels.priority IS NOT NULL
 
+-- Counts read the counters (migrations/07_counts.sql): a counter row plus its changes
+-- not yet folded, in one snapshot, never a scan of the jobs.
 -- name: count
-SELECT count(*) FROM {s}.jobs WHERE true {where}
+SELECT coalesce(sum(n), 0)::bigint FROM (
+    SELECT queue, status, n FROM {s}.counts
+    UNION ALL SELECT queue, status, n FROM {s}.count_changes) AS counted
+WHERE true {where}
 
 -- name: search
 SELECT {columns} FROM {s}.jobs WHERE true {where} ORDER BY id {order} LIMIT %s
 
+-- Jobs per queue and status from the counters; for queued jobs also what depends on the
+-- time, through the claim index, a seek per priority of the queue: the first job of each
+-- priority (due: since when it has waited; the oldest of them is what the overview shows)
+-- and how many are due later (due = queued - later: the cost grows with the jobs
+-- scheduled ahead, not with the due ones); and through jobs_erred, those waiting for a
+-- worker that knows their type. Read with JIT off and in no order: with enable_sort off
+-- (planner_settings) a sort would look costly enough for the server to compile the
+-- statement first (about 0.3 s), and the subqueries' estimates alone do for 30 ms.
 -- name: summary
-SELECT queue, status, count(*),
-    min(greatest(run_at, created_at)) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
-    count(*) FILTER (WHERE status = 'queued' AND run_at <= %(now)s),
-    count(*) FILTER (WHERE status = 'queued' AND starts_with(error, %(waits)s))
-FROM {s}.jobs GROUP BY queue, status ORDER BY queue COLLATE "C", status
+WITH totals AS (
+    SELECT queue, status, sum(n)::bigint AS n FROM (
+        SELECT queue, status, n FROM {s}.counts
+        UNION ALL SELECT queue, status, n FROM {s}.count_changes) AS counted
+    GROUP BY queue, status HAVING sum(n) <> 0)
+SELECT t.queue, t.status, t.n, d.oldest, (t.n - coalesce(d.later, t.n))::bigint,
+    coalesce(d.unknown, 0)
+FROM totals AS t CROSS JOIN LATERAL (
+    WITH RECURSIVE levels(priority) AS (
+        (SELECT priority FROM {s}.jobs
+         WHERE status = 'queued' AND queue = t.queue AND t.status = 'queued'
+         ORDER BY priority DESC LIMIT 1)
+        UNION ALL
+        SELECT (SELECT priority FROM {s}.jobs
+                WHERE status = 'queued' AND queue = t.queue AND priority < levels.priority
+                ORDER BY priority DESC LIMIT 1)
+        FROM levels WHERE levels.priority IS NOT NULL)
+    SELECT
+        min((SELECT CASE WHEN run_at <= %(now)s THEN greatest(run_at, created_at) END
+             FROM {s}.jobs
+             WHERE status = 'queued' AND queue = t.queue AND priority = levels.priority
+             ORDER BY run_at LIMIT 1)) AS oldest,
+        sum((SELECT count(*) FROM {s}.jobs
+             WHERE status = 'queued' AND queue = t.queue AND priority = levels.priority
+                 AND run_at > %(now)s)) AS later,
+        (SELECT count(*) FROM {s}.jobs
+         WHERE status = 'queued' AND error IS NOT NULL AND queue = t.queue
+             AND t.status = 'queued' AND starts_with(error, %(waits)s)) AS unknown
+    FROM levels WHERE levels.priority IS NOT NULL) AS d
+
+-- The counters against a scan of the jobs (`liteq db check`): every (queue, status) whose
+-- counter is not what a scan counts, with both numbers.
+-- name: count_drift
+WITH counted AS (
+    SELECT queue, status, sum(n)::bigint AS n FROM (
+        SELECT queue, status, n FROM {s}.counts
+        UNION ALL SELECT queue, status, n FROM {s}.count_changes) AS parts
+    GROUP BY queue, status),
+scanned AS (SELECT queue, status, count(*) AS n FROM {s}.jobs GROUP BY queue, status)
+SELECT queue, status, coalesce(c.n, 0), coalesce(s.n, 0)
+FROM counted AS c FULL JOIN scanned AS s USING (queue, status)
+WHERE coalesce(c.n, 0) <> coalesce(s.n, 0)
+
+-- Set the counters from a scan, whoever writes meanwhile: the lock waits for writers
+-- that are under way and holds new ones until the repair commits.
+-- name: without_jit
+SET LOCAL jit = off
+
+-- name: lock_jobs_for_recount
+LOCK TABLE {s}.jobs IN SHARE ROW EXCLUSIVE MODE
+
+-- name: fold_counts
+SELECT {s}.fold_counts(true)
+
+-- name: clear_counts
+DELETE FROM {s}.counts
+
+-- name: recount
+INSERT INTO {s}.counts (queue, status, n)
+    SELECT queue, status, count(*) FROM {s}.jobs GROUP BY queue, status
 
 -- name: purge
 DELETE FROM {s}.jobs WHERE id IN (
@@ -284,3 +362,13 @@ UPDATE {s}.meta SET version = %s
 -- reading every due job and sorting them, where the claim index yields them in order.
 -- name: planner_settings
 SET enable_bitmapscan = off; SET enable_sort = off
+
+-- The autoscaled pools of `liteq work` supervisors ({pool_columns}: PoolInfo's fields).
+-- name: pools
+SELECT {pool_columns} FROM {s}.pools
+
+-- name: forget_pools
+DELETE FROM {s}.pools WHERE supervisor = %s OR beat_at < %s
+
+-- name: report_pool
+INSERT INTO {s}.pools ({pool_columns}) VALUES ({pool_values})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from liteq.stores.contract import Finished, MinuteCount, WorkerInfo
+from liteq.stores.contract import Finished, MinuteCount, PoolInfo, WorkerInfo
 from liteq.stores.postgres.link import Link
 from liteq.stores.postgres.queries import Queries
 from liteq.stores.postgres.transaction import PgTx, Transaction
@@ -49,6 +50,19 @@ class PgRegistry(Registry):
         with Transaction(self._link, self._q, self.clock) as tx:
             assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
             yield _Beat(tx, self._q)
+
+    def _pool_rows(self) -> list[PoolInfo]:
+        return [
+            PoolInfo(sup, name, host, int(pid), int(n), int(lo), int(hi), *rest)
+            for sup, name, host, pid, n, lo, hi, *rest in self._rows_of(self._q.POOLS)
+        ]
+
+    def _write_pools(self, supervisor: str, rows: Sequence[PoolInfo], forget_before: float) -> None:
+        with Transaction(self._link, self._q, self.clock) as tx:
+            assert isinstance(tx, PgTx)  # noqa: S101 - this store's own
+            tx.execute(self._q.FORGET_POOLS, (supervisor, forget_before))
+            for row in rows:
+                tx.execute(self._q.REPORT_POOL, dataclasses.asdict(row))
 
 
 class _Beat(RegistryWrite):

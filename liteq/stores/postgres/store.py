@@ -18,7 +18,14 @@ from liteq.options import EnqueueOptions
 from liteq.record import Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore, check_job_id
-from liteq.stores.contract import WAITS_FOR_ITS_TYPE, JobQuery, QueueCount, ScheduleInfo, Tx
+from liteq.stores.contract import (
+    WAITS_FOR_ITS_TYPE,
+    CountDrift,
+    JobQuery,
+    QueueCount,
+    ScheduleInfo,
+    Tx,
+)
 from liteq.stores.events import StatusHook
 from liteq.stores.postgres import aio
 from liteq.stores.postgres import schema as pg_schema
@@ -225,11 +232,27 @@ class PostgresStore(BaseStore):
         return [record_of(row) for row in self._rows(sql, args)]
 
     def _summary(self, now: float) -> list[QueueCount]:
-        rows = self._rows(self._q.SUMMARY, {"now": now, "waits": WAITS_FOR_ITS_TYPE})
-        return [
+        with self._link.using() as conn, conn.transaction():
+            conn.execute(self._q.WITHOUT_JIT)
+            rows = conn.execute(
+                self._q.SUMMARY, {"now": now, "waits": WAITS_FOR_ITS_TYPE}
+            ).fetchall()
+        return [  # by queue, then status (str order is that of COLLATE "C": code points)
             QueueCount(queue, Status(status), n, oldest, due, unknown)
-            for queue, status, n, oldest, due, unknown in rows
+            for queue, status, n, oldest, due, unknown in sorted(rows, key=lambda r: r[:2])
         ]
+
+    def _check_counts(self, repair: bool) -> list[CountDrift]:
+        if not repair:
+            return sorted(CountDrift(*row) for row in self._rows(self._q.COUNT_DRIFT))
+        with self._link.using() as conn, conn.transaction():
+            conn.execute(self._q.LOCK_JOBS_FOR_RECOUNT)  # writers wait until it commits
+            conn.execute(self._q.FOLD_COUNTS)
+            rows = conn.execute(self._q.COUNT_DRIFT).fetchall()
+            if rows:
+                conn.execute(self._q.CLEAR_COUNTS)
+                conn.execute(self._q.RECOUNT)
+        return sorted(CountDrift(*row) for row in rows)
 
     def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
         sql, args = self._q.purge(status.value, queue, before, limit)

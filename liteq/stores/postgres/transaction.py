@@ -169,13 +169,18 @@ class PgTx(Tx):
     def insert_alike(self, records: Sequence[Record]) -> list[int]:
         if len(records) < 2:
             return [job_id for job_id in map(self.insert, records) if job_id is not None]
-        return self._insert_batch(records)
+        # The values the rows share, once (the first row's), and the two they differ in.
+        args = dict(zip(COLUMNS_BUT_ID, new_values(records[0]), strict=True))
+        args["job_type"] = [r.job_type for r in records]
+        args["payload"] = [r.payload for r in records]
+        rows = self._cursor.execute(self._q.INSERT_ALIKE, args).fetchall()
+        return sorted(int(row[0]) for row in rows)
 
     def _insert_batch(self, records: Sequence[Record]) -> list[int]:
         """Insert rows that hold no coalesce id, with one statement; their ids in order."""
         columns = zip(*(new_values(r) for r in records), strict=True)
         arrays = dict(zip(COLUMNS_BUT_ID, map(list, columns), strict=True))
-        rows = self._cursor.execute(self._q.INSERT_BATCH, arrays)
+        rows = self._cursor.execute(self._q.INSERT_BATCH, arrays).fetchall()
         return sorted(int(row[0]) for row in rows)
 
     def update(self, record: Record) -> None:
@@ -205,7 +210,8 @@ class PgTx(Tx):
             sql, args["queue"] = self._q.CLAIM_ONE_QUEUE, names[0]
         else:
             sql, args["queues"] = self._q.CLAIM_QUEUES, names
-        records = [record_of(row) for row in self._cursor.execute(sql, args)]
+        # (fetchall: one call for the rows, not one per row, on a worker's hot path)
+        records = [record_of(row) for row in self._cursor.execute(sql, args).fetchall()]
         records.sort(key=_best_first)
         return records
 
@@ -219,7 +225,7 @@ class PgTx(Tx):
         ids = [c.id for c in deletes]
         attempts = [c.attempts for c in deletes]
         cursor = self._cursor.execute(self._q.DELETE_FENCED_MANY, (ids, attempts, deletes[0].owner))
-        gone = {row[0] for row in cursor}
+        gone = {row[0] for row in cursor.fetchall()}
         return [
             (claimed.id in gone) if changes is None else self.fenced_write(claimed, changes)
             for claimed, changes in writes

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from liteq.record import COLUMNS, COLUMNS_BUT_ID
 from liteq.stores.contract import JobQuery
+from liteq.stores.registry import POOL_COLUMNS
 from liteq.stores.sqlshared import WORKER_COLUMNS, filters, read_blocks, search_filters
 
 #: What jobs that insert_alike inserts with one statement share: every column but these.
@@ -52,6 +53,10 @@ TOP_PRIORITY: Final = _sql("top_priority")
 NEXT_PRIORITY: Final = _sql("next_priority")
 FIRST_DUE: Final = _sql("first_due")
 SUMMARY: Final = _sql("summary")
+QUEUED_DETAIL: Final = _sql("queued_detail")
+COUNT_DRIFT: Final = _sql("count_drift")
+CLEAR_COUNTS: Final = _sql("clear_counts")
+RECOUNT: Final = _sql("recount")
 DATA_VERSION: Final = _sql("data_version")
 WAL_CHECKPOINT: Final = _sql("wal_checkpoint")
 EMPTY_WAL: Final = _sql("empty_wal")
@@ -86,6 +91,14 @@ WORKERS: Final = _sql("workers")
 THROUGHPUT: Final = _sql("throughput")
 COUNT_TOTAL: Final = _sql("count_total")
 TOTALS: Final = _sql("totals")
+# The autoscaled pools' rows, by PoolInfo's field names.
+_POOLS: Final = {
+    "pool_columns": ", ".join(POOL_COLUMNS),
+    "pool_values": ", ".join(f":{c}" for c in POOL_COLUMNS),
+}
+POOLS: Final = _sql("pools", **_POOLS)
+FORGET_POOLS: Final = _sql("forget_pools")
+REPORT_POOL: Final = _sql("report_pool", **_POOLS)
 
 #: pick()'s queue count meaning "every queue, while only one holds queued jobs".
 ONLY_QUEUE: Final = 0

@@ -153,18 +153,57 @@ SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND
 -- name: first_due
 SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND priority = +?2
 
+-- Counts read liteq_counts (kept by schema.sql's triggers), never a scan of the jobs.
 -- name: count
-SELECT count(*) FROM liteq_jobs WHERE 1 {where}
+SELECT coalesce(sum(n), 0) FROM liteq_counts WHERE 1 {where}
 
 -- name: search
 SELECT {columns} FROM liteq_jobs WHERE 1 {where} ORDER BY id {order} LIMIT ?
 
+-- Jobs per queue and status, from the counters.
 -- name: summary
-SELECT queue, status, count(*),
-    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN max(run_at, created_at) END),
-    sum(status = 'queued' AND run_at <= ?1),
-    sum(status = 'queued' AND substr(error, 1, length(?2)) = ?2)
-FROM liteq_jobs GROUP BY queue, status ORDER BY queue, status
+SELECT queue, status, n FROM liteq_counts WHERE n <> 0 ORDER BY queue, status
+
+-- What depends on the time, for one queue's queued jobs (?1 the queue, ?2 now, ?3 the
+-- prefix of an unknown type's error), through the claim index, a seek per priority: the
+-- first job of each priority (due: since when it has waited; the oldest of them is what
+-- the overview shows) and how many are due later (due = queued - later: the cost grows
+-- with the jobs scheduled ahead, not with the due ones); and through liteq_jobs_erred,
+-- those waiting for a worker that knows their type.
+-- name: queued_detail
+WITH RECURSIVE levels(priority) AS (
+    SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = ?1
+    UNION ALL
+    SELECT (SELECT max(priority) FROM liteq_jobs
+            WHERE status = 'queued' AND queue = ?1 AND priority < levels.priority)
+    FROM levels WHERE levels.priority IS NOT NULL)
+SELECT
+    min((SELECT CASE WHEN run_at <= ?2 THEN max(run_at, created_at) END FROM liteq_jobs
+         WHERE status = 'queued' AND queue = ?1 AND priority = levels.priority
+         ORDER BY run_at LIMIT 1)),
+    total((SELECT count(*) FROM liteq_jobs
+           WHERE status = 'queued' AND queue = ?1 AND priority = levels.priority
+               AND run_at > ?2)),
+    (SELECT count(*) FROM liteq_jobs
+     WHERE status = 'queued' AND error IS NOT NULL AND queue = ?1
+         AND substr(error, 1, length(?3)) = ?3)
+FROM levels WHERE levels.priority IS NOT NULL
+
+-- The counters against a scan of the jobs (`liteq db check`): every (queue, status) whose
+-- counter is not what a scan counts, with both numbers.
+-- name: count_drift
+WITH scanned AS (SELECT queue, status, count(*) AS n FROM liteq_jobs GROUP BY queue, status)
+SELECT queue, status, coalesce(c.n, 0), coalesce(s.n, 0)
+FROM liteq_counts AS c FULL JOIN scanned AS s USING (queue, status)
+WHERE coalesce(c.n, 0) <> coalesce(s.n, 0)
+ORDER BY queue, status
+
+-- name: clear_counts
+DELETE FROM liteq_counts
+
+-- name: recount
+INSERT INTO liteq_counts (queue, status, n)
+    SELECT queue, status, count(*) FROM liteq_jobs GROUP BY queue, status
 
 -- name: purge
 DELETE FROM liteq_jobs WHERE id IN (
@@ -330,3 +369,13 @@ AND id > ?
 
 -- name: filter_before
 AND id < ?
+
+-- The autoscaled pools of `liteq work` supervisors ({pool_columns}: PoolInfo's fields).
+-- name: pools
+SELECT {pool_columns} FROM liteq_pools
+
+-- name: forget_pools
+DELETE FROM liteq_pools WHERE supervisor = ? OR beat_at < ?
+
+-- name: report_pool
+INSERT INTO liteq_pools ({pool_columns}) VALUES ({pool_values})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from liteq.stores.contract import Finished, MinuteCount, WorkerInfo
+from liteq.stores.contract import Finished, MinuteCount, PoolInfo, WorkerInfo
 from liteq.stores.registry import SILENT_LEASES, Registry, RegistryWrite
 from liteq.stores.sqlite import queries
 from liteq.stores.sqlite.gate import PATIENT, PROMPT
@@ -50,6 +51,17 @@ class SQLiteRegistry(Registry):
     def _writing(self) -> Iterator[RegistryWrite]:
         with Transaction(self._file, self.clock, PATIENT):
             yield _Beat(self._file.session()[0])
+
+    def _pool_rows(self) -> list[PoolInfo]:
+        with self._file.reading() as conn:
+            return [PoolInfo(*row) for row in conn.execute(queries.POOLS)]
+
+    def _write_pools(self, supervisor: str, rows: Sequence[PoolInfo], forget_before: float) -> None:
+        with Transaction(self._file, self.clock, PATIENT):
+            conn = self._file.session()[0]
+            conn.execute(queries.FORGET_POOLS, (supervisor, forget_before))
+            for row in rows:
+                conn.execute(queries.REPORT_POOL, dataclasses.asdict(row))
 
 
 class _Beat(RegistryWrite):

@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import apsw
 
@@ -16,6 +16,7 @@ from liteq.status import Status
 from liteq.stores.base import BaseStore
 from liteq.stores.contract import (
     WAITS_FOR_ITS_TYPE,
+    CountDrift,
     FileInfo,
     JobQuery,
     QueueCount,
@@ -28,10 +29,12 @@ from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
 from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
 from liteq.stores.sqlite.registry import SQLiteRegistry
 from liteq.stores.sqlite.transaction import SQLiteTx, Transaction, new_values, record_of
+from liteq.stores.sqlite.walwatch import WalWatch
 from liteq.stores.wakeup import Waker
 
-#: How often an idle worker polls for commits of other processes: quickly for two seconds
-#: after activity, then more slowly (docs/performance.md: pick-up latency and idle cost).
+#: How often an idle worker polls for commits of other processes where inotify cannot tell
+#: it of them (walwatch.py): quickly for two seconds after activity, then more slowly
+#: (docs/performance.md: pick-up latency and idle cost).
 POLL, IDLE_POLL = 0.01, 0.05
 
 
@@ -94,7 +97,9 @@ class SQLiteStore(BaseStore):
             registry=SQLiteRegistry(self.file, clock),
             clock=clock,
             on_status_change=on_status_change,
-            waker=Waker(self._data_version, poll=POLL, idle_poll=IDLE_POLL),
+            waker=Waker(
+                self._data_version, poll=POLL, idle_poll=IDLE_POLL, watch=WalWatch(self.path)
+            ),
         )
         self._db()
 
@@ -150,14 +155,32 @@ class SQLiteStore(BaseStore):
         return [record_of(r) for r in rows]
 
     def _summary(self, now: float) -> list[QueueCount]:
-        with self.file.reading() as conn:
-            rows: list[tuple[Any, ...]] = conn.execute(
-                queries.SUMMARY, (now, WAITS_FOR_ITS_TYPE)
-            ).fetchall()
-        return [
-            QueueCount(queue, Status(status), n, oldest, due or 0, unknown or 0)
-            for queue, status, n, oldest, due, unknown in rows
-        ]
+        found = []
+        with self.file.reading() as conn, conn:  # one snapshot (a read transaction)
+            rows: list[tuple[Any, ...]] = conn.execute(queries.SUMMARY).fetchall()
+            for queue, status, n in rows:
+                if status != Status.QUEUED.value:
+                    found.append(QueueCount(queue, Status(status), n))
+                    continue
+                detail = conn.execute(queries.QUEUED_DETAIL, (queue, now, WAITS_FOR_ITS_TYPE))
+                oldest, later, unknown = cast(
+                    "tuple[float | None, float, int]", detail.fetchall()[0]
+                )
+                found.append(QueueCount(queue, Status.QUEUED, n, oldest, n - int(later), unknown))
+        return found
+
+    def _check_counts(self, repair: bool) -> list[CountDrift]:
+        if not repair:
+            with self.file.reading() as conn:
+                rows = conn.execute(queries.COUNT_DRIFT).fetchall()
+            return _drift(rows)
+        with self._transaction(prompt=True):  # the write lock: no writer meanwhile
+            conn = self.file.session()[0]
+            rows = conn.execute(queries.COUNT_DRIFT).fetchall()
+            if rows:
+                conn.execute(queries.CLEAR_COUNTS)
+                conn.execute(queries.RECOUNT)
+        return _drift(rows)
 
     def _purge(self, status: Status, queue: str | None, before: float | None, limit: int) -> int:
         sql, args = queries.purge(status.value, queue, before, limit)
@@ -320,8 +343,9 @@ class SQLiteStore(BaseStore):
 
     def close(self) -> None:
         """Close this process's connection (it reopens if the store is used again), and
-        stop the thread of aenqueue and aget."""
+        stop the thread of aenqueue and aget, and the watch on the log."""
         super().close()
+        self._waker.close()
         self.file.close()
 
     def __repr__(self) -> str:
@@ -331,3 +355,7 @@ class SQLiteStore(BaseStore):
 def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
     row = conn.execute(sql, args).fetchone()
     return None if row is None else row[0]
+
+
+def _drift(rows: list[tuple[Any, ...]]) -> list[CountDrift]:
+    return [CountDrift(str(q), str(st), int(kept), int(n)) for q, st, kept, n in rows]

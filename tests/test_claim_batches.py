@@ -1,0 +1,147 @@
+"""A worker left to size its own claims (prefetch unset, the default): a deep queue of short
+jobs is claimed in batches, slow jobs one at a time, and a worker killed holding a batch
+loses none of it and runs none of it twice at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import liteq
+from liteq.status import Status
+from liteq.worker.sizing import BUDGET, MOST, ClaimSize
+from tests import pg
+from tests.conftest import StoreFactory
+from tests.helpers import ROOT, wait_until
+from tests.jobs import Traced
+from tests.traces import assert_runs_never_overlap, runs_by_job
+
+#: The store the jobs below look at (the test's own, in this process).
+WATCHED: list[liteq.stores.BaseStore] = []
+#: How many jobs were RUNNING as each Held job ran, in order.
+SEEN: list[int] = []
+
+
+class Held(liteq.Job):
+    """Notes how many jobs are RUNNING as it runs (its worker's batch, held), then sleeps."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        SEEN.append(WATCHED[0].count(status=Status.RUNNING))
+        time.sleep(self.seconds)
+
+
+@pytest.fixture
+def watched(make_store: StoreFactory) -> Iterator[liteq.stores.BaseStore]:
+    store = make_store()
+    WATCHED[:] = [store]
+    SEEN.clear()
+    yield store
+    WATCHED.clear()
+
+
+def drain(store: liteq.stores.BaseStore) -> liteq.Worker:
+    worker = liteq.Worker(store, exit_if_no_jobs=True, jitter=False, handle_signals=False)
+    assert worker.start() == 0
+    return worker
+
+
+def test_a_deep_queue_of_short_jobs_is_claimed_in_batches(
+    watched: liteq.stores.BaseStore,
+) -> None:
+    watched.enqueue_many([Held() for _ in range(400)])
+    worker = drain(watched)
+    assert worker.jobs_processed == 400
+    assert watched.count(status=Status.QUEUED) == watched.count(status=Status.RUNNING) == 0
+    # One claim per job would hold one at a time; batches grow to the most allowed.
+    assert max(SEEN) > 10, SEEN
+    assert max(SEEN) <= MOST
+
+
+def test_slow_jobs_are_claimed_one_at_a_time(watched: liteq.stores.BaseStore) -> None:
+    # Short jobs first (batches), then slow ones: once a slow one has run, its worker holds
+    # no job it cannot start within the budget.
+    watched.enqueue_many([Held() for _ in range(100)])
+    watched.enqueue_many([Held(BUDGET) for _ in range(8)], priority=-1)
+    drain(watched)
+    short, slow = SEEN[:100], SEEN[100:]
+    assert max(short) > 1, short
+    assert slow[1:] == [1] * 7, slow
+
+
+def test_a_shallow_queue_is_claimed_one_job_at_a_time() -> None:
+    size = ClaimSize()
+    size.ran(0.0001)  # short jobs: a batch of many would fit the budget
+    assert size.next() == 1  # but nothing says the queue is deep yet
+    size.claimed(1, 1)
+    size.claimed(2, 2)
+    assert size.next() == 4
+    size.claimed(4, 3)  # the queue ran out: other workers get what comes next
+    assert size.next() == 1
+    size.claimed(1, 1)
+    size.claimed(2, 2, timed=True)  # jobs with max_runtime: each start is a write anyway
+    assert size.next() == 1
+    size.claimed(1, 1)
+    assert size.ran(BUDGET)  # one slow job: one at a time again, the held ones handed back
+    assert size.next() == 1
+
+
+# -- a worker killed holding a batch ------------------------------------------------------
+def bare_worker(url: str, lease: float) -> subprocess.Popen[bytes]:
+    """A Worker at its defaults in a process of its own, with no supervisor to see it die."""
+    code = (
+        "import liteq, sys, tests.jobs; liteq.Worker(liteq.connect(sys.argv[1]),"
+        f" jitter=False, exit_if_no_jobs=True, lease={lease!r}).start()"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "q.sqlite")
+        return
+    pg.dsn_or_skip()
+    schema = pg.new_schema()
+    yield pg.url(schema)
+    pg.drop_schema(schema)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_holding_a_batch_loses_no_job_and_runs_none_twice_at_once(
+    url: str, tmp_path: Path
+) -> None:
+    trace = tmp_path / "q.trace"
+    store = liteq.connect(url)
+    jobs = store.enqueue_many([Traced(str(trace), 0.001) for _ in range(600)])
+    work = bare_worker(url, lease=2.0)
+    try:
+        wait_until(lambda: store.count(status=Status.RUNNING) > 5, 20, "a batch held")
+    finally:
+        os.kill(work.pid, signal.SIGKILL)
+        killed_at = time.time()
+        work.wait(10)
+    held = list(store.jobs(status=Status.RUNNING))
+    assert len(held) > 5
+    # Its jobs come back (its process is gone: at once here, after their lease elsewhere).
+    wait_until(lambda: (store.detect_hung_jobs(), not store.count(status=Status.RUNNING))[1], 20)
+    back = [store.get(m.id) for m in held]
+    assert {(m.status, m.record.crashes) for m in back} == {(Status.QUEUED, 0)}  # none blamed
+    drain(store)
+    assert store.count(status=Status.QUEUED) == 0 and store.count(status=Status.RUNNING) == 0
+    runs = runs_by_job(trace)
+    assert sorted(runs) == [m.id for m in jobs]  # every job ran
+    assert_runs_never_overlap(runs, {work.pid: killed_at})
+    for mjob in held:  # a held job that had not started ran once, after the kill
+        if all(run["pid"] != work.pid for run in runs[mjob.id]):
+            assert len(runs[mjob.id]) == 1
+    store.close()
