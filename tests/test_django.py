@@ -78,6 +78,8 @@ def postgres_site() -> Iterator[dict[str, str]]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            # (and the one Django's test runner makes, should a failed run leave it)
+            conn.execute(f"DROP DATABASE IF EXISTS test_{name} WITH (FORCE)")
 
 
 def run_the_shop(python: Path, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -136,6 +138,21 @@ def test_postgresql_the_queue_in_the_sites_database(
     assert count is not None and count[0] >= 8  # liteq's tables, in the site's database
 
 
+def test_postgresql_the_sites_own_tests_pass_and_drop_their_database(
+    python: Path, postgres_site: dict[str, str]
+) -> None:
+    # Django's test runner makes test_<name> and drops it after: no session of liteq's
+    # may hold it then; and a task enqueued in a test's transaction is found in it.
+    said = manage(python, postgres_site, "test", "shop", "--noinput", check=False)
+    assert "OK" in said and "Traceback" not in said, said[-3000:]
+    with psycopg.connect(pg.dsn_or_skip()) as conn:
+        left = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s",
+            (f"test_{postgres_site['SHOP_PG_NAME']}",),
+        ).fetchone()
+    assert left is None
+
+
 def _site_dsn(env: dict[str, str]) -> str:
     return (
         f"host={env['SHOP_PG_HOST']} port={env['SHOP_PG_PORT']} "
@@ -154,7 +171,7 @@ def test_sqlite_site_with_a_queue_file_of_its_own(python: Path, tmp_path: Path) 
     # and ran (and failed: its order is gone).
     assert seen[ids["rolled_back"]]["status"] == "FAILED"
     # liteq's tools on the same queue, through manage.py.
-    status = manage(python, env, "liteq", "jobs", "--json")
+    status = manage(python, env, "liteq", "jobs", "--json", "--import", "shop.tasks")
     assert {job["id"] for job in json.loads(status)["jobs"]} >= {int(ids["committed"])}
 
 

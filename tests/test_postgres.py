@@ -161,6 +161,10 @@ def test_an_enqueue_in_the_applications_transaction_exists_if_and_only_if_it_com
         app.execute("INSERT INTO orders VALUES (1)")
         kept = store.enqueue(Noop(1), connection=app)
         assert store.count() == 0, "seen by others before the application committed"
+        with pytest.raises(liteq.JobNotFound):
+            store.get(kept.id)
+        # Read in the application's transaction, the job it enqueued is there.
+        assert store.get(kept.id, connection=app).status is Status.QUEUED
     assert store.get(kept.id).status is Status.QUEUED
 
     lost: list[liteq.ManagedJob] = []

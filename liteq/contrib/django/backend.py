@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -21,6 +21,7 @@ from liteq.contrib.django.job import TaskJob, job_class
 from liteq.contrib.django.place import Place, django_sqlite_at, open_store, place_of, vendor
 from liteq.errors import JobNotFound, ResultExpired
 from liteq.job import lookup
+from liteq.managed import ManagedJob
 from liteq.options import check_text
 from liteq.stores import BaseStore, postgres_store
 
@@ -78,6 +79,11 @@ class LiteqBackend(BaseTaskBackend):
             if self._store is None:
                 self.refuse_shared_sqlite()
                 self._store = open_store(self.place)
+                if self.place.alias is not None:
+                    # Enqueues and reads go through Django's connection: liteq's own,
+                    # which checked the schema, is closed (a test run's teardown drops
+                    # the test database, which no other session may then hold).
+                    self._store.close()
             return self._store
 
     def refuse_shared_sqlite(self) -> None:
@@ -151,18 +157,29 @@ class LiteqBackend(BaseTaskBackend):
             job_id = int(result_id)
         except (TypeError, ValueError):
             raise TaskResultDoesNotExist(result_id) from None
-        store = self.store
+        read = self._reader()
         try:
-            mjob = store.get(job_id)
+            mjob = read(job_id)
             if mjob.job is None and lookup(mjob.job_type) is None:
                 _import_task(mjob.job_type)  # (its module makes the job type)
-                mjob = store.get(job_id)
+                mjob = read(job_id)
             job = mjob.job
             if not isinstance(job, TaskJob):
                 raise TaskResultDoesNotExist(f"job {job_id} is no Django task")
             return job.result_of(mjob, job.bound(mjob))
         except (JobNotFound, ResultExpired) as exc:
             raise TaskResultDoesNotExist(result_id) from exc
+
+    def _reader(self) -> Callable[[int], ManagedJob]:
+        """How get_result reads a job: in the Django database (DATABASE), on Django's own
+        connection, so that a task enqueued in the current transaction is found too."""
+        store = self.store
+        if self.place.alias is None:
+            return store.get
+        connection = connections[self.place.alias]
+        connection.ensure_connection()
+        assert isinstance(store, postgres_store())  # noqa: S101 - place.py opens one
+        return lambda job_id: store.get(job_id, connection=connection.connection)
 
     def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
         """`manage.py check`: where the queue lives must be one liteq can use."""

@@ -54,13 +54,20 @@ def liteq_command(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         raise ImproperlyConfigured(
             f"no --db: the queue is the one of the task backend {alias!r} (--backend ALIAS)"
         )
-    if args[:1] == ["work"]:
-        args = ["work", "--import", WORKER_SETUP, *args[1:]]
     env = {**os.environ, **queue_env(backend.place)}
     # The project's own modules import in liteq's process as in manage.py's.
     here = sys.path[0] or os.getcwd()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-    return [sys.executable, "-m", "liteq", *args], env
+    if args[:1] == ["work"]:
+        return [sys.executable, "-m", "liteq", "work", "--import", WORKER_SETUP, *args[1:]], env
+    # Any other command may import the project's tasks (enqueue, --import): Django first.
+    return [sys.executable, "-c", _WITH_DJANGO, *args], env
+
+
+#: `python -c` for a liteq command other than work: Django set up, then liteq's main.
+_WITH_DJANGO = (
+    "import sys, django; django.setup(); from liteq.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def run(argv: Sequence[str]) -> NoReturn:

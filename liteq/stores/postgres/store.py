@@ -161,6 +161,15 @@ class PostgresStore(BaseStore):
             raise StoreError(f"job {record.job_type} was not inserted")
         return self._managed(record_of(outcome))  # the job holding its coalesce id
 
+    def get(self, job_id: int, *, connection: psycopg.Connection[Any] | None = None) -> ManagedJob:
+        """The job with this id (see BaseStore.get); with `connection`, read on the
+        application's psycopg connection, in its transaction: a job it enqueued and has
+        not committed yet is found there, and liteq opens no connection of its own."""
+        if connection is None:
+            return super().get(job_id)
+        with self._joining(connection):
+            return super().get(job_id)
+
     async def aget(self, job_id: int) -> ManagedJob:
         """`get` from async code, on this event loop's own async connection."""
         row = await self._alink.fetchone(self._q.GET, (check_job_id(job_id),))
@@ -208,6 +217,13 @@ class PostgresStore(BaseStore):
         return int(row[0])
 
     def _rows(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        joined: psycopg.Connection[Any] | None = getattr(self._local, "joined", None)
+        if joined is not None:  # (a read in the application's transaction: get)
+            try:
+                with joined.cursor(row_factory=tuple_row) as cursor:
+                    return cursor.execute(sql, args).fetchall()
+            except psycopg.Error as exc:
+                raise translate(exc, self._link.server) or exc from exc
         with self._link.using() as conn:
             return conn.execute(sql, args).fetchall()
 
