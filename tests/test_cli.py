@@ -282,6 +282,7 @@ def test_jobs_shows_a_screenful_with_dates_and_whole_errors_and_show_the_traceba
         app, "work", "--db", "app.sqlite", "--import", "myapp.jobs", "--burst", "--queue", "default"
     )
     assert worked.returncode == 0, worked.stderr
+    assert "started (queues: default)" in worked.stderr  # (not a Python tuple)
     listed = liteq_cmd(app, "jobs", "--db", "app.sqlite")
     assert listed.returncode == 0
     rows = [line for line in listed.stdout.splitlines() if re.match(r"\d+ ", line)]

@@ -157,7 +157,9 @@ class Worker:
                 self._heartbeat.start(self._info(owner), max_rss=max_rss)
                 if options.jitter and not options.exit_if_no_jobs:
                     self._sleep(random.uniform(0, min(0.5, options.wakeup_every / 10)))  # noqa: S311
-                log.info("worker %s started (queues: %s)", owner, self._queues or "all")
+                log.info(
+                    "worker %s started (queues: %s)", owner, ", ".join(self._queues or ()) or "all"
+                )
                 if ready is not None:
                     ready()
                 try:
