@@ -138,13 +138,13 @@ class Report:
 
 
 def drain_in_processes(db: Path, processes: int, prefetch: int | None) -> tuple[float, int]:
-    """Drain `db` with `liteq work --burst` (`--prefetch` unless None: the default, each
+    """Drain `db` with `liteq work --burst --prefetch K` (None: `--prefetch auto`, each
     worker sizing its claims); return jobs/s and the largest worker RSS seen."""
     import psutil  # liteq's own dependency
 
     count = liteq.SQLiteStore(db).count()
     began = time.perf_counter()
-    flags = [] if prefetch is None else ["--prefetch", str(prefetch)]
+    flags = ["--prefetch", "auto" if prefetch is None else str(prefetch)]
     work = liteq_work(db, "--processes", str(processes), *flags, "--burst")
     peak = 0
     # Sample the workers' memory while they run. Finding them (children() reads every
@@ -246,13 +246,13 @@ def liteq_insert_alone(store: liteq.SQLiteStore, n: int) -> None:
         store._insert_one(record)
 
 
-#: `liteq work --prefetch` as measured: one job per claim, the default (None: sized by each
-#: worker), 100.
+#: `liteq work --prefetch` as measured: one job per claim (the default), auto (None: sized by
+#: each worker), 100.
 PREFETCHES = (1, None, 100)
 
 
 def work_key(label: str, processes: int, prefetch: int | None) -> str:
-    flag = "" if prefetch is None else f" --prefetch {prefetch}"
+    flag = " --prefetch auto" if prefetch is None else f" --prefetch {prefetch}"
     return f"liteq work, {label} jobs, --processes {processes}{flag}"
 
 

@@ -1,4 +1,4 @@
-"""A worker left to size its own claims (prefetch unset, the default): a deep queue of short
+"""A worker left to size its own claims (prefetch=None, `--prefetch auto`): a deep queue of short
 jobs is claimed in batches, slow jobs one at a time, and a worker killed holding a batch
 loses none of it and runs none of it twice at once."""
 
@@ -20,7 +20,7 @@ from liteq.worker.sizing import BUDGET, MOST, ClaimSize
 from tests import pg
 from tests.conftest import StoreFactory
 from tests.helpers import ROOT, wait_until
-from tests.jobs import Traced
+from tests.jobs import Noop, Sleeps, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
 #: The store the jobs below look at (the test's own, in this process).
@@ -50,7 +50,9 @@ def watched(make_store: StoreFactory) -> Iterator[liteq.stores.BaseStore]:
 
 
 def drain(store: liteq.stores.BaseStore) -> liteq.Worker:
-    worker = liteq.Worker(store, exit_if_no_jobs=True, jitter=False, handle_signals=False)
+    worker = liteq.Worker(
+        store, exit_if_no_jobs=True, jitter=False, handle_signals=False, prefetch=None
+    )
     assert worker.start() == 0
     return worker
 
@@ -97,9 +99,9 @@ def test_a_shallow_queue_is_claimed_one_job_at_a_time() -> None:
 
 # -- a worker killed holding a batch ------------------------------------------------------
 def bare_worker(url: str, lease: float) -> subprocess.Popen[bytes]:
-    """A Worker at its defaults in a process of its own, with no supervisor to see it die."""
+    """A Worker sizing its claims in a process of its own, with no supervisor to see it die."""
     code = (
-        "import liteq, sys, tests.jobs; liteq.Worker(liteq.connect(sys.argv[1]),"
+        "import liteq, sys, tests.jobs; liteq.Worker(liteq.connect(sys.argv[1]), prefetch=None,"
         f" jitter=False, exit_if_no_jobs=True, lease={lease!r}).start()"
     )
     return subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT)
@@ -145,3 +147,28 @@ def test_a_worker_killed_holding_a_batch_loses_no_job_and_runs_none_twice_at_onc
         if all(run["pid"] != work.pid for run in runs[mjob.id]):
             assert len(runs[mjob.id]) == 1
     store.close()
+
+
+def test_at_defaults_a_job_that_hangs_holds_no_other(tmp_path: Path) -> None:
+    # Batches are opt-in (prefetch=None, --prefetch auto): a worker sizing its claims holds
+    # the rest of its batch, and the completions before it, while a job hangs. At the
+    # defaults, one job per claim, the other worker runs everything else meanwhile.
+    db = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(db)
+    store.enqueue_many([Noop(n) for n in range(1500)])
+    store.enqueue(Sleeps(30))
+    store.enqueue_many([Noop(n) for n in range(1500)])
+    work = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "liteq", "work", "--db", str(db), "--import", "tests.jobs"),
+            *("--processes", "2", "-q"),
+        ],
+        cwd=ROOT,
+    )
+    try:
+        wait_until(lambda: store.count(status=Status.QUEUED) == 0, timeout=25)
+        wait_until(lambda: store.count(status=Status.RUNNING) == 1, timeout=5)
+    finally:
+        work.send_signal(signal.SIGTERM)  # (the hanging job is re-queued after 1 s)
+        work.wait(timeout=30)
+        store.close()

@@ -50,6 +50,11 @@ NO_FLAG: Final[Mapping[str, str]] = {
 }
 
 
+def _prefetch(text: str) -> int | None:
+    """`--prefetch`: K, or `auto` (None: the worker sizes its claims)."""
+    return None if text.strip() == "auto" else up_to(MAX_SLOTS)(text)
+
+
 def add_parser(sub: Commands) -> None:
     """Register `liteq work`."""
     work = sub.add_parser(
@@ -172,11 +177,12 @@ def add_parser(sub: Commands) -> None:
     )
     work.add_argument(
         "--prefetch",
-        type=up_to(MAX_SLOTS),
+        type=_prefetch,
         default=DEFAULTS.prefetch,
         metavar="K",
-        help="claim K jobs per transaction and acknowledge in batches (default: each worker "
-        "sizes its claims: one job, more while the queue is deep and its jobs short)",
+        help="claim K jobs per transaction and acknowledge in batches (short jobs; default "
+        "1); auto: each worker sizes its claims, more while the queue is deep and its jobs "
+        "short",
     )
     work.add_argument(
         "--concurrency",

@@ -54,9 +54,11 @@ class WorkerOptions:
             in batches of as many: far faster for short jobs. Prefetched jobs are RUNNING
             and leased by this worker until they run; on a stop, those not started are
             handed back; on a crash, they are rescued like any running job (at least once).
-            None (the default): the worker sizes each claim itself, one job at a time
-            unless the queue is deep and its jobs short, then as many (up to 100) as it
-            expects to run within about 50 ms (see worker/sizing.py).
+            1 (the default): one job per transaction. None: the worker sizes each claim
+            itself, one job at a time unless the queue is deep and its jobs short, then as
+            many (up to 100) as it expects to run within about 50 ms (see
+            worker/sizing.py); not the default yet, for a job that hangs holds the rest of
+            its batch until it ends (docs/deploying.md).
         max_crashes: a job whose worker died while running it (a segfault, os._exit, an
             OOM or max_rss kill) this many times fails for good; each death before is a
             mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
@@ -84,7 +86,7 @@ class WorkerOptions:
     check_health: bool = True
     max_rss: int | None = None
     handle_signals: bool = True
-    prefetch: int | None = None
+    prefetch: int | None = 1
     max_crashes: int = DEFAULT_MAX_CRASHES
     concurrency: int = 1
 

@@ -22,6 +22,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Final
@@ -43,6 +44,10 @@ _IN_CLOEXEC: Final = 0o2000000
 _MASK: Final = _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR | _IN_EXCL_UNLINK
 _HEADER: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _READ_SIZE: Final = 64 * (_HEADER.size + 256)  # many events per read, names up to 255 bytes
+
+#: How long the listening thread pauses after events of other files only: what a report of
+#: the log may be delayed by in a directory where another file is written all the time.
+_OTHERS_PAUSE: Final = 0.005
 
 _LIBC: ctypes.CDLL | None = None
 _WATCHES: weakref.WeakSet[WalWatch] = weakref.WeakSet()
@@ -107,6 +112,10 @@ class _Listening:
                     self.wanted.clear()
                     if not self._nudge():
                         break
+                else:
+                    # Another file of the directory is being written: read its events in
+                    # batches (the kernel merges repeats meanwhile), not one by one.
+                    time.sleep(_OTHERS_PAUSE)
         except OSError as exc:
             log.debug("watching the log of a queue file stopped: %s", exc)
         finally:
