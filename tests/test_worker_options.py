@@ -118,6 +118,19 @@ def test_a_claim_size_past_its_bound_is_one_line_and_exit_2() -> None:
     assert "expected a whole number from 1 to 10000" in result.stderr
 
 
+def test_prefetch_auto_leaves_the_claims_to_the_worker_and_says_so_when_mistyped() -> None:
+    assert build_parser().parse_args(["work", "--import", "jobs"]).prefetch == 1
+    assert build_parser().parse_args(["work", "--prefetch", "auto"]).prefetch is None
+    result = subprocess.run(
+        [sys.executable, "-m", "liteq", "work", "--import", "jobs", "--prefetch", "atuo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "expected auto or a whole number from 1 to 10000, not 'atuo'" in result.stderr
+
+
 def test_worker_refuses_a_claim_size_past_its_bound() -> None:
     store = liteq.MemoryStore()
     for option in ("prefetch", "concurrency"):

@@ -52,7 +52,14 @@ NO_FLAG: Final[Mapping[str, str]] = {
 
 def _prefetch(text: str) -> int | None:
     """`--prefetch`: K, or `auto` (None: the worker sizes its claims)."""
-    return None if text.strip() == "auto" else up_to(MAX_SLOTS)(text)
+    if text.strip() == "auto":
+        return None
+    try:
+        return up_to(MAX_SLOTS)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a whole number from 1 to {MAX_SLOTS}, not {text!r}"
+        ) from None
 
 
 def add_parser(sub: Commands) -> None:
