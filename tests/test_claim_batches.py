@@ -20,7 +20,7 @@ from liteq.worker.sizing import BUDGET, MOST, ClaimSize
 from tests import pg
 from tests.conftest import StoreFactory
 from tests.helpers import ROOT, wait_until
-from tests.jobs import Noop, Sleeps, Traced
+from tests.jobs import ExitsOnce, Noop, Sleeps, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
 #: The store the jobs below look at (the test's own, in this process).
@@ -149,10 +149,12 @@ def test_a_worker_killed_holding_a_batch_loses_no_job_and_runs_none_twice_at_onc
     store.close()
 
 
-def test_at_defaults_a_job_that_hangs_holds_no_other(tmp_path: Path) -> None:
-    # Batches are opt-in (prefetch=None, --prefetch auto): a worker sizing its claims holds
-    # the rest of its batch, and the completions before it, while a job hangs. At the
-    # defaults, one job per claim, the other worker runs everything else meanwhile.
+@pytest.mark.parametrize("flags", [(), ("--prefetch", "auto")], ids=["defaults", "auto"])
+def test_a_job_that_hangs_holds_no_other_for_long(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    # At the defaults, one job per claim, the other worker runs everything else meanwhile.
+    # A worker sizing its claims holds the rest of its batch, and the completions before the
+    # hanging job, only until the job has run for RELIEF_AFTER: then its heartbeat hands
+    # the held ones back and records the completed ones.
     db = tmp_path / "q.sqlite"
     store = liteq.SQLiteStore(db)
     store.enqueue_many([Noop(n) for n in range(1500)])
@@ -161,7 +163,7 @@ def test_at_defaults_a_job_that_hangs_holds_no_other(tmp_path: Path) -> None:
     work = subprocess.Popen(
         [
             *(sys.executable, "-m", "liteq", "work", "--db", str(db), "--import", "tests.jobs"),
-            *("--processes", "2", "-q"),
+            *("--processes", "2", "--graceful-timeout", "1", "--lease", "6", "-q", *flags),
         ],
         cwd=ROOT,
     )
@@ -172,3 +174,31 @@ def test_at_defaults_a_job_that_hangs_holds_no_other(tmp_path: Path) -> None:
         work.send_signal(signal.SIGTERM)  # (the hanging job is re-queued after 1 s)
         work.wait(timeout=30)
         store.close()
+
+
+def test_a_timed_job_that_kills_its_worker_re_runs_no_finished_job_before_it(
+    tmp_path: Path,
+) -> None:
+    # In a batch the worker sized, the completions before a job with max_runtime are
+    # recorded before it starts: its death (past max_runtime, say) re-runs none of them.
+    db, trace = tmp_path / "q.sqlite", tmp_path / "q.trace"
+    store = liteq.SQLiteStore(db)
+    store.enqueue_many([Traced(str(trace)) for _ in range(400)])
+    stuck = store.enqueue(ExitsOnce(str(trace)), max_runtime=10)
+    store.enqueue_many([Traced(str(trace)) for _ in range(400)])
+    store.close()
+    work = subprocess.run(
+        [
+            *(sys.executable, "-m", "liteq", "work", "--db", str(db), "--import", "tests.jobs"),
+            *("--burst", "--prefetch", "auto", "-q"),
+        ],
+        cwd=ROOT,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    assert work.returncode in (0, 1), work.stderr
+    runs = runs_by_job(trace)
+    assert len(runs) == 801
+    again = sorted(job for job, job_runs in runs.items() if len(job_runs) > 1)
+    assert again == [stuck.id], again

@@ -541,7 +541,8 @@ def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_
     trace, log = tmp_path / "q.trace", tmp_path / "work.log"
     store = liteq.connect(url)
     schema = url.rsplit("schema=", 1)[1]
-    store.enqueue_many([Traced(str(trace), 0.005) for _ in range(300)])
+    # (Work for about 4.5 s: sessions are ended, then the table locked, while jobs still run.)
+    store.enqueue_many([Traced(str(trace), 0.03) for _ in range(300)])
     name = pg.new_name()
     timed = pg.with_params(url, application_name=name, options="-c%20statement_timeout%3D300")
     work = start_work(timed, log, "--processes", "2")

@@ -75,6 +75,7 @@ class Heartbeat:
         lease: float,
         check_health: bool,
         disown: Callable[[], None] = lambda: None,
+        relieve: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.holding = holding
@@ -86,6 +87,8 @@ class Heartbeat:
         #: Before a hard exit that is no fault of the job (a stop past the graceful
         #: timeout): tell the supervisor no job was running, so that none is blamed.
         self.disown = disown
+        #: At each tick: the worker hands back what a long job keeps waiting (its batch).
+        self.relieve = relieve
         #: Stop a job that takes the worker past this many bytes while it runs (None: no
         #: watch; `liteq work`'s supervisor watches its workers itself). Set by start().
         self.max_rss: int | None = None
@@ -186,6 +189,7 @@ class Heartbeat:
                     if not run.hard_exit_blames_job:
                         self.disown()
                     os._exit(EXIT_SIGNAL)
+            self.relieve()
             if self.check_health and time.monotonic() >= health_at:
                 health_at = time.monotonic() + HEALTH_EVERY
                 report_health(self.store)

@@ -45,6 +45,9 @@ T = TypeVar("T")
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 30.0
 #: With prefetch, the longest a completion waits for its batch before a job starts.
 ACK_DELAY: Final = 0.05
+#: A job whose code has run this long in a batch the worker sized itself: the heartbeat
+#: hands back the jobs held behind it and records the completions before it (_relieve).
+RELIEF_AFTER: Final = 1.0
 #: A job in flight at this many deaths of its worker runs alone from then on: a death
 #: shared by several coroutine jobs counts a crash against each (see rescue.py), and one
 #: such death (a kill, an OOM) should not make every job of the worker run one by one.
@@ -78,6 +81,11 @@ class Worker:
         # For what the heartbeat reads: _held, _acks (not _in_flight, read as a snapshot: a
         # job is in _acks before it leaves _in_flight, so the heartbeat never misses it).
         self._lock = threading.Lock()
+        # The batch is the main thread's but while a job's code runs (_executing_since
+        # set): then the heartbeat may relieve it, holding this; the main thread takes
+        # its turn back as the job's code returns.
+        self._turn = threading.Lock()
+        self._executing_since: float | None = None
         self._batch_head: ManagedJob | None = None
         self._recheck_after = options.lease / 2  # see _still_mine
         self._signals = Signals(options.graceful_shutdown_timeout, self._in_flight)
@@ -91,6 +99,7 @@ class Worker:
             lease=options.lease,
             check_health=options.check_health,
             disown=lambda: self._tell_running(None),
+            relieve=self._relieve,
         )
         self._coroutines = Coroutines(store.wake)
         #: A coroutine job that must run alone (runs_alone), in flight (see _run).
@@ -286,8 +295,11 @@ class Worker:
                 self._held.pop(0)
             # Finished jobs do not wait on a slow one; nor on one that took a worker down
             # before and may again: its crash would re-queue them, to run once more.
+            # (Nor on one with max_runtime: a kill past it would re-run them.)
             if self._acks and (
-                time.monotonic() - self._acks_since > ACK_DELAY or mjob.record.crashes
+                time.monotonic() - self._acks_since > ACK_DELAY
+                or mjob.record.crashes
+                or mjob.max_runtime is not None
             ):
                 self._flush_acks()
             if mjob.record.crashes and self._held and self._sizing is not None:
@@ -322,6 +334,47 @@ class Worker:
         if self._patiently("handing back held jobs", lambda: self.store.release(held)) is None:
             with self._lock:  # stopping: _settle hands them back
                 self._held = held
+
+    def _relieve(self) -> None:
+        """From the heartbeat's thread, while a job's code has run past RELIEF_AFTER in a
+        batch the worker sized itself: hand back the jobs held behind it (no attempt used)
+        and record the completions before it, so that neither waits on a job that may run
+        for minutes, or hang."""
+        since = self._executing_since
+        if self._sizing is None or since is None or time.monotonic() - since < RELIEF_AFTER:
+            return
+        with self._lock:
+            if not self._held and not self._acks:
+                return
+        if not self._turn.acquire(blocking=False):
+            return
+        try:
+            if self._executing_since is None:  # (its code returned meanwhile)
+                return
+            with self._lock:
+                held, self._held = self._held, []
+                acks = list(self._acks)
+            try:
+                lost = self.store.complete_many(acks) if acks else []
+                with self._lock:
+                    done = {id(m) for m in acks}
+                    self._acks = [m for m in self._acks if id(m) not in done]
+                released = self.store.release(held) if held else 0
+            except StoreError as exc:
+                log.warning("relieving the batch behind a long job failed: %s", exc)
+                with self._lock:  # (still leased and renewed; handed back at the end)
+                    self._held = [*held, *self._held]
+                return
+            for error in lost:
+                log.warning("%s; its result is dropped", error)
+            log.info(
+                "a job has run for over %g s: handed back %d held job(s), recorded %d done",
+                RELIEF_AFTER,
+                released,
+                len(acks),
+            )
+        finally:
+            self._turn.release()
 
     def _keep_one_alone(self, held: list[ManagedJob]) -> list[ManagedJob]:
         """Of a claim at concurrency > 1, hand back at once (no attempt used) the jobs past
@@ -528,11 +581,14 @@ class Worker:
         try:
             try:
                 run.executing = True
-                began = time.monotonic()
+                began = self._executing_since = time.monotonic()
                 try:
                     outcome = Outcome(run, result=job.run(mjob))
                 finally:
                     run.executing = False
+                    self._executing_since = None
+                    with self._turn:  # (a relief under way ends first)
+                        pass
                     if self._sizing is not None:
                         self._ran_slow = self._sizing.ran(time.monotonic() - began)
             finally:

@@ -57,8 +57,8 @@ class WorkerOptions:
             1 (the default): one job per transaction. None: the worker sizes each claim
             itself, one job at a time unless the queue is deep and its jobs short, then as
             many (up to 100) as it expects to run within about 50 ms (see
-            worker/sizing.py); not the default yet, for a job that hangs holds the rest of
-            its batch until it ends (docs/deploying.md).
+            worker/sizing.py; a job past a second has the rest of its batch handed back by
+            the heartbeat: docs/deploying.md); not the default yet.
         max_crashes: a job whose worker died while running it (a segfault, os._exit, an
             OOM or max_rss kill) this many times fails for good; each death before is a
             mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
