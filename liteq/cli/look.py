@@ -181,9 +181,7 @@ def _print_status(store: Any, as_json: bool, *, one_line: bool = False) -> None:
 
 def _pools_as_json(pools: list[dict[str, Any]]) -> None:
     for p in pools:
-        p["reported_at"] = iso(p["reported_at"])
-        if p["decided_at"] is not None:
-            p["decided_at"] = iso(p["decided_at"])
+        p["reported_at"], p["decided_at"] = iso(p["reported_at"]), iso(p["decided_at"])
 
 
 def _print_pools(pools: list[dict[str, Any]]) -> None:

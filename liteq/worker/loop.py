@@ -356,9 +356,7 @@ class Worker:
                 acks = list(self._acks)
             try:
                 lost = self.store.complete_many(acks) if acks else []
-                with self._lock:
-                    done = {id(m) for m in acks}
-                    self._acks = [m for m in self._acks if id(m) not in done]
+                self._forget_acks(acks)  # (none was added meanwhile: a job's code runs)
                 released = self.store.release(held) if held else 0
             except StoreError as exc:
                 log.warning("relieving the batch behind a long job failed: %s", exc)
@@ -507,7 +505,7 @@ class Worker:
                 log.warning("%s; its result is dropped", error)
 
     def _forget_acks(self, recorded: list[ManagedJob]) -> None:
-        # They are the first of _acks: only this thread (the worker's) adds to it.
+        # They are the first of _acks: only the worker's main thread adds to it.
         with self._lock:
             self._acks = self._acks[len(recorded) :]
 
