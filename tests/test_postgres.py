@@ -562,7 +562,10 @@ def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_
         stop(work)
         admin.close()
     said = log.read_text()
-    assert "lost the connection" in said and "cancelled a statement" in said
+    # An idle session ended is found closed before use; one ended mid-statement is lost.
+    assert "closed by the server" in said or "lost the connection" in said
+    assert "connected to PostgreSQL" in said and "again" in said
+    assert "cancelled a statement" in said
     assert "Traceback" not in said
     runs = runs_by_job(trace)
     assert len(runs) == 300
