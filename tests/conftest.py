@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +57,11 @@ def open_store(kind: str, directory: Path, **kwargs: object) -> liteq.stores.Bas
         return liteq.MemoryStore(**kwargs)  # type: ignore[arg-type]
     if kind == "sqlite":
         return liteq.SQLiteStore(directory / "jobs.sqlite", **kwargs)  # type: ignore[arg-type]
+    if kind == "sqlite-shared":  # an application's database too: Python's sqlite3 beneath
+        app = directory / "app.sqlite"
+        with contextlib.closing(sqlite3.connect(app)) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
+        return liteq.SQLiteStore(app, shared=True, **kwargs)  # type: ignore[arg-type]
     if kind == "postgres":  # a schema of its own on the test server
         dsn = pg.dsn_or_skip()
         return liteq.PostgresStore(dsn, schema=pg.new_schema(), **kwargs)  # type: ignore[arg-type]
@@ -68,7 +75,9 @@ def close_store(store: liteq.stores.BaseStore) -> None:
         pg.drop_schema(store.schema)
 
 
-STORES = ["memory", "sqlite", "postgres"]
+#: The kinds of store every contract test runs on; "sqlite-shared" is a queue kept in an
+#: application's SQLite database, through Python's sqlite3 (SQLiteStore's `shared`).
+STORES = ["memory", "sqlite", "sqlite-shared", "postgres"]
 
 
 @pytest.fixture

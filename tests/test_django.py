@@ -1,7 +1,7 @@
 """Django's tasks framework on liteq: a real Django project (tests/django_project) in a
 Python 3.12+ environment of its own (tests/django_project/venv.py), its real manage.py
 commands as separate processes, on PostgreSQL (the queue in the site's database: the
-outbox) and on SQLite (the queue in a file of its own).
+outbox) and on SQLite (the queue in the site's file, the outbox too, or in a file of its own).
 
 Without a Python 3.12+ these tests are skipped, saying why; under LITEQ_REQUIRE_DJANGO=1
 (CI sets it) that is a failure.
@@ -9,15 +9,18 @@ Without a Python 3.12+ these tests are skipped, saying why; under LITEQ_REQUIRE_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -175,15 +178,102 @@ def test_sqlite_site_with_a_queue_file_of_its_own(python: Path, tmp_path: Path) 
     assert {job["id"] for job in json.loads(status)["jobs"]} >= {int(ids["committed"])}
 
 
-def test_a_sqlite_site_database_is_refused_for_the_queue(python: Path, tmp_path: Path) -> None:
-    """Django's sqlite3 and liteq's apsw are two copies of SQLite: on one file in one
-    process (a worker), closing one drops the other's locks, and the log can be deleted
-    under it. Refused, whether DATABASE or a URL names the site's file."""
+def test_sqlite_the_queue_in_the_sites_database(python: Path, tmp_path: Path) -> None:
     site = tmp_path / "site.sqlite3"
     env = {"SHOP_SQLITE": str(site), "SHOP_QUEUE_URL": ""}
-    said = manage(python, env, "check", check=False)
-    assert "liteq.E001" in said and "two copies of SQLite" in said
+    ids, seen = run_the_shop(python, env)
+    check_the_runs(ids, seen)
+    # The outbox: the job enqueued in the block that rolled back never existed. (SQLite
+    # has no sequence outside a transaction: its id went to the next task enqueued.)
+    assert seen[ids["rolled_back"]]["task"] == "shop.tasks.refuse"
+    assert not any(r.startswith("receipt lost") for r in seen["runs"])
+    with contextlib.closing(sqlite3.connect(site)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"shop_order", "liteq_jobs"} <= tables  # the site's and liteq's, one file
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    # liteq's tools on it, through manage.py, and the site's own tests.
+    said = manage(python, env, "liteq", "jobs", "--json", "--import", "shop.tasks")
+    assert {job["id"] for job in json.loads(said)["jobs"]} >= {int(ids["committed"])}
+    said = manage(python, env, "test", "shop", "--noinput", check=False)
+    assert "OK" in said and "Traceback" not in said, said[-3000:]
+
+
+def test_sqlite_the_outbox_holds_under_load_and_worker_kills(python: Path, tmp_path: Path) -> None:
+    """Two processes place orders (one in three rolled back) while two workers run the
+    receipts, each task reading and writing the site's tables through Django, the queue
+    through liteq, on one file in one process; workers are killed (-9) meanwhile. After:
+    the file is intact, every committed order's receipt ran, no rolled-back order's did."""
+    site = tmp_path / "site.sqlite3"
+    env = {**os.environ, "SHOP_SQLITE": str(site), "SHOP_QUEUE_URL": ""}
+    manage(python, env, "migrate", "-v", "0")
+    log = (tmp_path / "work.log").open("w")
+    work = subprocess.Popen(
+        [str(python), "manage.py", "liteq_work", "--processes", "2"],
+        cwd=PROJECT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    started = tmp_path / "work.log"
+    deadline = time.monotonic() + 60
+    while started.read_text().count(" started (queues") < 2:  # (then its children: workers)
+        assert work.poll() is None and time.monotonic() < deadline, started.read_text()[-2000:]
+        time.sleep(0.1)
+    storm = [str(python), "manage.py", "shop_storm", "--count", "200", "--pause", "0.015"]
+    storms = [
+        subprocess.Popen(
+            [*storm, "--label", label],
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for label in ("a", "b")
+    ]
+    killed = 0
+    try:
+        while any(p.poll() is None for p in storms):
+            time.sleep(0.7)
+            workers = psutil.Process(work.pid).children()
+            if workers and killed < 4:
+                workers[killed % len(workers)].kill()
+                killed += 1
+        outs = [p.communicate(timeout=60) for p in storms]
+        assert all(p.returncode == 0 for p in storms), [err[-2000:] for _, err in outs]
+        committed = [pk for out, _ in outs for pk in json.loads(out)]
+        with contextlib.closing(sqlite3.connect(site, timeout=10)) as conn:
+            deadline = time.monotonic() + 90
+            left = "SELECT count(*) FROM liteq_jobs WHERE status IN ('queued', 'running')"
+            while conn.execute(left).fetchone()[0] > 0:
+                assert time.monotonic() < deadline, "the receipts were not all run"
+                time.sleep(0.2)
+    finally:
+        work.terminate()
+        work.wait(timeout=60)
+        log.close()
+    assert killed >= 2
+    with contextlib.closing(sqlite3.connect(site)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        items = dict(conn.execute("SELECT id, item FROM shop_order").fetchall())
+        runs = [r[0] for r in conn.execute("SELECT label FROM shop_run")]
+    assert sorted(items) == sorted(committed) and len(committed) == 2 * (200 - 200 // 3)
+    assert "lost" not in items.values() and not any("lost" in r for r in runs)
+    for item in items.values():  # each at least once; again only after a kill of its run
+        assert 1 <= runs.count(f"receipt {item}") <= 2
+    assert len(runs) <= len(items) + killed
+    said = (tmp_path / "work.log").read_text()
+    assert "Traceback" not in said and "malformed" not in said, said[-3000:]
+
+
+def test_a_url_naming_the_sites_sqlite_file_is_refused(python: Path, tmp_path: Path) -> None:
+    """A URL would open the site's file with liteq's own copy of SQLite beside Django's:
+    two copies on one file in one process break each other's locks. The settings say
+    DATABASE for it instead."""
+    site = tmp_path / "site.sqlite3"
     sqlite3.connect(site).close()  # (the site's file, there)
-    env["SHOP_QUEUE_URL"] = f"sqlite:///{site}"
+    env = {"SHOP_SQLITE": str(site), "SHOP_QUEUE_URL": f"sqlite:///{site}"}
+    said = manage(python, env, "check", check=False)
+    assert "liteq.E001" in said and "leave URL out" in said
     said = manage(python, env, "liteq_work", "--burst", check=False)
-    assert "two copies of SQLite" in said
+    assert "leave URL out" in said and "Traceback" not in said

@@ -96,7 +96,8 @@ def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:
     `postgresql://user:password@host:5432/database` (`?schema=NAME`: liteq's tables in that
     schema, `liteq` unless given; other parameters are libpq's).
     A query string sets SQLiteStore options: `?durability=full`, `?page_size=4096`
-    (both: `?durability=full&page_size=4096`). A bare path means an SQLite file.
+    (both: `?durability=full&page_size=4096`), `?shared=1` (the file is also an
+    application's database: SQLiteStore's `shared`). A bare path means an SQLite file.
     `readonly=True` opens an existing queue only to read it (no file is created).
 
         store = liteq.connect("sqlite:///jobs.sqlite")
@@ -116,17 +117,21 @@ def connect(url: str | None = None, *, readonly: bool = False) -> BaseStore:
         options = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
         durability = options.pop("durability", "normal")
         page_size = options.pop("page_size", None)
+        shared = options.pop("shared", "0")
         if options:
             raise ValueError(f"unknown option(s) in {url!r}: {', '.join(sorted(options))}")
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be normal or full, not {durability!r}")
         if page_size is not None and not page_size.isdigit():
             raise ValueError(f"page_size must be a number of bytes, not {page_size!r}")
+        if shared not in ("0", "1"):
+            raise ValueError(f"shared must be 1 or 0, not {shared!r}")
         return SQLiteStore(
             path,
             durability="full" if durability == "full" else "normal",
             page_size=None if page_size is None else int(page_size),
             readonly=readonly,
+            shared=shared == "1",
         )
     if scheme in ("postgres", "postgresql"):
         query = dict(parse_qsl(parts.query, keep_blank_values=True))

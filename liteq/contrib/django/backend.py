@@ -23,18 +23,17 @@ from liteq.errors import JobNotFound, ResultExpired
 from liteq.job import lookup
 from liteq.managed import ManagedJob
 from liteq.options import check_text
-from liteq.stores import BaseStore, postgres_store
+from liteq.stores import BaseStore
 
 #: A finished task's result is kept this long unless OPTIONS KEEP_RESULT says otherwise.
 DEFAULT_KEEP_RESULT: Final = 86400.0
 
-#: Why a Django database on SQLite cannot hold the queue (yet): see docs/django.md.
-SHARED_SQLITE: Final = (
-    "liteq cannot keep its queue in the Django SQLite database {alias!r} yet: a worker runs "
-    "tasks that use Django's sqlite3 connection beside liteq's own (apsw's SQLite), and two "
-    "copies of SQLite on one file in one process break each other's locks (commits lost). "
-    "Give the queue a file of its own: OPTIONS {{'URL': 'sqlite:////path/to/jobs.sqlite'}} "
-    "(docs/django.md)"
+#: A URL naming a Django SQLite database's file: liteq would open it with apsw's SQLite
+#: beside Django's sqlite3, two copies of SQLite on one file in one process (stdlib.py).
+URL_AT_SITE_FILE: Final = (
+    "liteq OPTIONS URL names the file of the Django database {alias!r}: leave URL out, and "
+    "the queue lives in that database (OPTIONS DATABASE, the default), through Django's "
+    "own SQLite; or give the queue a file of its own (docs/django.md)"
 )
 
 
@@ -77,7 +76,7 @@ class LiteqBackend(BaseTaskBackend):
         """The liteq store of this backend's queue, opened on first use in this process."""
         with self._opening:
             if self._store is None:
-                self.refuse_shared_sqlite()
+                self.check_place()
                 self._store = open_store(self.place)
                 if self.place.alias is not None:
                     # Enqueues and reads go through Django's connection: liteq's own,
@@ -86,14 +85,13 @@ class LiteqBackend(BaseTaskBackend):
                     self._store.close()
             return self._store
 
-    def refuse_shared_sqlite(self) -> None:
-        """ImproperlyConfigured for a queue in a Django SQLite database (SHARED_SQLITE),
-        whether DATABASE names it or a URL names its file."""
-        if vendor(self.place) == "sqlite":
-            raise ImproperlyConfigured(SHARED_SQLITE.format(alias=self.place.alias))
+    def check_place(self) -> None:
+        """ImproperlyConfigured for a place liteq cannot use: a database of a vendor other
+        than SQLite and PostgreSQL, or a URL that names a Django SQLite database's file."""
+        vendor(self.place)
         alias = django_sqlite_at(self.place)
         if alias is not None:
-            raise ImproperlyConfigured(SHARED_SQLITE.format(alias=alias))
+            raise ImproperlyConfigured(URL_AT_SITE_FILE.format(alias=alias))
 
     def close(self) -> None:
         """Close this process's connections to the queue (they reopen on use)."""
@@ -137,15 +135,14 @@ class LiteqBackend(BaseTaskBackend):
         }
         if task.run_after is not None:
             options["run_at"] = _aware(task.run_after)
-        store = self.store
+        # (SQLiteStore's and PostgresStore's enqueue join a connection of Django's.)
+        store: Any = self.store
         if self.place.alias is None:
             mjob = store.enqueue(job, **options)
         else:
-            connection = connections[self.place.alias]
-            connection.ensure_connection()
-            # PostgreSQL wakes the workers itself as the transaction commits (NOTIFY).
-            assert isinstance(store, postgres_store())  # noqa: S101 - place.py opens one
-            mjob = store.enqueue(job, connection=connection.connection, **options)
+            # On Django's connection, in its transaction if one is open. Workers wake as it
+            # commits: PostgreSQL's NOTIFY goes with the commit, SQLite's log grows by it.
+            mjob = store.enqueue(job, connection=self._django_connection(), **options)
         result = job.result_of(mjob, task)
         task_enqueued.send(type(self), task_result=result)
         return result
@@ -173,19 +170,22 @@ class LiteqBackend(BaseTaskBackend):
     def _reader(self) -> Callable[[int], ManagedJob]:
         """How get_result reads a job: in the Django database (DATABASE), on Django's own
         connection, so that a task enqueued in the current transaction is found too."""
-        store = self.store
+        store: Any = self.store  # (as in enqueue)
         if self.place.alias is None:
-            return store.get
-        connection = connections[self.place.alias]
+            return self.store.get
+        return lambda job_id: store.get(job_id, connection=self._django_connection())
+
+    def _django_connection(self) -> Any:
+        """The DB-API connection of the Django database that holds the queue, open."""
+        connection = connections[str(self.place.alias)]
         connection.ensure_connection()
-        assert isinstance(store, postgres_store())  # noqa: S101 - place.py opens one
-        return lambda job_id: store.get(job_id, connection=connection.connection)
+        return connection.connection
 
     def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
         """`manage.py check`: where the queue lives must be one liteq can use."""
         where = f"TASKS[{self.alias!r}]"
         try:
-            self.refuse_shared_sqlite()
+            self.check_place()
             on_postgres = vendor(self.place) == "postgresql"
         except ImproperlyConfigured as exc:
             yield checks.Error(str(exc), obj=where, id="liteq.E001")

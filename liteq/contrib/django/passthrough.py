@@ -49,7 +49,7 @@ def liteq_command(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         raise ImproperlyConfigured(
             f"the task backend {alias!r} is {type(backend).__name__}, not liteq's LiteqBackend"
         )
-    backend.refuse_shared_sqlite()
+    backend.check_place()
     if any(a == "--db" or a.startswith("--db=") for a in args):
         raise ImproperlyConfigured(
             f"no --db: the queue is the one of the task backend {alias!r} (--backend ALIAS)"

@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from liteq.errors import StoreError
-from liteq.stores import BaseStore, connect, postgres_store, sqlite_path
+from liteq.stores import BaseStore, SQLiteStore, connect, postgres_store, sqlite_path
 
 #: The OPTIONS a LiteqBackend reads, and what each means (docs/django.md).
 KNOWN: Final = {
@@ -90,6 +90,24 @@ def vendor(place: Place) -> str:
     return name
 
 
+def sqlite_file(place: Place) -> str:
+    """The file of a Django SQLite database that holds the queue (the test database's while
+    tests run); ImproperlyConfigured for a database in memory, which no worker can open."""
+    connection = connections[str(place.alias)]
+    if connection.is_in_memory_db():
+        # (Django's test runner puts a SQLite test database in memory unless TEST names one.)
+        which = (
+            "test database" if "memorydb" in str(connection.settings_dict["NAME"]) else "database"
+        )
+        raise ImproperlyConfigured(
+            f"liteq keeps its queue in the Django database {place.alias!r}, and its {which} "
+            "is in memory, where no worker can reach it: give it a file (for the tests: "
+            f"DATABASES[{place.alias!r}]['TEST'] = {{'NAME': BASE_DIR / 'test.sqlite3'}}), "
+            "or give the queue OPTIONS URL"
+        )
+    return os.path.abspath(str(connection.settings_dict["NAME"]))
+
+
 def django_sqlite_at(place: Place) -> str | None:
     """The alias of a Django SQLite database whose file a `sqlite:` URL names (the same
     file: by device and inode once both are there, else by path), if one does."""
@@ -128,7 +146,14 @@ def queue_url(place: Place) -> str:
     """The liteq URL of the queue (`liteq --db`, LITEQ_URL): what liteq's tools open."""
     if place.url is not None:
         return place.url
+    if vendor(place) == "sqlite":
+        return _sqlite_url(place)
     return _postgres_url(place, schema=True)
+
+
+def _sqlite_url(place: Place) -> str:
+    # shared: the site's database, through Python's sqlite3 as Django's own connections.
+    return f"sqlite:///{quote(sqlite_file(place))}?shared=1"
 
 
 def queue_env(place: Place) -> dict[str, str]:
@@ -137,6 +162,8 @@ def queue_env(place: Place) -> dict[str, str]:
     no log line or process listing that shows the URL shows the password."""
     if place.url is not None:
         return {"LITEQ_URL": place.url}
+    if vendor(place) == "sqlite":
+        return {"LITEQ_URL": _sqlite_url(place)}
     env = {"LITEQ_URL": _postgres_url(place, schema=True, password=False)}
     password = postgres_params(str(place.alias)).get("password")
     if password:
@@ -149,6 +176,8 @@ def open_store(place: Place) -> BaseStore:
     database's migration must have made liteq's tables in it (`manage.py migrate`)."""
     if place.url is not None:
         return connect(place.url)
+    if vendor(place) == "sqlite":
+        return _sqlite_store(place)
     try:
         return postgres_store()(_postgres_url(place, schema=False), schema=place.schema)
     except StoreError as exc:
@@ -161,15 +190,30 @@ def open_store(place: Place) -> BaseStore:
 def install(place: Place) -> None:
     """Make liteq's tables in the place's Django database, or bring them up to date (its
     migration runs this); nothing for a queue at a URL, which liteq sets up on first use."""
-    if place.alias is not None:
+    if place.alias is None:
+        return
+    if vendor(place) == "sqlite":
+        _sqlite_store(place).close()
+    else:
         postgres_store()(_postgres_url(place, schema=False), schema=place.schema).close()
+
+
+def _sqlite_store(place: Place) -> SQLiteStore:
+    """The queue in a Django SQLite database: its tables beside the site's, opened with
+    Python's sqlite3 (`shared`), as Django opens the file."""
+    if place.schema != "liteq":
+        raise ImproperlyConfigured(
+            "liteq OPTIONS SCHEMA is for a PostgreSQL database; in SQLite liteq's tables "
+            "are named liteq_*"
+        )
+    return SQLiteStore(sqlite_file(place), shared=True)
 
 
 def _postgres_url(place: Place, *, schema: bool, password: bool = True) -> str:
     """A URL of the Django PostgreSQL database for liteq (with `?schema=` if asked)."""
     if place.alias is None or vendor(place) != "postgresql":
         raise ImproperlyConfigured(
-            f"liteq keeps a queue in a Django database on PostgreSQL only, not in "
+            f"liteq keeps a queue in a Django database on SQLite or PostgreSQL, not in "
             f"{place.alias!r}: give OPTIONS URL (a queue of its own) instead"
         )
     # The user, host and port in the URL's authority (never empty: liteq.connect reads

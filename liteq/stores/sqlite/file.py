@@ -17,12 +17,12 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal, cast
 
 import apsw
 
 from liteq.errors import StoreCorrupt, StoreError, StoreMoved
-from liteq.stores.sqlite import queries, schema
+from liteq.stores.sqlite import queries, schema, stdlib
 from liteq.stores.sqlite.gate import Busy, Gate
 from liteq.stores.sqlite.holding import Holding
 
@@ -51,7 +51,7 @@ _HELD: list[QueueFile] = []  # those whose mutex is held across the fork
 #: one caught mid-transaction): unsafe to open here.
 _UNSAFE: set[str] = set()
 #: Those connections, kept referenced: a collected one would be closed, touching the file.
-_INHERITED: list[apsw.Connection] = []
+_INHERITED: list[apsw.Connection | stdlib.Connection] = []
 
 
 def _before_fork() -> None:
@@ -69,7 +69,9 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     while _HELD:
         _HELD.pop().forked()
-    for conn in apsw.connections():
+    inherited: list[apsw.Connection | stdlib.Connection] = [*apsw.connections()]
+    inherited += stdlib.connections()
+    for conn in inherited:
         _INHERITED.append(conn)
         if conn.filename:
             _UNSAFE.add(os.path.realpath(conn.filename))
@@ -99,9 +101,13 @@ class QueueFile:
         page_size: int | None,
         busy_timeout: float,
         readonly: bool = False,
+        shared: bool = False,
     ) -> None:
         self.path = path
         self.readonly = readonly
+        # An application's database too: its tables beside liteq's, and Python's sqlite3
+        # (the application's SQLite) instead of apsw's (stdlib.py says why).
+        self.shared = shared
         self.durability = durability
         self.page_size = page_size
         self.busy_timeout = busy_timeout
@@ -163,7 +169,7 @@ class QueueFile:
             self.holding.check_unheld()
             # Create it 0600 before SQLite does (its -wal and -shm files copy this mode).
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = apsw.Connection(self.path, statementcachesize=STATEMENT_CACHE)
+        conn = self._connect(create=True)
         try:
             identity = self._hold(conn)
             conn.setbusytimeout(int(self.busy_timeout * 1000))
@@ -192,8 +198,36 @@ class QueueFile:
         self._pragma(conn, "journal_size_limit", JOURNAL_LIMIT, JOURNAL_LIMIT)
         # A claim's subqueries build small temporary tables: in memory, not in a file.
         self._pragma(conn, "temp_store", "memory", 2)
-        schema.migrate(conn, self.path)
+        schema.migrate(conn, self.path, shared=self.shared)
         return conn
+
+    def _connect(self, *, create: bool) -> apsw.Connection:
+        """A connection to the path, through the SQLite this file uses (see `shared`)."""
+        self._refuse_other_sqlite()
+        if self.shared:
+            # (The adapter has the methods of apsw's that liteq calls: one type for mypy.)
+            adapted: Any = stdlib.Connection(
+                self.path, create=create, statementcachesize=STATEMENT_CACHE
+            )
+            return cast(apsw.Connection, adapted)
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+        return apsw.Connection(self.path, flags=flags, statementcachesize=STATEMENT_CACHE)
+
+    def _refuse_other_sqlite(self) -> None:
+        """StoreError if this process has the file open through the other copy of SQLite
+        (a store with `shared` and one without, on one file: see stdlib.py)."""
+        real = os.path.realpath(self.path)
+        for other in list(_FILES):
+            if (
+                other.shared != self.shared
+                and other._session is not None
+                and os.path.realpath(other.path) == real
+            ):
+                raise StoreError(
+                    f"{self.path} is open in this process as an application's database "
+                    "(shared) and as a queue file of its own: open it one way only "
+                    "(two copies of SQLite on one file in one process corrupt it)"
+                )
 
     def _open_to_read(self, path: Path) -> apsw.Connection:
         """A connection only to read: nothing is created, set up, migrated or written. (It
@@ -203,14 +237,14 @@ class QueueFile:
             if self._identity is not None:
                 raise self._gone("deleted")
             raise StoreError(f"no queue at {self.path}")
-        flags = apsw.SQLITE_OPEN_READWRITE
-        conn = apsw.Connection(self.path, flags=flags, statementcachesize=STATEMENT_CACHE)
+        conn = self._connect(create=False)
         try:
             identity = self._hold(conn)
             conn.setbusytimeout(int(self.busy_timeout * 1000))
             version = self._version(conn)
             if version == 0:
-                raise StoreError(f"no queue at {self.path} (the file holds no tables)")
+                holds = "liteq's tables are not in it yet" if self.shared else "it holds no tables"
+                raise StoreError(f"no queue at {self.path} ({holds})")
             if version != schema.SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} has schema version {version} and this liteq reads "
@@ -263,7 +297,7 @@ class QueueFile:
             version, tables = schema.read(conn)
         except apsw.Error as exc:
             raise self.translate(exc) from exc
-        refusal = schema.refusal(version, tables)
+        refusal = schema.refusal(version, tables, shared=self.shared)
         if refusal is not None:
             raise StoreError(f"{self.path} {refusal}")
         return version

@@ -39,10 +39,12 @@ def read(conn: apsw.Connection) -> tuple[int, list[str]]:
     return version, [row[0] for row in conn.execute(queries.TABLES)]
 
 
-def refusal(version: int, tables: list[str]) -> str | None:
+def refusal(version: int, tables: list[str], *, shared: bool = False) -> str | None:
     """Why a file with this user_version and these tables is no liteq queue (completing
-    "<path> …"), or None: a liteq queue, or a file empty of tables that liteq may set up."""
-    foreign = [t for t in tables if not t.startswith("liteq_")]
+    "<path> …"), or None: a liteq queue, or a file without liteq's tables that liteq may
+    set up (empty, or, `shared`, an application's database that keeps liteq's beside its
+    own)."""
+    foreign = [] if shared else [t for t in tables if not t.startswith("liteq_")]
     if foreign or (version != 0 and "liteq_jobs" not in tables):
         shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
         return (
@@ -55,18 +57,23 @@ def refusal(version: int, tables: list[str]) -> str | None:
             f"has schema version {version}, newer than this liteq understands "
             f"({SCHEMA_VERSION}): upgrade liteq"
         )
-    if version == 0 and tables:
+    if version == 0 and any(t.startswith("liteq_") for t in tables):
         return f"has liteq's tables ({', '.join(tables)}) but no schema version"
     return None
 
 
-def migrate(conn: apsw.Connection, path: str) -> None:
+def migrate(conn: apsw.Connection, path: str, *, shared: bool = False) -> None:
     """Set up a new file, or bring an older one to SCHEMA_VERSION, in one transaction."""
+    # Up to date: no write lock taken (an application's transaction on a shared file may
+    # hold it, in this very thread).
+    version, tables = read(conn)
+    if version == SCHEMA_VERSION and refusal(version, tables, shared=shared) is None:
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Again, now that no other process can be setting it up meanwhile.
         version, tables = read(conn)
-        why = refusal(version, tables)
+        why = refusal(version, tables, shared=shared)
         if why is not None:
             raise StoreError(f"{path} {why}")
         if version == 0:

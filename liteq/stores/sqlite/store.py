@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, Unpack, cast
 
 import apsw
 
 from liteq.errors import StoreError
+from liteq.job import Job
+from liteq.managed import ManagedJob
+from liteq.options import EnqueueOptions
 from liteq.record import Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore
@@ -24,7 +29,7 @@ from liteq.stores.contract import (
     Tx,
 )
 from liteq.stores.events import StatusHook
-from liteq.stores.sqlite import queries
+from liteq.stores.sqlite import queries, stdlib
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
 from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
 from liteq.stores.sqlite.registry import SQLiteRegistry
@@ -54,6 +59,11 @@ class SQLiteStore(BaseStore):
     Beside the file, `<path>-lock` lines up liteq's writers (see gate) and says which file
     the log beside the path serves (see holding).
 
+    `shared=True`: the file is also an application's database, opened by the application
+    with Python's sqlite3 (Django, SQLAlchemy): liteq's tables (all `liteq_*`) sit beside
+    the application's, liteq uses the application's copy of SQLite (stdlib.py says why),
+    and `enqueue(job, connection=app_conn)` joins the application's transaction.
+
         store = liteq.SQLiteStore("jobs.sqlite")
     """
 
@@ -66,6 +76,7 @@ class SQLiteStore(BaseStore):
         busy_timeout: float = 10.0,
         wal_warning: int = 64 << 20,
         readonly: bool = False,
+        shared: bool = False,
         clock: Callable[[], float] = time.time,
         on_status_change: StatusHook | None = None,
     ) -> None:
@@ -86,12 +97,15 @@ class SQLiteStore(BaseStore):
         self.busy_timeout = busy_timeout
         self._wal_warn_at = wal_warning  # see check_health
         self.readonly = readonly
+        self.shared = shared
+        self._local = threading.local()  # the application's connection an enqueue joins
         self.file = QueueFile(
             self.path,
             durability=durability,
             page_size=page_size,
             busy_timeout=busy_timeout,
             readonly=readonly,
+            shared=shared,
         )
         super().__init__(
             registry=SQLiteRegistry(self.file, clock),
@@ -108,11 +122,128 @@ class SQLiteStore(BaseStore):
         with self.file.mutex:
             return self.file.session()[0]
 
+    # -- joining an application's transaction (shared) ------------------------------
+    def enqueue(
+        self,
+        job: Job,
+        *,
+        connection: sqlite3.Connection | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> ManagedJob:
+        """Enqueue a job (see BaseStore.enqueue). With `connection`, the application's
+        sqlite3 connection to this file (`shared=True`), inside its transaction: the job
+        exists if and only if that transaction commits (hooks run at once, before it does).
+        Outside one, the job is committed at once.
+
+            with app_db:  # sqlite3's transaction
+                app_db.execute("INSERT INTO orders …")
+                store.enqueue(SendReceipt(order_id), connection=app_db)
+        """
+        if connection is None:
+            return super().enqueue(job, **options)
+        with self._joining(connection):
+            return super().enqueue(job, **options)
+
+    def enqueue_many(
+        self,
+        jobs: Iterable[Job],
+        *,
+        connection: sqlite3.Connection | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> list[ManagedJob]:
+        """Enqueue jobs in one transaction (see BaseStore.enqueue_many); with `connection`,
+        in the application's, as enqueue() does."""
+        if connection is None:
+            return super().enqueue_many(jobs, **options)
+        with self._joining(connection):
+            return super().enqueue_many(jobs, **options)
+
+    def get(self, job_id: int, *, connection: sqlite3.Connection | None = None) -> ManagedJob:
+        """The job with this id (see BaseStore.get); with `connection`, read on the
+        application's sqlite3 connection, in its transaction: a job it enqueued and has not
+        committed yet is found there."""
+        if connection is None:
+            return super().get(job_id)
+        with self._joining(connection):
+            return super().get(job_id)
+
+    @contextlib.contextmanager
+    def _joining(self, connection: sqlite3.Connection) -> Iterator[None]:
+        if not isinstance(connection, sqlite3.Connection):
+            raise TypeError(f"connection must be a sqlite3 Connection, not {connection!r}")
+        if not self.shared:
+            raise StoreError(
+                f"connection= joins an application's transaction on its own database: open "
+                f"it as SQLiteStore({self.path!r}, shared=True) (a URL: ?shared=1)"
+            )
+        self._check_same_file(connection)
+        self._local.joined = stdlib.Connection(self.path, raw=connection)
+        try:
+            yield
+        finally:
+            self._local.joined = None
+
+    def _check_same_file(self, connection: sqlite3.Connection) -> None:
+        try:
+            rows = connection.execute("PRAGMA database_list").fetchall()
+            theirs = next((str(r[2]) for r in rows if r[1] == "main"), "")
+            same = bool(theirs) and os.path.samefile(theirs, self.path)
+        except (sqlite3.Error, OSError):
+            same = False
+        if not same:
+            raise StoreError(
+                f"connection= must be a connection to the queue's file {self.path}, "
+                f"not to {theirs or 'a database in memory'}"
+            )
+
+    @contextlib.contextmanager
+    def _in_application_transaction(self, conn: stdlib.Connection) -> Iterator[Tx]:
+        # Inside the application's transaction a savepoint, so that a refusal rolls back
+        # the job only; outside one, a transaction of the job's own, unless sqlite3 would
+        # begin one before a write (its legacy mode): then that one, for the app to commit.
+        own = conn.get_autocommit()
+        raw = conn.raw
+        implicit = getattr(raw, "autocommit", -1) == -1 and raw.isolation_level is not None
+        if own and implicit:
+            with self.file.errors():
+                conn.execute(f"BEGIN {raw.isolation_level}")
+            own = False
+        begin, commit, undo = (
+            ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
+            if own
+            else (
+                "SAVEPOINT liteq_enqueue",
+                "RELEASE liteq_enqueue",
+                ("ROLLBACK TO liteq_enqueue", "RELEASE liteq_enqueue"),
+            )
+        )
+        file = self.file
+        with file.errors():
+            conn.execute(begin)
+        try:
+            yield SQLiteTx(
+                cast(apsw.Connection, conn), cast(apsw.Cursor, conn.cursor()), self.clock()
+            )
+        except BaseException as exc:
+            with contextlib.suppress(apsw.Error):
+                for statement in undo:
+                    conn.execute(statement)
+            if isinstance(exc, apsw.Error):
+                raise file.translate(exc) from exc
+            raise
+        with file.errors():
+            conn.execute(commit)
+
     # -- primitives ----------------------------------------------------------
     def _transaction(self, prompt: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        joined: stdlib.Connection | None = getattr(self._local, "joined", None)
+        if joined is not None:
+            return self._in_application_transaction(joined)
         return Transaction(self.file, self.clock, PROMPT if prompt else PATIENT)
 
     def _insert_one(self, record: Record) -> int:
+        if getattr(self._local, "joined", None) is not None:
+            return super()._insert_one(record)
         # One INSERT in autocommit mode: SQLite takes the write lock before the statement
         # reads anything (its program opens with a write Transaction opcode), so, like
         # BEGIN IMMEDIATE, it waits for the lock and never meets the read-then-write BUSY.
@@ -136,10 +267,18 @@ class SQLiteStore(BaseStore):
         return job_id
 
     def _read(self, job_id: int) -> Record | None:
+        joined: Any = getattr(self._local, "joined", None)
+        if joined is not None:
+            with self.file.errors():
+                return SQLiteTx(joined, joined.cursor(), self.clock()).get(job_id)
         with self.file.reading() as conn:  # the lookup a transaction makes, outside one
             return SQLiteTx(conn, conn.cursor(), self.clock()).get(job_id)
 
     def _read_coalesce(self, coalesce_id: str) -> Record | None:
+        joined: Any = getattr(self._local, "joined", None)
+        if joined is not None:
+            with self.file.errors():
+                return SQLiteTx(joined, joined.cursor(), self.clock()).coalesce_holder(coalesce_id)
         with self.file.reading() as conn:
             return SQLiteTx(conn, conn.cursor(), self.clock()).coalesce_holder(coalesce_id)
 
@@ -349,7 +488,7 @@ class SQLiteStore(BaseStore):
         self.file.close()
 
     def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r})"
+        return f"SQLiteStore({self.path!r}{', shared=True' if self.shared else ''})"
 
 
 def _scalar(conn: apsw.Connection, sql: str, args: Sequence[Any] = ()) -> Any:

@@ -32,13 +32,14 @@ if os.environ.get("SHOP_DB") == "postgresql":
         }
     }
 else:
-    # The site's data in its SQLite file, the queue in a file of its own (without
-    # SHOP_QUEUE_URL: in the site's file, which liteq refuses for now).
+    # The site's data in its SQLite file; the queue in it too (the outbox), or, with
+    # SHOP_QUEUE_URL, in a file of its own. Its tests' database is a file: workers reach it.
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ["SHOP_SQLITE"],
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 10},
+            "TEST": {"NAME": os.environ["SHOP_SQLITE"] + ".test"},
         }
     }
     TASKS = {

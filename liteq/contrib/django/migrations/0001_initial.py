@@ -18,7 +18,7 @@ def create(apps: Any, schema_editor: Any) -> None:
     alias = schema_editor.connection.alias
     for backend in task_backends.all():
         if isinstance(backend, LiteqBackend) and backend.place.alias == alias:
-            backend.refuse_shared_sqlite()
+            backend.check_place()
             install(backend.place)
 
 

@@ -1,0 +1,155 @@
+"""A queue in the application's own SQLite database (SQLiteStore's `shared`): liteq's tables
+beside the application's, Python's sqlite3 beneath, and the outbox: a job enqueued on the
+application's connection exists if and only if its transaction commits."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import liteq
+from liteq.errors import JobNotFound, StoreError
+from tests.jobs_shared import Send
+
+LITEQ = [sys.executable, "-m", "liteq"]
+
+
+@pytest.fixture
+def app_db(tmp_path: Path) -> Path:
+    """The application's database: a table of its own, a row in it."""
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+        conn.execute("INSERT INTO orders (item) VALUES ('first')")
+    return path
+
+
+def test_a_job_exists_if_and_only_if_the_applications_transaction_commits(
+    app_db: Path,
+) -> None:
+    store = liteq.SQLiteStore(app_db, shared=True)
+    conn = sqlite3.connect(app_db)  # sqlite3's default: a transaction begun before a write
+    try:
+        with conn:
+            conn.execute("INSERT INTO orders (item) VALUES ('book')")
+            kept = store.enqueue(Send("book"), connection=conn)
+            # Read in the same transaction: found; from liteq's own connection: not yet.
+            assert store.get(kept.id, connection=conn).status == liteq.Status.QUEUED
+            with pytest.raises(JobNotFound):
+                store.get(kept.id)
+        assert store.get(kept.id).status == liteq.Status.QUEUED
+        with contextlib.suppress(ZeroDivisionError), conn:
+            conn.execute("INSERT INTO orders (item) VALUES ('lost')")
+            lost = store.enqueue(Send("lost"), connection=conn)
+            1 / 0  # noqa: B018 - the application's error: it rolls back
+        # Nothing of the rolled-back transaction is left: neither its row nor its job.
+        assert [r[0] for r in conn.execute("SELECT item FROM orders")] == ["first", "book"]
+        assert store.count() == 1
+        assert lost.id not in [job.id for job in store.jobs()]
+        # A job enqueued first in the block still joins it (sqlite3 would begin one).
+        with contextlib.suppress(ZeroDivisionError), conn:
+            store.enqueue(Send("first thing"), connection=conn)
+            1 / 0  # noqa: B018
+        assert store.count() == 1
+        # In autocommit mode it commits at once.
+        conn.isolation_level = None
+        store.enqueue(Send("at once"), connection=conn)
+        assert store.count() == 2
+    finally:
+        conn.close()
+        store.close()
+    with contextlib.closing(sqlite3.connect(app_db)) as check:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_job_refused_inside_the_transaction_leaves_the_applications_rows(
+    app_db: Path,
+) -> None:
+    store = liteq.SQLiteStore(app_db, shared=True)
+    conn = sqlite3.connect(app_db)
+    try:
+        with conn:
+            conn.execute("INSERT INTO orders (item) VALUES ('kept')")
+            with pytest.raises(ValueError, match="priority"):
+                store.enqueue(Send("x"), connection=conn, priority=10**30)
+        assert [r[0] for r in conn.execute("SELECT item FROM orders")] == ["first", "kept"]
+        assert store.count() == 0
+    finally:
+        conn.close()
+        store.close()
+
+
+def test_joining_is_refused_where_it_could_not_hold(app_db: Path, tmp_path: Path) -> None:
+    own = liteq.SQLiteStore(tmp_path / "jobs.sqlite")  # a queue file of its own
+    shared = liteq.SQLiteStore(app_db, shared=True)
+    other = sqlite3.connect(tmp_path / "other.db")
+    conn = sqlite3.connect(app_db)
+    try:
+        with pytest.raises(StoreError, match="shared=True"):
+            own.enqueue(Send("x"), connection=conn)
+        with pytest.raises(StoreError, match="must be a connection to the queue's file"):
+            shared.enqueue(Send("x"), connection=other)
+        with pytest.raises(TypeError, match="sqlite3 Connection"):
+            shared.enqueue(Send("x"), connection="app.db")  # type: ignore[arg-type]
+        # The same file opened both ways in one process: two copies of SQLite on it.
+        with pytest.raises(StoreError, match="open it one way only"):
+            liteq.SQLiteStore(app_db)
+        assert shared.count() == 0 and own.count() == 0
+    finally:
+        for c in (other, conn):
+            c.close()
+        own.close()
+        shared.close()
+
+
+def test_an_applications_database_is_refused_unless_shared(app_db: Path) -> None:
+    with pytest.raises(StoreError, match="another application's database"):
+        liteq.SQLiteStore(app_db)
+    with contextlib.closing(sqlite3.connect(app_db)) as conn:  # left as it was
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["orders"]
+    with pytest.raises(ValueError, match="shared must be 1 or 0"):
+        liteq.connect(f"sqlite:///{app_db}?shared=yes")
+
+
+def test_a_worker_runs_what_the_application_committed(app_db: Path, tmp_path: Path) -> None:
+    # The worker's tasks write the application's table through sqlite3 while liteq claims
+    # and acknowledges through sqlite3 too, in the same process.
+    store = liteq.SQLiteStore(app_db, shared=True)
+    conn = sqlite3.connect(app_db)
+    try:
+        with conn:
+            for n in range(30):
+                conn.execute("INSERT INTO orders (item) VALUES (?)", (f"o{n}",))
+                store.enqueue(Send(f"o{n}"), connection=conn)
+    finally:
+        conn.close()
+        store.close()
+    url = f"sqlite:///{app_db}?shared=1"
+    done = subprocess.run(
+        [
+            *LITEQ,
+            "work",
+            "--db",
+            url,
+            "--burst",
+            "--processes",
+            "2",
+            "--import",
+            "tests.jobs_shared",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"APP_DB": str(app_db), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with contextlib.closing(sqlite3.connect(app_db)) as check:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        sent = sorted(r[0] for r in check.execute("SELECT item FROM sent"))
+    assert sent == sorted(f"o{n}" for n in range(30))
