@@ -277,3 +277,26 @@ def test_a_url_naming_the_sites_sqlite_file_is_refused(python: Path, tmp_path: P
     assert "liteq.E001" in said and "leave URL out" in said
     said = manage(python, env, "liteq_work", "--burst", check=False)
     assert "leave URL out" in said and "Traceback" not in said
+
+
+def test_task_lines_follow_liteq_works_level_and_show_once(python: Path, tmp_path: Path) -> None:
+    # Django's default logging has a level and, with DEBUG, a console handler of its own
+    # for its `django` loggers: the worker's -q must quiet its task lines, and DEBUG must
+    # not print each twice.
+    env = {"SHOP_SQLITE": str(tmp_path / "site.sqlite3"), "SHOP_QUEUE_URL": "", "SHOP_DEBUG": "1"}
+    manage(python, env, "migrate", "-v", "0")
+    code = "from shop.tasks import note; note.enqueue('a')"
+    manage(python, env, "shell", "-c", code)
+    said = manage(python, env, "liteq_work", "--burst", "--processes", "1", check=False)
+    assert said.count("state=RUNNING") == 1 and said.count("state=SUCCESSFUL") == 1, said
+    manage(python, env, "shell", "-c", code)
+    said = manage(python, env, "liteq_work", "--burst", "--processes", "1", "-q", check=False)
+    assert "state=" not in said and "Traceback" not in said, said
+
+
+def test_liteq_work_help_says_how_it_differs_from_liteq_work(python: Path, tmp_path: Path) -> None:
+    env = {"SHOP_SQLITE": str(tmp_path / "site.sqlite3"), "SHOP_QUEUE_URL": ""}
+    said = manage(python, env, "liteq_work", "--help")
+    assert said.startswith("manage.py liteq_work [--backend ALIAS]")
+    assert "but for --db" in said.replace("\n", " ")
+    assert "--processes N" in said  # liteq work's own options follow

@@ -268,9 +268,13 @@ def test_the_log_deleted_and_made_again_is_still_watched(db: Path) -> None:
 
 
 def test_a_store_dropped_unclosed_ends_its_watch(db: Path) -> None:
+    def watching() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("liteq-walwatch")}
+
+    others = watching()  # (of stores other tests in this process left open)
     store = liteq.SQLiteStore(db)
     assert store.claim("w") is None  # armed while it looked for a job
-    before = {t for t in threading.enumerate() if t.name.startswith("liteq-walwatch")}
+    before = watching() - others
     assert before
     del store
     gc.collect()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -64,6 +65,18 @@ def liteq_command(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-c", _WITH_DJANGO, *args], env
 
 
+#: What `manage.py liteq_work --help` says before liteq work's own help.
+_WORK_HELP = (
+    textwrap.fill(
+        "manage.py liteq_work [--backend ALIAS] [OPTIONS]: liteq work on the queue of the task "
+        "backend ALIAS ('default'), its workers with Django set up and the installed apps' "
+        "tasks modules imported. OPTIONS are liteq work's, below, but for --db (the backend's "
+        "queue is used); --import adds modules of your own.",
+        width=79,
+    )
+    + "\n\n"
+)
+
 #: `python -c` for a liteq command other than work: Django set up, then liteq's main.
 _WITH_DJANGO = (
     "import sys, django; django.setup(); from liteq.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -77,6 +90,8 @@ def run(argv: Sequence[str]) -> NoReturn:
     except ImproperlyConfigured as exc:
         sys.stderr.write(f"liteq: {exc}\n")
         sys.exit(2)
+    if argv[:1] == ["work"] and {"-h", "--help"} & set(argv):
+        sys.stdout.write(_WORK_HELP)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(command[0], command, env)  # noqa: S606 - this interpreter, liteq's own module

@@ -6,7 +6,7 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "test-only"  # noqa: S105 - a test project's
-DEBUG = False
+DEBUG = os.environ.get("SHOP_DEBUG") == "1"
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "project.urls"
