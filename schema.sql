@@ -1,12 +1,13 @@
--- liteq's SQLite schema: the one source of truth. Version 12 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 13 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
 
 CREATE TABLE liteq_jobs (
-    -- An id is never reused, so a stored id (an async callback's, a log line's) can
-    -- never name a different job later. liteq inserts max(largest id, high water) + 1
-    -- (see liteq_meta), which costs no write per insert, unlike AUTOINCREMENT.
+    -- A committed job's id is never reused, so a stored id (an async callback's, a log
+    -- line's) can never name a different job later. liteq inserts max(largest id, high
+    -- water) + 1 (see liteq_meta), which costs no write per insert, unlike AUTOINCREMENT.
+    -- (An insert rolled back leaves no trace: its id goes to the next job.)
     id                 INTEGER PRIMARY KEY,
     job_type           TEXT    NOT NULL,
     payload            TEXT    NOT NULL,
@@ -73,22 +74,21 @@ CREATE TABLE liteq_dependencies (
 CREATE INDEX liteq_dependencies_after ON liteq_dependencies (after_id);
 
 -- The largest id ever deleted while it was the largest: ids stay above it.
+-- `counted_to`: the jobs with an id up to it are in liteq_counts (below).
 CREATE TABLE liteq_meta (
     one        INTEGER PRIMARY KEY CHECK (one = 1),
-    high_water INTEGER NOT NULL
+    high_water INTEGER NOT NULL,
+    counted_to INTEGER NOT NULL DEFAULT 0
 );
-INSERT INTO liteq_meta VALUES (1, 0);
+INSERT INTO liteq_meta (one, high_water) VALUES (1, 0);
 
-CREATE TRIGGER liteq_jobs_high_water AFTER DELETE ON liteq_jobs
-    WHEN NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id > old.id)
-BEGIN
-    UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
-END;
-
--- How many jobs each queue holds in each status, kept by triggers in the transaction of
--- every insert, delete and change of status (whoever writes: liteq, or an application's
--- own connection), so that counting costs a few rows whatever the queue's size. A row
--- stays at 0 once its jobs are gone. `liteq db check` compares it with a scan.
+-- How many jobs each queue holds in each status, so that counting costs a few rows
+-- whatever the queue's size: liteq_counts holds the jobs up to liteq_meta.counted_to,
+-- kept by the triggers below in the transaction of every delete and change of status
+-- (whoever writes); newer jobs, the tail, are counted where read (liteq_job_counts), and
+-- folded in from time to time (queries.sql, fold_counts). Inserts so fire no trigger: an
+-- insert trigger would cost an enqueue a tenth of its time (docs/performance.md). A row
+-- stays at 0 once its jobs are gone. `liteq db check` compares the counts with a scan.
 CREATE TABLE liteq_counts (
     queue  TEXT    NOT NULL,
     status TEXT    NOT NULL,
@@ -96,19 +96,29 @@ CREATE TABLE liteq_counts (
     PRIMARY KEY (queue, status)
 ) WITHOUT ROWID;
 
-CREATE TRIGGER liteq_jobs_count_insert AFTER INSERT ON liteq_jobs
-BEGIN
-    INSERT INTO liteq_counts (queue, status, n) VALUES (new.queue, new.status, 1)
-        ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
-END;
+CREATE VIEW liteq_job_counts (queue, status, n) AS
+    SELECT queue, status, sum(n) FROM (
+        SELECT queue, status, n FROM liteq_counts
+        UNION ALL
+        SELECT queue, status, count(*) FROM liteq_jobs
+        WHERE id > (SELECT counted_to FROM liteq_meta) GROUP BY queue, status)
+    GROUP BY queue, status;
 
-CREATE TRIGGER liteq_jobs_count_delete AFTER DELETE ON liteq_jobs
+-- One trigger per delete (each costs its own start): a counted job's counter, and the
+-- high water of ids when the highest goes.
+CREATE TRIGGER liteq_jobs_deleted AFTER DELETE ON liteq_jobs
 BEGIN
-    UPDATE liteq_counts SET n = n - 1 WHERE queue = old.queue AND status = old.status;
+    UPDATE liteq_counts SET n = n - 1
+        WHERE queue = old.queue AND status = old.status
+            AND old.id <= (SELECT counted_to FROM liteq_meta);
+    UPDATE liteq_meta SET high_water = old.id  -- (by its key: no temporary table)
+        WHERE one = 1 AND high_water < old.id
+            AND NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id > old.id);
 END;
 
 CREATE TRIGGER liteq_jobs_count_update AFTER UPDATE OF queue, status ON liteq_jobs
-    WHEN old.status <> new.status OR old.queue <> new.queue
+    WHEN (old.status <> new.status OR old.queue <> new.queue)
+        AND old.id <= (SELECT counted_to FROM liteq_meta)
 BEGIN
     INSERT INTO liteq_counts (queue, status, n)
         VALUES (old.queue, old.status, -1), (new.queue, new.status, 1)
@@ -187,4 +197,4 @@ CREATE TABLE liteq_pools (
     PRIMARY KEY (supervisor, name)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 12;
+PRAGMA user_version = 13;

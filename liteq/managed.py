@@ -82,7 +82,8 @@ class ManagedJob:
     # -- what is on file -------------------------------------------------
     @property
     def id(self) -> int:
-        """The job's id: unique in its store, never reused."""
+        """The job's id: unique in its store, never reused once committed (on SQLite, the
+        id of a job whose transaction rolled back goes to the next job enqueued)."""
         return self._record.id
 
     @property

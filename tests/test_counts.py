@@ -202,13 +202,58 @@ def test_another_program_writing_to_the_jobs_is_counted(tmp_path: Path) -> None:
     assert store.check_counts() == []
 
 
+def test_new_jobs_are_counted_from_the_tail_and_folded_in_as_ids_pass(tmp_path: Path) -> None:
+    # SQLite's inserts fire no trigger: jobs newer than counted_to are counted where read,
+    # and folded into the counters once in FOLD_EVERY ids, by whichever path inserted.
+    path = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(path)
+    reader = liteq.SQLiteStore(path, readonly=True)
+    owner = "w"
+    try:
+        for n in range(700):  # one per call (the autocommit insert), then batches
+            store.enqueue(Noop(n), queue="a" if n % 3 else "b")
+        store.enqueue_many([Noop(n) for n in range(450)], queue="c")
+        app = sqlite3.connect(tmp_path / "app.db")  # (an application's transaction: shared)
+        app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        app.close()
+        shared = liteq.SQLiteStore(tmp_path / "app.db", shared=True)
+        app = sqlite3.connect(tmp_path / "app.db")
+        with app:
+            for n in range(600):
+                shared.enqueue(Noop(n), queue="a", connection=app)
+        app.close()
+        assert kept(shared) == scanned(shared) == {("a", Status.QUEUED): 600}
+        shared.close()
+        for n in range(300):
+            store.enqueue(Noop(n), queue="a", coalesce_id=f"c{n}")  # (in a transaction)
+        done = store.claim_many(owner, limit=900)  # counted jobs and tail jobs alike
+        for mjob in done[:400]:
+            store.complete(mjob)
+        for mjob in done[400:500]:
+            store.delete(mjob.id)
+        store.release(done[500:])
+        conn = apsw.Connection(str(path))
+        counted_to, top = conn.execute(
+            "SELECT counted_to, (SELECT max(id) FROM liteq_jobs) FROM liteq_meta"
+        ).fetchone()
+        conn.close()
+        assert 1000 <= counted_to <= top and top - counted_to < 512
+        assert kept(store) == scanned(store) == kept(reader)
+        assert store.check_counts() == []
+        assert store.count(queue="a", status=Status.QUEUED) == scanned(store)[("a", Status.QUEUED)]
+    finally:
+        reader.close()
+        store.close()
+
+
 def test_db_check_finds_counts_changed_by_hand_and_repairs_them(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     store = liteq.SQLiteStore(path)
     store.enqueue_many([Noop(n) for n in range(4)], queue="mail")
     store.close()
     conn = apsw.Connection(str(path))
-    conn.execute("UPDATE liteq_counts SET n = 40")
+    # (Four jobs not yet folded into the counters: a counter of 36 makes 40 of them.)
+    conn.execute("INSERT INTO liteq_counts VALUES ('mail', 'queued', 36)")
     conn.execute("INSERT INTO liteq_counts VALUES ('gone', 'failed', 2)")
     conn.close()
     liteq_cmd = [sys.executable, "-m", "liteq", "db", "check", "--db", str(path), "--json"]

@@ -335,7 +335,7 @@ def test_a_version_1_file_is_migrated_with_its_jobs_and_id_history(tmp_path: Pat
     assert store.enqueue(Noop(9), coalesce_id="nightly").id == 2  # still coalesced
     assert store.enqueue(Noop(4)).id == 4  # never 3 again
     schema = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    assert {"liteq_jobs_claim", "liteq_jobs_coalesce", "liteq_jobs_high_water"} <= schema
+    assert {"liteq_jobs_claim", "liteq_jobs_coalesce", "liteq_jobs_deleted"} <= schema
     assert "liteq_jobs_claim_by_queue" not in schema
     claimed = store.claim_many("owner", limit=10)
     assert [m.job.n for m in claimed] == [1, 2, 4]  # type: ignore[union-attr]
@@ -386,7 +386,7 @@ def test_an_older_file_is_migrated_with_its_jobs_claims_and_id_history(
         db.execute("UPDATE liteq_jobs SET status = 'lost' WHERE id = 1")
     schema = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert {"liteq_jobs_claim", "liteq_jobs_coalesce", "liteq_jobs_active"} <= schema
-    assert "liteq_jobs_high_water" in schema and "liteq_jobs_v3" not in schema
+    assert "liteq_jobs_deleted" in schema and "liteq_jobs_v3" not in schema
     # A job claimed before the migration is rescued by its lease, as it was then.
     later = liteq.SQLiteStore(path, clock=lambda: now + 61)
     assert [m.id for m in later.detect_hung_jobs()] == [1]

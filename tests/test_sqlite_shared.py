@@ -153,3 +153,46 @@ def test_a_worker_runs_what_the_application_committed(app_db: Path, tmp_path: Pa
         assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         sent = sorted(r[0] for r in check.execute("SELECT item FROM sent"))
     assert sent == sorted(f"o{n}" for n in range(30))
+
+
+def test_the_applications_user_version_stays_its_own(app_db: Path) -> None:
+    with contextlib.closing(sqlite3.connect(app_db)) as conn:
+        conn.execute("PRAGMA user_version = 3")  # (its own migrations' number)
+    store = liteq.SQLiteStore(app_db, shared=True)
+    store.enqueue(Send("a"))
+    store.close()
+    with contextlib.closing(sqlite3.connect(app_db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        conn.execute("PRAGMA user_version = 11")  # it migrates on
+    store = liteq.SQLiteStore(app_db, shared=True)  # and liteq's queue is unmoved
+    assert store.count() == 1
+    store.close()
+    # Opened without shared, the file says how to open it.
+    with pytest.raises(StoreError, match=r"shared=True\) \(a URL: \?shared=1\)"):
+        liteq.SQLiteStore(app_db)
+
+
+def test_a_refused_enqueue_leaves_the_applications_connection_as_it_was(app_db: Path) -> None:
+    store = liteq.SQLiteStore(app_db, shared=True)
+    conn = sqlite3.connect(app_db)  # sqlite3's default mode, no transaction open
+    conn.row_factory = lambda cursor, row: {
+        d[0]: v for d, v in zip(cursor.description, row, strict=True)
+    }
+    conn.text_factory = bytes
+    try:
+        with pytest.raises(JobNotFound):
+            store.enqueue(Send("x"), after=[12345], connection=conn)
+        assert not conn.in_transaction  # (the transaction liteq began: rolled back)
+        kept = store.enqueue(Send("y"), connection=conn)  # the app's factories left aside
+        assert conn.in_transaction  # (begun as sqlite3 begins one before a write)
+        conn.commit()
+        found = store.get(kept.id, connection=conn).job
+        assert isinstance(found, Send) and found.item == "y"
+        assert conn.text_factory is bytes
+        assert conn.execute("SELECT item FROM orders").fetchall() == [{"item": b"first"}]
+        conn.close()
+        with pytest.raises(StoreError, match="cannot be used"):
+            store.enqueue(Send("z"), connection=conn)
+    finally:
+        conn.close()
+        store.close()

@@ -386,7 +386,12 @@ def _check_imports(modules: list[str], url: str) -> None:
         [sys.executable, "-c", code, *modules], capture_output=True, text=True, env=env
     )
     if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "?"
+        if result.stderr.strip():
+            reason = result.stderr.strip().splitlines()[-1]
+        elif result.returncode < 0:  # (killed: by an OOM killer, say)
+            reason = f"{' '.join(modules)}: the check was killed by signal {-result.returncode}"
+        else:
+            reason = f"{' '.join(modules)}: the check exited {result.returncode}, saying nothing"
         raise Failure(
             f"workers could not import {reason} (the working directory {os.getcwd()} is on "
             "the import path)",

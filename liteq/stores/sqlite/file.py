@@ -294,7 +294,7 @@ class QueueFile:
     def _version(self, conn: apsw.Connection) -> int:
         """The file's schema version; StoreError if it is no liteq queue."""
         try:
-            version, tables = schema.read(conn)
+            version, tables = schema.read(conn, shared=self.shared)
         except apsw.Error as exc:
             raise self.translate(exc) from exc
         refusal = schema.refusal(version, tables, shared=self.shared)

@@ -153,16 +153,17 @@ SELECT max(priority) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND
 -- name: first_due
 SELECT min(run_at) FROM liteq_jobs WHERE status = 'queued' AND queue = +?1 AND priority = +?2
 
--- Counts read liteq_counts (kept by schema.sql's triggers), never a scan of the jobs.
+-- Counts read liteq_job_counts (schema.sql), never a scan of the jobs: the counters, and
+-- the tail of jobs not yet folded into them.
 -- name: count
-SELECT coalesce(sum(n), 0) FROM liteq_counts WHERE 1 {where}
+SELECT coalesce(sum(n), 0) FROM liteq_job_counts WHERE 1 {where}
 
 -- name: search
 SELECT {columns} FROM liteq_jobs WHERE 1 {where} ORDER BY id {order} LIMIT ?
 
 -- Jobs per queue and status, from the counters.
 -- name: summary
-SELECT queue, status, n FROM liteq_counts WHERE n <> 0 ORDER BY queue, status
+SELECT queue, status, n FROM liteq_job_counts WHERE n <> 0 ORDER BY queue, status
 
 -- What depends on the time, for one queue's queued jobs (?1 the queue, ?2 now, ?3 the
 -- prefix of an unknown type's error), through the claim index, a seek per priority: the
@@ -194,16 +195,28 @@ FROM levels WHERE levels.priority IS NOT NULL
 -- name: count_drift
 WITH scanned AS (SELECT queue, status, count(*) AS n FROM liteq_jobs GROUP BY queue, status)
 SELECT queue, status, coalesce(c.n, 0), coalesce(s.n, 0)
-FROM liteq_counts AS c FULL JOIN scanned AS s USING (queue, status)
+FROM liteq_job_counts AS c FULL JOIN scanned AS s USING (queue, status)
 WHERE coalesce(c.n, 0) <> coalesce(s.n, 0)
 ORDER BY queue, status
 
 -- name: clear_counts
 DELETE FROM liteq_counts
 
+-- Every job there is counted from here on (after clear_counts: recount counts them).
+-- name: mark_counted
+UPDATE liteq_meta SET counted_to = max(counted_to, coalesce((SELECT max(id) FROM liteq_jobs), 0))
+
 -- name: recount
 INSERT INTO liteq_counts (queue, status, n)
     SELECT queue, status, count(*) FROM liteq_jobs GROUP BY queue, status
+
+-- The tail of jobs not yet counted, into the counters (then mark_counted): a few hundred
+-- rows read by id, once in so many new ids (transaction.py, FOLD_EVERY).
+-- name: fold_counts
+INSERT INTO liteq_counts (queue, status, n)
+    SELECT queue, status, count(*) FROM liteq_jobs
+    WHERE id > (SELECT counted_to FROM liteq_meta) GROUP BY queue, status
+    ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n
 
 -- name: purge
 DELETE FROM liteq_jobs WHERE id IN (

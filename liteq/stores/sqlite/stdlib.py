@@ -56,6 +56,7 @@ class Cursor:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._cursor = conn.raw.cursor()
+        self._cursor.row_factory = None  # (an application's connection may have its own)
 
     def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
         try:

@@ -33,7 +33,14 @@ from liteq.stores.sqlite import queries, stdlib
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
 from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
 from liteq.stores.sqlite.registry import SQLiteRegistry
-from liteq.stores.sqlite.transaction import SQLiteTx, Transaction, new_values, record_of
+from liteq.stores.sqlite.transaction import (
+    SQLiteTx,
+    Transaction,
+    fold_counts,
+    fold_due,
+    new_values,
+    record_of,
+)
 from liteq.stores.sqlite.walwatch import WalWatch
 from liteq.stores.wakeup import Waker
 
@@ -176,18 +183,29 @@ class SQLiteStore(BaseStore):
                 f"connection= joins an application's transaction on its own database: open "
                 f"it as SQLiteStore({self.path!r}, shared=True) (a URL: ?shared=1)"
             )
-        self._check_same_file(connection)
-        self._local.joined = stdlib.Connection(self.path, raw=connection)
+        # liteq's text comes back as str whatever the application reads it as (its
+        # row_factory the adapter's cursors leave aside; its text_factory is set here).
+        text_factory = connection.text_factory
         try:
+            connection.text_factory = str
+            self._check_same_file(connection)
+            self._local.joined = stdlib.Connection(self.path, raw=connection)
             yield
         finally:
             self._local.joined = None
+            with contextlib.suppress(sqlite3.Error):
+                connection.text_factory = text_factory
 
     def _check_same_file(self, connection: sqlite3.Connection) -> None:
+        theirs = ""
         try:
-            rows = connection.execute("PRAGMA database_list").fetchall()
+            cursor = connection.cursor()
+            cursor.row_factory = None
+            rows = cursor.execute("PRAGMA database_list").fetchall()
             theirs = next((str(r[2]) for r in rows if r[1] == "main"), "")
             same = bool(theirs) and os.path.samefile(theirs, self.path)
+        except sqlite3.ProgrammingError as exc:  # closed, or another thread's
+            raise StoreError(f"connection= cannot be used: {exc}") from exc
         except (sqlite3.Error, OSError):
             same = False
         if not same:
@@ -201,12 +219,15 @@ class SQLiteStore(BaseStore):
         # Inside the application's transaction a savepoint, so that a refusal rolls back
         # the job only; outside one, a transaction of the job's own, unless sqlite3 would
         # begin one before a write (its legacy mode): then that one, for the app to commit.
+        # (Immediate: a deferred one that reads first could not then wait to write.)
         own = conn.get_autocommit()
         raw = conn.raw
         implicit = getattr(raw, "autocommit", -1) == -1 and raw.isolation_level is not None
-        if own and implicit:
+        began = own and implicit
+        if began:
+            exclusive = str(raw.isolation_level).upper() == "EXCLUSIVE"
             with self.file.errors():
-                conn.execute(f"BEGIN {raw.isolation_level}")
+                conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
             own = False
         begin, commit, undo = (
             ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
@@ -226,7 +247,7 @@ class SQLiteStore(BaseStore):
             )
         except BaseException as exc:
             with contextlib.suppress(apsw.Error):
-                for statement in undo:
+                for statement in ("ROLLBACK",) if began else undo:  # (all it holds: ours)
                     conn.execute(statement)
             if isinstance(exc, apsw.Error):
                 raise file.translate(exc) from exc
@@ -264,6 +285,9 @@ class SQLiteStore(BaseStore):
             finally:
                 if gated:
                     file.gate.leave()
+        if fold_due(job_id, 1):  # (a transaction of its own: the insert has committed)
+            with self._transaction():
+                fold_counts(self.file.session()[1])
         return job_id
 
     def _read(self, job_id: int) -> Record | None:
@@ -318,6 +342,7 @@ class SQLiteStore(BaseStore):
             rows = conn.execute(queries.COUNT_DRIFT).fetchall()
             if rows:
                 conn.execute(queries.CLEAR_COUNTS)
+                conn.execute(queries.MARK_COUNTED)
                 conn.execute(queries.RECOUNT)
         return _drift(rows)
 

@@ -50,6 +50,21 @@ _update_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUM
 #: What new jobs inserted by one INSERT_ALIKE share: queries.ALIKE, its first parameters.
 _alike: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*queries.ALIKE)
 
+#: New jobs are folded into the counters by the transaction whose new ids pass a multiple
+#: of this (schema.sql: liteq_counts); until then a count reads at most about this many.
+FOLD_EVERY = 512
+
+
+def fold_due(last_id: int, count: int) -> bool:
+    """Whether new ids up to `last_id` (`count` of them) pass a multiple of FOLD_EVERY."""
+    return last_id // FOLD_EVERY != (last_id - count) // FOLD_EVERY
+
+
+def fold_counts(cursor: apsw.Cursor) -> None:
+    """Count the jobs not yet counted into the counters (inside a write transaction)."""
+    cursor.execute(queries.FOLD_COUNTS)
+    cursor.execute(queries.MARK_COUNTED)
+
 
 class SQLiteTx(Tx):
     """The primitives over one connection's cursor, inside a transaction."""
@@ -74,7 +89,12 @@ class SQLiteTx(Tx):
     def insert(self, record: Record) -> int | None:
         self._cursor.execute(queries.INSERT_OR_NOTHING, new_values(record))
         conn = self._conn
-        return conn.last_insert_rowid() if conn.changes() else None
+        if not conn.changes():
+            return None
+        job_id: int = conn.last_insert_rowid()
+        if fold_due(job_id, 1):
+            fold_counts(self._cursor)
+        return job_id
 
     def insert_many(self, records: Sequence[Record]) -> list[int | None]:
         if len(records) < 2 or any(r.coalesce_id is not None for r in records):
@@ -105,6 +125,8 @@ class SQLiteTx(Tx):
 
     def _last_ids(self, count: int) -> list[int]:
         last = self._conn.last_insert_rowid()
+        if fold_due(last, count):
+            fold_counts(self._cursor)
         return list(range(last - count + 1, last + 1))
 
     def update(self, record: Record) -> None:
