@@ -267,3 +267,12 @@ class Described(liteq.Job):
 
     def description(self) -> str:
         return self.text
+
+
+class StopsItself(liteq.Job):
+    """Stops its own process (SIGSTOP) as it ends, the next jobs of its batch still held:
+    a worker paused past its lease (a frozen VM, a swap storm)."""
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        if job.attempts == 1:  # (run again elsewhere, it ends)
+            os.kill(os.getpid(), signal.SIGSTOP)

@@ -20,7 +20,7 @@ from liteq.worker.sizing import BUDGET, MOST, ClaimSize
 from tests import pg
 from tests.conftest import StoreFactory
 from tests.helpers import ROOT, wait_until
-from tests.jobs import ExitsOnce, Noop, Sleeps, Traced
+from tests.jobs import ExitsOnce, Noop, Sleeps, StopsItself, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
 
 #: The store the jobs below look at (the test's own, in this process).
@@ -147,6 +147,70 @@ def test_a_worker_killed_holding_a_batch_loses_no_job_and_runs_none_twice_at_onc
         if all(run["pid"] != work.pid for run in runs[mjob.id]):
             assert len(runs[mjob.id]) == 1
     store.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("prefetch", [10, None], ids=["prefetch 10", "auto"])
+def test_a_worker_paused_past_its_lease_runs_none_of_its_batch_rescued_elsewhere(
+    url: str, tmp_path: Path, prefetch: int | None
+) -> None:
+    # A worker on one host holds a batch and stops (SIGSTOP) between two of its jobs; one
+    # on another host (so that nothing kills the first) rescues the batch once its leases
+    # run out, and runs it. Resumed, the first renews, finds the leases gone, and must run
+    # none of those jobs: each ran once, never two at once.
+    trace = tmp_path / "q.trace"
+    store = liteq.connect(url)
+    # (Short jobs first: a worker sizing its claims learns from them to claim batches.)
+    jobs = store.enqueue_many([Traced(str(trace), 0.001) for _ in range(300)])
+    store.enqueue(StopsItself())
+    jobs += store.enqueue_many([Traced(str(trace), 0.01) for _ in range(40)])
+    code = (
+        "import liteq, sys, tests.jobs; liteq.Worker(liteq.connect(sys.argv[1]), jitter=False,"
+        f" exit_if_no_jobs=False, lease=2.0, prefetch={prefetch!r}).start()"
+    )
+    env = {**os.environ, "LITEQ_HOST": "host-a"}
+    paused = subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, env=env)
+    rescuer = None
+    try:
+        wait_until(lambda: _stopped(paused.pid), 30, "the first worker to stop itself")
+        stopped = time.time()
+        held = store.count(status=Status.RUNNING)
+        assert held > 1  # (the stopper, and jobs of its batch)
+        env = {**os.environ, "LITEQ_HOST": "host-b"}
+        work = ["work", "--db", url, "--import", "tests.jobs", "--lease", "2", "--processes", "1"]
+        rescuer = subprocess.Popen(
+            [sys.executable, "-m", "liteq", *work, "--no-jitter"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        done = {m.id for m in jobs}
+        wait_until(lambda: set(runs_by_job(trace)) == done, 40, "the rescuer to run them all")
+        resumed = time.time()
+        os.kill(paused.pid, signal.SIGCONT)
+        time.sleep(3.0)  # (its heartbeat renews, its loop goes on to the held jobs)
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+        paused.terminate()
+        paused.wait(20)
+        if rescuer is not None:
+            rescuer.terminate()
+            rescuer.wait(20)
+    runs = runs_by_job(trace)
+    assert sorted(runs) == sorted(done)
+    # Jobs it had run before it stopped may run again (their acknowledgement was waiting
+    # for the batch's): after it, never during. Resumed, it ran none.
+    assert_runs_never_overlap(runs, {paused.pid: stopped})  # (as good as dead meanwhile)
+    late = [
+        r for rs in runs.values() for r in rs if r["pid"] == paused.pid and r["start"] > resumed
+    ]
+    assert late == []
+    store.close()
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 @pytest.mark.parametrize("flags", [(), ("--prefetch", "auto")], ids=["defaults", "auto"])

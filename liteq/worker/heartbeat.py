@@ -94,6 +94,10 @@ class Heartbeat:
         self.max_rss: int | None = None
         #: When leases were last renewed, or taken by a claim (monotonic clock).
         self.renewed = time.monotonic()
+        #: Runs (id, attempt) whose leases a renewal found gone (another worker rescued
+        #: them while this process was paused, say): a held one must not start
+        #: (Worker._still_mine). Emptied as a new batch is claimed.
+        self.lost: set[tuple[int, int]] = set()
         self._info: WorkerInfo | None = None
         self._registered = False
         # Running totals per queue, written by the worker's thread alone (no lock on every
@@ -113,6 +117,7 @@ class Heartbeat:
         """The worker has just claimed the jobs it holds: their leases are as good as
         renewed now."""
         self.renewed = time.monotonic()
+        self.lost = set()
 
     def start(self, info: WorkerInfo, *, max_rss: int | None = None) -> None:
         """Register the worker `info` describes, and start the thread (with `max_rss`, it
@@ -257,6 +262,9 @@ class Heartbeat:
         if not mine:
             return
         kept = {id(m) for m in self.store.renew_leases(mine, self.lease)}
+        # The lost are known before the renewal counts: a held job must not start on the
+        # strength of a renewal that did not renew its own lease.
+        self.lost.update((m.id, m.attempts) for m in mine if id(m) not in kept)
         self.renewed = time.monotonic()
         runs = self.in_flight.now()
         for mjob in mine:  # (one finished meanwhile is no longer RUNNING here)

@@ -412,12 +412,14 @@ class Worker:
         store when the leases were not renewed lately (the process was paused, say), and
         gets its real start time recorded when max_runtime is to count from it.
         """
-        if mjob.record.started_at is not None and (
+        if (mjob.id, mjob.attempts) in self._heartbeat.lost:
+            pass  # (a renewal found its lease gone)
+        elif mjob.record.started_at is not None and (
             mjob is self._batch_head
             or time.monotonic() - self._heartbeat.renewed <= self._recheck_after
         ):
             return True  # (with no started_at, its max_runtime clock starts now)
-        if self.store.mark_started(mjob):
+        elif self.store.mark_started(mjob):
             return True
         log.warning("prefetched job %d is no longer this worker's: not run here", mjob.id)
         return False

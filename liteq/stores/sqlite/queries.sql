@@ -210,6 +210,19 @@ UPDATE liteq_meta SET counted_to = max(counted_to, coalesce((SELECT max(id) FROM
 INSERT INTO liteq_counts (queue, status, n)
     SELECT queue, status, count(*) FROM liteq_jobs GROUP BY queue, status
 
+-- A batch of new jobs alike, all of one queue and status, counted as it is inserted
+-- (?1 queue, ?2 status, ?3 how many, ?4 its first id; then counted_to, its last): the
+-- tail before it folded in, then the batch added by its size, not read back.
+-- name: count_batch
+INSERT INTO liteq_counts (queue, status, n)
+    SELECT queue, status, count(*) FROM liteq_jobs
+    WHERE id > (SELECT counted_to FROM liteq_meta) AND id < ?4 GROUP BY queue, status
+    UNION ALL SELECT ?1, ?2, ?3
+    ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n
+
+-- name: counted_to
+UPDATE liteq_meta SET counted_to = ?1 WHERE one = 1 AND counted_to < ?1
+
 -- The tail of jobs not yet counted, into the counters (then mark_counted): a few hundred
 -- rows read by id, once in so many new ids (transaction.py, FOLD_EVERY).
 -- name: fold_counts

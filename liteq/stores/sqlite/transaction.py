@@ -55,6 +55,10 @@ _alike: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*queries.ALIKE
 FOLD_EVERY = 512
 
 
+#: A batch of new jobs alike this large is counted as it is inserted (insert_alike).
+COUNT_AS_BATCH = 16
+
+
 def fold_due(last_id: int, count: int) -> bool:
     """Whether new ids up to `last_id` (`count` of them) pass a multiple of FOLD_EVERY."""
     return last_id // FOLD_EVERY != (last_id - count) // FOLD_EVERY
@@ -121,7 +125,14 @@ class SQLiteTx(Tx):
         else:
             pairs = json.dumps([(r.job_type, r.payload) for r in records])
             cursor.execute(queries.INSERT_ALIKE, (*alike, first_id, pairs))
-        return self._last_ids(len(records))
+        if len(records) < COUNT_AS_BATCH:
+            return self._last_ids(len(records))
+        # Counted now, by their number: folding them later would read each row back.
+        last_id = first_id + len(records) - 1
+        counted = (records[0].queue, records[0].status.value, len(records), first_id)
+        cursor.execute(queries.COUNT_BATCH, counted)
+        cursor.execute(queries.COUNTED_TO, (last_id,))
+        return list(range(first_id, last_id + 1))
 
     def _last_ids(self, count: int) -> list[int]:
         last = self._conn.last_insert_rowid()
