@@ -5,6 +5,8 @@ application's connection exists if and only if its transaction commits."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 
 import liteq
 from liteq.errors import JobNotFound, StoreError
+from tests.helpers import ROOT, wait_until
 from tests.jobs_shared import Send
 
 LITEQ = [sys.executable, "-m", "liteq"]
@@ -196,3 +199,78 @@ def test_a_refused_enqueue_leaves_the_applications_connection_as_it_was(app_db: 
     finally:
         conn.close()
         store.close()
+
+
+def test_a_sqlalchemy_connection_joins_as_sqlite3s_does(app_db: Path) -> None:
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    store = liteq.SQLiteStore(app_db, shared=True)
+    engine = sqlalchemy.create_engine(f"sqlite:///{app_db}")
+    insert = sqlalchemy.text("INSERT INTO orders (item) VALUES (:item)")
+    try:
+        with engine.begin() as conn:
+            store.enqueue(Send("first in the block"), connection=conn)
+            conn.execute(insert, {"item": "kept"})
+        with contextlib.suppress(ZeroDivisionError), engine.begin() as conn:
+            conn.execute(insert, {"item": "lost"})
+            store.enqueue(Send("lost"), connection=conn)
+            1 / 0  # noqa: B018
+        items = [job.job.item for job in store.jobs()]  # type: ignore[union-attr]
+        assert items == ["first in the block"]
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT item FROM orders")).scalars().all()
+        assert rows == ["first", "kept"]
+    finally:
+        engine.dispose()
+        store.close()
+
+
+@pytest.mark.timeout(120)
+def test_producers_on_sqlite3_and_sqlalchemy_under_load_lose_nothing_and_never_lock(
+    app_db: Path, tmp_path: Path
+) -> None:
+    """Three processes place orders (Python's sqlite3 twice, SQLAlchemy once), each order
+    and its job in one transaction, one in three rolled back, while two workers run the
+    jobs (each writing the application's table too): no "database is locked", every
+    committed order's job ran, none of a rolled-back one."""
+    pytest.importorskip("sqlalchemy")
+    url = f"sqlite:///{app_db}?shared=1"
+    env = {**os.environ, "APP_DB": str(app_db)}
+    work = subprocess.Popen(
+        [*LITEQ, "work", "--db", url, "--processes", "2", "--import", "tests.jobs_shared", "-q"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    producers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRODUCE, str(app_db), how, "150", label, str(tmp_path / label)],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for how, label in (("sqlite3", "a"), ("sqlite3", "b"), ("sqlalchemy", "c"))
+    ]
+    try:
+        errors = [p.communicate(timeout=90)[1] for p in producers]
+        assert [p.returncode for p in producers] == [0, 0, 0], errors
+        committed = [i for label in "abc" for i in json.loads((tmp_path / label).read_text())]
+        assert len(committed) == 3 * 100
+        with contextlib.closing(sqlite3.connect(app_db, timeout=20)) as conn:
+            wait_until(
+                lambda: conn.execute("SELECT count(*) FROM sent").fetchone()[0] >= 300, 60, "sent"
+            )
+    finally:
+        work.terminate()
+        said = work.communicate(timeout=60)[1]
+    assert "locked" not in said and "Traceback" not in said, said[-2000:]
+    with contextlib.closing(sqlite3.connect(app_db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        sent = [r[0] for r in conn.execute("SELECT item FROM sent")]
+        orders = {r[0] for r in conn.execute("SELECT item FROM orders")}
+    assert sorted(sent) == sorted(committed)  # each once: no worker died here
+    assert orders == {"first", *committed}
+
+
+PRODUCE = "import sys; from tests.jobs_shared import produce; produce(*sys.argv[1:])"

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, Unpack, cast
+from typing import Any, Literal, Protocol, Unpack, cast
 
 import apsw
 
@@ -48,6 +48,30 @@ from liteq.stores.wakeup import Waker
 #: it of them (walwatch.py): quickly for two seconds after activity, then more slowly
 #: (docs/performance.md: pick-up latency and idle cost).
 POLL, IDLE_POLL = 0.01, 0.05
+
+
+class SQLAlchemyConnection(Protocol):
+    """SQLAlchemy's Connection, as far as joining its transaction needs it."""
+
+    @property
+    def connection(self) -> Any: ...  # (its pool's proxy of the DB-API connection)
+
+
+#: What `connection=` takes: Python's sqlite3 connection, or SQLAlchemy's on top of one.
+AppConnection = sqlite3.Connection | SQLAlchemyConnection
+
+
+def _dbapi(connection: object) -> sqlite3.Connection:
+    """The sqlite3 connection beneath an application's connection; TypeError if none."""
+    if isinstance(connection, sqlite3.Connection):
+        return connection
+    # SQLAlchemy: Connection.connection is its pool's proxy of the DB-API connection.
+    raw = getattr(getattr(connection, "connection", None), "dbapi_connection", None)
+    if isinstance(raw, sqlite3.Connection):
+        return raw
+    raise TypeError(
+        f"connection must be a sqlite3 Connection (or SQLAlchemy's on SQLite), not {connection!r}"
+    )
 
 
 class SQLiteStore(BaseStore):
@@ -134,11 +158,12 @@ class SQLiteStore(BaseStore):
         self,
         job: Job,
         *,
-        connection: sqlite3.Connection | None = None,
+        connection: AppConnection | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> ManagedJob:
         """Enqueue a job (see BaseStore.enqueue). With `connection`, the application's
-        sqlite3 connection to this file (`shared=True`), inside its transaction: the job
+        sqlite3 connection to this file (`shared=True`), or its SQLAlchemy Connection on
+        one, inside its transaction: the job
         exists if and only if that transaction commits (hooks run at once, before it does).
         Outside one, the job is committed at once.
 
@@ -155,7 +180,7 @@ class SQLiteStore(BaseStore):
         self,
         jobs: Iterable[Job],
         *,
-        connection: sqlite3.Connection | None = None,
+        connection: AppConnection | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> list[ManagedJob]:
         """Enqueue jobs in one transaction (see BaseStore.enqueue_many); with `connection`,
@@ -165,7 +190,7 @@ class SQLiteStore(BaseStore):
         with self._joining(connection):
             return super().enqueue_many(jobs, **options)
 
-    def get(self, job_id: int, *, connection: sqlite3.Connection | None = None) -> ManagedJob:
+    def get(self, job_id: int, *, connection: AppConnection | None = None) -> ManagedJob:
         """The job with this id (see BaseStore.get); with `connection`, read on the
         application's sqlite3 connection, in its transaction: a job it enqueued and has not
         committed yet is found there."""
@@ -175,9 +200,8 @@ class SQLiteStore(BaseStore):
             return super().get(job_id)
 
     @contextlib.contextmanager
-    def _joining(self, connection: sqlite3.Connection) -> Iterator[None]:
-        if not isinstance(connection, sqlite3.Connection):
-            raise TypeError(f"connection must be a sqlite3 Connection, not {connection!r}")
+    def _joining(self, joined: AppConnection) -> Iterator[None]:
+        connection = _dbapi(joined)
         if not self.shared:
             raise StoreError(
                 f"connection= joins an application's transaction on its own database: open "
