@@ -14,7 +14,9 @@ scan that `liteq db check` and the code before the counters do.
 
 `instructions` counts CPU instructions per job (valgrind, as bench/instructions.py does) on
 the same code twice: the schema as it is, and the same file with the counting triggers and
-the index of erred jobs dropped (what the hot paths cost before them).
+the index of erred jobs dropped (what the hot paths cost before them). Whole processes
+vary by more than the difference for the cheap paths: `--in-sqlite` counts only inside
+SQLite's sqlite3_step, where the counting is done, with a fixed hash seed.
 
 `throughput` drains and enqueues jobs with and without the triggers in turns (one worker
 process; on PostgreSQL also two), and prints the ratios.
@@ -23,6 +25,7 @@ process; on PostgreSQL also two), and prints the ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -211,13 +214,15 @@ def run(measure: str, jobs: int, bare: bool) -> None:
             store.enqueue_many([Noop(1) for _ in range(100)])
 
 
-def count(valgrind: str, measure: str, jobs: int, bare: bool) -> int:
+def count(valgrind: str, measure: str, jobs: int, bare: bool, in_sqlite: bool) -> int:
     args = [sys.executable, __file__, "--run", measure, str(jobs), "bare" if bare else "kept"]
+    where = ["--toggle-collect=sqlite3_step"] if in_sqlite else []
     proc = subprocess.run(
-        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *args],
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *where, *args],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if found is None:
@@ -225,7 +230,7 @@ def count(valgrind: str, measure: str, jobs: int, bare: bool) -> int:
     return int(found.group(1))
 
 
-def instructions(measures: list[str]) -> None:
+def instructions(measures: list[str], in_sqlite: bool) -> None:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -233,7 +238,7 @@ def instructions(measures: list[str]) -> None:
     for measure in measures:
         per_job = {}
         for bare in (True, False):
-            small, large = (count(valgrind, measure, n, bare) for n in (SMALL, LARGE))
+            small, large = (count(valgrind, measure, n, bare, in_sqlite) for n in (SMALL, LARGE))
             per_job[bare] = (large - small) / (LARGE - SMALL)
         ratio = per_job[False] / per_job[True]
         print(
@@ -333,13 +338,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--in-sqlite", action="store_true", help="instructions in SQLite only")
     args = parser.parse_args()
     backends = args.backend or ["sqlite", "postgres"]
     if args.what == "reads":
         for backend in backends:
             reads(backend, args.jobs or 1_000_000)
     elif args.what == "instructions":
-        instructions(args.measures or list(MEASURES))
+        instructions(args.measures or list(MEASURES), args.in_sqlite)
     else:
         throughput(backends, args.jobs or 5_000, args.turns)
 

@@ -190,6 +190,18 @@ class LiteqBackend(BaseTaskBackend):
         except ImproperlyConfigured as exc:
             yield checks.Error(str(exc), obj=where, id="liteq.E001")
             return
+        if vendor(self.place) == "sqlite":
+            options = connections[str(self.place.alias)].settings_dict.get("OPTIONS") or {}
+            if str(options.get("transaction_mode", "")).upper() not in ("IMMEDIATE", "EXCLUSIVE"):
+                yield checks.Warning(
+                    f"liteq's workers write the queue in the SQLite database "
+                    f"{self.place.alias!r}: the site's transactions that read, then write, "
+                    "fail with 'database is locked' when they run into one",
+                    hint=f"DATABASES[{self.place.alias!r}]['OPTIONS']['transaction_mode'] = "
+                    "'IMMEDIATE' (docs/django.md)",
+                    obj=where,
+                    id="liteq.W001",
+                )
         if on_postgres:
             from django.db.backends.postgresql.psycopg_any import is_psycopg3
 

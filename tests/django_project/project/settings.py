@@ -38,7 +38,10 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ["SHOP_SQLITE"],
-            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 10},
+            "OPTIONS": {
+                "transaction_mode": os.environ.get("SHOP_TXMODE", "IMMEDIATE"),
+                "timeout": 10,
+            },
             "TEST": {"NAME": os.environ["SHOP_SQLITE"] + ".test"},
         }
     }
