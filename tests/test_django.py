@@ -136,6 +136,7 @@ def test_postgresql_the_queue_in_the_sites_database(
     # The outbox: the job enqueued in the block that rolled back never existed.
     assert seen[ids["rolled_back"]] is None
     assert not any(r.startswith("receipt lost") for r in seen["runs"])
+    assert seen["held"] == 0  # (results read on Django's connection: liteq opened none)
     with psycopg.connect(_site_dsn(postgres_site)) as conn:
         count = conn.execute("SELECT count(*) FROM shop_jobs.jobs").fetchone()
     assert count is not None and count[0] >= 8  # liteq's tables, in the site's database
@@ -187,6 +188,7 @@ def test_sqlite_the_queue_in_the_sites_database(python: Path, tmp_path: Path) ->
     # has no sequence outside a transaction: its id went to the next task enqueued.)
     assert seen[ids["rolled_back"]]["task"] == "shop.tasks.refuse"
     assert not any(r.startswith("receipt lost") for r in seen["runs"])
+    assert seen["held"] == 0  # (results read on Django's connection: liteq opened none)
     with contextlib.closing(sqlite3.connect(site)) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"shop_order", "liteq_jobs"} <= tables  # the site's and liteq's, one file
@@ -305,7 +307,7 @@ def test_liteq_work_help_says_how_it_differs_from_liteq_work(python: Path, tmp_p
     assert "--processes N" in said  # liteq work's own options follow
 
 
-def test_check_warns_of_a_sqlite_site_without_immediate_transactions(
+def test_check_warns_of_a_sqlite_site_without_immediate_transactions_or_a_test_file(
     python: Path, tmp_path: Path
 ) -> None:
     # Measured (bench/django_locks.py): with the queue in the site's file, transactions
@@ -314,4 +316,8 @@ def test_check_warns_of_a_sqlite_site_without_immediate_transactions(
     env = {"SHOP_SQLITE": str(tmp_path / "site.sqlite3"), "SHOP_QUEUE_URL": ""}
     said = manage(python, {**env, "SHOP_TXMODE": "DEFERRED"}, "check", check=False)
     assert "liteq.W001" in said and "'transaction_mode'] = 'IMMEDIATE'" in said
+    assert "liteq.W002" not in said
+    # Nor can the queue live in a test database in memory (Django's default for SQLite).
+    said = manage(python, {**env, "SHOP_TEST_IN_MEMORY": "1"}, "check", check=False)
+    assert "liteq.W002" in said and "['TEST'] = {'NAME'" in said and "liteq.W001" not in said
     assert "no issues" in manage(python, env, "check")

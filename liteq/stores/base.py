@@ -384,6 +384,8 @@ class BaseStore(Schedules):
         """
         check_job_id(job_id)
         deadline = _deadline(timeout)
+        if deadline is None:  # no wait: the read alone (no mark, which may open more)
+            return result_of(job_id, self._read(job_id), self.clock())
         while True:
             mark = self._result_mark()  # (before the read: a commit after it moves it)
             outcome = _outcome(job_id, self._read(job_id), self.clock())
@@ -778,6 +780,15 @@ def _kept(record: Record, now: float) -> bool:
         and record.expires_at is not None
         and record.expires_at > now
     )
+
+
+def result_of(job_id: int, record: Record | None, now: float) -> Any:
+    """The result a job's row (None: no row) gives at `now`, as `store.result` gives it
+    without waiting: the value, or ResultNotReady, JobFailed, ResultExpired."""
+    outcome = _outcome(job_id, record, now)
+    if outcome is _PENDING:
+        raise ResultNotReady(f"job {job_id} has not finished")
+    return outcome
 
 
 def _outcome(job_id: int, record: Record | None, now: float) -> Any:

@@ -191,7 +191,18 @@ class LiteqBackend(BaseTaskBackend):
             yield checks.Error(str(exc), obj=where, id="liteq.E001")
             return
         if vendor(self.place) == "sqlite":
-            options = connections[str(self.place.alias)].settings_dict.get("OPTIONS") or {}
+            settings_dict = connections[str(self.place.alias)].settings_dict
+            if not (settings_dict.get("TEST") or {}).get("NAME"):
+                yield checks.Warning(
+                    f"liteq keeps its queue in the SQLite database {self.place.alias!r}, and "
+                    "Django's test runner puts its test database in memory, where no queue "
+                    "can live: `manage.py test` would fail",
+                    hint=f"DATABASES[{self.place.alias!r}]['TEST'] = "
+                    "{'NAME': BASE_DIR / 'test.sqlite3'} (docs/django.md)",
+                    obj=where,
+                    id="liteq.W002",
+                )
+            options = settings_dict.get("OPTIONS") or {}
             if str(options.get("transaction_mode", "")).upper() not in ("IMMEDIATE", "EXCLUSIVE"):
                 yield checks.Warning(
                     f"liteq's workers write the queue in the SQLite database "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Final
 
 from django.tasks import Task, TaskResult, TaskResultStatus
@@ -11,6 +12,7 @@ from django.tasks.base import TaskError
 from liteq.errors import JobFailed, ResultExpired, ResultNotReady
 from liteq.managed import ManagedJob
 from liteq.status import Status
+from liteq.stores.base import result_of
 
 #: liteq's statuses as Django's: a job waiting (to run, for a retry, for its
 #: dependencies) is READY; one a worker holds, or a callback is to finish, is RUNNING.
@@ -61,7 +63,9 @@ def return_value(mjob: ManagedJob) -> Any:
     """What a completed job's task returned (kept with keep_result); ResultExpired once
     the result is gone."""
     try:
-        return mjob.result()
+        # From the row read (on Django's connection, for a queue in its database): asking
+        # the store would read again on a connection of liteq's own.
+        return result_of(mjob.id, mjob.record, time.time())
     except (ResultNotReady, JobFailed) as exc:  # (it changed since it was read)
         raise ResultExpired(f"job {mjob.id} changed while it was read: {exc}") from exc
 

@@ -42,7 +42,9 @@ else:
                 "transaction_mode": os.environ.get("SHOP_TXMODE", "IMMEDIATE"),
                 "timeout": 10,
             },
-            "TEST": {"NAME": os.environ["SHOP_SQLITE"] + ".test"},
+            "TEST": {}
+            if os.environ.get("SHOP_TEST_IN_MEMORY")
+            else {"NAME": os.environ["SHOP_SQLITE"] + ".test"},
         }
     }
     TASKS = {

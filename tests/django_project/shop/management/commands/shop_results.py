@@ -2,9 +2,12 @@
 
 import asyncio
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db import connections
 from django.tasks import default_task_backend
 from django.tasks.exceptions import TaskResultDoesNotExist
 from shop.models import Run
@@ -18,12 +21,15 @@ class Command(BaseCommand):
         out: dict[str, Any] = {
             "runs": list(Run.objects.order_by("id").values_list("label", flat=True))
         }
+        results = {}
         for result_id in options["ids"]:
             try:
-                result = default_task_backend.get_result(result_id)
+                results[result_id] = default_task_backend.get_result(result_id)
             except TaskResultDoesNotExist:
                 out[result_id] = None
-                continue
+        # (Before aget_result: Django runs it in a thread whose connection stays open.)
+        out["held"] = held()
+        for result_id, result in results.items():
             again = asyncio.run(default_task_backend.aget_result(result_id))
             out[result_id] = {
                 "status": result.status,
@@ -52,3 +58,22 @@ def _name(error: Any) -> str | None:
         return str(error.exception_class.__name__)
     except (ImportError, ValueError):
         return None
+
+
+def held() -> int:
+    """Connections to the site's database this process still holds once Django has closed
+    its own: liteq should keep none (the results were read on Django's connection)."""
+    connections.close_all()
+    connection = connections["default"]
+    if connection.vendor == "sqlite":
+        site = os.path.realpath(connection.settings_dict["NAME"])
+        fds = Path("/proc/self/fd").iterdir()
+        return sum(1 for fd in fds if os.path.realpath(fd) == site)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        (count,) = cursor.fetchone()
+    connections.close_all()
+    return int(count)
