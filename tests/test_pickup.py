@@ -280,3 +280,18 @@ def test_a_store_dropped_unclosed_ends_its_watch(db: Path) -> None:
     gc.collect()
     wait_until(lambda: not any(t.is_alive() for t in before), 5, "the watching thread to end")
     assert os.stat(db.parent).st_ino not in watched_directories(os.getpid())
+
+
+def test_a_reopened_connection_is_never_taken_for_one_that_saw_no_commit(db: Path) -> None:
+    # PRAGMA data_version counts per connection: a new one may give the number the old one
+    # gave before a commit it never saw, and a waiter would sleep through that commit.
+    store = liteq.SQLiteStore(db)
+    other = liteq.SQLiteStore(db)
+    try:
+        before = store._data_version()
+        store.close()  # (as around fork(), or after an error)
+        other.enqueue(Noop())
+        assert store._data_version() != before
+    finally:
+        other.close()
+        store.close()

@@ -115,6 +115,9 @@ class QueueFile:
         self.gate = Gate(path)
         self.holding = Holding(path)
         self._session: tuple[apsw.Connection, apsw.Cursor] | None = None
+        #: How many connections this process opened: a connection's data_version is its
+        #: own, so two are compared only with the same count.
+        self.opens = 0
         self._pid = -1
         self._identity: tuple[int, int] | None = None  # (device, inode): see _bind
         self._moved: str | None = None  # why nothing more is written: see _gone
@@ -138,6 +141,7 @@ class QueueFile:
                         if attempt == 2:
                             raise
             self._pid = os.getpid()
+            self.opens += 1
             pair = self._session = conn, conn.cursor()
         return pair
 

@@ -435,7 +435,8 @@ class SQLiteStore(BaseStore):
         # within its poll, that its file was deleted or replaced.
         with self.file.reading() as conn:
             self.file.check_in_place(conn)
-            return _scalar(conn, queries.DATA_VERSION)
+            # (Each connection counts on its own: a reopened one may repeat a number.)
+            return self.file.opens, _scalar(conn, queries.DATA_VERSION)
 
     # -- the file ------------------------------------------------------------
     def integrity(self, *, full: bool = False) -> list[str]:
