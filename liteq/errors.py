@@ -33,6 +33,10 @@ class InvalidState(LiteqError):
 class LeaseLost(LiteqError):
     """This worker no longer owns the job: it was re-queued and may run elsewhere."""
 
+    def __init__(self, message: str, *, job_id: int | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id  # (the job's, when the store knows it)
+
 
 class UnknownJobType(LiteqError):
     """The job's type is not a registered Job class in this process."""

@@ -266,3 +266,28 @@ def test_a_timed_job_that_kills_its_worker_re_runs_no_finished_job_before_it(
     assert len(runs) == 801
     again = sorted(job for job, job_runs in runs.items() if len(job_runs) > 1)
     assert again == [stuck.id], again
+
+
+class DeletesAnother(liteq.Job):
+    """Deletes another job of the store the test watches (WATCHED), as an operator would."""
+
+    def __init__(self, other: int) -> None:
+        self.other = other
+
+    def run(self, job: liteq.ManagedJob) -> None:
+        WATCHED[0].delete(self.other)
+
+
+def test_a_completion_lost_with_its_batch_is_not_counted_done(
+    watched: liteq.stores.BaseStore,
+) -> None:
+    # Two jobs claimed together: the first completes, its acknowledgement waits for the
+    # batch's; the second deletes it meanwhile. The first's completion is lost (the job is
+    # gone), and the worker's totals count one job done, not two.
+    first = watched.enqueue(Noop())
+    watched.enqueue(DeletesAnother(first.id))
+    worker = liteq.Worker(
+        watched, exit_if_no_jobs=True, jitter=False, handle_signals=False, prefetch=2
+    )
+    assert worker.start() == 0
+    assert watched.totals() == {"default": (1, 0)}

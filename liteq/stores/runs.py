@@ -431,7 +431,7 @@ def _owned(rec: Record | None, mjob: ManagedJob) -> Record:
     """`rec`, the row of a job the worker of `mjob` still runs; LeaseLost otherwise."""
     error = _lost(rec, mjob)
     if error is not None or rec is None:
-        raise error or LeaseLost(f"job {mjob.id} was deleted while it ran")
+        raise error or LeaseLost(f"job {mjob.id} was deleted while it ran", job_id=mjob.id)
     return rec
 
 
@@ -445,10 +445,11 @@ def _not_completed(rec: Record | None, mjob: ManagedJob) -> LeaseLost | None:
     if rec is None and claimed.delete_on_complete:  # (the same, or someone's delete: unknown)
         return LeaseLost(
             f"job {mjob.id} was deleted while it ran, or by its own completion "
-            "(delete_on_complete) if a commit reported lost had gone through"
+            "(delete_on_complete) if a commit reported lost had gone through",
+            job_id=mjob.id,
         )
     # (should the fence and `owns` disagree, never let that pass as done)
-    return _lost(rec, mjob) or LeaseLost(f"job {mjob.id} was not completed")
+    return _lost(rec, mjob) or LeaseLost(f"job {mjob.id} was not completed", job_id=mjob.id)
 
 
 def _went_through(
@@ -479,10 +480,11 @@ def _went_through(
 def _lost(rec: Record | None, mjob: ManagedJob) -> LeaseLost | None:
     """Why `rec` is no longer the run `mjob` claimed, or None if it still is."""
     if rec is None:
-        return LeaseLost(f"job {mjob.id} was deleted while it ran")
+        return LeaseLost(f"job {mjob.id} was deleted while it ran", job_id=mjob.id)
     if not transitions.owns(rec, mjob.record, mjob.claimed):
         return LeaseLost(
             f"job {mjob.id} is no longer this worker's: it was re-queued "
-            f"(status {rec.status.value}, attempt {rec.attempts})"
+            f"(status {rec.status.value}, attempt {rec.attempts})",
+            job_id=mjob.id,
         )
     return None

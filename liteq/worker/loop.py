@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from liteq.errors import LeaseLost, StoreCorrupt, StoreError, StoreMoved
@@ -356,7 +356,7 @@ class Worker:
                 acks = list(self._acks)
             try:
                 lost = self.store.complete_many(acks) if acks else []
-                self._forget_acks(acks)  # (none was added meanwhile: a job's code runs)
+                self._forget_acks(acks, lost)  # (none was added meanwhile: a job's code runs)
                 released = self.store.release(held) if held else 0
             except StoreError as exc:
                 log.warning("relieving the batch behind a long job failed: %s", exc)
@@ -453,9 +453,9 @@ class Worker:
         outcome = self._patiently(functools.partial(_claiming, acks), claim)
         if outcome is None:
             return None
-        if acks:
-            self._forget_acks(acks)
         lost, held = outcome
+        if acks:
+            self._forget_acks(acks, lost)
         for error in lost:
             log.warning("%s; its result is dropped", error)
         if self._unseen_claims:
@@ -502,11 +502,17 @@ class Worker:
                 "recording completed jobs", lambda: self.store.complete_many(acks)
             )
             if lost is not None:
-                self._forget_acks(acks)
+                self._forget_acks(acks, lost)
             for error in lost or []:
                 log.warning("%s; its result is dropped", error)
 
-    def _forget_acks(self, recorded: list[ManagedJob]) -> None:
+    def _forget_acks(self, recorded: list[ManagedJob], lost: Sequence[LeaseLost]) -> None:
+        """Acknowledgements recorded: counted as completed (those lost aside, run again
+        elsewhere), and no longer held."""
+        gone = {error.job_id for error in lost}
+        for mjob in recorded:
+            if mjob.id not in gone:
+                self._heartbeat.count(mjob.queue, completed=True)
         # They are the first of _acks: only the worker's main thread adds to it.
         with self._lock:
             self._acks = self._acks[len(recorded) :]
@@ -686,7 +692,6 @@ class Worker:
                 if not self._acks:
                     self._acks_since = time.monotonic()
                 self._acks.append(mjob)
-            self._heartbeat.count(mjob.queue, completed=True)
         else:
             message = str(result) if isinstance(result, ResultRefused) else bad_result(result)
             self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))

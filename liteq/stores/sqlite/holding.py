@@ -225,6 +225,10 @@ class Holding:
             return
         try:
             if remove and fd is not None:
+                # Our hold first (the connection is closed): of two letting go at once, each
+                # would otherwise see the other's and leave the file to it.
+                with contextlib.suppress(OSError):
+                    _unlock(fd, 1, 0)
                 _remove_if_unused(fd, f"{_real(self.path)}-lock")
         finally:
             closer()  # closes the descriptor, which drops its locks
