@@ -16,6 +16,7 @@ import pytest
 
 import liteq
 from liteq.status import Status
+from liteq.worker.loop import HELD_FRESH
 from liteq.worker.sizing import BUDGET, MOST, ClaimSize
 from tests import pg
 from tests.conftest import StoreFactory
@@ -271,11 +272,13 @@ def test_a_timed_job_that_kills_its_worker_re_runs_no_finished_job_before_it(
 class DeletesAnother(liteq.Job):
     """Deletes another job of the store the test watches (WATCHED), as an operator would."""
 
-    def __init__(self, other: int) -> None:
+    def __init__(self, other: int, then_sleep: float = 0.0) -> None:
         self.other = other
+        self.then_sleep = then_sleep
 
     def run(self, job: liteq.ManagedJob) -> None:
         WATCHED[0].delete(self.other)
+        time.sleep(self.then_sleep)
 
 
 def test_a_completion_lost_with_its_batch_is_not_counted_done(
@@ -291,3 +294,19 @@ def test_a_completion_lost_with_its_batch_is_not_counted_done(
     )
     assert worker.start() == 0
     assert watched.totals() == {"default": (1, 0)}
+
+
+def test_a_held_job_deleted_while_it_waits_does_not_run(
+    watched: liteq.stores.BaseStore, tmp_path: Path
+) -> None:
+    # Claimed in one batch: the first job deletes the third, then takes longer than a
+    # held job is trusted without asking (HELD_FRESH): the third is asked after, and is gone.
+    trace = tmp_path / "q.trace"
+    second = watched.enqueue(Traced(str(trace)))
+    third = watched.enqueue(Traced(str(trace)))
+    watched.enqueue(DeletesAnother(third.id, then_sleep=2 * HELD_FRESH), priority=10)
+    worker = liteq.Worker(
+        watched, exit_if_no_jobs=True, jitter=False, handle_signals=False, prefetch=3
+    )
+    assert worker.start() == 0
+    assert sorted(runs_by_job(trace)) == [second.id]  # (the second was asked too: still its)

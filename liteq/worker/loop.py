@@ -48,6 +48,9 @@ ACK_DELAY: Final = 0.05
 #: A job whose code has run this long in a batch the worker sized itself: the heartbeat
 #: hands back the jobs held behind it and records the completions before it (_relieve).
 RELIEF_AFTER: Final = 1.0
+#: A job held this long after its batch was claimed is asked of the store before it starts
+#: (deleted meanwhile, it does not run); a batch sized to its jobs starts them all sooner.
+HELD_FRESH: Final = 0.25
 #: A job in flight at this many deaths of its worker runs alone from then on: a death
 #: shared by several coroutine jobs counts a crash against each (see rescue.py), and one
 #: such death (a kill, an OOM) should not make every job of the worker run one by one.
@@ -87,6 +90,7 @@ class Worker:
         self._turn = threading.Lock()
         self._executing_since: float | None = None
         self._batch_head: ManagedJob | None = None
+        self._batch_at = 0.0  # when it was claimed (monotonic clock)
         self._recheck_after = options.lease / 2  # see _still_mine
         self._signals = Signals(options.graceful_shutdown_timeout, self._in_flight)
         self._memory = MemoryLimit(options.guarantee_memory, options.max_rss)
@@ -284,6 +288,7 @@ class Worker:
                 with self._lock:
                     self._held = held
                 self._batch_head = held[0]
+                self._batch_at = time.monotonic()
                 self._heartbeat.claimed()
             mjob = self._held[0]
             if runs_alone(mjob) and coroutines.count:
@@ -409,14 +414,18 @@ class Worker:
         """Before a prefetched job starts: is it still this worker's to run?
 
         The first job of a batch was claimed just now. A later one is checked against the
-        store when the leases were not renewed lately (the process was paused, say), and
-        gets its real start time recorded when max_runtime is to count from it.
+        store when it has been held past HELD_FRESH (an operator may have deleted it), or
+        the leases were not renewed lately (the process was paused, say), and gets its real
+        start time recorded when max_runtime is to count from it.
         """
         if (mjob.id, mjob.attempts) in self._heartbeat.lost:
             pass  # (a renewal found its lease gone)
         elif mjob.record.started_at is not None and (
             mjob is self._batch_head
-            or time.monotonic() - self._heartbeat.renewed <= self._recheck_after
+            or (
+                (now := time.monotonic()) - self._heartbeat.renewed <= self._recheck_after
+                and now - self._batch_at <= HELD_FRESH
+            )
         ):
             return True  # (with no started_at, its max_runtime clock starts now)
         elif self.store.mark_started(mjob):
