@@ -244,6 +244,17 @@ class BaseStore(Schedules):
         records, alike = build_records(jobs, options, self.clock())
         holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
         store_listens = self._announcer.listening()
+        if alike and len(records) > 1 and all(r.coalesce_id is None for r in records):
+            # Nothing can conflict: one statement of its own, where the backend can.
+            new = self._insert_alike_alone(records)
+            if new is not None:
+                events: list[Event] = []
+                for rec, job, job_id in zip(records, jobs, new, strict=True):
+                    rec.id = job_id
+                    if store_listens or listens(job):
+                        events.append((rec, Status.UNQUEUED, "enqueued", job))
+                self._announcer.committed(events)
+                return [ManagedJob(self, r, j, None) for r, j in zip(records, jobs, strict=True)]
         with self._write() as w:
             tx = w.tx
             new_ids = tx.insert_alike(records) if alike else tx.insert_many(records)

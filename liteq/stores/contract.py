@@ -522,6 +522,12 @@ class Backend(abc.ABC):
             raise RuntimeError(f"job {record.job_type} was not inserted")
         return job_id
 
+    def _insert_alike_alone(self, records: Sequence[Record]) -> list[int] | None:
+        """Insert new jobs alike (as Tx.insert_alike takes them: none holds a coalesce
+        id) with one statement committed on its own, and return their ids in order; or
+        None where the backend cannot (enqueue_many then writes them in a transaction)."""
+        return None
+
     @abc.abstractmethod
     def _read(self, job_id: int) -> Record | None:
         """The row with this id, or None (outside any transaction)."""

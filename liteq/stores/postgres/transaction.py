@@ -81,6 +81,15 @@ def _best_first(record: Record) -> tuple[int, float, int]:
     return (-record.priority, record.run_at, record.id)
 
 
+def alike_args(records: Sequence[Record]) -> dict[str, Any]:
+    """queries' insert_alike parameters: the values the rows share, once (the first
+    row's), and the two they differ in, as arrays."""
+    args = dict(zip(COLUMNS_BUT_ID, new_values(records[0]), strict=True))
+    args["job_type"] = [r.job_type for r in records]
+    args["payload"] = [r.payload for r in records]
+    return args
+
+
 class PgTx(Tx):
     """The primitives over one cursor, inside a transaction (liteq's own, or an
     application's: see PostgresStore.enqueue's `connection`)."""
@@ -169,11 +178,7 @@ class PgTx(Tx):
     def insert_alike(self, records: Sequence[Record]) -> list[int]:
         if len(records) < 2:
             return [job_id for job_id in map(self.insert, records) if job_id is not None]
-        # The values the rows share, once (the first row's), and the two they differ in.
-        args = dict(zip(COLUMNS_BUT_ID, new_values(records[0]), strict=True))
-        args["job_type"] = [r.job_type for r in records]
-        args["payload"] = [r.payload for r in records]
-        rows = self._cursor.execute(self._q.INSERT_ALIKE, args).fetchall()
+        rows = self._cursor.execute(self._q.INSERT_ALIKE, alike_args(records)).fetchall()
         return sorted(int(row[0]) for row in rows)
 
     def _insert_batch(self, records: Sequence[Record]) -> list[int]:
