@@ -6,8 +6,7 @@
     python bench/postgres.py --dsn postgresql://user@host/db
 
 At defaults: 20,000 no-op jobs, drained by each library's worker at its defaults (`liteq
-work --burst` with claims sized by each worker, `--prefetch auto`, not yet liteq's default;
-pgqueuer's drain mode), one and two processes, start-up included, rounds in
+work --burst`, whose workers size their claims, `--prefetch auto`; pgqueuer's drain mode), one and two processes, start-up included, rounds in
 turns, medians. pgqueuer is installed on first use into the peers' virtualenv that
 bench/coroutines.py makes (bench/.peers, outside git; --peers names another), and gets a
 database of its own on the server, dropped after (the user needs CREATEDB).
@@ -318,10 +317,8 @@ def drain_at_defaults(system: str, dsn: str, python: Path, processes: int, n: in
                     store.enqueue_many([Noop(1) for _ in range(1000)])
             left = f"SELECT count(*) FROM {s}.jobs WHERE status IN ('queued', 'running')"  # noqa: S608
             began = time.perf_counter()
-            # Claims sized by each worker (--prefetch auto): one job at a time is the default.
-            workers = [
-                liteq_work(url, "--processes", str(processes), "--prefetch", "auto", "--burst")
-            ]
+            # At its defaults: claims sized by each worker (--prefetch auto).
+            workers = [liteq_work(url, "--processes", str(processes), "--burst")]
         else:
             db = stack.enter_context(database(dsn, pg_name()))
             env = {**os.environ, "BENCH_DSN": db}
@@ -369,7 +366,7 @@ def at_defaults(dsn: str, venv: Path, n: int, rounds: int) -> None:
             got.setdefault((system, processes), []).append(rate_)
             print(f"  {system}, {processes} process(es): {rate_:,.0f} jobs/s", flush=True)
     print(
-        f"\n{n:,} no-op jobs, each worker command at its defaults (liteq: --prefetch auto), "
+        f"\n{n:,} no-op jobs, each worker command at its defaults, "
         "start-up included, "
         f"median of {rounds}; pgqueuer {version(python, 'pgqueuer')}\n"
         "| worker processes | pgqueuer | liteq | liteq / pgqueuer |\n|---|---|---|---|"

@@ -119,8 +119,9 @@ def test_a_claim_size_past_its_bound_is_one_line_and_exit_2() -> None:
 
 
 def test_prefetch_auto_leaves_the_claims_to_the_worker_and_says_so_when_mistyped() -> None:
-    assert build_parser().parse_args(["work", "--import", "jobs"]).prefetch == 1
+    assert build_parser().parse_args(["work", "--import", "jobs"]).prefetch is None  # (auto)
     assert build_parser().parse_args(["work", "--prefetch", "auto"]).prefetch is None
+    assert build_parser().parse_args(["work", "--prefetch", "1"]).prefetch == 1
     result = subprocess.run(
         [sys.executable, "-m", "liteq", "work", "--import", "jobs", "--prefetch", "atuo"],
         capture_output=True,

@@ -187,9 +187,9 @@ def add_parser(sub: Commands) -> None:
         type=_prefetch,
         default=DEFAULTS.prefetch,
         metavar="K",
-        help="claim K jobs per transaction and acknowledge in batches (short jobs; default "
-        "1); auto: each worker sizes its claims, more while the queue is deep and its jobs "
-        "short",
+        help="claim K jobs per transaction and acknowledge in batches (short jobs); auto "
+        "(the default): each worker sizes its claims, more while the queue is deep and its "
+        "jobs short; 1: one job per claim, always",
     )
     work.add_argument(
         "--concurrency",

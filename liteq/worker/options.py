@@ -54,11 +54,11 @@ class WorkerOptions:
             in batches of as many: far faster for short jobs. Prefetched jobs are RUNNING
             and leased by this worker until they run; on a stop, those not started are
             handed back; on a crash, they are rescued like any running job (at least once).
-            1 (the default): one job per transaction. None: the worker sizes each claim
-            itself, one job at a time unless the queue is deep and its jobs short, then as
-            many (up to 100) as it expects to run within about 50 ms (see
-            worker/sizing.py; a job past a second has the rest of its batch handed back by
-            the heartbeat: docs/deploying.md); not the default yet.
+            None (the default): the worker sizes each claim itself, one job at a time
+            unless the queue is deep and its jobs short, then as many (up to 100) as it
+            expects to run within about 50 ms (see worker/sizing.py; a job past a second
+            has the rest of its batch handed back by the heartbeat: docs/deploying.md).
+            1: one job per transaction, always.
         max_crashes: a job whose worker died while running it (a segfault, os._exit, an
             OOM or max_rss kill) this many times fails for good; each death before is a
             mulligan. Counted by whoever sees the death: `liteq work`'s supervisor, this
@@ -86,7 +86,7 @@ class WorkerOptions:
     check_health: bool = True
     max_rss: int | None = None
     handle_signals: bool = True
-    prefetch: int | None = 1
+    prefetch: int | None = None
     max_crashes: int = DEFAULT_MAX_CRASHES
     concurrency: int = 1
 
