@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, Protocol, Unpack, cast
+from typing import Any, Literal, Unpack, cast
 
 import apsw
 
@@ -32,6 +31,7 @@ from liteq.stores.events import StatusHook
 from liteq.stores.sqlite import queries, stdlib
 from liteq.stores.sqlite.file import JOURNAL_LIMIT, PAGE_SIZES, QueueFile
 from liteq.stores.sqlite.gate import PATIENT, PROMPT, Busy
+from liteq.stores.sqlite.joined import AppConnection, in_application_transaction, joining
 from liteq.stores.sqlite.registry import SQLiteRegistry
 from liteq.stores.sqlite.transaction import (
     SQLiteTx,
@@ -48,30 +48,6 @@ from liteq.stores.wakeup import Waker
 #: it of them (walwatch.py): quickly for two seconds after activity, then more slowly
 #: (docs/performance.md: pick-up latency and idle cost).
 POLL, IDLE_POLL = 0.01, 0.05
-
-
-class SQLAlchemyConnection(Protocol):
-    """SQLAlchemy's Connection, as far as joining its transaction needs it."""
-
-    @property
-    def connection(self) -> Any: ...  # (its pool's proxy of the DB-API connection)
-
-
-#: What `connection=` takes: Python's sqlite3 connection, or SQLAlchemy's on top of one.
-AppConnection = sqlite3.Connection | SQLAlchemyConnection
-
-
-def _dbapi(connection: object) -> sqlite3.Connection:
-    """The sqlite3 connection beneath an application's connection; TypeError if none."""
-    if isinstance(connection, sqlite3.Connection):
-        return connection
-    # SQLAlchemy: Connection.connection is its pool's proxy of the DB-API connection.
-    raw = getattr(getattr(connection, "connection", None), "dbapi_connection", None)
-    if isinstance(raw, sqlite3.Connection):
-        return raw
-    raise TypeError(
-        f"connection must be a sqlite3 Connection (or SQLAlchemy's on SQLite), not {connection!r}"
-    )
 
 
 class SQLiteStore(BaseStore):
@@ -201,89 +177,23 @@ class SQLiteStore(BaseStore):
 
     @contextlib.contextmanager
     def _joining(self, joined: AppConnection) -> Iterator[None]:
-        connection = _dbapi(joined)
         if not self.shared:
             raise StoreError(
                 f"connection= joins an application's transaction on its own database: open "
                 f"it as SQLiteStore({self.path!r}, shared=True) (a URL: ?shared=1)"
             )
-        # liteq's text comes back as str whatever the application reads it as (its
-        # row_factory the adapter's cursors leave aside; its text_factory is set here).
-        text_factory = connection.text_factory
-        try:
-            connection.text_factory = str
-            self._check_same_file(connection)
-            self._local.joined = stdlib.Connection(self.path, raw=connection)
-            yield
-        finally:
-            self._local.joined = None
-            with contextlib.suppress(sqlite3.Error):
-                connection.text_factory = text_factory
-
-    def _check_same_file(self, connection: sqlite3.Connection) -> None:
-        theirs = ""
-        try:
-            cursor = connection.cursor()
-            cursor.row_factory = None
-            rows = cursor.execute("PRAGMA database_list").fetchall()
-            theirs = next((str(r[2]) for r in rows if r[1] == "main"), "")
-            same = bool(theirs) and os.path.samefile(theirs, self.path)
-        except sqlite3.ProgrammingError as exc:  # closed, or another thread's
-            raise StoreError(f"connection= cannot be used: {exc}") from exc
-        except (sqlite3.Error, OSError):
-            same = False
-        if not same:
-            raise StoreError(
-                f"connection= must be a connection to the queue's file {self.path}, "
-                f"not to {theirs or 'a database in memory'}"
-            )
-
-    @contextlib.contextmanager
-    def _in_application_transaction(self, conn: stdlib.Connection) -> Iterator[Tx]:
-        # Inside the application's transaction a savepoint, so that a refusal rolls back
-        # the job only; outside one, a transaction of the job's own, unless sqlite3 would
-        # begin one before a write (its legacy mode): then that one, for the app to commit.
-        # (Immediate: a deferred one that reads first could not then wait to write.)
-        own = conn.get_autocommit()
-        raw = conn.raw
-        implicit = getattr(raw, "autocommit", -1) == -1 and raw.isolation_level is not None
-        began = own and implicit
-        if began:
-            exclusive = str(raw.isolation_level).upper() == "EXCLUSIVE"
-            with self.file.errors():
-                conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
-            own = False
-        begin, commit, undo = (
-            ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
-            if own
-            else (
-                "SAVEPOINT liteq_enqueue",
-                "RELEASE liteq_enqueue",
-                ("ROLLBACK TO liteq_enqueue", "RELEASE liteq_enqueue"),
-            )
-        )
-        file = self.file
-        with file.errors():
-            conn.execute(begin)
-        try:
-            yield SQLiteTx(
-                cast(apsw.Connection, conn), cast(apsw.Cursor, conn.cursor()), self.clock()
-            )
-        except BaseException as exc:
-            with contextlib.suppress(apsw.Error):
-                for statement in ("ROLLBACK",) if began else undo:  # (all it holds: ours)
-                    conn.execute(statement)
-            if isinstance(exc, apsw.Error):
-                raise file.translate(exc) from exc
-            raise
-        with file.errors():
-            conn.execute(commit)
+        with joining(joined, self.path) as conn:
+            self._local.joined = conn
+            try:
+                yield
+            finally:
+                self._local.joined = None
 
     # -- primitives ----------------------------------------------------------
     def _transaction(self, prompt: bool = False) -> contextlib.AbstractContextManager[Tx]:
         joined: stdlib.Connection | None = getattr(self._local, "joined", None)
         if joined is not None:
-            return self._in_application_transaction(joined)
+            return in_application_transaction(joined, self.file, self.clock())
         return Transaction(self.file, self.clock, PROMPT if prompt else PATIENT)
 
     def _insert_one(self, record: Record) -> int:
