@@ -186,11 +186,11 @@ class LiteqBackend(BaseTaskBackend):
         where = f"TASKS[{self.alias!r}]"
         try:
             self.check_place()
-            on_postgres = vendor(self.place) == "postgresql"
+            kind = vendor(self.place)
         except ImproperlyConfigured as exc:
             yield checks.Error(str(exc), obj=where, id="liteq.E001")
             return
-        if vendor(self.place) == "sqlite":
+        if kind == "sqlite":
             settings_dict = connections[str(self.place.alias)].settings_dict
             if not (settings_dict.get("TEST") or {}).get("NAME"):
                 yield checks.Warning(
@@ -213,7 +213,7 @@ class LiteqBackend(BaseTaskBackend):
                     obj=where,
                     id="liteq.W001",
                 )
-        if on_postgres:
+        if kind == "postgresql":
             from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
             if not is_psycopg3:
