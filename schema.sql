@@ -1,4 +1,4 @@
--- liteq's SQLite schema: the one source of truth. Version 13 (PRAGMA user_version).
+-- liteq's SQLite schema: the one source of truth. Version 14 (PRAGMA user_version).
 -- Times are epoch seconds (REAL). Status values are stored: never rename them.
 -- A status test is written with = and <>, or IN with at most two values: SQLite checks a
 -- longer IN list against a temporary b-tree that it builds for each insert or update.
@@ -55,8 +55,10 @@ CREATE INDEX liteq_jobs_claim ON liteq_jobs (queue, priority DESC, run_at, id)
 CREATE UNIQUE INDEX liteq_jobs_coalesce ON liteq_jobs (coalesce_id)
     WHERE coalesce_id IS NOT NULL AND status <> 'completed';
 
--- Hung-job detection reads only the few running and waiting jobs.
-CREATE INDEX liteq_jobs_active ON liteq_jobs (status)
+-- Hung-job detection reads only the few running and waiting jobs; counts read the running
+-- ones by queue (liteq_job_counts, below: its condition repeats this one's, so that SQLite
+-- sees it can use this index).
+CREATE INDEX liteq_jobs_active ON liteq_jobs (status, queue)
     WHERE status IN ('running', 'wait_async');
 
 -- Workers purge expired results by this.
@@ -83,12 +85,17 @@ CREATE TABLE liteq_meta (
 INSERT INTO liteq_meta (one, high_water) VALUES (1, 0);
 
 -- How many jobs each queue holds in each status, so that counting costs a few rows
--- whatever the queue's size: liteq_counts holds the jobs up to liteq_meta.counted_to,
--- kept by the triggers below in the transaction of every delete and change of status
--- (whoever writes); newer jobs, the tail, are counted where read (liteq_job_counts), and
--- folded in from time to time (queries.sql, fold_counts). Inserts so fire no trigger: an
--- insert trigger would cost an enqueue a tenth of its time (docs/performance.md). A row
--- stays at 0 once its jobs are gone. `liteq db check` compares the counts with a scan.
+-- whatever the queue's size. liteq_counts holds the jobs up to liteq_meta.counted_to;
+-- newer jobs, the tail, are counted where read (liteq_job_counts) and folded in from time
+-- to time (queries.sql, fold_counts). A running job is held under 'queued' (where it was,
+-- and where a retry puts it back), and the view counts the running ones where read, by the
+-- index of active jobs: no more than workers hold. So neither an insert nor a claim pays
+-- for counting. A delete is counted by its trigger below, whoever deletes; any other change
+-- of a job's counter by liteq's own statement in its transaction (queries.sql,
+-- count_change): a trigger on updates would cost a worker's claim a tenth of its time in
+-- SQLite even when it counts nothing (docs/performance.md). A program that changes a
+-- job's status or queue with SQL of its own moves no counter: `liteq db check` finds that
+-- against a scan, and `--repair` sets the counts again. A row stays at 0 once its jobs go.
 CREATE TABLE liteq_counts (
     queue  TEXT    NOT NULL,
     status TEXT    NOT NULL,
@@ -97,32 +104,33 @@ CREATE TABLE liteq_counts (
 ) WITHOUT ROWID;
 
 CREATE VIEW liteq_job_counts (queue, status, n) AS
+    WITH running (queue, n) AS MATERIALIZED (
+        SELECT queue, count(*) FROM liteq_jobs
+        WHERE status IN ('running', 'wait_async') AND status = 'running'
+            AND id <= (SELECT counted_to FROM liteq_meta) GROUP BY queue)
     SELECT queue, status, sum(n) FROM (
         SELECT queue, status, n FROM liteq_counts
+        UNION ALL
+        SELECT queue, 'queued', -n FROM running
+        UNION ALL
+        SELECT queue, 'running', n FROM running
         UNION ALL
         SELECT queue, status, count(*) FROM liteq_jobs
         WHERE id > (SELECT counted_to FROM liteq_meta) GROUP BY queue, status)
     GROUP BY queue, status;
 
--- One trigger per delete (each costs its own start): a counted job's counter, and the
--- high water of ids when the highest goes.
+-- A delete's count: a trigger of its own, as the high water's fires only for the highest id.
 CREATE TRIGGER liteq_jobs_deleted AFTER DELETE ON liteq_jobs
 BEGIN
     UPDATE liteq_counts SET n = n - 1
-        WHERE queue = old.queue AND status = old.status
+        WHERE queue = old.queue AND status = iif(old.status = 'running', 'queued', old.status)
             AND old.id <= (SELECT counted_to FROM liteq_meta);
-    UPDATE liteq_meta SET high_water = old.id  -- (by its key: no temporary table)
-        WHERE one = 1 AND high_water < old.id
-            AND NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id > old.id);
 END;
 
-CREATE TRIGGER liteq_jobs_count_update AFTER UPDATE OF queue, status ON liteq_jobs
-    WHEN (old.status <> new.status OR old.queue <> new.queue)
-        AND old.id <= (SELECT counted_to FROM liteq_meta)
+CREATE TRIGGER liteq_jobs_high_water AFTER DELETE ON liteq_jobs
+    WHEN NOT EXISTS (SELECT 1 FROM liteq_jobs WHERE id > old.id)
 BEGIN
-    INSERT INTO liteq_counts (queue, status, n)
-        VALUES (old.queue, old.status, -1), (new.queue, new.status, 1)
-        ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n;
+    UPDATE liteq_meta SET high_water = old.id WHERE high_water < old.id;
 END;
 
 -- Queued jobs that carry an error (a retry's, or waiting for a worker that knows their
@@ -197,4 +205,4 @@ CREATE TABLE liteq_pools (
     PRIMARY KEY (supervisor, name)
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 13;
+PRAGMA user_version = 14;

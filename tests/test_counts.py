@@ -178,24 +178,46 @@ def test_a_process_killed_inside_its_transaction_changes_no_count(url: str, tmp_
     store.close()
 
 
-def test_another_program_writing_to_the_jobs_is_counted(tmp_path: Path) -> None:
+def test_another_programs_inserts_and_deletes_are_counted_its_updates_found(
+    tmp_path: Path,
+) -> None:
     # An application's own connection (sqlite3, no liteq) inserts, moves and deletes rows.
     path = tmp_path / "q.sqlite"
     store = liteq.SQLiteStore(path)
-    store.enqueue_many([Noop(n) for n in range(5)], queue="mail")
+    # (Twenty: a batch that large is counted as inserted, so these changes move counters.)
+    store.enqueue_many([Noop(n) for n in range(20)], queue="mail")
     conn = sqlite3.connect(path)
     (row,) = conn.execute("SELECT * FROM liteq_jobs WHERE id = 1").fetchall()
     names = [d[0] for d in conn.execute("SELECT * FROM liteq_jobs LIMIT 0").description]
     fields = dict(zip(names, row, strict=True)) | {"id": None, "queue": "sms"}
     columns, marks = ", ".join(fields), ", ".join("?" * len(fields))
     conn.execute(f"INSERT INTO liteq_jobs ({columns}) VALUES ({marks})", list(fields.values()))  # noqa: S608
-    conn.execute("UPDATE liteq_jobs SET status = 'failed' WHERE id IN (2, 3)")
-    conn.execute("UPDATE liteq_jobs SET queue = 'sms' WHERE id = 4")
     conn.execute("DELETE FROM liteq_jobs WHERE id = 5")
     conn.commit()
-    conn.close()
+    # A claim, as another program might write it: a running job is counted where read.
+    conn.execute("UPDATE liteq_jobs SET status = 'running' WHERE id = 1")
+    conn.commit()
     assert kept(store) == {
-        ("mail", Status.QUEUED): 1,
+        ("mail", Status.QUEUED): 18,
+        ("mail", Status.RUNNING): 1,
+        ("sms", Status.QUEUED): 1,
+    }
+    assert store.check_counts() == []
+    # Other changes of status or queue are counted by liteq's own writes only (no trigger
+    # on updates, for a claim's sake): `liteq db check` finds them, and repairs.
+    conn.execute("UPDATE liteq_jobs SET status = 'failed' WHERE id IN (2, 3)")
+    conn.execute("UPDATE liteq_jobs SET queue = 'sms' WHERE id = 4")
+    conn.commit()
+    conn.close()
+    assert [(d.queue, d.status, d.kept, d.scanned) for d in store.check_counts()] == [
+        ("mail", Status.FAILED, 0, 2),
+        ("mail", Status.QUEUED, 18, 15),
+        ("sms", Status.QUEUED, 1, 2),
+    ]
+    store.check_counts(repair=True)
+    assert kept(store) == {
+        ("mail", Status.QUEUED): 15,
+        ("mail", Status.RUNNING): 1,
         ("mail", Status.FAILED): 2,
         ("sms", Status.QUEUED): 2,
     }
@@ -282,7 +304,9 @@ def test_a_version_10_file_gets_counts_of_the_jobs_it_holds(tmp_path: Path) -> N
         '(\'tests.jobs.Noop\', \'{"type": "tests.jobs.Noop", "state": {"n": 1}}\', ?, 0, '
         "?, 0, 1, ?, ?, 1)"
     )
-    for queue, status, n in (("a", "queued", 3), ("a", "failed", 2), ("b", "completed", 1)):
+    # (Running jobs too: version 11 counted them as such, 14 where read.)
+    jobs = (("a", "queued", 3), ("a", "failed", 2), ("b", "completed", 1), ("b", "running", 2))
+    for queue, status, n in jobs:
         for _ in range(n):
             conn.execute(insert, (queue, status, now, now))
     conn.close()
@@ -292,9 +316,11 @@ def test_a_version_10_file_gets_counts_of_the_jobs_it_holds(tmp_path: Path) -> N
         ("a", Status.QUEUED): 3,
         ("a", Status.FAILED): 2,
         ("b", Status.COMPLETED): 1,
+        ("b", Status.RUNNING): 2,
     }
     claimed = store.claim("me", queues=["a"])
     assert claimed is not None
+    assert (kept(store)[("a", Status.QUEUED)], kept(store)[("a", Status.RUNNING)]) == (2, 1)
     store.complete(claimed)
     assert store.count(queue="a") == 4 and store.check_counts() == []
 

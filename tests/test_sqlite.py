@@ -967,12 +967,22 @@ def test_a_version_9_file_gets_results_and_dependencies(tmp_path: Path) -> None:
     assert store.dependencies(then.id) == [(first.id, False)]
     # The same tables and indexes as a new file's (schema.sql), column for column.
     fresh = liteq.SQLiteStore(tmp_path / "fresh.sqlite")
+
+    def listed(pragma: str, conn: apsw.Connection) -> list[tuple[object, ...]]:
+        return sorted(row[1:] if "index_list" in pragma else row for row in conn.execute(pragma))
+
     for pragma in (
         "PRAGMA table_info(liteq_jobs)",
         "PRAGMA table_info(liteq_dependencies)",
         "PRAGMA index_list(liteq_jobs)",
         "PRAGMA index_list(liteq_dependencies)",
     ):
-        assert sorted(db.execute(pragma)) == sorted(fresh._db().execute(pragma)), pragma
+        assert listed(pragma, db) == listed(pragma, fresh._db()), pragma
+    # (An index list's first column numbers indexes in the order they were made.)
+    for name in (f"liteq_jobs_{index}" for index in ("claim", "active", "erred", "expiry")):
+        pragma = f"PRAGMA index_xinfo({name})"
+        assert list(db.execute(pragma)) == list(fresh._db().execute(pragma)), pragma
+    indexes = "SELECT name, sql FROM sqlite_schema WHERE type IN ('index', 'view', 'trigger')"
+    assert sorted(db.execute(indexes)) == sorted(fresh._db().execute(indexes))
     fresh.close()
     store.close()

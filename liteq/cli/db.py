@@ -131,7 +131,7 @@ def _print_drift(drift: list[CountDrift], repaired: bool) -> None:
     if repaired:
         print("repaired: every count set from the scan")
     else:
-        print("something wrote to the jobs around liteq's triggers; `liteq db check --repair`")
+        print("something wrote to the jobs around liteq; `liteq db check --repair`")
         print("sets the counts from a scan (writers wait for it meanwhile)")
 
 

@@ -746,7 +746,7 @@ class BaseStore(Schedules):
     def check_counts(self, *, repair: bool = False) -> list[CountDrift]:
         """The kept counts of jobs per queue and status (what count(), summary() and the
         overview read) that differ from a scan of the jobs: none, unless something wrote to
-        the store around its triggers. With `repair`, every count is set from the scan,
+        the store around liteq (docs/cli.md, `db check`). With `repair`, every count is set from the scan,
         writers held off meanwhile. Scans the whole queue: for `liteq db check`."""
         return self._check_counts(repair)
 

@@ -26,6 +26,7 @@ _FIXED: Final = {
     "alike_rows": f"?{len(ALIKE) + 2}",
     "alike_type": f"?{len(ALIKE) + 3}",
     "claim_order": _SQL["claim_order"],
+    "counted_status": _SQL["counted_status"],
     "worker_columns": ", ".join(WORKER_COLUMNS),
     "worker_values": ", ".join(f":{c}" for c in WORKER_COLUMNS),
 }
@@ -44,6 +45,8 @@ INSERT_OR_NOTHING: Final = _sql("insert_or_nothing")
 INSERT_ALIKE: Final = _sql("insert_alike")
 INSERT_ALIKE_OF_TYPE: Final = _sql("insert_alike_of_type")
 UPDATE: Final = _sql("update")
+COUNT_CHANGE: Final = _sql("count_change", fence="")
+COUNT_CHANGE_FENCED: Final = _sql("count_change", fence=_SQL["fence"])
 DELETE: Final = _sql("delete")
 DELETE_FENCED: Final = _sql("delete_fenced")
 START_ONE: Final = _sql("start_one")

@@ -68,6 +68,24 @@ DELETE FROM liteq_jobs WHERE id = ? AND owner = ? AND attempts = ? AND status = 
 UPDATE liteq_jobs SET {assignments}
 WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
 
+-- A change of a job's counter (schema.sql: liteq_counts) by the update that follows in the
+-- same transaction, counted from the row as it is: nothing for a job of the tail, or for
+-- one whose counter stays. ?1 the id; ?2 and ?3 the new queue and status (NULL: as they
+-- are). {fence} is the update's: update_fenced's adds ?4 owner, ?5 attempts.
+-- name: count_change
+WITH changed (queue, counter, new_queue, new_counter) AS (
+    SELECT queue, {counted_status}, coalesce(?2, queue),
+        coalesce(iif(?3 = 'running', 'queued', ?3), {counted_status})
+    FROM liteq_jobs WHERE id = ?1 {fence} AND id <= (SELECT counted_to FROM liteq_meta))
+INSERT INTO liteq_counts (queue, status, n)
+    SELECT queue, counter, -1 FROM changed WHERE (queue, counter) <> (new_queue, new_counter)
+    UNION ALL
+    SELECT new_queue, new_counter, 1 FROM changed WHERE (queue, counter) <> (new_queue, new_counter)
+    ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n
+
+-- name: fence
+AND owner = ?4 AND attempts = ?5 AND status = 'running'
+
 -- One owner's runs, each (id, attempts) of {pairs}, at once.
 -- name: delete_fenced_many
 DELETE FROM liteq_jobs WHERE (id, attempts) IN (VALUES {pairs})
@@ -192,6 +210,11 @@ FROM levels WHERE levels.priority IS NOT NULL
 
 -- The counters against a scan of the jobs (`liteq db check`): every (queue, status) whose
 -- counter is not what a scan counts, with both numbers.
+-- The status a job is counted under in liteq_counts (schema.sql): a running one under
+-- 'queued'. The blocks that fill the counters take it as {counted_status}.
+-- name: counted_status
+iif(status = 'running', 'queued', status)
+
 -- name: count_drift
 WITH scanned AS (SELECT queue, status, count(*) AS n FROM liteq_jobs GROUP BY queue, status)
 SELECT queue, status, coalesce(c.n, 0), coalesce(s.n, 0)
@@ -208,16 +231,16 @@ UPDATE liteq_meta SET counted_to = max(counted_to, coalesce((SELECT max(id) FROM
 
 -- name: recount
 INSERT INTO liteq_counts (queue, status, n)
-    SELECT queue, status, count(*) FROM liteq_jobs GROUP BY queue, status
+    SELECT queue, {counted_status}, count(*) FROM liteq_jobs GROUP BY 1, 2
 
 -- A batch of new jobs alike, all of one queue and status, counted as it is inserted
 -- (?1 queue, ?2 status, ?3 how many, ?4 its first id; then counted_to, its last): the
 -- tail before it folded in, then the batch added by its size, not read back.
 -- name: count_batch
 INSERT INTO liteq_counts (queue, status, n)
-    SELECT queue, status, count(*) FROM liteq_jobs
-    WHERE id > (SELECT counted_to FROM liteq_meta) AND id < ?4 GROUP BY queue, status
-    UNION ALL SELECT ?1, ?2, ?3
+    SELECT queue, {counted_status}, count(*) FROM liteq_jobs
+    WHERE id > (SELECT counted_to FROM liteq_meta) AND id < ?4 GROUP BY 1, 2
+    UNION ALL SELECT ?1, iif(?2 = 'running', 'queued', ?2), ?3
     ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n
 
 -- name: counted_to
@@ -227,8 +250,8 @@ UPDATE liteq_meta SET counted_to = ?1 WHERE one = 1 AND counted_to < ?1
 -- rows read by id, once in so many new ids (transaction.py, FOLD_EVERY).
 -- name: fold_counts
 INSERT INTO liteq_counts (queue, status, n)
-    SELECT queue, status, count(*) FROM liteq_jobs
-    WHERE id > (SELECT counted_to FROM liteq_meta) GROUP BY queue, status
+    SELECT queue, {counted_status}, count(*) FROM liteq_jobs
+    WHERE id > (SELECT counted_to FROM liteq_meta) GROUP BY 1, 2
     ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n
 
 -- name: purge

@@ -17,7 +17,7 @@ from liteq.stores.sqlite import queries
 from liteq.stores.sqlshared import numbered_scripts
 
 #: The schema version this code writes; older files are migrated on open.
-SCHEMA_VERSION: Final = 13
+SCHEMA_VERSION: Final = 14
 
 
 def schema_sql() -> str:

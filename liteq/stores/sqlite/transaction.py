@@ -7,7 +7,7 @@ import operator
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import apsw
 
@@ -49,6 +49,10 @@ new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_B
 _update_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_BUT_ID, "id")
 #: What new jobs inserted by one INSERT_ALIKE share: queries.ALIKE, its first parameters.
 _alike: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*queries.ALIKE)
+
+#: The statuses a running job can take without a change of its counter (schema.sql:
+#: liteq_counts), and None: its status as it is.
+_KEEPS_COUNTER: Final = frozenset({None, Status.QUEUED, Status.RUNNING})
 
 #: New jobs are folded into the counters by the transaction whose new ids pass a multiple
 #: of this (schema.sql: liteq_counts); until then a count reads at most about this many.
@@ -141,7 +145,9 @@ class SQLiteTx(Tx):
         return list(range(last - count + 1, last + 1))
 
     def update(self, record: Record) -> None:
-        self._cursor.execute(queries.UPDATE, _update_values(record))
+        cursor = self._cursor
+        cursor.execute(queries.COUNT_CHANGE, (record.id, record.queue, record.status.value))
+        cursor.execute(queries.UPDATE, _update_values(record))
 
     def delete(self, job_id: int) -> None:
         self._cursor.execute(queries.DELETE, (job_id,))
@@ -220,6 +226,11 @@ class SQLiteTx(Tx):
         if changes is None:
             self._cursor.execute(queries.DELETE_FENCED, fence)
         else:
+            status, queue = changes.get("status"), changes.get("queue")
+            # (A run's counter is its queue's 'queued' one: a retry's status keeps it.)
+            if queue is not None or status not in _KEEPS_COUNTER:
+                counted = (claimed.id, queue, status, claimed.owner, claimed.attempts)
+                self._cursor.execute(queries.COUNT_CHANGE_FENCED, counted)
             sql = queries.update_fenced(tuple(changes))
             self._cursor.execute(sql, (*changes.values(), *fence))
         return bool(self._conn.changes())
