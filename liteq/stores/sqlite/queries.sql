@@ -208,13 +208,13 @@ SELECT
          AND substr(error, 1, length(?3)) = ?3)
 FROM levels WHERE levels.priority IS NOT NULL
 
--- The counters against a scan of the jobs (`liteq db check`): every (queue, status) whose
--- counter is not what a scan counts, with both numbers.
 -- The status a job is counted under in liteq_counts (schema.sql): a running one under
 -- 'queued'. The blocks that fill the counters take it as {counted_status}.
 -- name: counted_status
 iif(status = 'running', 'queued', status)
 
+-- The counters against a scan of the jobs (`liteq db check`): every (queue, status) whose
+-- counter is not what a scan counts, with both numbers.
 -- name: count_drift
 WITH scanned AS (SELECT queue, status, count(*) AS n FROM liteq_jobs GROUP BY queue, status)
 SELECT queue, status, coalesce(c.n, 0), coalesce(s.n, 0)
