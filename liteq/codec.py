@@ -9,54 +9,53 @@ from __future__ import annotations
 import base64
 import json
 import pickle  # only for job classes that opt in with `pickle_state = True`
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any, Final
 
 from liteq.errors import PayloadError
 from liteq.job import Job, lookup, registered_type, type_name
 
-#: Per class: its stored name and the start of its payloads, made once.
-_HEADS: dict[type, tuple[str, str]] = {}
+#: Per class: its stored name, the start of its payloads and its method names, made once.
+_HEADS: dict[type, tuple[str, str, frozenset[str]]] = {}
 #: One encoder: json.dumps with options would build a new one on every call.
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-#: Per thread, _ENCODER's C encoder, made once: JSONEncoder.encode makes one on every
-#: call, which cost more than encoding a small state (see _state_json).
-_C_ENCODERS = threading.local()
 _MAKE_C_ENCODER: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+#: _ENCODER's C encoder without its check for circular references (markers=None): made once
+#: (JSONEncoder.encode makes one per call, which cost more than encoding a small state), it
+#: keeps no state between calls, so threads share it. What it refuses, _ENCODER encodes
+#: again to say what is wrong (a circular reference, which here is a RecursionError).
+_FAST_ENCODE: Callable[[Any, int], Any] | None = (
+    None
+    if _MAKE_C_ENCODER is None
+    else _MAKE_C_ENCODER(
+        None,
+        _ENCODER.default,
+        json.encoder.encode_basestring_ascii,
+        _ENCODER.indent,
+        _ENCODER.key_separator,
+        _ENCODER.item_separator,
+        _ENCODER.sort_keys,
+        _ENCODER.skipkeys,
+        _ENCODER.allow_nan,
+    )
+)
 
 
 def _state_json(state: Any) -> str:
-    """_ENCODER.encode(state), the same text, without building an encoder per call."""
-    make = _MAKE_C_ENCODER
-    if make is None:  # no C accelerator in this Python
-        return _ENCODER.encode(state)
-    try:
-        encoder, markers = _C_ENCODERS.pair
-    except AttributeError:
-        markers = {}  # circular-reference marks: empty between calls
-        encoder = make(
-            markers,
-            _ENCODER.default,
-            json.encoder.encode_basestring_ascii,
-            _ENCODER.indent,
-            _ENCODER.key_separator,
-            _ENCODER.item_separator,
-            _ENCODER.sort_keys,
-            _ENCODER.skipkeys,
-            _ENCODER.allow_nan,
-        )
-        _C_ENCODERS.pair = encoder, markers
-    try:
-        return "".join(encoder(state, 0))
-    except BaseException:
-        markers.clear()  # an error can leave marks behind
-        raise
+    """_ENCODER.encode(state): the same text, or the same error."""
+    if _FAST_ENCODE is not None:
+        try:
+            return "".join(_FAST_ENCODE(state, 0))
+        except (TypeError, ValueError, RecursionError):
+            pass  # (_ENCODER says which)
+    return _ENCODER.encode(state)
 
 
 #: What encoding a job takes from its class: its stored name, the start of its payloads,
-#: whether its state is its attributes (the default to_state), whether it is pickled.
-HowToEncode = tuple[str, str, bool, bool]
+#: whether its state is its attributes (the default to_state), whether it is pickled, and
+#: its method names (a state key among them would hide a method once decoded).
+HowToEncode = tuple[str, str, bool, bool, frozenset[str]]
 
 
 def how_to_encode(cls: type) -> HowToEncode:
@@ -67,22 +66,19 @@ def how_to_encode(cls: type) -> HowToEncode:
         if not issubclass(cls, Job):
             raise TypeError(f"can only enqueue liteq.Job instances, not {cls.__name__}")
         name = type_name(cls)
-        known = _HEADS[cls] = (name, f'{{"type":{json.dumps(name)},"state":')
-    name, head = known
+        known = _HEADS[cls] = (name, f'{{"type":{json.dumps(name)},"state":', _methods_of(cls))
+    name, head, methods = known
     if lookup(name) is not cls:
         raise TypeError(f"{name} is not a registered Job class (was it redefined?)")
-    return name, head, cls.to_state is Job.to_state, bool(cls.pickle_state)
+    return name, head, cls.to_state is Job.to_state, bool(cls.pickle_state), methods
 
 
 def encode_as(job: Job, how: HowToEncode) -> tuple[str, str]:
     """(type name, payload text) of a job, with what how_to_encode said of its class;
     TypeError or ValueError before anything is written."""
-    name, head, plain, pickled = how
+    name, head, plain, pickled, methods = how
     # The default to_state() copies the attributes; encoding only reads them.
     state = vars(job) if plain else job.to_state()
-    methods = _METHODS.get(type(job))
-    if methods is None:
-        methods = _METHODS[type(job)] = _methods_of(type(job))
     if not methods.isdisjoint(state):
         hidden = sorted(methods.intersection(state))[0]
         raise TypeError(
@@ -101,19 +97,37 @@ def encode_as(job: Job, how: HowToEncode) -> tuple[str, str]:
         raise TypeError(_unencodable(name, state, exc)) from None
     except RecursionError:
         raise _too_deep(name) from None
-    # A state MAX_DEPTH deep holds as many brackets: most are counted, not walked.
-    if (
-        len(text) > MAX_DEPTH
-        and text.count("[") + text.count("{") > MAX_DEPTH
-        and _depth(state) > MAX_DEPTH
-    ):
-        raise _too_deep(name)
+    if len(text) > MAX_DEPTH:
+        _check_depth(name, state, text)
     return name, text
 
 
-#: Each job class's method names: a state key among them would hide a method once decoded
-#: (from_state sets the attributes).
-_METHODS: dict[type, frozenset[str]] = {}
+def encode_all(jobs: Sequence[Job], how: HowToEncode) -> list[str]:
+    """The payload of each of `jobs`, all of the class how_to_encode gave `how` for: what
+    encode_as gives, and raises (for the first job in order that it refuses)."""
+    name, head, plain, pickled, methods = how
+    encode = _FAST_ENCODE
+    if plain and not pickled and encode is not None:
+        states = list(map(vars, jobs))
+        if methods.isdisjoint(chain.from_iterable(states)):
+            try:
+                payloads = [f"{head}{''.join(encode(state, 0))}}}" for state in states]
+            except (TypeError, ValueError, RecursionError):
+                pass  # one is refused: encode_as says which, below
+            else:
+                if max(map(len, payloads), default=0) > MAX_DEPTH:
+                    for state, text in zip(states, payloads, strict=True):
+                        if len(text) > MAX_DEPTH:
+                            _check_depth(name, state, text)
+                return payloads
+    return [encode_as(job, how)[1] for job in jobs]
+
+
+def _check_depth(name: str, state: object, text: str) -> None:
+    """ValueError if `state` (encoded as `text`) nests deeper than MAX_DEPTH."""
+    # A state MAX_DEPTH deep holds as many brackets: most are counted, not walked.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(state) > MAX_DEPTH:
+        raise _too_deep(name)
 
 
 def _methods_of(cls: type) -> frozenset[str]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple, TypedDict
 
-from liteq.codec import HowToEncode, encode_as, how_to_encode
+from liteq.codec import HowToEncode, encode_all, encode_as, how_to_encode
 from liteq.job import Job
 from liteq.record import COLUMNS, DEFAULTS, DUE_AT_ONCE, Record
 from liteq.status import Status
@@ -265,7 +265,7 @@ _DEFAULTS = _resolve({}, {}, 0.0)
 
 
 def build_records(
-    jobs: Iterable[Job], options: EnqueueOptions, now: float
+    jobs: Sequence[Job], options: EnqueueOptions, now: float
 ) -> tuple[list[Record], bool]:
     """Validate the options and encode each job: the rows to insert, and whether they are
     uniform (they differ only in job_type and payload: the same options, no coalesce id;
@@ -274,15 +274,17 @@ def build_records(
     Raises TypeError (unencodable state, bad option type) or ValueError (bad option value)
     before anything is written. Options the call gives are checked once, not per job.
     """
-    uniform = True
-    shared: _Resolved | None = None
     if options:
         _check_names(options)
-    else:  # the common call: no options, nothing to check
-        shared = _DEFAULTS
+    if jobs and options.get("coalesce_id") is None:
+        cls = type(jobs[0])
+        if _gives_nothing(cls) and len(set(map(type, jobs))) == 1:
+            return _records_of_one_class(jobs, cls, options, now), True
+    uniform = True
+    shared = None if options else _DEFAULTS  # (no options, the common call: nothing to check)
     records = []
     last_cls: type | None = None
-    how: HowToEncode = ("", "", True, False)
+    how: HowToEncode = ("", "", True, False, frozenset())
     for job in jobs:
         cls = type(job)
         if cls is not last_cls:  # (a batch is most often of one class)
@@ -308,6 +310,36 @@ def build_records(
             uniform = False
         records.append(_new_record(job_type, payload, r, now, coalesce_id))
     return records, uniform
+
+
+def _gives_nothing(cls: type) -> bool:
+    """Whether a job class gives no enqueue options of its own, no keep_result and no
+    coalesce id: its jobs take the call's options alone."""
+    return (
+        issubclass(cls, Job)
+        and cls.enqueue_options is Job.enqueue_options
+        and cls.keep_result is None
+        and cls.coalesce_id is Job.coalesce_id
+    )
+
+
+def _records_of_one_class(
+    jobs: Sequence[Job], cls: type, options: EnqueueOptions, now: float
+) -> list[Record]:
+    """build_records' rows for jobs all of one class that gives nothing (_gives_nothing),
+    checked in the same order: each job's state, the call's options after the first."""
+    how = how_to_encode(cls)
+    payloads = encode_all(jobs[:1], how)
+    r = _resolve(dict(options), options, now) if options else _DEFAULTS
+    payloads += encode_all(jobs[1:], how)
+    row = r.row.copy()  # (Record(*row) copies it: one list serves every job)
+    row[_JOB_TYPE] = how[0]
+    row[_CREATED_AT] = now
+    records = []
+    for payload in payloads:
+        row[_PAYLOAD] = payload
+        records.append(Record(*row))
+    return records
 
 
 def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:

@@ -48,7 +48,7 @@ from liteq.stores.contract import (
     Tx,
     WorkerInfo,
 )
-from liteq.stores.events import Announcer, Event, StatusHook, listens
+from liteq.stores.events import Announcer, Event, StatusHook, listens, listens_to
 from liteq.stores.offload import Offload
 from liteq.stores.registry import Registry
 from liteq.stores.schedules import Schedules
@@ -242,36 +242,51 @@ class BaseStore(Schedules):
         """Enqueue jobs in one transaction, each with these options; return their ManagedJobs."""
         jobs = list(jobs)
         records, alike = build_records(jobs, options, self.clock())
-        holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
-        store_listens = self._announcer.listening()
-        if alike and len(records) > 1 and all(r.coalesce_id is None for r in records):
+        if alike and len(records) > 1:
             # Nothing can conflict: one statement of its own, where the backend can.
             new = self._insert_alike_alone(records)
             if new is not None:
-                events: list[Event] = []
-                for rec, job, job_id in zip(records, jobs, new, strict=True):
-                    rec.id = job_id
-                    if store_listens or listens(job):
-                        events.append((rec, Status.UNQUEUED, "enqueued", job))
-                self._announcer.committed(events)
+                self._announcer.committed(self._enqueued_events(records, jobs, new))
                 return [ManagedJob(self, r, j, None) for r, j in zip(records, jobs, strict=True)]
+        holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
         with self._write() as w:
             tx = w.tx
-            new_ids = tx.insert_alike(records) if alike else tx.insert_many(records)
-            for i, new_id in enumerate(new_ids):
-                record = records[i]
-                if new_id is None:
-                    holders[i] = self._holder(tx, record)
-                    continue
-                record.id = new_id
-                if store_listens or listens(jobs[i]):
-                    w.events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
+            if alike:  # (no coalesce id: every job is inserted)
+                w.events.extend(self._enqueued_events(records, jobs, tx.insert_alike(records)))
+            else:
+                store_listens = self._announcer.listening()
+                for i, new_id in enumerate(tx.insert_many(records)):
+                    record = records[i]
+                    if new_id is None:
+                        holders[i] = self._holder(tx, record)
+                        continue
+                    record.id = new_id
+                    if store_listens or listens(jobs[i]):
+                        w.events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
         managed = [
             ManagedJob(self, record, job, None) for record, job in zip(records, jobs, strict=True)
         ]
         for i, holder in holders.items():  # outside the transaction: others may write meanwhile
             managed[i] = self._managed(holder)
         return managed
+
+    def _enqueued_events(
+        self, records: Sequence[Record], jobs: Sequence[Job], ids: Sequence[int]
+    ) -> list[Event]:
+        """Give new rows their ids; return the status events of those whose hooks listen
+        (the store's, or their class's: asked once per class)."""
+        for record, job_id in zip(records, ids, strict=True):
+            record.id = job_id
+        if not self._announcer.listening():
+            heard = {cls for cls in set(map(type, jobs)) if listens_to(cls)}
+            if not heard:
+                return []
+            return [
+                (r, Status.UNQUEUED, "enqueued", j)
+                for r, j in zip(records, jobs, strict=True)
+                if type(j) in heard
+            ]
+        return [(r, Status.UNQUEUED, "enqueued", j) for r, j in zip(records, jobs, strict=True)]
 
     @staticmethod
     def _holder(tx: Tx, record: Record) -> Record:

@@ -33,7 +33,12 @@ Event = tuple[Record, Status, str | None, Job | None]
 def listens(job: Job | None) -> bool:
     """Whether a job's class has a status hook (None: it cannot be decoded; the store's
     hook still runs for it)."""
-    return job is None or type(job).status_did_change is not Job.status_did_change
+    return job is None or listens_to(type(job))
+
+
+def listens_to(cls: type[Job]) -> bool:
+    """Whether a job class has a status hook."""
+    return cls.status_did_change is not Job.status_did_change
 
 
 class Write:

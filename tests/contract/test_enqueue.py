@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import liteq
 from liteq import Status
-from liteq.codec import decode
+from liteq.codec import MAX_DEPTH, decode, encode_all, how_to_encode
 from tests.conftest import Clock
 from tests.helpers import encode
 from tests.jobs import Noop, Record, WithOptions
@@ -95,6 +95,52 @@ def test_unencodable_state_is_a_type_error_before_anything_is_written(
     assert store.count() == 0
 
 
+def _circular() -> list[object]:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
+def _first_refusal(jobs: list[liteq.Job]) -> tuple[type[Exception], str]:
+    """The error enqueueing `jobs` one at a time would stop at (their encoding's)."""
+    for job in jobs:
+        try:
+            encode(job)
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc)
+    raise AssertionError("every job encodes")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n": object()},
+        {"n": math.nan},
+        {"n": _circular()},
+        {"n": functools.reduce(lambda inner, _: [inner], range(MAX_DEPTH), 0)},
+        {"n": 1, "run": None},
+    ],
+    ids=["unencodable", "nan", "circular", "too-deep", "hides-a-method"],
+)
+def test_a_batch_of_one_class_refuses_a_job_as_one_enqueue_would(
+    store: liteq.stores.BaseStore, bad: dict[str, Any]
+) -> None:
+    # Jobs of one class are encoded together (codec.encode_all): the same error, the
+    # first job's in order, as one at a time; nothing written.
+    jobs = [Noop(1), Noop.from_state(bad), Noop(2)]
+    kind, message = _first_refusal(jobs)
+    with pytest.raises(kind) as refused:
+        store.enqueue_many(jobs)
+    assert str(refused.value) == message
+    hides, unencodable = Noop.from_state({"n": 1, "run": None}), Noop(object())
+    for order in ([hides, unencodable], [unencodable, hides]):
+        kind, message = _first_refusal(order)
+        with pytest.raises(kind) as refused:
+            store.enqueue_many(order)
+        assert str(refused.value) == message
+    assert store.count() == 0
+
+
 _JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -115,6 +161,13 @@ def test_a_payload_is_exactly_the_json_of_its_state(state: dict[str, Any]) -> No
     expected = {"type": name, "state": state}
     assert payload == json.dumps(expected, separators=(",", ":"), allow_nan=False)
     assert decode(payload).to_state() == state
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=5), max_size=6))
+def test_a_batch_encodes_each_job_as_one_at_a_time(states: list[dict[str, Any]]) -> None:
+    assume(not any(callable(getattr(Noop, key, None)) for state in states for key in state))
+    jobs = [Noop.from_state(state) for state in states]
+    assert encode_all(jobs, how_to_encode(Noop)) == [encode(job)[1] for job in jobs]
 
 
 @pytest.mark.parametrize("key", ["to_state", "run", "retry_delay"])

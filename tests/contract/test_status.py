@@ -271,6 +271,29 @@ def test_a_raising_hook_is_logged_not_fatal(
     assert "status_did_change of job" in caplog.text and "store's status hook" in caplog.text
 
 
+class Heard(Noop):
+    changes: list[tuple[int, str, str]] = []  # noqa: RUF012 - shared record of calls
+
+    def status_did_change(
+        self, job: liteq.ManagedJob, old_status: Status, message: str | None
+    ) -> None:
+        Heard.changes.append((job.id, old_status.value, job.status.value))
+
+
+def test_a_batch_tells_the_hooks_of_the_classes_that_listen(store: liteq.stores.BaseStore) -> None:
+    # Only the jobs whose class listens are announced, each once, with its id, in order;
+    # in a batch of one class (inserted by one statement) and in a batch of several.
+    Heard.changes.clear()
+    alike = store.enqueue_many([Heard(1), Heard(2)])
+    assert Heard.changes == [(m.id, "unqueued", "queued") for m in alike]
+    Heard.changes.clear()
+    mixed = store.enqueue_many([Noop(1), Heard(2), Noop(3), Heard(4)])
+    assert Heard.changes == [(m.id, "unqueued", "queued") for m in mixed[1::2]]
+    Heard.changes.clear()
+    assert store.enqueue_many([Noop(1), Noop(2)])[1].id == mixed[-1].id + 2
+    assert Heard.changes == []
+
+
 def test_delete_any_job(store: liteq.stores.BaseStore) -> None:
     mjob = store.enqueue(Noop())
     store.delete(mjob.id)
