@@ -501,9 +501,17 @@ def test_an_older_schema_is_migrated_on_open(
     assert store.get(kept.id).job.n == 5  # type: ignore[union-attr]
 
 
-def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(tmp_path: Path) -> None:
+@pytest.mark.parametrize("payloads", ["array", "json"])
+def test_a_batch_stores_each_job_exactly_as_one_enqueue_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payloads: str
+) -> None:
+    from liteq.stores.sqlite import transaction
     from tests.helpers import encode
 
+    if payloads == "json":  # as without carray in apsw, or on Python's sqlite3 (shared)
+        monkeypatch.setattr(transaction, "_ARRAY", None)
+    else:
+        assert transaction._ARRAY is not None, "this apsw has no carray"
     store = liteq.SQLiteStore(tmp_path / "q.sqlite", clock=lambda: 1000.0)
     tricky = ["é ☃ \U0001f600", 'quote " back \\ slash', "line\nbreak\ttab\x00nul", "", "[1, 2]"]
     floats = [0.1, 1e300, -0.0, 2**70, -(2**63)]

@@ -54,6 +54,13 @@ INSERT INTO liteq_jobs (id, job_type, payload, {alike_columns})
 SELECT {alike_id} + key, {alike_type}, value, {alike_values}
 FROM json_each({alike_rows})
 
+-- The same, with the payloads bound as an array of texts (SQLite's carray, where apsw
+-- has it): no JSON to build, nor to read back. Its rowids count from 1.
+-- name: insert_alike_array
+INSERT INTO liteq_jobs (id, job_type, payload, {alike_columns})
+SELECT {alike_id} + rowid - 1, {alike_type}, value, {alike_values}
+FROM carray({alike_rows})
+
 -- name: update
 UPDATE liteq_jobs SET {assignments} WHERE id = ?
 

@@ -49,6 +49,12 @@ new_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_B
 _update_values: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*COLUMNS_BUT_ID, "id")
 #: What new jobs inserted by one INSERT_ALIKE share: queries.ALIKE, its first parameters.
 _alike: Callable[[Record], tuple[Any, ...]] = operator.attrgetter(*queries.ALIKE)
+_job_type: Callable[[Record], str] = operator.attrgetter("job_type")
+_payload: Callable[[Record], str] = operator.attrgetter("payload")
+#: apsw's binding of a tuple of texts as an array (SQLite's carray), in the builds of apsw that
+#: have it (its wheels on PyPI do). Without it, or on Python's sqlite3 (a shared file, see
+#: stdlib.py), insert_alike binds the payloads as a JSON array.
+_ARRAY: Callable[[tuple[str, ...]], object] | None = getattr(apsw, "carray", None)
 
 #: The statuses a running job can take without a change of its counter (schema.sql:
 #: liteq_counts), and None: its status as it is.
@@ -123,9 +129,14 @@ class SQLiteTx(Tx):
         first_id = next(cursor.execute(queries.NEXT_ID))[0]  # (liteq_meta has its row)
         alike = _alike(records[0])
         job_type = records[0].job_type
-        if all(r.job_type == job_type for r in records):
-            payloads = json.dumps([r.payload for r in records])
-            cursor.execute(queries.INSERT_ALIKE_OF_TYPE, (*alike, first_id, payloads, job_type))
+        if len(set(map(_job_type, records))) == 1:
+            payloads = tuple(map(_payload, records))
+            if _ARRAY is not None and isinstance(cursor, apsw.Cursor):  # (not stdlib.py's)
+                args = (*alike, first_id, _ARRAY(payloads), job_type)
+                cursor.execute(queries.INSERT_ALIKE_ARRAY, args)
+            else:
+                args = (*alike, first_id, json.dumps(payloads), job_type)
+                cursor.execute(queries.INSERT_ALIKE_OF_TYPE, args)
         else:
             pairs = json.dumps([(r.job_type, r.payload) for r in records])
             cursor.execute(queries.INSERT_ALIKE, (*alike, first_id, pairs))
