@@ -462,9 +462,7 @@ def test_the_hot_statements_seek_their_indexes_and_build_no_temporary_tables(
     active = plan(sqlite.ACTIVE, ())
     assert "USING INDEX liteq_jobs_active (status=?)" in active
     # An IN list of more than two values makes SQLite build a b-tree per execution
-    # (schema.sql): an enqueue and a completion must not. (A batch enqueue's INSERT …
-    # SELECT copies its rows aside once, because the table has a trigger, liteq_counts':
-    # one copy per batch, not per job.)
+    # (schema.sql): an enqueue and a completion must not.
     for sql in (sqlite.INSERT_OR_NOTHING, sqlite.INSERT, sqlite.DELETE_FENCED):
         numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
         params = max(numbered) if numbered else sql.count("?")
