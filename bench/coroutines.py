@@ -53,7 +53,19 @@ ARQ_POLL = SECONDS / 10
 # arq at its defaults runs at most this many jobs per slot (100 jobs, 50 s at concurrency 1):
 # its rate is its poll's, and 2,000 jobs at 2 jobs/s would take a quarter of an hour a run.
 ARQ_DEFAULT_JOBS_PER_SLOT = 100
-PEERS = "procrastinate>=3", "arq>=0.26"
+# One environment for every peer of every bench script, so the set must resolve: Celery 5.6+
+# wants redis-py 6, arq wants redis-py < 6.
+PEERS = (
+    "procrastinate>=3",
+    "arq>=0.26",
+    "huey>=2.5",
+    "dramatiq[redis]==2.2.*",
+    "rq==3.0.*",
+    "celery==5.5.*",
+    "kombu[redis]==5.5.*",
+    "redis[hiredis]>=4.2,<6",
+    "pgqueuer==1.6.*",
+)
 SYSTEMS = "liteq-sqlite", "liteq-postgres", "procrastinate", "arq", "arq-poll"
 TITLES = {
     "liteq-sqlite": "liteq, SQLite",

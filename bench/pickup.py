@@ -92,7 +92,7 @@ for _ in range(count):
 ENQUEUES = {
     "liteq": (
         "import liteq, os; from bench.jobs import Stamp; "
-        "store = liteq.SQLiteStore(os.environ['BENCH_DB'])",
+        "store = liteq.connect(os.environ['BENCH_DB'])",
         "store.enqueue(Stamp(out, time.time()))",
     ),
     "huey": ("from pickup_huey import stamp", "stamp(out, time.time())"),
@@ -158,16 +158,24 @@ def cpu_seconds(root: psutil.Process) -> float:
 
 @contextlib.contextmanager
 def worker(
-    system: str, tmp: Path, python: Path, env: dict[str, str], processes: int = 1
+    system: str,
+    tmp: Path,
+    python: Path,
+    env: dict[str, str],
+    processes: int = 1,
+    command: list[str] | None = None,
 ) -> Iterator[int]:
-    """The system's worker command, running: its pid."""
+    """The system's worker command (or `command`, run in `tmp`), running: its pid."""
     db = env.get("BENCH_DB", "")
     commands = {
         "liteq": [sys.executable, "-m", "liteq", "work", "--db", db, "--import", "bench.jobs"],
         "huey": [str(python.parent / "huey_consumer"), "pickup_huey.huey"],
         "celery": [str(python.parent / "celery"), "-A", "pickup_celery", "worker", "-c", "1"],
     }
-    command = commands[system]
+    if command is None:
+        command = commands[system]
+    elif system == "liteq":
+        raise ValueError("liteq's worker command is this module's own")
     if system == "liteq":
         command += ["--processes", str(processes), "-q"]
     elif system == "celery":
@@ -192,9 +200,15 @@ def worker(
 
 
 def drive(
-    system: str, python: Path, env: dict[str, str], out: Path, n: int, gap: tuple[float, float]
+    system: str,
+    python: Path,
+    env: dict[str, str],
+    out: Path,
+    n: int,
+    gap: tuple[float, float],
+    enqueue_code: tuple[str, str] | None = None,
 ) -> None:
-    setup, enqueue = ENQUEUES[system]
+    setup, enqueue = enqueue_code or ENQUEUES[system]
     script = DRIVER.format(setup=setup, enqueue=enqueue)
     args = [str(out), str(n), str(gap[0]), str(gap[1])]
     cwd = ROOT if system == "liteq" else out.parent
@@ -208,15 +222,20 @@ def measure_system(
     env: dict[str, str],
     samples: int,
     gap: tuple[float, float],
+    peer: tuple[list[str], tuple[str, str]] | None = None,
+    idle: bool = True,
 ) -> tuple[list[float], float | None]:
-    """(the pick-up delays in seconds, the idle CPU in % of a core) of one system."""
+    """(the pick-up delays in seconds, the idle CPU in % of a core, None if not `idle`) of
+    one system. `peer`: a system this module does not know, as its worker command and the
+    (setup, enqueue) code of the driver (DRIVER); its job appends its delay to `out`."""
     if system == "floor":
         return floor(samples, gap), None
     kind = "liteq" if system.startswith("liteq") else system
+    command, enqueue = peer or (None, None)
     out = tmp / f"{system}.stamps"
     out.write_text("")
-    with worker(kind, tmp, python, env) as pid:
-        drive(kind, python, env, out, 1, (0.0, 0.0))  # a first job: the worker is up
+    with worker(kind, tmp, python, env, command=command) as pid:
+        drive(kind, python, env, out, 1, (0.0, 0.0), enqueue)  # a first job: the worker is up
         deadline = time.monotonic() + 60
         while not out.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -224,11 +243,13 @@ def measure_system(
             raise SystemExit(f"{system}: its worker ran no job within 60 s")
         out.write_text("")
         time.sleep(3)  # idle
-        drive(kind, python, env, out, samples, gap)
+        drive(kind, python, env, out, samples, gap, enqueue)
         deadline = time.monotonic() + 30
         while len(out.read_text().split()) < samples and time.monotonic() < deadline:
             time.sleep(0.05)
         delays = [float(x) for x in out.read_text().split()]
+        if not idle:
+            return delays, None
         time.sleep(3)
         root = psutil.Process(pid)
         before = cpu_seconds(root)
