@@ -16,6 +16,7 @@ import pytest
 
 import liteq
 from liteq.errors import JobNotFound, StoreError
+from liteq.stores.sqlite import stdlib
 from tests.helpers import ROOT, wait_until
 from tests.jobs_shared import Send
 
@@ -117,6 +118,15 @@ def test_an_applications_database_is_refused_unless_shared(app_db: Path) -> None
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["orders"]
     with pytest.raises(ValueError, match="shared must be 1 or 0"):
         liteq.connect(f"sqlite:///{app_db}?shared=yes")
+
+
+def test_a_python_whose_sqlite_is_too_old_is_told_so_in_a_sentence() -> None:
+    # (Python's own SQLite here is new enough; what an old one is told, and where the line is.)
+    assert stdlib.too_old() is None
+    assert stdlib.too_old(stdlib.OLDEST) is None
+    why = stdlib.too_old((3, 31, 1))
+    assert why is not None
+    assert "needs SQLite 3.39.0 or newer in Python's sqlite3, which has 3.31.1" in why
 
 
 def test_a_worker_runs_what_the_application_committed(app_db: Path, tmp_path: Path) -> None:

@@ -32,6 +32,23 @@ _OPEN: weakref.WeakSet[Connection] = weakref.WeakSet()
 _KEPT: list[sqlite3.Connection] = []
 
 
+#: The oldest SQLite liteq's statements run on (FULL JOIN, 3.39; RETURNING and
+#: MATERIALIZED, 3.35): a shared file is read through Python's sqlite3, whatever it links.
+OLDEST: Final = (3, 39, 0)
+
+
+def too_old(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> str | None:
+    """Why Python's sqlite3 cannot keep a shared queue (its SQLite is older than OLDEST)."""
+    if version >= OLDEST:
+        return None
+    have, need = (".".join(map(str, v)) for v in (version, OLDEST))
+    return (
+        f"a queue in an application's database needs SQLite {need} or newer in Python's "
+        f"sqlite3, which has {have}: use a queue file of its own (shared=False), or a Python "
+        "built with a newer SQLite"
+    )
+
+
 def connections() -> list[Connection]:
     """This process's open connections of this adapter."""
     return [conn for conn in list(_OPEN) if conn.is_open]

@@ -99,6 +99,8 @@ class SQLiteStore(BaseStore):
                 f"SQLiteStore needs a file path, not {self.path!r}; "
                 "use liteq.MemoryStore() for a queue in memory"
             )
+        if shared and (why := stdlib.too_old()) is not None:
+            raise StoreError(f"{self.path}: {why}")
         self.durability = durability
         self.page_size = page_size
         self.busy_timeout = busy_timeout
