@@ -1,6 +1,6 @@
 """liteq beside every peer, each with its own worker command at its defaults, column by column.
 
-    python bench/peers.py                         # about 25 minutes
+    python bench/peers.py                         # about 35 minutes
     python bench/peers.py --quick                 # 2,000 jobs, one round: a smoke run
     python bench/peers.py --only liteq-sqlite huey --rounds 1
 
