@@ -375,12 +375,7 @@ def stop(proc: subprocess.Popen[bytes], exits: bool) -> None:
         except subprocess.TimeoutExpired:
             pass
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        pickup.end_group(proc)
 
 
 @contextmanager
