@@ -482,6 +482,16 @@ class Tx(abc.ABC):
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
         return [self.fenced_write(claimed, changes) for claimed, changes in writes]
 
+    def complete_fenced(
+        self, writes: Sequence[tuple[Record, Changes | None]]
+    ) -> tuple[list[bool], list[int]]:
+        """A worker's completions: fenced_write_many(writes), then finish_dependencies on
+        the jobs it wrote. Returns (which writes applied, the jobs whose dependency rows
+        that changed). A backend may do both in one statement."""
+        applied = self.fenced_write_many(writes)
+        done = [claimed.id for (claimed, _), ok in zip(writes, applied, strict=True) if ok]
+        return applied, self.finish_dependencies(done) if done else []
+
     def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
         """Set these columns (or, with None, delete the row) only while the row is still
         `claimed`'s run: RUNNING, same owner, same attempt. Return False, changing

@@ -265,10 +265,10 @@ class Runs(Backend):
         """Make the `_completions` writes in `tx`, fenced, and release the dependents whose
         last dependency completed. Per job: None if it completed, else the LeaseLost error
         saying why not."""
-        applied = tx.fenced_write_many(writes) if writes else []
-        done = [mjob.id for mjob, ok in zip(mjobs, applied, strict=True) if ok]
-        if done:
-            _release_in(tx, done)
+        applied, waiting = tx.complete_fenced(writes) if writes else ([], [])
+        if waiting:  # (most often none: then nothing more runs; a release announces nothing)
+            with Write(contextlib.nullcontext(tx), lambda events: None) as w:
+                transitions.release_dependents(w, waiting)
         return [
             None if ok else _not_completed(tx.get(mjob.id), mjob)
             for mjob, ok in zip(mjobs, applied, strict=True)
@@ -415,16 +415,6 @@ class Runs(Backend):
                 mjob.queue, completed=int(new is Status.COMPLETED), failed=int(new is Status.FAILED)
             )
         return mjob.status
-
-
-def _release_in(tx: Tx, done: list[int]) -> None:
-    """transitions.release_dependents, in a transaction with no events to announce."""
-    # (On a worker's hot path: one statement, and nothing more when, as most often, no job
-    # waits for these. A release changes no status: it has no events to announce.)
-    waiting = tx.finish_dependencies(done)
-    if waiting:
-        with Write(contextlib.nullcontext(tx), lambda events: None) as w:
-            transitions.release_dependents(w, waiting)
 
 
 def _owned(rec: Record | None, mjob: ManagedJob) -> Record:

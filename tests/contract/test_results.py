@@ -150,6 +150,29 @@ def test_a_chain_and_a_fan_in_run_in_order_with_their_dependencies_results(
     assert store.dependencies(c.id) == [(a.id, True), (b.id, True)]
 
 
+def test_a_batch_of_completions_releases_the_jobs_waiting_on_them(
+    store: Store, clock: Clock
+) -> None:
+    # Parents deleted on completion, acknowledged together as a prefetching worker does;
+    # the lapsed one's dependents stay waiting until its re-run completes.
+    a, b, lapsed = (store.enqueue(Step(name)) for name in ("a", "b", "lapsed"))
+    both = store.enqueue(Step("both"), keep_result=True, after=[a, b])
+    later = store.enqueue(Step("later"), keep_result=True, after=[lapsed, a])
+    held = store.claim_many("o", lease=10, limit=5)
+    assert [m.id for m in held] == [a.id, b.id, lapsed.id]
+    clock.advance(11)
+    store.renew_leases(held[:2], lease=10)
+    assert [m.id for m in store.detect_hung_jobs()] == [lapsed.id]
+    lost = store.complete_many(held)
+    assert [e.job_id for e in lost] == [lapsed.id]
+    assert store.dependencies(both.id) == [(a.id, True), (b.id, True)]
+    assert not store.get(both.id).waiting and store.get(later.id).waiting
+    assert store.dependencies(later.id) == [(a.id, True), (lapsed.id, False)]
+    assert drain(store) == 3  # both, lapsed's re-run, then later
+    assert later.result()["before"] == {}  # (its parents kept no result)
+    assert store.count() == 2
+
+
 def test_waiting_jobs_are_not_due(store: Store, clock: Clock) -> None:
     a = store.enqueue(Step("a"), delay=60)
     b = store.enqueue(Step("b"), after=[a], delay=10)
