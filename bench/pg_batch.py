@@ -1,0 +1,167 @@
+"""Where a PostgreSQL batch of 100 goes: a Worker at prefetch=100, the store's calls alone,
+and the raw psycopg floor, with their CPU; then the claim statement's own time on the
+server against the floor's.
+
+    python bench/pg_batch.py                 # about two minutes
+    python bench/pg_batch.py --rounds 5 --dsn postgresql://user@host/db
+
+Each round drains 30,000 no-op jobs three ways, in turns, each in a schema of its own
+(dropped after): `Worker(prefetch=100)`; `store.complete_and_claim` in a loop with no job
+run (what the store costs a batch, the Worker's Python left out); and bench/postgres.py's
+floor (claim 100 in a transaction, then delete them). Per job: wall time, and this
+process's user and system CPU (the rest of the wall is spent waiting on the server).
+
+Then `EXPLAIN ANALYZE` of 150 claims of 100 on a queue of 20,000 (committed, so that each
+finds fresh rows), liteq's claim statement and the floor's: the medians of the server's
+execution time, and of liteq's counting trigger within it.
+
+The server: as bench/postgres.py finds it (--dsn, LITEQ_BENCH_POSTGRES, or tests/pg.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import postgres  # noqa: E402 - after the path is set
+from liteq.stores.postgres.queries import queries  # noqa: E402
+
+JOBS = 30_000
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float, float]:
+    """fn's wall, user and system time, in µs per job."""
+    before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return tuple(  # type: ignore[return-value]
+        x / JOBS * 1e6
+        for x in (wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+    )
+
+
+def worker(dsn: str) -> tuple[float, float, float]:
+    with postgres.schema(dsn) as s:
+        store = postgres.liteq.PostgresStore(dsn, schema=s)
+        postgres.liteq_enqueue_many(store, JOBS)
+        got = timed(lambda: postgres.liteq_drain(store, 100))
+        store.close()
+    return got
+
+
+def store_alone(dsn: str) -> tuple[float, float, float]:
+    def loop() -> None:
+        done: list[postgres.liteq.ManagedJob] = []
+        while True:
+            _, done = store.complete_and_claim(done, "bench", None, 30.0, 100)
+            if not done:
+                return
+
+    with postgres.schema(dsn) as s:
+        store = postgres.liteq.PostgresStore(dsn, schema=s)
+        postgres.liteq_enqueue_many(store, JOBS)
+        got = timed(loop)
+        store.close()
+    return got
+
+
+def floor(dsn: str) -> tuple[float, float, float]:
+    with postgres.schema(dsn) as s:
+        conn = postgres.floor_conn(dsn, s)
+        postgres.floor_enqueue_batched(conn, s, JOBS)
+        got = timed(lambda: postgres.floor_drain(conn, s, JOBS, 100))
+        conn.close()
+    return got
+
+
+def claims(dsn: str) -> None:
+    """The server's time for one claim of 100, liteq's statement and the floor's."""
+    with postgres.schema(dsn) as s:
+        store = postgres.liteq.PostgresStore(dsn, schema=s)
+        postgres.liteq_enqueue_many(store, 20_000)
+        store.close()
+        q = queries(s)
+        conn = postgres.floor_conn(dsn, f"f{s}")  # (made in a schema dropped below)
+        try:
+            postgres.floor_enqueue_batched(conn, f"f{s}", 20_000)
+            floor_sql = postgres.FLOOR_CLAIM.format(s=f"f{s}")
+            ours = explained(conn, q.CLAIM_ANY, lambda now: _claim_args(now))
+            theirs = explained(conn, floor_sql, lambda now: (now, 100))
+        finally:
+            conn.execute(f"DROP SCHEMA f{s} CASCADE".encode())
+            conn.close()
+    print(
+        f"| one claim of 100, server execution (median of 130) | {theirs[0]:.2f} ms "
+        f"| {ours[0]:.2f} ms (its counting trigger {ours[1]:.2f} ms) | {ours[0] / theirs[0]:.2f} |"
+    )
+
+
+def _claim_args(now: float) -> dict[str, object]:
+    return {
+        "now": now,
+        "limit": 100,
+        "owner": "bench",
+        "lease_until": now + 30,
+        "lease_mono": time.monotonic() + 30,
+        "mono": time.monotonic(),
+    }
+
+
+def explained(
+    conn: psycopg.Connection[tuple[object, ...]], sql: str, args: Callable[[float], object]
+) -> tuple[float, float]:
+    """Medians of the execution time and of the counting trigger's time (ms), the first 20
+    of 150 claims left out (the plan's and the caches' warm-up)."""
+    runs: list[tuple[float, float]] = []
+    for _ in range(150):
+        conn.execute(b"BEGIN")
+        plan = "\n".join(
+            str(row[0])
+            for row in conn.execute(f"EXPLAIN (ANALYZE) {sql}".encode(), args(time.time()))  # type: ignore[arg-type]
+        )
+        conn.execute(b"COMMIT")
+        total = re.search(r"Execution Time: ([\d.]+)", plan)
+        trigger = re.search(r"Trigger jobs_count_update: time=([\d.]+)", plan)
+        runs.append(
+            (float(total.group(1)) if total else 0.0, float(trigger.group(1)) if trigger else 0.0)
+        )
+    kept = runs[20:]
+    return statistics.median(r[0] for r in kept), statistics.median(r[1] for r in kept)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", help="the server (default: see bench/postgres.py)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    dsn = postgres.server(args.dsn)
+    measures = {"Worker, prefetch=100": worker, "the store's calls alone": store_alone}
+    measures["raw psycopg floor"] = floor
+    got: dict[str, list[tuple[float, float, float]]] = {name: [] for name in measures}
+    for _ in range(args.rounds):
+        for name, measure in measures.items():
+            got[name].append(measure(dsn))
+    print(f"{postgres.where(dsn)}, {args.rounds} round(s), medians, µs per job")
+    print("| drain of 30,000, 100 a batch | wall | user CPU | system CPU | jobs/s |")
+    print("|---|---|---|---|---|")
+    for name, values in got.items():
+        wall, user, system = (statistics.median(v[i] for v in values) for i in range(3))
+        print(f"| {name} | {wall:.1f} | {user:.1f} | {system:.1f} | {1e6 / wall:,.0f} |")
+    print("\n| measure | floor | liteq | liteq / floor |\n|---|---|---|---|")
+    claims(dsn)
+
+
+if __name__ == "__main__":
+    main()
