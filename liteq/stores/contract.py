@@ -486,8 +486,8 @@ class Tx(abc.ABC):
         self, writes: Sequence[tuple[Record, Changes | None]]
     ) -> tuple[list[bool], list[int]]:
         """A worker's completions: fenced_write_many(writes), then finish_dependencies on
-        the jobs it wrote. Returns (which writes applied, the jobs whose dependency rows
-        that changed). A backend may do both in one statement."""
+        the jobs whose writes applied. Returns (which writes applied, the jobs whose
+        dependency rows it changed). A backend may do both in one statement."""
         applied = self.fenced_write_many(writes)
         done = [claimed.id for (claimed, _), ok in zip(writes, applied, strict=True) if ok]
         return applied, self.finish_dependencies(done) if done else []
