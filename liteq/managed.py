@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,26 @@ class ManagedJob:
         self.unknown_type = unknown_type
         self._lock_token = lock_token
         self._claimed = claimed
+
+    @classmethod
+    def enqueued(
+        cls, store: AppStore, records: Iterable[Record], jobs: Iterable[Job]
+    ) -> list[ManagedJob]:
+        """ManagedJob(store, record, job, None) of each record and its job, as enqueue_many
+        returns them: made without a call of __init__ per job, a tenth of the batch's Python."""
+        new = object.__new__
+        made = []
+        for record, job in zip(records, jobs, strict=True):
+            mjob = new(cls)
+            mjob._store = store
+            mjob._record = record
+            mjob._job = job
+            mjob.decode_error = None
+            mjob.unknown_type = False
+            mjob._lock_token = None
+            mjob._claimed = False
+            made.append(mjob)
+        return made
 
     # -- for stores and workers ----------------------------------------------
     @property

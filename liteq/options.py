@@ -9,7 +9,7 @@ from typing import Any, Final, NamedTuple, TypedDict
 
 from liteq.codec import HowToEncode, encode_all, encode_as, how_to_encode
 from liteq.job import Job
-from liteq.record import COLUMNS, DEFAULTS, DUE_AT_ONCE, Record
+from liteq.record import COLUMNS, DEFAULTS, DUE_AT_ONCE, Record, with_payloads
 from liteq.status import Status
 
 
@@ -332,14 +332,10 @@ def _records_of_one_class(
     payloads = encode_all(jobs[:1], how)
     r = _resolve(dict(options), options, now) if options else _DEFAULTS
     payloads += encode_all(jobs[1:], how)
-    row = r.row.copy()  # (Record(*row) copies it: one list serves every job)
+    row = r.row.copy()
     row[_JOB_TYPE] = how[0]
     row[_CREATED_AT] = now
-    records = []
-    for payload in payloads:
-        row[_PAYLOAD] = payload
-        records.append(Record(*row))
-    return records
+    return with_payloads(Record(*row), payloads)
 
 
 def build_record(job: Job, options: EnqueueOptions, now: float) -> Record:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from liteq.record import COLUMNS, Record, evolve, values_of
+from liteq.record import COLUMNS, Record, evolve, values_of, with_payloads
 from liteq.status import Status
 from tests import pg
 from tests.conftest import STORES
@@ -36,6 +36,17 @@ def test_evolve_copies_every_column() -> None:
     copy = evolve(record, status=Status.QUEUED)
     assert copy is not record
     assert values_of(copy) == values_of(dataclasses.replace(record, status=Status.QUEUED))
+
+
+def test_with_payloads_copies_every_column() -> None:
+    template = Record(*(f"value of {c}" for c in COLUMNS))
+    copies = with_payloads(template, ["first", "second"])
+    assert [values_of(c) for c in copies] == [
+        values_of(dataclasses.replace(template, payload=p)) for p in ("first", "second")
+    ]
+    assert all(c is not template for c in copies)
+    copies[0].id = "changed"
+    assert copies[1].id == template.id == "value of id"
 
 
 @pytest.mark.parametrize("kind", [k for k in STORES if k != "sqlite-shared"])  # (one SQL)

@@ -247,7 +247,7 @@ class BaseStore(Schedules):
             new = self._insert_alike_alone(records)
             if new is not None:
                 self._announcer.committed(self._enqueued_events(records, jobs, new))
-                return [ManagedJob(self, r, j, None) for r, j in zip(records, jobs, strict=True)]
+                return ManagedJob.enqueued(self, records, jobs)
         holders: dict[int, Record] = {}  # by position: the jobs that hold a coalesce id
         with self._write() as w:
             tx = w.tx
@@ -263,9 +263,7 @@ class BaseStore(Schedules):
                     record.id = new_id
                     if store_listens or listens(jobs[i]):
                         w.events.append((record, Status.UNQUEUED, "enqueued", jobs[i]))
-        managed = [
-            ManagedJob(self, record, job, None) for record, job in zip(records, jobs, strict=True)
-        ]
+        managed = ManagedJob.enqueued(self, records, jobs)
         for i, holder in holders.items():  # outside the transaction: others may write meanwhile
             managed[i] = self._managed(holder)
         return managed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -219,6 +220,25 @@ def test_enqueue_many_in_one_go(store: liteq.stores.BaseStore) -> None:
     assert len({m.id for m in mjobs}) == 5
     assert store.count(queue="bulk", status=Status.QUEUED) == 5
     assert all(m.priority == 3 for m in store.jobs(queue="bulk"))
+
+
+def test_enqueue_many_returns_what_enqueue_would(store: liteq.stores.BaseStore) -> None:
+    jobs = [Noop(i) for i in range(3)]
+    batch = store.enqueue_many(jobs)
+    alone = store.enqueue(Noop(3))
+    for mjob, job in zip(batch, jobs, strict=True):
+        assert mjob.job is job
+        assert mjob.store is store
+        assert (mjob.claimed, mjob.lock_token, mjob.decode_error, mjob.unknown_type) == (
+            alone.claimed,
+            alone.lock_token,
+            alone.decode_error,
+            alone.unknown_type,
+        )
+        assert mjob.record == store.get(mjob.id).record
+        differs = {"id": alone.id, "payload": alone.record.payload}
+        differs["created_at"] = alone.record.created_at
+        assert dataclasses.replace(mjob.record, **differs) == alone.record
 
 
 def test_ids_are_never_reused(store: liteq.stores.BaseStore) -> None:
