@@ -1,9 +1,11 @@
 """Where a PostgreSQL batch of 100 goes: a Worker at prefetch=100, the store's calls alone,
 and the raw psycopg floor, with their CPU; then the claim statement's own time on the
-server against the floor's.
+server against the floor's (with --apart, also under each change of VARIANTS, one at a
+time: what the claim's time is made of).
 
     python bench/pg_batch.py                 # about two minutes
     python bench/pg_batch.py --rounds 5 --dsn postgresql://user@host/db
+    python bench/pg_batch.py --rounds 0 --apart   # only the claim, taken apart; ~2 min
 
 Each round drains 30,000 no-op jobs three ways, in turns, each in a schema of its own
 (dropped after): `Worker(prefetch=100)`; `store.complete_and_claim` in a loop with no job
@@ -86,26 +88,65 @@ def floor(dsn: str) -> tuple[float, float, float]:
     return got
 
 
-def claims(dsn: str) -> None:
-    """The server's time for one claim of 100, liteq's statement and the floor's."""
+#: Changes to liteq's claim, one at a time, to see what its time on the server is made of:
+#: (triggers disabled, indexes dropped, the statement rewritten, the table's fillfactor).
+ROW_TRIGGERS = ("jobs_queued_again", "jobs_done", "jobs_released")
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[str], str], int | None]] = {
+    "as it is": ((), (), str, None),
+    "without the counting trigger": (("jobs_count_update",), (), str, None),
+    "without the row triggers": (ROW_TRIGGERS, (), str, None),
+    "without the index of active jobs": ((), ("jobs_active",), str, None),
+    "returning only the id": (
+        (),
+        (),
+        lambda sql: sql[: sql.index("RETURNING")] + "RETURNING j.id",
+        None,
+    ),
+    "without the paused-queue check": (
+        (),
+        (),
+        lambda sql: re.sub(r"AND NOT EXISTS \(SELECT 1 FROM \S+ AS q WHERE[^)]*\)", "", sql),
+        None,
+    ),
+    "fillfactor 80": ((), (), str, 80),
+    "triggers, that index and RETURNING all off": (
+        ("jobs_count_update", *ROW_TRIGGERS),
+        ("jobs_active",),
+        lambda sql: sql[: sql.index("RETURNING")] + "RETURNING j.id",
+        None,
+    ),
+}
+
+
+def claims(dsn: str, apart: bool) -> None:
+    """The server's time for one claim of 100, liteq's statement and the floor's; with
+    `apart`, liteq's again under each of VARIANTS."""
     with postgres.schema(dsn) as s:
-        store = postgres.liteq.PostgresStore(dsn, schema=s)
-        postgres.liteq_enqueue_many(store, 20_000)
-        store.close()
-        q = queries(s)
-        conn = postgres.floor_conn(dsn, f"f{s}")  # (made in a schema dropped below)
-        try:
-            postgres.floor_enqueue_batched(conn, f"f{s}", 20_000)
-            floor_sql = postgres.FLOOR_CLAIM.format(s=f"f{s}")
-            ours = explained(conn, q.CLAIM_ANY, lambda now: _claim_args(now))
-            theirs = explained(conn, floor_sql, lambda now: (now, 100))
-        finally:
-            conn.execute(f"DROP SCHEMA f{s} CASCADE".encode())
-            conn.close()
-    print(
-        f"| one claim of 100, server execution (median of 130) | {theirs[0]:.2f} ms "
-        f"| {ours[0]:.2f} ms (its counting trigger {ours[1]:.2f} ms) | {ours[0] / theirs[0]:.2f} |"
-    )
+        conn = postgres.floor_conn(dsn, s)
+        postgres.floor_enqueue_batched(conn, s, 20_000)
+        theirs = explained(conn, postgres.FLOOR_CLAIM.format(s=s), lambda now: (now, 100))
+        conn.close()
+    print(f"| one claim of 100, server execution (median of 130): the floor | {theirs[0]:.2f} ms |")
+    for name, (triggers, indexes, rewrite, fillfactor) in VARIANTS.items():
+        with postgres.schema(dsn) as s:
+            store = postgres.liteq.PostgresStore(dsn, schema=s)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(queries(s).PLANNER_SETTINGS.encode())
+                if fillfactor is not None:
+                    conn.execute(f'ALTER TABLE "{s}".jobs SET (fillfactor = {fillfactor})'.encode())
+                postgres.liteq_enqueue_many(store, 20_000)
+                for trigger in triggers:
+                    conn.execute(f'ALTER TABLE "{s}".jobs DISABLE TRIGGER {trigger}'.encode())
+                for index in indexes:
+                    conn.execute(f'DROP INDEX "{s}".{index}'.encode())
+                ours = explained(conn, rewrite(queries(s).CLAIM_ANY), _claim_args)
+            store.close()
+        print(
+            f"| liteq's, {name} | {ours[0]:.2f} ms (counting trigger {ours[1]:.2f} ms) "
+            f"| {ours[0] / theirs[0]:.2f}x the floor's |"
+        )
+        if not apart:
+            return
 
 
 def _claim_args(now: float) -> dict[str, object]:
@@ -145,6 +186,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="the server (default: see bench/postgres.py)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--apart", action="store_true", help="time liteq's claim under each of VARIANTS too"
+    )
     args = parser.parse_args()
     dsn = postgres.server(args.dsn)
     measures = {"Worker, prefetch=100": worker, "the store's calls alone": store_alone}
@@ -153,14 +197,15 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, measure in measures.items():
             got[name].append(measure(dsn))
-    print(f"{postgres.where(dsn)}, {args.rounds} round(s), medians, µs per job")
-    print("| drain of 30,000, 100 a batch | wall | user CPU | system CPU | jobs/s |")
-    print("|---|---|---|---|---|")
-    for name, values in got.items():
-        wall, user, system = (statistics.median(v[i] for v in values) for i in range(3))
-        print(f"| {name} | {wall:.1f} | {user:.1f} | {system:.1f} | {1e6 / wall:,.0f} |")
-    print("\n| measure | floor | liteq | liteq / floor |\n|---|---|---|---|")
-    claims(dsn)
+    if args.rounds:
+        print(f"{postgres.where(dsn)}, {args.rounds} round(s), medians, µs per job")
+        print("| drain of 30,000, 100 a batch | wall | user CPU | system CPU | jobs/s |")
+        print("|---|---|---|---|---|")
+        for name, values in got.items():
+            wall, user, system = (statistics.median(v[i] for v in values) for i in range(3))
+            print(f"| {name} | {wall:.1f} | {user:.1f} | {system:.1f} | {1e6 / wall:,.0f} |")
+    print("\n| measure | time | |\n|---|---|---|")
+    claims(dsn, args.apart)
 
 
 if __name__ == "__main__":
