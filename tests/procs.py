@@ -63,6 +63,18 @@ def produce_until_refused(db: str, trace_path: str, out_path: str) -> None:
         Path(out_path).write_text(json.dumps(result))
 
 
+def churn_one(db: str, priority: str, ready: str) -> None:
+    """Until killed: enqueue one job at `priority`, claim it, complete it, again and again
+    (its priority's group of queued jobs forms and empties, as fast as it can)."""
+    store = liteq.SQLiteStore(db)
+    while True:
+        store.enqueue(Noop(), priority=int(priority))
+        claimed = store.claim("churn", lease=30)
+        if claimed is not None:
+            store.complete(claimed)
+        Path(ready).touch()
+
+
 def hold_write(db: str, holder: str, ready: str) -> None:
     """Hold the file's write lock until killed: as a liteq writer mid-transaction does
     (`liteq`), or as a program that knows nothing of liteq's writer gate (`sqlite`)."""

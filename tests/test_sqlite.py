@@ -69,6 +69,28 @@ def test_file_is_private_wal_and_versioned(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
+def test_when_the_next_job_is_due_is_read_in_one_snapshot(tmp_path: Path) -> None:
+    # next_run_at seeks the top priority of queued jobs, then that priority's first run_at:
+    # read apart, another process's claim between the two left a NULL (TypeError), which
+    # ended a `liteq work --burst` supervisor.
+    db = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(db)
+    later = store.enqueue(Noop(), delay=3600)
+    ready = tmp_path / "ready"
+    churn = child("churn_one", str(db), "5", str(ready))
+    try:
+        wait_until(ready.exists, what="the other process to churn")
+        calls, deadline = 0, time.monotonic() + 6
+        while calls < 20_000 and time.monotonic() < deadline:
+            due = store.next_run_at()
+            assert due is not None and due <= later.run_at.timestamp() + 0.001
+            calls += 1
+        assert churn.poll() is None, "the churning process ended early"
+    finally:
+        churn.kill()
+        churn.wait()
+
+
 def test_a_new_file_gets_small_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
     new = tmp_path / "new.sqlite"
     liteq.SQLiteStore(new).enqueue(Noop(1))

@@ -326,7 +326,9 @@ class SQLiteStore(BaseStore):
         # The claim index orders run_at within (queue, priority): seek the first job of each
         # such group rather than scan every queued job (a million delayed jobs, say).
         best: float | None = None
-        with self.file.reading() as conn:
+        # One snapshot: read apart, a claim between the top priority and its first run_at
+        # could empty that priority's group (a NULL where a time was expected).
+        with self.file.reading() as conn, conn:
             if queues is None:
                 names = [row[0] for row in conn.execute(queries.QUEUE_NAMES)]
             else:
