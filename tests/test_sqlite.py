@@ -25,6 +25,7 @@ import pytest
 
 import liteq
 from liteq import Status
+from liteq.stores.sqlite.file import WAL_AUTOCHECKPOINT
 from liteq.stores.sqlite.schema import SCHEMA_VERSION, schema_sql
 from tests.helpers import wait_until
 from tests.jobs import DefaultOptions, Noop, WithOptions
@@ -130,6 +131,25 @@ def test_page_size_chooses_a_new_files_pages_and_an_existing_file_keeps_its_own(
         with pytest.raises(ValueError, match="power of two from 512 to 65536"):
             liteq.SQLiteStore(tmp_path / "bad.sqlite", page_size=bad)  # type: ignore[arg-type]
     assert not (tmp_path / "bad.sqlite").exists()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_new_files_connections_checkpoint_every_wal_autocheckpoint_pages(
+    tmp_path: Path, shared: bool
+) -> None:
+    path = tmp_path / "q.sqlite"
+    store = liteq.SQLiteStore(path, shared=shared)
+    store.enqueue(Noop(1))
+    assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_AUTOCHECKPOINT,)
+    # A second connection to the file, as a worker's, and one opened again after close().
+    other = liteq.SQLiteStore(path, shared=shared)
+    assert other.count() == 1
+    assert other._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_AUTOCHECKPOINT,)
+    store.close()
+    store.enqueue(Noop(2))
+    assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_AUTOCHECKPOINT,)
+    # (The setting is a connection's, not the file's: SQLite's own connection has 1,000.)
+    assert apsw.Connection(str(path)).execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
 
 
 @pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("full", 2)])
