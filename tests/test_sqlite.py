@@ -25,7 +25,6 @@ import pytest
 
 import liteq
 from liteq import Status
-from liteq.stores.sqlite.file import WAL_AUTOCHECKPOINT
 from liteq.stores.sqlite.schema import SCHEMA_VERSION, schema_sql
 from tests.helpers import wait_until
 from tests.jobs import DefaultOptions, Noop, WithOptions
@@ -133,21 +132,23 @@ def test_page_size_chooses_a_new_files_pages_and_an_existing_file_keeps_its_own(
     assert not (tmp_path / "bad.sqlite").exists()
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_a_new_files_connections_checkpoint_every_wal_autocheckpoint_pages(
-    tmp_path: Path, shared: bool
+@pytest.mark.parametrize(
+    ("shared", "page_size", "pages"), [(False, None, 4096), (True, None, 4096), (False, 4096, 1024)]
+)
+def test_every_connection_checkpoints_after_4_mb_of_log(
+    tmp_path: Path, shared: bool, page_size: int | None, pages: int
 ) -> None:
     path = tmp_path / "q.sqlite"
-    store = liteq.SQLiteStore(path, shared=shared)
+    store = liteq.SQLiteStore(path, shared=shared, page_size=page_size)
     store.enqueue(Noop(1))
-    assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_AUTOCHECKPOINT,)
+    assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (pages,)
     # A second connection to the file, as a worker's, and one opened again after close().
     other = liteq.SQLiteStore(path, shared=shared)
     assert other.count() == 1
-    assert other._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_AUTOCHECKPOINT,)
+    assert other._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (pages,)
     store.close()
     store.enqueue(Noop(2))
-    assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_AUTOCHECKPOINT,)
+    assert store._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (pages,)
     # (The setting is a connection's, not the file's: SQLite's own connection has 1,000.)
     assert apsw.Connection(str(path)).execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
 

@@ -35,10 +35,10 @@ STATEMENT_CACHE: Final = 32
 #: 4 KiB mean fewer bytes written per commit for the usual small jobs (docs/performance.md).
 PAGE_SIZE: Final = 1024
 PAGE_SIZES: Final = frozenset(512 << n for n in range(8))  # what SQLite accepts
-#: The WAL pages after which a commit checkpoints: 4 MB of log at liteq's 1 KiB pages, as
-#: SQLite's default of 1,000 is with its usual 4 KiB pages. Rarer checkpoints make
-#: enqueue_many faster; each one holds the writers up longer (docs/performance.md).
-WAL_AUTOCHECKPOINT: Final = 4000
+#: How much log a commit lets grow before it checkpoints: 4 MB, as SQLite's default of
+#: 1,000 pages is with its usual 4 KiB pages (at liteq's 1 KiB pages, 4,096 of them). Rarer
+#: checkpoints make enqueue_many faster; each holds the writers up longer (performance.md).
+WAL_CHECKPOINT_BYTES: Final = 4 << 20
 #: After a checkpoint that empties the WAL, SQLite truncates `-wal` to this size.
 JOURNAL_LIMIT: Final = 64 << 20
 _TOLD_PAGE_SIZE: set[str] = set()  # files whose page size differs from the one asked for
@@ -206,7 +206,8 @@ class QueueFile:
         self._pragma(conn, "journal_size_limit", JOURNAL_LIMIT, JOURNAL_LIMIT)
         # A claim's subqueries build small temporary tables: in memory, not in a file.
         self._pragma(conn, "temp_store", "memory", 2)
-        self._pragma(conn, "wal_autocheckpoint", WAL_AUTOCHECKPOINT, WAL_AUTOCHECKPOINT)
+        pages = WAL_CHECKPOINT_BYTES // int(_scalar(conn, "PRAGMA page_size"))  # type: ignore[call-overload]
+        self._pragma(conn, "wal_autocheckpoint", pages, pages)
         schema.migrate(conn, self.path, shared=self.shared)
         return conn
 
