@@ -190,7 +190,9 @@ def enqueue_latency_under_load(db: Path, samples: int) -> list[float]:
     drain noop jobs one per transaction (a web process enqueuing beside busy workers)."""
     store = liteq.SQLiteStore(db)
     store.enqueue_many([Noop(1) for _ in range(samples * 50)])  # they outlast the samples
-    work = liteq_work(db, "--processes", "2", "--burst")
+    # One job a claim, as the docstring says: workers that size their claims would drain
+    # the queue before the samples end, and start again and again under --burst.
+    work = liteq_work(db, "--processes", "2", "--burst", "--prefetch", "1")
     seconds = []
     try:
         time.sleep(0.5)  # the workers are up and draining
@@ -199,7 +201,7 @@ def enqueue_latency_under_load(db: Path, samples: int) -> list[float]:
             store.enqueue(Noop(1))
             seconds.append(time.perf_counter() - began)
             time.sleep(0.001)
-        if work.poll() is not None:
+        if work.poll() is not None or store.count(status=liteq.Status.QUEUED) < samples:
             raise RuntimeError("the workers ran out of jobs before the samples were taken")
     finally:
         work.terminate()
