@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -194,6 +196,34 @@ def test_an_enqueue_in_the_applications_transaction_exists_if_and_only_if_it_com
         store.enqueue(Noop(7), connection="dbname=test")  # type: ignore[arg-type]
     implicit.close()
     app.close()
+
+
+def test_a_dependent_enqueued_while_its_parent_completes_is_released(url: str) -> None:
+    # The application's enqueue after=[parent] holds the parent's row while the parent's
+    # worker completes it: the completion waits, then must see the new dependency row.
+    store, worker_side = liteq.connect(url), liteq.connect(url)
+    parent = store.enqueue(Noop(1))
+    (held,) = worker_side.claim_many("o", lease=30, limit=1)
+    app = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
+    with app.transaction():
+        child = store.enqueue(Noop(2), after=[parent], connection=app)
+        done = threading.Thread(target=worker_side.complete_many, args=([held],))
+        done.start()
+        wait_until(lambda: _waits_on_a_lock(app, held.id), timeout=10)
+    done.join(10)
+    assert store.dependencies(child.id) == [(parent.id, True)]
+    assert not store.get(child.id).waiting
+    app.close()
+
+
+def _waits_on_a_lock(app: psycopg.Connection[Any], job_id: int) -> bool:
+    """Whether another session waits for `app`'s transaction (the completion of job_id)."""
+    with psycopg.connect(pg.dsn_or_skip()) as other:
+        row = other.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (app.info.backend_pid,),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 # -- wake-ups ------------------------------------------------------------------------------
