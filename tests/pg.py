@@ -252,8 +252,8 @@ class LosesACommitReply:
                     if verb in (b"BEGIN", b"ROLLBACK"):  # a transaction of its own
                         armed = claimed = False
                     elif b"finished_at = $" in query or (
-                        b"DELETE FROM" in query and b"owner = $" in query
-                    ):  # (a completion may begin WITH: see queries.sql's complete_fenced_many)
+                        query.startswith(b"DELETE") and b"owner = $" in query
+                    ):
                         armed = True
                     elif b"SKIP LOCKED" in query and b"status = 'running'" in query:
                         claimed = True  # the claim (see queries.sql)

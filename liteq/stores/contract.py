@@ -487,7 +487,9 @@ class Tx(abc.ABC):
     ) -> tuple[list[bool], list[int]]:
         """A worker's completions: fenced_write_many(writes), then finish_dependencies on
         the jobs whose writes applied. Returns (which writes applied, the jobs whose
-        dependency rows it changed). A backend may do both in one statement."""
+        dependency rows it changed). finish_dependencies must see the dependency rows that
+        an enqueue committed while the write waited for its job's row: on PostgreSQL, a
+        statement of its own (one with the delete would read an older snapshot)."""
         applied = self.fenced_write_many(writes)
         done = [claimed.id for (claimed, _), ok in zip(writes, applied, strict=True) if ok]
         return applied, self.finish_dependencies(done) if done else []

@@ -79,7 +79,6 @@ class Queries:
         self.DELETE = sql("delete")
         self.DELETE_FENCED = sql("delete_fenced")
         self.DELETE_FENCED_MANY = sql("delete_fenced_many")
-        self.COMPLETE_FENCED_MANY = sql("complete_fenced_many")
         self.CLAIM_ANY = sql("claim", where="")
         self.CLAIM_ONE_QUEUE = sql("claim", where=_SQL["in_one_queue"])
         self.CLAIM_QUEUES = sql("claim", where=_SQL["in_queues"])

@@ -64,20 +64,6 @@ DELETE FROM {s}.jobs AS j USING unnest(%s::bigint[], %s::bigint[]) AS f(id, atte
 WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = %s AND j.status = 'running'
 RETURNING j.id
 
--- A worker's completions deleted, and the dependencies on them marked done, in one
--- statement: rows (id, false) for each job deleted, (job_id, true) for each waiting job
--- whose dependency row changed. (No foreign key ties dependencies to jobs.)
--- name: complete_fenced_many
-WITH gone AS (
-    DELETE FROM {s}.jobs AS j USING unnest(%s::bigint[], %s::bigint[]) AS f(id, attempts)
-    WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = %s AND j.status = 'running'
-    RETURNING j.id),
-finished AS (
-    UPDATE {s}.dependencies SET done = true
-    WHERE after_id IN (SELECT id FROM gone) AND NOT done
-    RETURNING job_id)
-SELECT id, false FROM gone UNION ALL SELECT job_id, true FROM finished
-
 -- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once; the
 -- claim order (contract: Tx.claim) is written here once for PostgreSQL, and the claim
 -- indexes, jobs_claim and jobs_claim_any (migrations/01_initial.sql), follow it.

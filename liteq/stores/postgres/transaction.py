@@ -242,22 +242,6 @@ class PgTx(Tx):
             for claimed, changes in writes
         ]
 
-    def complete_fenced(
-        self, writes: Sequence[tuple[Record, Changes | None]]
-    ) -> tuple[list[bool], list[int]]:
-        owner = writes[0][0].owner if writes else None
-        if owner is None or any(u is not None or c.owner != owner for c, u in writes):
-            return super().complete_fenced(writes)
-        # Deletes of one owner's runs (the default, delete_on_complete): one round trip.
-        ids = bigints([c.id for c, _ in writes])
-        attempts = bigints([c.attempts for c, _ in writes])
-        rows = self._cursor.execute(self._q.COMPLETE_FENCED_MANY, (ids, attempts, owner))
-        gone: set[int] = set()
-        waiting: list[int] = []
-        for job_id, dependent in rows.fetchall():
-            (waiting.append if dependent else gone.add)(job_id)
-        return [c.id in gone for c, _ in writes], waiting
-
     def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
         fence = (claimed.id, claimed.owner, claimed.attempts)
         if changes is None:
