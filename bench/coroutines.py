@@ -194,12 +194,17 @@ asyncio.run(main())
 
 
 # -- the peers' environment ----------------------------------------------------------------
-def peers_python(venv: Path) -> Path:
-    """The peers' interpreter, made with pip on first use (a venv of its own, ignored by git)."""
+def peers_python(venv: Path, imports: str = "") -> Path:
+    """The peers' interpreter, made with pip on first use (a venv of its own, ignored by git).
+    `imports` ("huey, celery", say): the modules the caller needs; if one is missing (the
+    environment was made before that peer joined PEERS), every peer is installed again."""
     python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"installing {', '.join(PEERS)} into {venv} ...", flush=True)
+    made = not python.exists()
+    if made:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    check = [str(python), "-c", f"import {imports}"]
+    if made or (imports and subprocess.run(check, capture_output=True).returncode):
+        print(f"installing {', '.join(PEERS)} into {venv} ...", flush=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", *PEERS], check=True, stdout=sys.stderr
         )

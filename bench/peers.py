@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import liteq  # noqa: E402 - this checkout's
 from bench import pickup  # noqa: E402 - needs the path set above
-from bench.coroutines import PEERS, database, drop_schema, peers_python, server  # noqa: E402
+from bench.coroutines import database, drop_schema, peers_python, server  # noqa: E402
 from bench.coroutines import with_schema as schema_url  # noqa: E402
 
 SYSTEMS = "liteq-sqlite", "liteq-postgres", "huey", "dramatiq", "rq", "celery", "pgqueuer"
@@ -494,12 +494,7 @@ def main() -> None:
             (Path(tmp) / f"{name}.py").write_text(textwrap.dedent(source).lstrip())
         peers = None
         if any(not s.startswith("liteq") for s in systems):
-            peers = peers_python(args.peers)
-            check = [str(peers), "-c", "import huey, dramatiq, rq, celery, pgqueuer"]
-            if subprocess.run(check, capture_output=True).returncode:
-                print(f"installing {', '.join(PEERS)} into {args.peers} ...", flush=True)
-                pip = [str(peers), "-m", "pip", "install", "-q", *PEERS]
-                subprocess.run(pip, check=True, stdout=sys.stderr)
+            peers = peers_python(args.peers, "huey, dramatiq, rq, celery, pgqueuer")
         on_pg = {"liteq-postgres", "pgqueuer"} & set(systems)
         setup = Setup(Path(tmp), peers, server(args.dsn) if on_pg else None, args.redis)
         notes = [about(setup, systems, stack)]

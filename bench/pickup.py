@@ -46,8 +46,6 @@ import liteq  # noqa: E402
 from bench.coroutines import peers_python  # noqa: E402 - needs the path set above
 from bench.jobs import Stamp, liteq_work  # noqa: E402
 
-# Celery 5.6+ wants redis-py 6, arq (bench/coroutines.py, same venv) wants redis-py < 6.
-PEERS = "huey>=2.5", "celery==5.5.*", "kombu[redis]==5.5.*", "redis[hiredis]>=4.2,<6"
 SYSTEMS = "floor", "liteq", "liteq-poll", "huey", "celery"
 
 # The job of each peer (a module written into the run's directory), and how to enqueue it.
@@ -332,12 +330,7 @@ def main() -> None:
     gap = (args.gap[0], args.gap[1])
     peers = None
     if {"huey", "celery"} & set(args.only):
-        peers = peers_python(args.peers)
-        check = [str(peers), "-c", "import huey, celery, redis"]
-        if subprocess.run(check, capture_output=True).returncode:
-            print(f"installing {', '.join(PEERS)} into {args.peers} ...", flush=True)
-            pip = [str(peers), "-m", "pip", "install", "-q", *PEERS]
-            subprocess.run(pip, check=True, stdout=sys.stderr)
+        peers = peers_python(args.peers, "huey, celery, redis")
     results = {}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

@@ -283,16 +283,10 @@ asyncio.run(main(int(sys.argv[1])))
 
 
 def pgqueuer_python(venv: Path) -> Path:
-    """The peers' interpreter (bench/coroutines.py's environment), with pgqueuer added."""
+    """The peers' interpreter (bench/coroutines.py's environment), pgqueuer in it."""
     from bench.coroutines import peers_python
 
-    python = peers_python(venv)
-    if subprocess.run([str(python), "-c", "import pgqueuer"], capture_output=True).returncode:
-        print(f"installing pgqueuer into {venv} ...", flush=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "pgqueuer"], check=True, stdout=sys.stderr
-        )
-    return python
+    return peers_python(venv, "pgqueuer")
 
 
 def version(python: Path, package: str) -> str:
