@@ -482,18 +482,6 @@ class Tx(abc.ABC):
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
         return [self.fenced_write(claimed, changes) for claimed, changes in writes]
 
-    def complete_fenced(
-        self, writes: Sequence[tuple[Record, Changes | None]]
-    ) -> tuple[list[bool], list[int]]:
-        """A worker's completions: fenced_write_many(writes), then finish_dependencies on
-        the jobs whose writes applied. Returns (which writes applied, the jobs whose
-        dependency rows it changed). finish_dependencies must see the dependency rows that
-        an enqueue committed while the write waited for its job's row: on PostgreSQL, a
-        statement of its own (one with the delete would read an older snapshot)."""
-        applied = self.fenced_write_many(writes)
-        done = [claimed.id for (claimed, _), ok in zip(writes, applied, strict=True) if ok]
-        return applied, self.finish_dependencies(done) if done else []
-
     def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
         """Set these columns (or, with None, delete the row) only while the row is still
         `claimed`'s run: RUNNING, same owner, same attempt. Return False, changing

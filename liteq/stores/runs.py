@@ -265,7 +265,12 @@ class Runs(Backend):
         """Make the `_completions` writes in `tx`, fenced, and release the dependents whose
         last dependency completed. Per job: None if it completed, else the LeaseLost error
         saying why not."""
-        applied, waiting = tx.complete_fenced(writes) if writes else ([], [])
+        applied = tx.fenced_write_many(writes) if writes else []
+        done = [mjob.id for mjob, ok in zip(mjobs, applied, strict=True) if ok]
+        # A statement of its own, after the writes: one with PostgreSQL's delete would read a
+        # snapshot older than the dependency row of an `after=` enqueue that committed while
+        # the delete waited for its job's row, and that dependent would wait forever.
+        waiting = tx.finish_dependencies(done) if done else []
         if waiting:  # (most often none: then nothing more runs; a release announces nothing)
             with Write(contextlib.nullcontext(tx), lambda events: None) as w:
                 transitions.release_dependents(w, waiting)
