@@ -191,22 +191,21 @@ class QueueFile:
         # Before anything writes the header: SQLite applies it to an empty file only.
         conn.execute(f"PRAGMA page_size = {self.page_size or PAGE_SIZE}").fetchall()
         self._pragma(conn, "journal_mode", "wal", "wal")
-        if self.page_size is not None:
-            kept = _scalar(conn, "PRAGMA page_size")
-            if kept != self.page_size and self.path not in _TOLD_PAGE_SIZE:
-                _TOLD_PAGE_SIZE.add(self.path)  # once per process (and its forked workers)
-                log.warning(
-                    "%s keeps its %d-byte pages: page_size=%d applies to a new file only",
-                    self.path,
-                    kept,
-                    self.page_size,
-                )
+        kept = int(_scalar(conn, "PRAGMA page_size"))
+        if self.page_size not in (None, kept) and self.path not in _TOLD_PAGE_SIZE:
+            _TOLD_PAGE_SIZE.add(self.path)  # once per process (and its forked workers)
+            log.warning(
+                "%s keeps its %d-byte pages: page_size=%d applies to a new file only",
+                self.path,
+                kept,
+                self.page_size,
+            )
         sync = {"normal": 1, "full": 2}[self.durability]
         self._pragma(conn, "synchronous", sync, sync)
         self._pragma(conn, "journal_size_limit", JOURNAL_LIMIT, JOURNAL_LIMIT)
         # A claim's subqueries build small temporary tables: in memory, not in a file.
         self._pragma(conn, "temp_store", "memory", 2)
-        pages = WAL_CHECKPOINT_BYTES // int(_scalar(conn, "PRAGMA page_size"))  # type: ignore[call-overload]
+        pages = WAL_CHECKPOINT_BYTES // kept
         self._pragma(conn, "wal_autocheckpoint", pages, pages)
         schema.migrate(conn, self.path, shared=self.shared)
         return conn
@@ -465,7 +464,7 @@ class _Raced(StoreError):
     """The path came to name another file while it was being opened: open what it names."""
 
 
-def _scalar(conn: apsw.Connection, sql: str) -> object:
+def _scalar(conn: apsw.Connection, sql: str) -> Any:
     row = conn.execute(sql).fetchone()
     if row is None:
         raise StoreError(f"no row from {sql!r}")
