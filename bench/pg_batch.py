@@ -6,6 +6,7 @@ time: what the claim's time is made of).
     python bench/pg_batch.py                 # about two minutes
     python bench/pg_batch.py --rounds 5 --dsn postgresql://user@host/db
     python bench/pg_batch.py --rounds 0 --apart   # only the claim, taken apart; ~2 min
+    python bench/pg_batch.py --rounds 0 --statements   # a batch's round trips; ~1 min
 
 Each round drains 30,000 no-op jobs three ways, in turns, each in a schema of its own
 (dropped after): `Worker(prefetch=100)`; `store.complete_and_claim` in a loop with no job
@@ -17,12 +18,19 @@ Then `EXPLAIN ANALYZE` of 150 claims of 100 on a queue of 20,000 (committed, so 
 finds fresh rows), liteq's claim statement and the floor's: the medians of the server's
 execution time, and of liteq's counting trigger within it.
 
+With --statements, a batch's round trips instead, timed from this process (the wait for
+the server and psycopg's handling of the reply): the store's calls alone and the floor's,
+each statement's milliseconds per batch, and the batch's wall time less their sum (the
+Python around them). This says what a batch at a given ratio to the floor leaves for each.
+
 The server: as bench/postgres.py finds it (--dsn, LITEQ_BENCH_POSTGRES, or tests/pg.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import re
 import resource
 import statistics
@@ -30,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -182,12 +191,85 @@ def explained(
     return statistics.median(r[0] for r in kept), statistics.median(r[1] for r in kept)
 
 
+def statements(dsn: str) -> None:
+    """Per batch of 100: the milliseconds of each statement (client-side: sent to reply
+    handled), for the store's calls alone and for the floor, and what the rest took."""
+    spent: dict[str, float] = collections.defaultdict(float)
+    execute = psycopg.Cursor.execute
+
+    def timed_execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return execute(self, query, *args, **kw)
+        finally:
+            text = query.decode() if isinstance(query, bytes) else str(query)
+            spent[" ".join(text.split()[:2])] += time.perf_counter() - began
+
+    def store_batches() -> int:
+        done: list[postgres.liteq.ManagedJob] = []
+        batches = 0
+        while True:
+            _, done = store.complete_and_claim(done, "bench", None, 30.0, 100)
+            batches += 1
+            if not done:
+                return batches
+
+    def floor_batches() -> int:
+        # bench/postgres.py's floor_drain, each of its round trips under the same timer.
+        claim, delete = postgres.FLOOR_CLAIM.format(s=s), postgres.FLOOR_DELETE.format(s=s)
+        cursor = conn.cursor()
+        for _ in range(JOBS // 100):
+            cursor.execute(b"BEGIN")
+            rows = cursor.execute(claim.encode(), (time.time(), 100)).fetchall()
+            cursor.execute(b"COMMIT")
+            for row in rows:
+                json.loads(str(row[1]))
+            cursor.execute(delete.encode(), ([row[0] for row in rows],))
+        return JOBS // 100
+
+    psycopg.Cursor.execute = timed_execute  # type: ignore[method-assign]
+    try:
+        for name in ("the store's calls alone", "raw psycopg floor"):
+            with postgres.schema(dsn) as s:
+                if name == "raw psycopg floor":
+                    conn = postgres.floor_conn(dsn, s)
+                    postgres.floor_enqueue_batched(conn, s, JOBS)
+                    spent.clear()
+                    began = time.perf_counter()
+                    batches = floor_batches()
+                    wall = time.perf_counter() - began
+                    timed = dict(spent)
+                    conn.close()
+                else:
+                    store = postgres.liteq.PostgresStore(dsn, schema=s)
+                    postgres.liteq_enqueue_many(store, JOBS)
+                    spent.clear()
+                    began = time.perf_counter()
+                    batches = store_batches()
+                    wall = time.perf_counter() - began
+                    timed = dict(spent)
+                    store.close()
+            print(f"\n| {name}: a batch of 100 | ms |\n|---|---|")
+            for statement, seconds in sorted(timed.items(), key=lambda kv: -kv[1]):
+                print(f"| {statement.replace(s, 's')} | {seconds / batches * 1e3:.2f} |")
+            rest = wall - sum(timed.values())
+            print(f"| the rest (Python) | {rest / batches * 1e3:.2f} |")
+            print(f"| the batch | {wall / batches * 1e3:.2f} |")
+    finally:
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="the server (default: see bench/postgres.py)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--apart", action="store_true", help="time liteq's claim under each of VARIANTS too"
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="instead of the claim's server time: a batch's round trips, each timed",
     )
     args = parser.parse_args()
     dsn = postgres.server(args.dsn)
@@ -204,6 +286,9 @@ def main() -> None:
         for name, values in got.items():
             wall, user, system = (statistics.median(v[i] for v in values) for i in range(3))
             print(f"| {name} | {wall:.1f} | {user:.1f} | {system:.1f} | {1e6 / wall:,.0f} |")
+    if args.statements:
+        statements(dsn)
+        return
     print("\n| measure | time | |\n|---|---|---|")
     claims(dsn, args.apart)
 
