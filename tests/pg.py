@@ -179,13 +179,23 @@ def terminate(application_name: str) -> int:
 _PRE_STARTUP: Final = {80877103, 80877104}
 
 
+def _first_parameter(bind: bytes) -> bytes | None:
+    """The first parameter's value in a Bind frame's body (None for NULL)."""
+    at = bind.index(b"\0", bind.index(b"\0") + 1) + 1  # past the portal and statement
+    formats = int.from_bytes(bind[at : at + 2], "big")
+    at += 2 + 2 * formats + 2  # past the formats and the count of parameters
+    size = int.from_bytes(bind[at : at + 4], "big", signed=True)
+    return None if size < 0 else bind[at + 4 : at + 4 + size]
+
+
 class LosesACommitReply:
     """A TCP proxy to the test server that loses the reply to one commit.
 
     The first COMMIT (on any connection through it) of a transaction that completed a job
     (a fenced `UPDATE … finished_at` or a fenced `DELETE` of a run; any write of a whole row
-    too, as a failure's) is passed to the server; once the server has answered, the proxy
-    closes both sides instead of passing the answer on. The commit went through; the client
+    too, as a failure's), or the first call of the function complete_and_claim that
+    completes jobs (it commits on its own), is passed to the server; once the server has
+    answered, the proxy closes both sides instead of passing the answer on. The commit went through; the client
     cannot know it. `lost` is set when it has. With `claiming`, only a transaction that also
     claimed jobs (a worker's `complete_and_claim`) has its reply lost.
     """
@@ -242,8 +252,13 @@ class LosesACommitReply:
                     if kind == b"P":  # Parse: name, query
                         name, text = body.split(b"\0")[:2]
                         statements[name] = text
-                    elif kind == b"B":  # Bind: portal, statement
+                    elif kind == b"B":  # Bind: portal, statement, then parameters
                         query = statements.get(body.split(b"\0")[1], b"")
+                        if b"complete_and_claim(" in query and _first_parameter(body) != b"{}":
+                            # Completions and a claim, committed on their own: as a COMMIT.
+                            if self._once.acquire(blocking=False):
+                                swallow.set()
+                            query = None
                     elif kind == b"Q":  # a simple query
                         query = body.rstrip(b"\0")
                     if query is None:

@@ -198,32 +198,72 @@ def test_an_enqueue_in_the_applications_transaction_exists_if_and_only_if_it_com
     app.close()
 
 
-def test_a_dependent_enqueued_while_its_parent_completes_is_released(url: str) -> None:
+@pytest.mark.parametrize("completing", ["complete_many", "complete_and_claim"])
+def test_a_dependent_enqueued_while_its_parent_completes_is_released(
+    url: str, completing: str
+) -> None:
     # The application's enqueue after=[parent] holds the parent's row while the parent's
     # worker completes it: the completion waits, then must see the new dependency row.
+    # (complete_and_claim: the worker's steady state, one statement committed on its own.)
     store, worker_side = liteq.connect(url), liteq.connect(url)
     parent = store.enqueue(Noop(1))
     (held,) = worker_side.claim_many("o", lease=30, limit=1)
     app = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
     with app.transaction():
         child = store.enqueue(Noop(2), after=[parent], connection=app)
-        done = threading.Thread(target=worker_side.complete_many, args=([held],))
+        args = ([held],) if completing == "complete_many" else ([held], "o")
+        done = threading.Thread(target=getattr(worker_side, completing), args=args)
         done.start()
-        wait_until(lambda: _waits_on_a_lock(app, held.id), timeout=10)
+        wait_until(lambda: _waiting_on(app) == 1, timeout=10)
     done.join(10)
     assert store.dependencies(child.id) == [(parent.id, True)]
     assert not store.get(child.id).waiting
     app.close()
 
 
-def _waits_on_a_lock(app: psycopg.Connection[Any], job_id: int) -> bool:
-    """Whether another session waits for `app`'s transaction (the completion of job_id)."""
+def test_a_dependent_of_two_parents_completing_at_once_is_released(url: str) -> None:
+    # Two workers complete the two parents of one job at once, each in one statement (their
+    # steady state): each marks its own dependency done, and only the one that sees the
+    # other's may release the job. Both are made to wait for the job's row, held here, so
+    # that neither has committed when the other looks.
+    store, first, second = liteq.connect(url), liteq.connect(url), liteq.connect(url)
+    one, two = store.enqueue(Noop(1)), store.enqueue(Noop(2))
+    child = store.enqueue(Noop(3), after=[one, two])
+    (held_one,) = first.claim_many("first", lease=30, limit=1)
+    (held_two,) = second.claim_many("second", lease=30, limit=1)
+    assert {held_one.id, held_two.id} == {one.id, two.id}
+    app = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
+    schema = url.rsplit("schema=", 1)[1]
+    with app.transaction():
+        lock = f'SELECT 1 FROM "{schema}".jobs WHERE id = %s FOR UPDATE'  # noqa: S608 - our schema
+        app.execute(lock.encode(), (child.id,))
+        done = [
+            threading.Thread(target=first.complete_and_claim, args=([held_one], "first")),
+            threading.Thread(target=second.complete_and_claim, args=([held_two], "second")),
+        ]
+        for thread in done:
+            thread.start()
+        # (Both wait; one that went past the row without a lock ends instead.)
+        wait_until(lambda: _waiting_on(app) + sum(not t.is_alive() for t in done) == 2, 10)
+    for thread in done:
+        thread.join(10)
+    assert store.dependencies(child.id) == [(one.id, True), (two.id, True)]
+    released = store.get(child.id)  # (queued and due, or claimed by the second completion)
+    assert not released.waiting and released.status in (Status.QUEUED, Status.RUNNING)
+    app.close()
+
+
+def _waiting_on(app: psycopg.Connection[Any]) -> int:
+    """How many other sessions wait for `app`'s transaction, or for one that does (a row's
+    second waiter waits for the first)."""
     with psycopg.connect(pg.dsn_or_skip()) as other:
         row = other.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-            (app.info.backend_pid,),
+            "SELECT count(*) FROM pg_stat_activity AS a WHERE %(app)s = ANY(pg_blocking_pids(a.pid))"
+            " OR EXISTS (SELECT 1 FROM pg_stat_activity AS b"
+            "  WHERE %(app)s = ANY(pg_blocking_pids(b.pid)) AND b.pid = ANY(pg_blocking_pids(a.pid)))",
+            {"app": app.info.backend_pid},
         ).fetchone()
-    return bool(row and row[0])
+    return int(row[0]) if row else 0
 
 
 # -- wake-ups ------------------------------------------------------------------------------

@@ -528,6 +528,22 @@ class Backend(abc.ABC):
         None where the backend cannot (enqueue_many then writes them in a transaction)."""
         return None
 
+    def _complete_and_claim_alone(
+        self,
+        done: Sequence[Record],
+        owner: str,
+        queues: Sequence[str] | None,
+        lease: float,
+        limit: int,
+    ) -> list[Record] | None:
+        """A worker's steady state with one statement committed on its own, where the
+        backend can: complete the claimed runs `done`, whose rows completion deletes
+        (their dependents released as `Runs._complete_in` does), then claim as
+        `Runs._claim_in` does; return the records claimed, best first. None where it
+        cannot, and when a run of `done` is no longer its worker's: then nothing changed,
+        and the general path runs (it says why for each job)."""
+        return None
+
     @abc.abstractmethod
     def _read(self, job_id: int) -> Record | None:
         """The row with this id, or None (outside any transaction)."""

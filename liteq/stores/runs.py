@@ -98,9 +98,18 @@ class Runs(Backend):
         """
         # Only the backend's statements run inside: other workers' Python overlaps them.
         writes, changes = self._completions(done)
-        with self._transaction() as tx:
-            lost = self._complete_in(tx, done, writes)
-            records = self._claim_in(tx, queues, owner, lease, limit)
+        lost: list[LeaseLost | None]
+        records = None
+        if all(made is None for _, made in writes):  # (rows deleted: the common case)
+            records = self._complete_and_claim_alone(
+                [claimed for claimed, _ in writes], owner, queues, lease, limit
+            )
+        if records is None:
+            with self._transaction() as tx:
+                lost = self._complete_in(tx, done, writes)
+                records = self._claim_in(tx, queues, owner, lease, limit)
+        else:
+            lost = [None] * len(done)
         announcer = self._announcer
         if done:
             announcer.committed(self._completed(done, changes, lost))
@@ -109,8 +118,10 @@ class Runs(Backend):
             # Note the queue's state for wait_for_jobs, then look once more: a commit
             # between the claim and that note is then either seen or marks a change.
             self._waker.saw_nothing()
-            with self._transaction() as tx:
-                records = self._claim_in(tx, queues, owner, lease, limit)
+            records = self._complete_and_claim_alone((), owner, queues, lease, limit)
+            if records is None:
+                with self._transaction() as tx:
+                    records = self._claim_in(tx, queues, owner, lease, limit)
         if not records:
             return errors, []
         self._waker.busy()

@@ -82,6 +82,7 @@ class Queries:
         self.CLAIM_ANY = sql("claim", where="")
         self.CLAIM_ONE_QUEUE = sql("claim", where=_SQL["in_one_queue"])
         self.CLAIM_QUEUES = sql("claim", where=_SQL["in_queues"])
+        self.COMPLETE_AND_CLAIM = sql("complete_and_claim")
         self.QUEUED_QUEUES = sql("queued_queues")
         self.FIRST_DUE = sql("first_due")
         self.SUMMARY = sql("summary")

@@ -65,8 +65,9 @@ WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = %s AND j.status = 'r
 RETURNING j.id
 
 -- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once; the
--- claim order (contract: Tx.claim) is written here once for PostgreSQL, and the claim
--- indexes, jobs_claim and jobs_claim_any (migrations/01_initial.sql), follow it.
+-- claim order (contract: Tx.claim) is written here for PostgreSQL, and the claim indexes,
+-- jobs_claim and jobs_claim_any (migrations/01_initial.sql), follow it. The function
+-- complete_and_claim (migrations/09_complete_and_claim.sql) repeats it: change both.
 -- SKIP LOCKED passes over rows other claims hold, so workers claim side by side instead
 -- of in turn. {where} narrows it to some queues. The rows come back in no order.
 -- name: claim
@@ -84,6 +85,13 @@ UPDATE {s}.jobs AS j SET status = 'running', attempts = j.attempts + 1,
     deadline_mono = %(mono)s + j.max_runtime
 FROM picked WHERE j.id = picked.id
 RETURNING {j_columns}
+
+-- A worker's completions and its next claim in one statement, committed on its own
+-- (migrations/09_complete_and_claim.sql): the claimed rows, in no order.
+-- name: complete_and_claim
+SELECT {columns} FROM {s}.complete_and_claim(%s::bigint[], %s::bigint[], %s::text,
+    %s::float8, %s::text[], %s::text, %s::float8, %s::float8, %s::float8, %s::bigint,
+    %s::boolean)
 
 -- name: in_one_queue
 AND queue = %(queue)s

@@ -38,6 +38,7 @@ from liteq.stores.postgres.transaction import (
     PgTx,
     Transaction,
     alike_args,
+    complete_and_claim_alone,
     new_values,
     record_of,
 )
@@ -212,6 +213,20 @@ class PostgresStore(BaseStore):
         if joined is not None:
             return self._in_application_transaction(joined)
         return Transaction(self._link, self._q, self.clock)
+
+    def _complete_and_claim_alone(
+        self,
+        done: Sequence[Record],
+        owner: str,
+        queues: Sequence[str] | None,
+        lease: float,
+        limit: int,
+    ) -> list[Record] | None:
+        if getattr(self._local, "joined", None) is not None:
+            return None  # (in the application's transaction)
+        return complete_and_claim_alone(
+            self._link, self._q, self.clock(), done, owner, queues, lease, limit
+        )
 
     def _insert_one(self, record: Record) -> int:
         if getattr(self._local, "joined", None) is not None:
