@@ -28,6 +28,7 @@ import pytest
 import liteq
 from liteq import Status
 from liteq.stores.contract import WorkerInfo
+from liteq.stores.postgres.link import translate
 from tests import pg
 from tests.helpers import ROOT, wait_until
 from tests.jobs import Fails, Noop, Stoppable, Traced
@@ -516,6 +517,46 @@ def test_liteq_work_never_logs_the_password_of_its_url(tmp_path: Path) -> None:
 
 
 # -- faults --------------------------------------------------------------------------------
+@pytest.mark.parametrize("committing", [False, True])
+def test_a_deadlock_is_told_as_a_transaction_rolled_back_not_a_lost_connection(
+    committing: bool,
+) -> None:
+    # Two sessions take two rows in opposite orders: the server aborts one of them, whose
+    # transaction then holds nothing (psycopg's DeadlockDetected is no TransactionRollback).
+    dsn, schema = pg.dsn_or_skip(), pg.new_schema()
+    first, second = psycopg.connect(dsn), psycopg.connect(dsn)
+    raised: list[psycopg.Error] = []
+
+    def take(conn: psycopg.Connection[Any], n: int) -> None:
+        try:
+            conn.execute(row, (n,))
+        except psycopg.Error as exc:
+            raised.append(exc)
+
+    try:
+        first.execute(f'CREATE SCHEMA "{schema}"'.encode())
+        first.execute(f'CREATE TABLE "{schema}".t AS SELECT 1 AS n UNION SELECT 2'.encode())
+        first.commit()
+        row = f'SELECT n FROM "{schema}".t WHERE n = %s FOR UPDATE'.encode()  # noqa: S608
+        first.execute(row, (1,))
+        second.execute(row, (2,))
+        crossing = threading.Thread(target=take, args=(first, 2))
+        crossing.start()
+        wait_until(lambda: _waiting_on(second) == 1, timeout=10)
+        take(second, 1)
+        crossing.join(10)
+    finally:
+        first.close()
+        second.close()
+        pg.drop_schema(schema)
+    (deadlock,) = raised  # (the server aborts the session that waited first)
+    assert isinstance(deadlock, psycopg.errors.DeadlockDetected)
+    told = translate(deadlock, "the server", committing=committing)
+    assert type(told) is liteq.StoreError
+    assert str(told).startswith("the server rolled back a transaction: deadlock detected")
+    assert str(told).endswith("; try again")
+
+
 @pytest.mark.timeout(180)
 def test_a_server_restart_loses_no_job_and_runs_none_twice(tmp_path: Path) -> None:
     cluster = pg.new_cluster()

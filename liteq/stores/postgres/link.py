@@ -155,7 +155,10 @@ def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> S
     error (a bug, or a constraint liteq relies on: raised as it is)."""
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return StoreError(f"{server} cancelled a statement: {_first_line(exc)}")
-    if isinstance(exc, psycopg.errors.TransactionRollback):  # a deadlock, say
+    # SQLSTATE class 40, a deadlock say (psycopg's DeadlockDetected is no subclass of its
+    # TransactionRollback): the server rolled the transaction back, so nothing of it holds
+    # (but for 40003, a statement whose completion is unknown).
+    if (exc.sqlstate or "").startswith("40") and exc.sqlstate != "40003":
         return StoreError(f"{server} rolled back a transaction: {_first_line(exc)}; try again")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         if committing:
