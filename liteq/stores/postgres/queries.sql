@@ -58,10 +58,13 @@ DELETE FROM {s}.jobs WHERE id = %s AND owner = %s AND attempts = %s AND status =
 -- name: update_fenced
 UPDATE {s}.jobs SET {set} WHERE id = %s AND owner = %s AND attempts = %s AND status = 'running'
 
--- One owner's runs at once: their ids and attempts as two arrays.
+-- One owner's runs at once: their ids and attempts as two arrays. (No join with
+-- unnest(ids, attempts): a prepared plan may scan that function once per running job.)
 -- name: delete_fenced_many
-DELETE FROM {s}.jobs AS j USING unnest(%s::bigint[], %s::bigint[]) AS f(id, attempts)
-WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = %s AND j.status = 'running'
+DELETE FROM {s}.jobs AS j
+WHERE j.id = ANY(%(ids)s::bigint[])
+    AND j.attempts = (%(attempts)s::bigint[])[array_position(%(ids)s::bigint[], j.id)]
+    AND j.owner = %(owner)s AND j.status = 'running'
 RETURNING j.id
 
 -- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once; the

@@ -235,9 +235,12 @@ class PgTx(Tx):
         deletes = [c for c, u in writes if u is None and c.owner is not None]
         if len(deletes) < 2 or len({c.owner for c in deletes}) != 1:
             return super().fenced_write_many(writes)
-        ids = bigints([c.id for c in deletes])
-        attempts = bigints([c.attempts for c in deletes])
-        cursor = self._cursor.execute(self._q.DELETE_FENCED_MANY, (ids, attempts, deletes[0].owner))
+        args = {
+            "ids": bigints([c.id for c in deletes]),
+            "attempts": bigints([c.attempts for c in deletes]),
+            "owner": deletes[0].owner,
+        }
+        cursor = self._cursor.execute(self._q.DELETE_FENCED_MANY, args)
         gone = {row[0] for row in cursor.fetchall()}
         return [
             (claimed.id in gone) if changes is None else self.fenced_write(claimed, changes)

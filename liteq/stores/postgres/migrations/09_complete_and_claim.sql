@@ -26,10 +26,12 @@ DECLARE
     waiting bigint[];
 BEGIN
     IF cardinality(p_ids) > 0 THEN
+        -- (No join with unnest(p_ids, p_attempts): its plan, kept for the session from
+        -- the first calls, may scan that function once per running job.)
         WITH deleted AS (
-            DELETE FROM {s}.jobs AS j USING unnest(p_ids, p_attempts) AS f(id, attempts)
-            WHERE j.id = f.id AND j.attempts = f.attempts AND j.owner = p_done_owner
-                AND j.status = 'running'
+            DELETE FROM {s}.jobs AS j
+            WHERE j.id = ANY(p_ids) AND j.attempts = p_attempts[array_position(p_ids, j.id)]
+                AND j.owner = p_done_owner AND j.status = 'running'
             RETURNING j.id)
         SELECT count(*) INTO gone FROM deleted;
         IF gone <> cardinality(p_ids) THEN
