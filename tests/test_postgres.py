@@ -644,19 +644,26 @@ def test_a_job_whose_lease_cannot_be_renewed_stops_before_it_could_run_elsewhere
 
 
 @pytest.mark.timeout(120)
-def test_dropped_connections_and_cancelled_statements_lose_no_job(url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefetched", [False, True])
+def test_dropped_connections_and_cancelled_statements_lose_no_job(
+    url: str, tmp_path: Path, prefetched: bool
+) -> None:
     # The server ends liteq's sessions again and again (what a failover or an idle-session
     # reaper does), and, for a while, cancels its statements (a statement_timeout shorter
     # than a lock held by someone else): workers log it, reconnect and go on. Only this
-    # test's workers' sessions are ended: they carry a name of their own.
+    # test's workers' sessions are ended: they carry a name of their own. (Prefetched jobs
+    # with max_runtime: each records its start as it starts, which must wait it out too.)
     trace, log = tmp_path / "q.trace", tmp_path / "work.log"
     store = liteq.connect(url)
     schema = url.rsplit("schema=", 1)[1]
     # (Work for about 4.5 s: sessions are ended, then the table locked, while jobs still run.)
-    store.enqueue_many([Traced(str(trace), 0.03) for _ in range(300)])
+    store.enqueue_many(
+        [Traced(str(trace), 0.03) for _ in range(300)], max_runtime=60 if prefetched else None
+    )
     name = pg.new_name()
     timed = pg.with_params(url, application_name=name, options="-c%20statement_timeout%3D300")
-    work = start_work(timed, log, "--processes", "2")
+    batches = ["--prefetch", "10"] if prefetched else []
+    work = start_work(timed, log, "--processes", "2", *batches)
     admin = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
     try:
         wait_until(lambda: store.count() < 280, 60, "work to start")
@@ -713,7 +720,7 @@ def test_the_suites_terminating_test_spares_a_bystanders_sessions_and_schema(
             env={**os.environ, "LITEQ_TEST_POSTGRES": dsn},
         )
         assert suite.returncode == 0, suite.stdout + suite.stderr
-        assert "1 passed" in suite.stdout
+        assert "2 passed" in suite.stdout  # (plain and prefetched)
         assert app.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
         trace = tmp_path / "q.trace"
         store.enqueue(Traced(str(trace), 0.0))  # their worker, woken, uses its sessions

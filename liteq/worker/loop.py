@@ -428,8 +428,16 @@ class Worker:
             )
         ):
             return True  # (with no started_at, its max_runtime clock starts now)
-        elif self.store.mark_started(mjob):
-            return True
+        else:
+            started = self._patiently(
+                f"recording the start of job {mjob.id}", lambda: self.store.mark_started(mjob)
+            )
+            if started is None:  # the store failed and the worker is stopping: hand it back
+                with self._lock:
+                    self._held.insert(0, mjob)
+                return False
+            if started:
+                return True
         log.warning("prefetched job %d is no longer this worker's: not run here", mjob.id)
         return False
 
