@@ -227,6 +227,13 @@ def statements(dsn: str) -> None:
             cursor.execute(delete.encode(), ([row[0] for row in rows],))
         return JOBS // 100
 
+    def drained(batches_of: Callable[[], int]) -> tuple[int, float, dict[str, float]]:
+        """How many batches, the wall time, and each statement's share of it."""
+        spent.clear()
+        began = time.perf_counter()
+        batches = batches_of()
+        return batches, time.perf_counter() - began, dict(spent)
+
     psycopg.Cursor.execute = timed_execute  # type: ignore[method-assign]
     try:
         for name in ("the store's calls alone", "raw psycopg floor"):
@@ -234,20 +241,12 @@ def statements(dsn: str) -> None:
                 if name == "raw psycopg floor":
                     conn = postgres.floor_conn(dsn, s)
                     postgres.floor_enqueue_batched(conn, s, JOBS)
-                    spent.clear()
-                    began = time.perf_counter()
-                    batches = floor_batches()
-                    wall = time.perf_counter() - began
-                    timed = dict(spent)
+                    batches, wall, timed = drained(floor_batches)
                     conn.close()
                 else:
                     store = postgres.liteq.PostgresStore(dsn, schema=s)
                     postgres.liteq_enqueue_many(store, JOBS)
-                    spent.clear()
-                    began = time.perf_counter()
-                    batches = store_batches()
-                    wall = time.perf_counter() - began
-                    timed = dict(spent)
+                    batches, wall, timed = drained(store_batches)
                     store.close()
             print(f"\n| {name}: a batch of 100 | ms |\n|---|---|")
             for statement, seconds in sorted(timed.items(), key=lambda kv: -kv[1]):

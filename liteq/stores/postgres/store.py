@@ -15,7 +15,7 @@ from liteq.errors import StoreError
 from liteq.job import Job
 from liteq.managed import ManagedJob
 from liteq.options import EnqueueOptions
-from liteq.record import Record
+from liteq.record import WAITING, Record
 from liteq.status import Status
 from liteq.stores.base import BaseStore, check_job_id
 from liteq.stores.contract import (
@@ -38,11 +38,17 @@ from liteq.stores.postgres.transaction import (
     PgTx,
     Transaction,
     alike_args,
-    complete_and_claim_alone,
+    bigints,
+    claimed_records,
     new_values,
+    queue_names,
     record_of,
 )
 from liteq.stores.wakeup import Waker
+
+#: The SQLSTATE the function complete_and_claim raises for a completion no longer its
+#: run's (migrations/09_complete_and_claim.sql): it changed nothing.
+NOT_ITS_RUN = "LQ001"
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _FAILED = psycopg.pq.TransactionStatus.INERROR
@@ -222,11 +228,34 @@ class PostgresStore(BaseStore):
         lease: float,
         limit: int,
     ) -> list[Record] | None:
-        if getattr(self._local, "joined", None) is not None:
-            return None  # (in the application's transaction)
-        return complete_and_claim_alone(
-            self._link, self._q, self.clock(), done, owner, queues, lease, limit
+        names = queue_names(queues)
+        owners = {record.owner for record in done}
+        if getattr(self._local, "joined", None) is not None or names == [] or len(owners) > 1:
+            return None  # (the application's transaction; no queue; runs of several owners)
+        now, mono = self.clock(), time.monotonic()
+        args = (
+            bigints([r.id for r in done]),
+            bigints([r.attempts for r in done]),
+            owners.pop() if owners else owner,
+            WAITING,
+            names,
+            owner,
+            now,
+            mono,
+            lease,
+            limit,
+            limit > 1,  # (a claim of several holds its jobs: their max_runtime counts later)
         )
+        # Committed on its own: a fault in the reply leaves its outcome unknown.
+        with self._link.mutex:
+            conn = self._link.connection()
+            try:
+                rows = conn.execute(self._q.COMPLETE_AND_CLAIM, args, binary=True).fetchall()
+            except psycopg.Error as exc:
+                if exc.sqlstate == NOT_ITS_RUN:
+                    return None
+                raise self._link.fault(exc, committing=True) from exc
+        return claimed_records(rows)
 
     def _insert_one(self, record: Record) -> int:
         if getattr(self._local, "joined", None) is not None:

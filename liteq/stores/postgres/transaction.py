@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from liteq.errors import StoreError
-from liteq.record import COLUMNS_BUT_ID, WAITING, Changes, Record
+from liteq.record import COLUMNS_BUT_ID, Changes, Record
 from liteq.status import Status
 from liteq.stores.contract import ScheduleInfo, Tx
 
@@ -85,6 +85,18 @@ def _schedule_values(info: ScheduleInfo) -> dict[str, Any]:
 # order that the `claim` block chose them by.
 def _best_first(record: Record) -> tuple[int, float, int]:
     return (-record.priority, record.run_at, record.id)
+
+
+def claimed_records(rows: Sequence[Sequence[Any]]) -> list[Record]:
+    """The Records of the rows a claim returned, best first."""
+    records = [record_of(row) for row in rows]
+    records.sort(key=_best_first)
+    return records
+
+
+def queue_names(queues: Sequence[str] | None) -> list[str] | None:
+    """The queues a claim takes from, each once, as the statements take them (None: all)."""
+    return None if queues is None else list(dict.fromkeys(queues))
 
 
 def alike_args(records: Sequence[Record]) -> dict[str, Any]:
@@ -203,7 +215,7 @@ class PgTx(Tx):
     def claim(
         self, queues: Sequence[str] | None, owner: str, lease: float, limit: int
     ) -> list[Record]:
-        names = None if queues is None else list(dict.fromkeys(queues))
+        names = queue_names(queues)
         if names == []:
             return []
         now, mono = self.now, self.mono
@@ -223,10 +235,7 @@ class PgTx(Tx):
             sql, args["queues"] = self._q.CLAIM_QUEUES, names
         # (fetchall: one call for the rows, not one per row, on a worker's hot path; in
         # binary, which psycopg loads in half the time of text for these columns)
-        rows = self._cursor.execute(sql, args, binary=True).fetchall()
-        records = [record_of(row) for row in rows]
-        records.sort(key=_best_first)
-        return records
+        return claimed_records(self._cursor.execute(sql, args, binary=True).fetchall())
 
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         if len(writes) == 1:  # a worker's steady state
@@ -255,45 +264,6 @@ class PgTx(Tx):
             sql = self._q.update_fenced(tuple(changes))
             cursor = self._cursor.execute(sql, (*changes.values(), *fence))
         return cursor.rowcount > 0
-
-
-#: The SQLSTATE complete_and_claim raises for a completion no longer its run's.
-NOT_ITS_RUN = "LQ001"
-
-
-def complete_and_claim_alone(
-    link: Link,
-    q: Queries,
-    now: float,
-    done: Sequence[Record],
-    owner: str,
-    queues: Sequence[str] | None,
-    lease: float,
-    limit: int,
-) -> list[Record] | None:
-    """Backend._complete_and_claim_alone: the function complete_and_claim, called on its
-    own (committed by itself: an error in its reply leaves the outcome unknown)."""
-    names = None if queues is None else list(dict.fromkeys(queues))
-    owners = {record.owner for record in done}
-    if names == [] or len(owners) > 1 or None in owners:
-        return None  # (no queue to claim from, or runs of several owners: the general path)
-    mono = time.monotonic()
-    args = (
-        *(bigints([r.id for r in done]), bigints([r.attempts for r in done])),
-        *(owners.pop() if owners else owner, WAITING, names, owner, now, mono, lease, limit),
-        limit > 1,  # (a claim of several holds its jobs: their max_runtime counts later)
-    )
-    with link.mutex:
-        conn = link.connection()
-        try:
-            rows = conn.execute(q.COMPLETE_AND_CLAIM, args, binary=True).fetchall()
-        except psycopg.Error as exc:
-            if exc.sqlstate == NOT_ITS_RUN:
-                return None
-            raise link.fault(exc, committing=True) from exc
-    records = [record_of(row) for row in rows]
-    records.sort(key=_best_first)
-    return records
 
 
 class Transaction(PgTx):
