@@ -11,8 +11,10 @@ time: what the claim's time is made of).
 Each round drains 30,000 no-op jobs three ways, in turns, each in a schema of its own
 (dropped after): `Worker(prefetch=100)`; `store.complete_and_claim` in a loop with no job
 run (what the store costs a batch, the Worker's Python left out); and bench/postgres.py's
-floor (claim 100 in a transaction, then delete them). Per job: wall time, and this
-process's user and system CPU (the rest of the wall is spent waiting on the server).
+floor (claim 100 in a transaction, then delete them). Per job: wall time, this
+process's user and system CPU, and the server's CPU (its processes', when it runs on this
+host: else nan). With client and server taking turns, the wall is about the two CPUs'
+sum, which a machine whose speed moves between runs shakes less than the wall.
 
 Then `EXPLAIN ANALYZE` of 150 claims of 100 on a queue of 20,000 (committed, so that each
 finds fresh rows), liteq's claim statement and the floor's: the medians of the server's
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import re
 import resource
 import statistics
@@ -40,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,19 +55,60 @@ from liteq.stores.postgres.queries import queries  # noqa: E402
 JOBS = 30_000
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float, float]:
-    """fn's wall, user and system time, in µs per job."""
+class ServerClock:
+    """The CPU time of the server's processes, when it runs on this host (else NaN): those
+    alive (backends, the WAL writer, the checkpointer) and those that exited (autovacuum
+    workers), which their postmaster has reaped. Less shaken than wall time by a machine
+    whose speed moves between runs: what a batch costs the server, whatever it waits on."""
+
+    def __init__(self, dsn: str) -> None:
+        with psycopg.connect(dsn) as conn:
+            pid = conn.info.backend_pid
+            try:
+                self._postmaster: psutil.Process | None = psutil.Process(pid).parent()
+            except psutil.Error:  # (not on this host)
+                self._postmaster = None
+
+    def seconds(self) -> float:
+        postmaster = self._postmaster
+        if postmaster is None:
+            return math.nan
+        with postmaster.oneshot():
+            own = postmaster.cpu_times()
+            total = own.user + own.system + own.children_user + own.children_system
+        for child in postmaster.children():
+            try:
+                times = child.cpu_times()
+            except psutil.Error:  # (exited meanwhile: its time is the postmaster's now)
+                continue
+            total += times.user + times.system
+        return total
+
+
+SERVER: ServerClock | None = None
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float, float, float]:
+    """fn's wall, user and system time, and the server's CPU, in µs per job."""
+    assert SERVER is not None
     before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    server = SERVER.seconds()
     fn()
+    server = SERVER.seconds() - server
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_SELF)
     return tuple(  # type: ignore[return-value]
         x / JOBS * 1e6
-        for x in (wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+        for x in (
+            wall,
+            after.ru_utime - before.ru_utime,
+            after.ru_stime - before.ru_stime,
+            server,
+        )
     )
 
 
-def worker(dsn: str) -> tuple[float, float, float]:
+def worker(dsn: str) -> tuple[float, float, float, float]:
     with postgres.schema(dsn) as s:
         store = postgres.liteq.PostgresStore(dsn, schema=s)
         postgres.liteq_enqueue_many(store, JOBS)
@@ -72,7 +117,7 @@ def worker(dsn: str) -> tuple[float, float, float]:
     return got
 
 
-def store_alone(dsn: str) -> tuple[float, float, float]:
+def store_alone(dsn: str) -> tuple[float, float, float, float]:
     def loop() -> None:
         done: list[postgres.liteq.ManagedJob] = []
         while True:
@@ -88,7 +133,7 @@ def store_alone(dsn: str) -> tuple[float, float, float]:
     return got
 
 
-def floor(dsn: str) -> tuple[float, float, float]:
+def floor(dsn: str) -> tuple[float, float, float, float]:
     with postgres.schema(dsn) as s:
         conn = postgres.floor_conn(dsn, s)
         postgres.floor_enqueue_batched(conn, s, JOBS)
@@ -272,19 +317,27 @@ def main() -> None:
     )
     args = parser.parse_args()
     dsn = postgres.server(args.dsn)
+    global SERVER
+    SERVER = ServerClock(dsn)
     measures = {"Worker, prefetch=100": worker, "the store's calls alone": store_alone}
     measures["raw psycopg floor"] = floor
-    got: dict[str, list[tuple[float, float, float]]] = {name: [] for name in measures}
+    got: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in measures}
     for _ in range(args.rounds):
         for name, measure in measures.items():
             got[name].append(measure(dsn))
     if args.rounds:
         print(f"{postgres.where(dsn)}, {args.rounds} round(s), medians, µs per job")
-        print("| drain of 30,000, 100 a batch | wall | user CPU | system CPU | jobs/s |")
-        print("|---|---|---|---|---|")
+        print(
+            "| drain of 30,000, 100 a batch | wall | user CPU | system CPU | server CPU "
+            "| all CPU | jobs/s |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for name, values in got.items():
-            wall, user, system = (statistics.median(v[i] for v in values) for i in range(3))
-            print(f"| {name} | {wall:.1f} | {user:.1f} | {system:.1f} | {1e6 / wall:,.0f} |")
+            wall, user, system, server = (statistics.median(v[i] for v in values) for i in range(4))
+            print(
+                f"| {name} | {wall:.1f} | {user:.1f} | {system:.1f} | {server:.1f} "
+                f"| {user + system + server:.1f} | {1e6 / wall:,.0f} |"
+            )
     if args.statements:
         statements(dsn)
         return

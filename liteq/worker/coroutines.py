@@ -33,10 +33,10 @@ log = logging.getLogger("liteq.worker")
 CLOSE_WAIT: Final = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen one costs a microsecond more a job to make)
 class Outcome:
     """How a job's attempt ended: what `run` returned, or what it raised (with its
-    traceback). An `Interrupted` is a stop the worker asked for."""
+    traceback). An `Interrupted` is a stop the worker asked for. Made once, never changed."""
 
     run: Run
     result: object = None

@@ -218,6 +218,11 @@ class Worker:
         if self._running_hook is not None:
             self._running_hook(job_id)
 
+    def _tell_in_flight(self) -> None:
+        """_tell_running of the runs in flight now (no supervisor: nothing to work out)."""
+        if self._running_hook is not None:
+            self._running_hook(self._in_flight.running())
+
     def _holding(self) -> list[ManagedJob]:
         """The jobs whose leases this worker holds (for the heartbeat)."""
         with self._lock:
@@ -594,7 +599,7 @@ class Worker:
             if runs_alone(mjob):
                 self._alone = run
         self._in_flight.add(run)
-        self._tell_running(self._in_flight.running())
+        self._tell_in_flight()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("job %d (%s) started, attempt %d", mjob.id, describe(mjob), mjob.attempts)
         if mjob.max_runtime is not None or signals.stop_requested:
@@ -662,7 +667,7 @@ class Worker:
             if run is self._alone:
                 self._alone = None
             self._in_flight.discard(run)
-            self._tell_running(self._in_flight.running())
+            self._tell_in_flight()
             self.jobs_processed += 1
 
     def _interrupted(self, mjob: ManagedJob, stop: Interrupted) -> None:
