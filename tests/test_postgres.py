@@ -28,7 +28,7 @@ import pytest
 import liteq
 from liteq import Status
 from liteq.stores.contract import WorkerInfo
-from liteq.stores.postgres.link import translate
+from liteq.stores.postgres.link import RolledBack, translate
 from tests import pg
 from tests.helpers import ROOT, wait_until
 from tests.jobs import Fails, Noop, Stoppable, Traced
@@ -252,6 +252,50 @@ def test_a_dependent_of_two_parents_completing_at_once_is_released(url: str) -> 
     released = store.get(child.id)  # (queued and due, or claimed by the second completion)
     assert not released.waiting and released.status in (Status.QUEUED, Status.RUNNING)
     app.close()
+
+
+def test_an_enqueue_after_parents_goes_through_a_deadlock_over_them(url: str) -> None:
+    # A worker completing both parents deletes their rows in the table's order, which may
+    # be the reverse of the ids' that the enqueue locks them in: here another session
+    # holds the second parent and then asks for the first, which the enqueue holds while it
+    # waits for the second. The server rolls the enqueue back (it waited first); it is
+    # tried again, and goes through once the other session has committed.
+    store = liteq.connect(url)
+    first, second = store.enqueue(Noop(1)), store.enqueue(Noop(2))
+    schema = url.rsplit("schema=", 1)[1]
+    lock = f'SELECT 1 FROM "{schema}".jobs WHERE id = %s FOR UPDATE'  # noqa: S608 - our schema
+    deadlocks = _deadlocks()
+    other = psycopg.connect(pg.dsn_or_skip(), autocommit=True)
+    enqueued: list[object] = []
+    with other.transaction():
+        other.execute(lock.encode(), (second.id,))
+
+        def enqueue() -> None:
+            try:
+                enqueued.append(store.enqueue(Noop(3), after=[first, second]))
+            except liteq.StoreError as exc:
+                enqueued.append(exc)
+
+        thread = threading.Thread(target=enqueue)
+        thread.start()
+        wait_until(lambda: _waiting_on(other) == 1, timeout=10)
+        other.execute(lock.encode(), (first.id,))  # (returns once the enqueue is rolled back)
+    thread.join(10)
+    other.close()
+    wait_until(lambda: _deadlocks() > deadlocks, timeout=10)  # (the server's statistics lag)
+    (child,) = enqueued
+    assert isinstance(child, liteq.ManagedJob), child
+    assert store.dependencies(child.id) == [(first.id, False), (second.id, False)]
+    assert store.get(child.id).waiting
+
+
+def _deadlocks() -> int:
+    """The deadlocks the server has found in this database so far."""
+    with psycopg.connect(pg.dsn_or_skip()) as conn:
+        row = conn.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _waiting_on(app: psycopg.Connection[Any]) -> int:
@@ -552,7 +596,7 @@ def test_a_deadlock_is_told_as_a_transaction_rolled_back_not_a_lost_connection(
     (deadlock,) = raised  # (the server aborts the session that waited first)
     assert isinstance(deadlock, psycopg.errors.DeadlockDetected)
     told = translate(deadlock, "the server", committing=committing)
-    assert type(told) is liteq.StoreError
+    assert isinstance(told, RolledBack) and not isinstance(told, liteq.StoreUnavailable)
     assert str(told).startswith("the server rolled back a transaction: deadlock detected")
     assert str(told).endswith("; try again")
 

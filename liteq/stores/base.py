@@ -176,8 +176,9 @@ class BaseStore(Schedules):
                 ids.setdefault(check_job_id(dep), False)
         with self._write() as w:
             pending, failed = [], None
+            found = w.tx.get_many(list(ids))
             for dep_id in sorted(ids):
-                dep = w.tx.get(dep_id)
+                dep = found.get(dep_id)
                 if dep is None:
                     if not ids[dep_id]:
                         raise JobNotFound(

@@ -398,6 +398,16 @@ class Tx(abc.ABC):
     def get(self, job_id: int) -> Record | None:
         """The row with this id, for update; or None."""
 
+    def get_many(self, job_ids: Sequence[int]) -> dict[int, Record]:
+        """The rows with these ids (those that exist), for update, locked in id order: two
+        writers that lock several rows each this way cannot deadlock on them."""
+        found = {}
+        for job_id in sorted(set(job_ids)):
+            record = self.get(job_id)
+            if record is not None:
+                found[job_id] = record
+        return found
+
     @abc.abstractmethod
     def coalesce_holder(self, coalesce_id: str) -> Record | None:
         """The row holding this coalesce id (its status is in COALESCE_HOLDING), for

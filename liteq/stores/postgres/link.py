@@ -150,6 +150,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class RolledBack(StoreError):
+    """The server rolled a transaction back (a deadlock, a serialization failure): nothing
+    of it was written, and the same transaction again may well go through."""
+
+
 def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> StoreError | None:
     """The StoreError a fault of the server or the connection is, or None for any other
     error (a bug, or a constraint liteq relies on: raised as it is)."""
@@ -159,7 +164,7 @@ def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> S
     # TransactionRollback): the server rolled the transaction back, so nothing of it holds
     # (but for 40003, a statement whose completion is unknown).
     if (exc.sqlstate or "").startswith("40") and exc.sqlstate != "40003":
-        return StoreError(f"{server} rolled back a transaction: {_first_line(exc)}; try again")
+        return RolledBack(f"{server} rolled back a transaction: {_first_line(exc)}; try again")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         if committing:
             return StoreUnavailable(

@@ -11,6 +11,11 @@ SELECT {columns} FROM {s}.jobs WHERE id = %s
 -- name: get_for_update
 SELECT {columns} FROM {s}.jobs WHERE id = %s FOR UPDATE
 
+-- Several rows for update, locked in id order (the sort runs below the locking): another
+-- writer that locks some of these rows in the same order waits instead of deadlocking.
+-- name: get_many_for_update
+SELECT {columns} FROM {s}.jobs WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
+
 -- name: coalesce_holder
 SELECT {columns} FROM {s}.jobs WHERE coalesce_id = %s AND status <> 'completed'
 
@@ -241,8 +246,11 @@ UPDATE {s}.schedules SET last_job = %s WHERE name = %s
 SELECT name, spec, tz, queue, last_slot, last_job, seen_at FROM {s}.schedules ORDER BY name
 
 -- Dependencies (`after=`; migrations/06_results_and_dependencies.sql).
--- name: add_dependency
-INSERT INTO {s}.dependencies (job_id, after_id, done) VALUES (%s, %s, %s)
+-- A job's dependencies, all in one statement: its after_ids and their done flags as two
+-- arrays, each after_id once.
+-- name: add_dependencies
+INSERT INTO {s}.dependencies (job_id, after_id, done)
+SELECT %s, t.after_id, t.done FROM unnest(%s::bigint[], %s::boolean[]) AS t(after_id, done)
 ON CONFLICT (job_id, after_id) DO UPDATE SET done = excluded.done
 
 -- name: dependencies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,11 +27,11 @@ from liteq.stores.contract import (
     ScheduleInfo,
     Tx,
 )
-from liteq.stores.events import StatusHook
+from liteq.stores.events import Event, StatusHook
 from liteq.stores.postgres import aio
 from liteq.stores.postgres import schema as pg_schema
 from liteq.stores.postgres.aio import AsyncLink
-from liteq.stores.postgres.link import Link, translate
+from liteq.stores.postgres.link import Link, RolledBack, translate
 from liteq.stores.postgres.listener import Listener
 from liteq.stores.postgres.queries import SCHEMA_NAME, queries
 from liteq.stores.postgres.registry import PgRegistry
@@ -49,6 +50,8 @@ from liteq.stores.wakeup import Waker
 #: The SQLSTATE the function complete_and_claim raises for a completion no longer its
 #: run's (migrations/10_delete_by_primary_key.sql): it changed nothing.
 NOT_ITS_RUN = "LQ001"
+#: How many times an `after=` enqueue runs its transaction while the server rolls it back.
+ROLLED_BACK_TRIES = 5
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _FAILED = psycopg.pq.TransactionStatus.INERROR
@@ -136,6 +139,21 @@ class PostgresStore(BaseStore):
             return super().enqueue_many(jobs, **options)
         with self._joining(connection):
             return super().enqueue_many(jobs, **options)
+
+    def _enqueue_after(
+        self, record: Record, job: Job, events: list[Event], after: object
+    ) -> ManagedJob:
+        # Its transaction locks the parents in id order, and a worker completing several of
+        # them deletes their rows in the table's order: the two can deadlock, and the server
+        # then rolls one back. That one is tried again here (a worker tries again by itself),
+        # unless it is the application's transaction, which is the application's to retry.
+        if getattr(self._local, "joined", None) is None:
+            for attempt in range(1, ROLLED_BACK_TRIES):
+                try:
+                    return super()._enqueue_after(record, job, events, after)
+                except RolledBack:  # (nothing was written: the insert leaves out the id)
+                    time.sleep(random.uniform(0.0, 0.01 * attempt))  # noqa: S311 - not crypto
+        return super()._enqueue_after(record, job, events, after)
 
     async def aenqueue(
         self,

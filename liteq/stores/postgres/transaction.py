@@ -140,8 +140,9 @@ class PgTx(Tx):
         self._cursor.execute(self._q.SCHEDULE_JOB, (job_id, name))
 
     def add_dependencies(self, job_id: int, after: Sequence[tuple[int, bool]]) -> None:
-        rows = [(job_id, after_id, done) for after_id, done in after]
-        self._cursor.executemany(self._q.ADD_DEPENDENCY, rows)
+        flags = "{" + ",".join("t" if done else "f" for _, done in after) + "}"
+        args = (job_id, bigints(after_id for after_id, _ in after), flags)
+        self._cursor.execute(self._q.ADD_DEPENDENCIES, args)
 
     def dependencies(self, job_id: int) -> list[tuple[int, bool]]:
         rows = self._cursor.execute(self._q.DEPENDENCIES, (job_id,)).fetchall()
@@ -158,6 +159,11 @@ class PgTx(Tx):
     def get(self, job_id: int) -> Record | None:
         row = self._one(self._q.GET_FOR_UPDATE, (job_id,))
         return None if row is None else record_of(row)
+
+    def get_many(self, job_ids: Sequence[int]) -> dict[int, Record]:
+        # One round trip, where a get each held the rows locked first for as many.
+        rows = self._cursor.execute(self._q.GET_MANY_FOR_UPDATE, (bigints(job_ids),))
+        return {record.id: record for record in map(record_of, rows.fetchall())}
 
     def coalesce_holder(self, coalesce_id: str) -> Record | None:
         row = self._one(self._q.COALESCE_HOLDER_FOR_UPDATE, (coalesce_id,))
