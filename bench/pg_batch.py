@@ -7,6 +7,7 @@ time: what the claim's time is made of).
     python bench/pg_batch.py --rounds 5 --dsn postgresql://user@host/db
     python bench/pg_batch.py --rounds 0 --apart   # only the claim, taken apart; ~2 min
     python bench/pg_batch.py --rounds 0 --statements   # a batch's round trips; ~1 min
+    python bench/pg_batch.py --rounds 0 --store-apart 6  # the store's batch, apart; ~6 min
 
 Each round drains 30,000 no-op jobs three ways, in turns, each in a schema of its own
 (dropped after): `Worker(prefetch=100)`; `store.complete_and_claim` in a loop with no job
@@ -19,6 +20,10 @@ sum, which a machine whose speed moves between runs shakes less than the wall.
 Then `EXPLAIN ANALYZE` of 150 claims of 100 on a queue of 20,000 (committed, so that each
 finds fresh rows), liteq's claim statement and the floor's: the medians of the server's
 execution time, and of liteq's counting trigger within it.
+
+With --store-apart, after the drains: the store's calls alone again with a trigger
+disabled or an index dropped at a time (STORE_VARIANTS), by the server's CPU, which the
+EXPLAIN of the claim cannot show for the batch's delete.
 
 With --statements, a batch's round trips instead, timed from this process (the wait for
 the server and psycopg's handling of the reply): the store's calls alone and the floor's,
@@ -117,7 +122,11 @@ def worker(dsn: str) -> tuple[float, float, float, float]:
     return got
 
 
-def store_alone(dsn: str) -> tuple[float, float, float, float]:
+def store_alone(
+    dsn: str, triggers: tuple[str, ...] = (), indexes: tuple[str, ...] = ()
+) -> tuple[float, float, float, float]:
+    """The store's calls alone; with those triggers disabled and indexes dropped."""
+
     def loop() -> None:
         done: list[postgres.liteq.ManagedJob] = []
         while True:
@@ -127,6 +136,11 @@ def store_alone(dsn: str) -> tuple[float, float, float, float]:
 
     with postgres.schema(dsn) as s:
         store = postgres.liteq.PostgresStore(dsn, schema=s)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for trigger in triggers:
+                conn.execute(f'ALTER TABLE "{s}".jobs DISABLE TRIGGER {trigger}'.encode())
+            for index in indexes:
+                conn.execute(f'DROP INDEX "{s}".{index}'.encode())
         postgres.liteq_enqueue_many(store, JOBS)
         got = timed(loop)
         store.close()
@@ -170,6 +184,33 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[str], str]
         None,
     ),
 }
+
+
+#: The same taken from the store's whole batch (its one statement), measured by the server's
+#: CPU: the parts that a claim's EXPLAIN leaves out (the delete, its counting trigger).
+STORE_VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "as it is": ((), ()),
+    "without the counting triggers": (("jobs_count_update", "jobs_count_delete"), ()),
+    "without the row triggers": (ROW_TRIGGERS, ()),
+    "without the index of active jobs": ((), ("jobs_active",)),
+    "without the other partial indexes": ((), ("jobs_expiry", "jobs_erred", "jobs_coalesce")),
+}
+
+
+def store_apart(dsn: str, rounds: int) -> None:
+    """The store's calls alone under each of STORE_VARIANTS, in turns; medians."""
+    got: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in STORE_VARIANTS}
+    names = list(STORE_VARIANTS)
+    for turn in range(rounds):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            got[name].append(store_alone(dsn, *STORE_VARIANTS[name]))
+    print(
+        f"\n| the store's calls alone, {rounds} rounds (µs per job) | wall | client CPU | server CPU |"
+    )
+    print("|---|---|---|---|")
+    for name, values in got.items():
+        wall, user, system, server = (statistics.median(v[i] for v in values) for i in range(4))
+        print(f"| {name} | {wall:.1f} | {user + system:.1f} | {server:.1f} |")
 
 
 def claims(dsn: str, apart: bool) -> None:
@@ -315,6 +356,13 @@ def main() -> None:
         action="store_true",
         help="instead of the claim's server time: a batch's round trips, each timed",
     )
+    parser.add_argument(
+        "--store-apart",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="then the store's batch under each of STORE_VARIANTS, in this many rounds",
+    )
     args = parser.parse_args()
     dsn = postgres.server(args.dsn)
     global SERVER
@@ -340,6 +388,9 @@ def main() -> None:
             )
     if args.statements:
         statements(dsn)
+        return
+    if args.store_apart:
+        store_apart(dsn, args.store_apart)
         return
     print("\n| measure | time | |\n|---|---|---|")
     claims(dsn, args.apart)
