@@ -261,7 +261,7 @@ class Worker:
                 # wait for a coroutine job to end.
                 self._record_coroutines(wait=0.1)
                 continue
-            limit = self._claim_limit(free)
+            left = None
             if options.exit_after_n_jobs is not None:
                 left = options.exit_after_n_jobs - self.jobs_processed - coroutines.count
                 if left <= 0:
@@ -270,8 +270,10 @@ class Worker:
                         continue
                     log.info("ran %d jobs: exiting", self.jobs_processed)
                     return EXIT_OK
-                limit = min(limit, left)
             if not self._held:
+                limit = self._claim_limit(free)
+                if left is not None:
+                    limit = min(limit, left)
                 held = self._complete_and_claim(owner, limit)
                 if held is None:  # the store failed and the worker is stopping
                     break
