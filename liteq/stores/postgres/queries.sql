@@ -64,20 +64,18 @@ DELETE FROM {s}.jobs WHERE id = %s AND owner = %s AND attempts = %s AND status =
 UPDATE {s}.jobs SET {set} WHERE id = %s AND owner = %s AND attempts = %s AND status = 'running'
 
 -- One owner's runs at once: their ids and attempts as two arrays. (No join with
--- unnest(ids, attempts): a prepared plan may scan that function once per running job. The
--- status is tested as IS TRUE so that no plan reads jobs_active, whose bitmap would read
--- every entry a claim left there since the last vacuum.)
+-- unnest(ids, attempts): a prepared plan may scan that function once per running job.)
 -- name: delete_fenced_many
 DELETE FROM {s}.jobs AS j
 WHERE j.id = ANY(%(ids)s::bigint[])
     AND j.attempts = (%(attempts)s::bigint[])[array_position(%(ids)s::bigint[], j.id)]
-    AND j.owner = %(owner)s AND (j.status = 'running') IS TRUE
+    AND j.owner = %(owner)s AND j.status = 'running'
 RETURNING j.id
 
 -- The claim: the best {limit} due, unlocked jobs of unpaused queues, started at once; the
 -- claim order (contract: Tx.claim) is written here for PostgreSQL, and the claim indexes,
 -- jobs_claim and jobs_claim_any (migrations/01_initial.sql), follow it. The function
--- complete_and_claim (migrations/10_delete_by_primary_key.sql) repeats it: change both.
+-- complete_and_claim (migrations/09_complete_and_claim.sql) repeats it: change both.
 -- SKIP LOCKED passes over rows other claims hold, so workers claim side by side instead
 -- of in turn. {where} narrows it to some queues. The rows come back in no order.
 -- name: claim
@@ -97,7 +95,7 @@ FROM picked WHERE j.id = picked.id
 RETURNING {j_columns}
 
 -- A worker's completions and its next claim in one statement, committed on its own
--- (migrations/10_delete_by_primary_key.sql): the claimed rows, in no order.
+-- (migrations/09_complete_and_claim.sql): the claimed rows, in no order.
 -- name: complete_and_claim
 SELECT {columns} FROM {s}.complete_and_claim(%s::bigint[], %s::bigint[], %s::text,
     %s::float8, %s::text[], %s::text, %s::float8, %s::float8, %s::float8, %s::bigint,

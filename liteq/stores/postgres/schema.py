@@ -18,7 +18,7 @@ from liteq.stores.postgres.queries import channel, queries, quoted
 from liteq.stores.sqlshared import numbered_scripts
 
 #: The schema version this code writes; older ones are migrated on open.
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 9
 
 
 MIGRATIONS: Final[dict[int, str]] = numbered_scripts(__package__)

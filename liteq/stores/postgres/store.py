@@ -48,7 +48,7 @@ from liteq.stores.postgres.transaction import (
 from liteq.stores.wakeup import Waker
 
 #: The SQLSTATE the function complete_and_claim raises for a completion no longer its
-#: run's (migrations/10_delete_by_primary_key.sql): it changed nothing.
+#: run's (migrations/09_complete_and_claim.sql): it changed nothing.
 NOT_ITS_RUN = "LQ001"
 #: How many times an `after=` enqueue runs its transaction while the server rolls it back.
 ROLLED_BACK_TRIES = 5
