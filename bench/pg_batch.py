@@ -226,7 +226,7 @@ def claims(dsn: str, apart: bool) -> None:
         with postgres.schema(dsn) as s:
             store = postgres.liteq.PostgresStore(dsn, schema=s)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(queries(s).PLANNER_SETTINGS.encode())
+                conn.execute(queries(s).SESSION_SETTINGS.encode())
                 if fillfactor is not None:
                     conn.execute(f'ALTER TABLE "{s}".jobs SET (fillfactor = {fillfactor})'.encode())
                 postgres.liteq_enqueue_many(store, 20_000)

@@ -104,7 +104,7 @@ def rate(n: int, fn: Callable[[], object]) -> float:
 # -- the floor -------------------------------------------------------------------------
 def floor_conn(dsn: str, s: str) -> psycopg.Connection[tuple[object, ...]]:
     conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute(queries(s).PLANNER_SETTINGS.encode())  # the claim's plan, as liteq's
+    conn.execute(queries(s).SESSION_SETTINGS.encode())  # the claim's plan, as liteq's
     conn.execute(f"CREATE SCHEMA {s}".encode())
     conn.execute(FLOOR_TABLE.format(s=s).encode())
     conn.execute(FLOOR_INDEX.format(s=s).encode())

@@ -300,6 +300,29 @@ def test_an_enqueue_after_parents_goes_through_a_deadlock_over_them(url: str) ->
     assert store.get(child.id).waiting
 
 
+def test_a_transaction_left_open_by_a_frozen_process_is_ended_by_the_server(url: str) -> None:
+    # A process stopped inside one of liteq's transactions (SIGSTOP, a debugger, a host
+    # swapping) would hold the rows it locked for as long as it is stopped, and every worker
+    # and enqueue needing them would wait as long. The server ends such a transaction after
+    # 5 s idle (as the frozen process does here, between two of its statements).
+    store = liteq.connect(url)
+    other = liteq.connect(f"{url}&options=-c%20lock_timeout%3D20s")  # (without: a hang)
+    parent = store.enqueue(Noop(1))
+    frozen = store._transaction()
+    tx = frozen.__enter__()
+    try:
+        tx.get(parent.id)  # (its row now locked, as a completion's or an enqueue's is)
+        began = time.monotonic()
+        child = other.enqueue(Noop(2), after=[parent.id])  # waits for that row
+        waited = time.monotonic() - began
+    finally:  # the frozen one goes on: its transaction is gone, and nothing of it
+        with pytest.raises(liteq.StoreUnavailable, match="left open too long"):
+            frozen.__exit__(None, None, None)  # (its COMMIT)
+    assert 4 < waited < 20
+    assert other.dependencies(child.id) == [(parent.id, False)]
+    assert store.get(parent.id).status is Status.QUEUED  # (connected again)
+
+
 def _deadlocks() -> int:
     """The deadlocks the server has found in this database so far."""
     with psycopg.connect(pg.dsn_or_skip()) as conn:

@@ -158,21 +158,33 @@ class RolledBack(StoreError):
 def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> StoreError | None:
     """The StoreError a fault of the server or the connection is, or None for any other
     error (a bug, or a constraint liteq relies on: raised as it is)."""
-    if isinstance(exc, psycopg.errors.QueryCanceled):
+    if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return StoreError(f"{server} cancelled a statement: {_first_line(exc)}")
     # SQLSTATE class 40, a deadlock say (psycopg's DeadlockDetected is no subclass of its
     # TransactionRollback): the server rolled the transaction back, so nothing of it holds
     # (but for 40003, a statement whose completion is unknown).
     if (exc.sqlstate or "").startswith("40") and exc.sqlstate != "40003":
         return RolledBack(f"{server} rolled back a transaction: {_first_line(exc)}; try again")
+    if isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout):
+        # (Its process stopped inside a transaction for longer than the server allows: the
+        # server rolled it back and ended the session.)
+        return StoreUnavailable(
+            f"{server} ended a transaction left open too long, and its connection: nothing "
+            "of it was written"
+        )
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        if committing:
-            return StoreUnavailable(
-                f"the connection to {server} was lost while committing ({_first_line(exc)}): "
-                "the change may or may not have been made"
-            )
-        return StoreUnavailable(f"lost the connection to {server}: {_first_line(exc)}")
+        return lost(exc, server, committing=committing)
     return None
+
+
+def lost(exc: psycopg.Error, server: str, *, committing: bool = False) -> StoreUnavailable:
+    """The StoreUnavailable of a connection lost to `exc`."""
+    if committing:
+        return StoreUnavailable(
+            f"the connection to {server} was lost while committing ({_first_line(exc)}): "
+            "the change may or may not have been made"
+        )
+    return StoreUnavailable(f"lost the connection to {server}: {_first_line(exc)}")
 
 
 def alive(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -239,12 +251,16 @@ class Link:
                 raise self.fault(exc) from exc
 
     def fault(self, exc: psycopg.Error, *, committing: bool = False) -> BaseException:
-        """What to raise for `exc`; drops the connection if it is broken."""
+        """What to raise for `exc`; drops the connection if it is broken (whatever the
+        error: one the server ends a session with is a lost connection to the caller)."""
         conn = self._conn
+        told = translate(exc, self.server, committing=committing)
         if conn is not None and (conn.broken or conn.closed):
             self._lost = True
             self.close_quietly()
-        return translate(exc, self.server, committing=committing) or exc
+            if told is None:
+                told = lost(exc, self.server, committing=committing)
+        return told or exc
 
     def close_quietly(self) -> None:
         """Close the connection, whatever state it is in."""

@@ -117,7 +117,7 @@ class Queries:
         self.COUNT_TOTAL = sql("count_total")
         self.TOTALS = sql("totals")
         self.NOTIFY = sql("notify")
-        self.PLANNER_SETTINGS = sql("planner_settings")
+        self.SESSION_SETTINGS = sql("session_settings")
         self.TABLES = sql("tables")
         self.META_VERSION = sql("meta_version")
         self.MIGRATION_LOCK = sql("migration_lock")

@@ -149,7 +149,7 @@ SELECT {columns} FROM {s}.jobs WHERE true {where} ORDER BY id {order} LIMIT %s
 -- and how many are due later (due = queued - later: the cost grows with the jobs
 -- scheduled ahead, not with the due ones); and through jobs_erred, those waiting for a
 -- worker that knows their type. Read with JIT off and in no order: with enable_sort off
--- (planner_settings) a sort would look costly enough for the server to compile the
+-- (session_settings) a sort would look costly enough for the server to compile the
 -- statement first (about 0.3 s), and the subqueries' estimates alone do for 30 ms.
 -- name: summary
 WITH totals AS (
@@ -379,8 +379,14 @@ UPDATE {s}.meta SET version = %s
 -- Set on each of liteq's own connections. A queue's table swings from empty to a large
 -- backlog faster than ANALYZE keeps up; with rows underestimated, the planner would claim by
 -- reading every due job and sorting them, where the claim index yields them in order.
--- name: planner_settings
-SET enable_bitmapscan = off; SET enable_sort = off
+-- And a transaction of liteq's, all of whose statements follow each other at once, that
+-- stays open for seconds belongs to a process that froze (stopped, in a debugger, swapped
+-- out): the server ends it, so that the rows it locked do not stall every worker and
+-- enqueue that needs them (unless the server, the role or the URL sets that timeout).
+-- name: session_settings
+SET enable_bitmapscan = off; SET enable_sort = off;
+SELECT set_config('idle_in_transaction_session_timeout', '5s', false)
+WHERE current_setting('idle_in_transaction_session_timeout') = '0'
 
 -- The autoscaled pools of `liteq work` supervisors ({pool_columns}: PoolInfo's fields).
 -- name: pools

@@ -88,8 +88,8 @@ class PostgresStore(BaseStore):
         self.schema = schema
         self.readonly = readonly
         self._q = queries(schema)
-        self._link = Link(dsn, self._q.PLANNER_SETTINGS)
-        self._alink = AsyncLink(dsn, self._q.PLANNER_SETTINGS, self._link.server)
+        self._link = Link(dsn, self._q.SESSION_SETTINGS)
+        self._alink = AsyncLink(dsn, self._q.SESSION_SETTINGS, self._link.server)
         waker = Waker()
         super().__init__(
             registry=PgRegistry(self._link, self._q, clock),
