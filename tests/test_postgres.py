@@ -255,11 +255,11 @@ def test_a_dependent_of_two_parents_completing_at_once_is_released(url: str) -> 
 
 
 def test_an_enqueue_after_parents_goes_through_a_deadlock_over_them(url: str) -> None:
-    # A worker completing both parents deletes their rows in the table's order, which may
-    # be the reverse of the ids' that the enqueue locks them in: here another session
-    # holds the second parent and then asks for the first, which the enqueue holds while it
-    # waits for the second. The server rolls the enqueue back (it waited first); it is
-    # tried again, and goes through once the other session has committed.
+    # A writer of the application's may lock the parents in the reverse of the ids' order
+    # that the enqueue locks them in: here another session holds the second parent and then
+    # asks for the first, which the enqueue holds while it waits for the second. The server
+    # rolls the enqueue back (it waited first); it is tried again, and goes through once the
+    # other session has committed.
     store = liteq.connect(url)
     first, second = store.enqueue(Noop(1)), store.enqueue(Noop(2))
     schema = url.rsplit("schema=", 1)[1]
@@ -298,6 +298,50 @@ def test_an_enqueue_after_parents_goes_through_a_deadlock_over_them(url: str) ->
     assert isinstance(child, liteq.ManagedJob), child
     assert store.dependencies(child.id) == [(first.id, False), (second.id, False)]
     assert store.get(child.id).waiting
+
+
+def test_a_lease_renewal_and_an_enqueue_after_its_jobs_do_not_deadlock(url: str) -> None:
+    # A worker renews its leases in the order it holds its jobs (the claim's: the second
+    # parent first, its priority higher), an `after=` enqueue locks the parents in id order.
+    # Here the enqueue waits first for the first parent (another session holds it), then the
+    # renewal asks for both: were it to take the second before the first, each would hold
+    # what the other waits for once that session lets go. Renewals lock in id order too.
+    store, worker_side = liteq.connect(url), liteq.connect(url)
+    first, second = store.enqueue(Noop(1)), store.enqueue(Noop(2), priority=5)
+    held = worker_side.claim_many("o", lease=30, limit=2)
+    assert [m.id for m in held] == [second.id, first.id]
+    schema = url.rsplit("schema=", 1)[1]
+    lock = f'SELECT 1 FROM "{schema}".jobs WHERE id = %s FOR UPDATE'.encode()  # noqa: S608
+    done: dict[str, object] = {}
+
+    def enqueue() -> None:
+        done["enqueue"] = store.enqueue(Noop(3), after=[first.id, second.id])
+
+    def renew() -> None:
+        try:
+            done["renew"] = worker_side.renew_leases(held, lease=30)
+        except liteq.StoreError as exc:
+            done["renew"] = exc
+
+    with psycopg.connect(pg.dsn_or_skip(), autocommit=True) as other:
+        with other.transaction():
+            other.execute(lock, (first.id,))
+            threads = [threading.Thread(target=enqueue), threading.Thread(target=renew)]
+            threads[0].start()
+            wait_until(lambda: _waiting_on(other) == 1, timeout=10)
+            threads[1].start()
+            wait_until(lambda: _waiting_on(other) == 2, timeout=10)
+            let_go = time.monotonic()
+        for thread in threads:
+            thread.join(10)
+        took = time.monotonic() - let_go
+        row = other.execute(
+            "SELECT setting::float / 1000 FROM pg_settings WHERE name = 'deadlock_timeout'"
+        ).fetchone()
+    assert [m.id for m in done["renew"]] == [second.id, first.id]  # type: ignore[attr-defined]
+    assert isinstance(done["enqueue"], liteq.ManagedJob)
+    # (A deadlock would have cost the server's deadlock_timeout, a second by default.)
+    assert row is not None and took < 0.8 * row[0], took
 
 
 def test_a_transaction_left_open_by_a_frozen_process_is_ended_by_the_server(url: str) -> None:

@@ -186,6 +186,7 @@ class Runs(Backend):
         released = 0
         error = None if error is None else storable(error)
         with self._write() as w:
+            w.tx.lock([mjob.id for mjob in mjobs])
             for mjob in mjobs:
                 claimed = mjob.record
                 changes: Changes = {

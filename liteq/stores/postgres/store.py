@@ -143,10 +143,12 @@ class PostgresStore(BaseStore):
     def _enqueue_after(
         self, record: Record, job: Job, events: list[Event], after: object
     ) -> ManagedJob:
-        # Its transaction locks the parents in id order, and a worker completing several of
-        # them deletes their rows in the table's order: the two can deadlock, and the server
-        # then rolls one back. That one is tried again here (a worker tries again by itself),
-        # unless it is the application's transaction, which is the application's to retry.
+        # Its transaction locks the parents in id order, as liteq's every write of several
+        # rows does (Tx.lock); a writer that takes them in another order (the application's,
+        # or a plan that reads a small table in its own order) can still deadlock with it,
+        # and the server then rolls one back. That one is tried again here (a worker tries
+        # again by itself), unless it is the application's transaction, the application's
+        # to retry.
         if getattr(self._local, "joined", None) is None:
             for attempt in range(1, ROLLED_BACK_TRIES):
                 try:
