@@ -492,12 +492,6 @@ class Tx(abc.ABC):
         """fenced_write for many (claimed, changes) pairs; a backend may batch them."""
         return [self.fenced_write(claimed, changes) for claimed, changes in writes]
 
-    def lock(self, job_ids: Sequence[int]) -> None:
-        """Lock these rows for update, in id order, before writing them in another order:
-        every write of several rows does, so two never wait for each other's rows in a
-        cycle (a backend whose writers take turns, SQLite's, needs nothing)."""
-        return None
-
     def fenced_write(self, claimed: Record, changes: Changes | None) -> bool:
         """Set these columns (or, with None, delete the row) only while the row is still
         `claimed`'s run: RUNNING, same owner, same attempt. Return False, changing

@@ -183,10 +183,9 @@ class Runs(Backend):
 
         Returns how many were handed back (a job no longer this worker's is left alone).
         """
-        released = 0
         error = None if error is None else storable(error)
         with self._write() as w:
-            w.tx.lock([mjob.id for mjob in mjobs])
+            writes: list[tuple[Record, Changes]] = []
             for mjob in mjobs:
                 claimed = mjob.record
                 changes: Changes = {
@@ -199,8 +198,13 @@ class Runs(Backend):
                     changes["run_at"] = w.tx.now + delay
                 if error is not None:
                     changes["error"] = error
-                back = evolve(claimed, **changes)
-                if w.tx.fenced_write(claimed, changes):
+                writes.append((claimed, changes))
+            released = 0
+            for mjob, (claimed, changes), ok in zip(
+                mjobs, writes, w.tx.fenced_write_many(writes), strict=True
+            ):
+                if ok:
+                    back = evolve(claimed, **changes)
                     w.events.append((back, Status.RUNNING, error or "released unstarted", mjob.job))
                     mjob.replace_record(back)
                     released += 1

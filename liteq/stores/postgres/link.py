@@ -173,11 +173,11 @@ def translate(exc: psycopg.Error, server: str, *, committing: bool = False) -> S
             "of it was written"
         )
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return lost(exc, server, committing=committing)
+        return _lost(exc, server, committing=committing)
     return None
 
 
-def lost(exc: psycopg.Error, server: str, *, committing: bool = False) -> StoreUnavailable:
+def _lost(exc: psycopg.Error, server: str, *, committing: bool = False) -> StoreUnavailable:
     """The StoreUnavailable of a connection lost to `exc`."""
     if committing:
         return StoreUnavailable(
@@ -259,7 +259,7 @@ class Link:
             self._lost = True
             self.close_quietly()
             if told is None:
-                told = lost(exc, self.server, committing=committing)
+                told = _lost(exc, self.server, committing=committing)
         return told or exc
 
     def close_quietly(self) -> None:

@@ -70,7 +70,6 @@ class Queries:
         self.GET = sql("get")
         self.GET_FOR_UPDATE = sql("get_for_update")
         self.GET_MANY_FOR_UPDATE = sql("get_many_for_update")
-        self.LOCK_MANY = sql("lock_many")
         self.COALESCE_HOLDER = sql("coalesce_holder")
         self.COALESCE_HOLDER_FOR_UPDATE = sql("coalesce_holder_for_update")
         self.ACTIVE = sql("active")

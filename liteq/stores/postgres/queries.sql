@@ -16,10 +16,6 @@ SELECT {columns} FROM {s}.jobs WHERE id = %s FOR UPDATE
 -- name: get_many_for_update
 SELECT {columns} FROM {s}.jobs WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
 
--- The same, for rows about to be written in another order (Tx.lock).
--- name: lock_many
-SELECT id FROM {s}.jobs WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
-
 -- name: coalesce_holder
 SELECT {columns} FROM {s}.jobs WHERE coalesce_id = %s AND status <> 'completed'
 

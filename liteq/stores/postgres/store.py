@@ -144,9 +144,9 @@ class PostgresStore(BaseStore):
         self, record: Record, job: Job, events: list[Event], after: object
     ) -> ManagedJob:
         # Its transaction locks the parents in id order, as liteq's every write of several
-        # rows does (Tx.lock); a writer that takes them in another order (the application's,
-        # or a plan that reads a small table in its own order) can still deadlock with it,
-        # and the server then rolls one back. That one is tried again here (a worker tries
+        # rows does (PgTx.fenced_write_many); a writer that takes them in another order
+        # (the application's, or a plan that reads a small table in its own order) can
+        # still deadlock with it, and the server then rolls one back. That one is tried again here (a worker tries
         # again by itself), unless it is the application's transaction, the application's
         # to retry.
         if getattr(self._local, "joined", None) is None:

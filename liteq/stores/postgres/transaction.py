@@ -243,21 +243,18 @@ class PgTx(Tx):
         # binary, which psycopg loads in half the time of text for these columns)
         return claimed_records(self._cursor.execute(sql, args, binary=True).fetchall())
 
-    def lock(self, job_ids: Sequence[int]) -> None:
-        if len(job_ids) > 1:
-            self._cursor.execute(self._q.LOCK_MANY, (bigints(job_ids),))
-
     def fenced_write_many(self, writes: Sequence[tuple[Record, Changes | None]]) -> list[bool]:
         if len(writes) == 1:  # a worker's steady state
             return [self.fenced_write(*writes[0])]
         # Deletes of one owner's runs go in one statement, fenced on (id, attempts), which
         # takes their rows in id order (a scan of the primary key). Any other writes, one by
-        # one (lease renewals, completions that keep their rows), lock theirs in id order
-        # first: every write of several rows takes them in that order (see Tx.lock).
+        # one (lease renewals, hand-backs, completions that keep their rows), lock theirs in
+        # id order first, as an `after=` enqueue locks its parents (get_many): writers of
+        # several rows then never wait for each other's rows in a cycle.
         deletes = [c for c, u in writes if u is None and c.owner is not None]
         one_owner = len(deletes) >= 2 and len({c.owner for c in deletes}) == 1
         if not (one_owner and len(deletes) == len(writes)):
-            self.lock([c.id for c, _ in writes])
+            self.get_many([c.id for c, _ in writes])
         if not one_owner:
             return super().fenced_write_many(writes)
         args = {
