@@ -28,6 +28,7 @@ SMALL, LARGE = 500, 2_500
 MEASURES = {
     "worker": "a Worker runs noop jobs, prefetch 1",
     "prefetch": "a Worker runs noop jobs, prefetch 100",
+    "prefetch-postgres": "the same on PostgreSQL (this process only, not the server's)",
     "enqueue": "store.enqueue, one job per call",
     "enqueue_many": "store.enqueue_many, 100 jobs per call",
     "floor-drain": "the raw floor of bench/run.py: claim + complete",
@@ -44,6 +45,9 @@ def run(measure: str, jobs: int) -> None:
     from bench.run import floor_db, floor_drain, floor_enqueue, floor_enqueue_batched
 
     tmp = Path(tempfile.mkdtemp())
+    if measure == "prefetch-postgres":
+        postgres_worker(jobs)
+        return
     if measure.startswith("floor"):
         floor = floor_db(tmp / "floor.sqlite")
         floor_enqueue(floor, LARGE + 500)
@@ -66,6 +70,22 @@ def run(measure: str, jobs: int) -> None:
     else:
         for _ in range(jobs // 100):
             store.enqueue_many([Noop(1) for _ in range(100)])
+
+
+def postgres_worker(jobs: int) -> None:
+    """A Worker at prefetch 100 on PostgreSQL, in a schema of its own (dropped after)."""
+    import liteq
+    from bench.jobs import Noop
+    from bench.postgres import schema, server
+
+    dsn = server(None)
+    with schema(dsn) as s:
+        store = liteq.PostgresStore(dsn, schema=s)
+        store.enqueue_many([Noop(1) for _ in range(LARGE + 500)])
+        liteq.Worker(
+            store, exit_after_n_jobs=jobs, jitter=False, check_code=False, prefetch=100
+        ).start()
+        store.close()
 
 
 def count(valgrind: str, measure: str, jobs: int) -> int:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable
+from types import NoneType, TracebackType
+from typing import TYPE_CHECKING, Protocol, cast
 
 from liteq.codec import decode
 from liteq.errors import LiteqError, UnknownJobType
@@ -34,6 +34,14 @@ def listens(job: Job | None) -> bool:
     """Whether a job's class has a status hook (None: it cannot be decoded; the store's
     hook still runs for it)."""
     return job is None or listens_to(type(job))
+
+
+def any_listens(jobs: Iterable[Job | None]) -> bool:
+    """Whether any of `jobs` listens, each class asked once (a batch's jobs are most
+    often of a few classes)."""
+    return any(
+        cls is NoneType or listens_to(cast("type[Job]", cls)) for cls in {type(j) for j in jobs}
+    )
 
 
 def listens_to(cls: type[Job]) -> bool:

@@ -21,7 +21,7 @@ from liteq.record import UNOWNED, Changes, Record, evolve
 from liteq.status import Status, check_transition
 from liteq.stores import transitions
 from liteq.stores.contract import Backend, Tx
-from liteq.stores.events import Announcer, Event, Write, listens
+from liteq.stores.events import Announcer, Event, Write, any_listens, listens
 from liteq.stores.registry import Registry
 from liteq.stores.wakeup import Waker
 
@@ -127,10 +127,8 @@ class Runs(Backend):
         self._waker.busy()
         managed = announcer.managed
         mjobs = [managed(record, None, True) for record in records]
-        listening = announcer.listening()
-        for mjob in mjobs:
-            listening = listening or listens(mjob.job)
-        if listening:  # (most often nothing does: then no events are made)
+        if announcer.listening() or any_listens(m.job for m in mjobs):
+            # (most often nothing does: then no events are made)
             announcer.fire([(m.record, Status.QUEUED, "started", m.job) for m in mjobs])
         return errors, mjobs
 
@@ -262,7 +260,8 @@ class Runs(Backend):
             if not mjob.claimed:
                 raise InvalidState(f"job {mjob.id} was not claimed by this worker")
             claimed = mjob.record
-            check_transition(claimed.id, claimed.status, Status.COMPLETED)
+            if claimed.status is not Status.RUNNING:  # (a run's usual way out is allowed)
+                check_transition(claimed.id, claimed.status, Status.COMPLETED)
             keep = claimed.keep_result
             if keep is None:
                 writes.append((claimed, None if claimed.delete_on_complete else changes))
@@ -302,13 +301,14 @@ class Runs(Backend):
         jobs something listens to). A claimed job's record is its ManagedJob's own and
         changes in place: hooks get copies."""
         store_listens = self._announcer.listening()
+        some_listen = store_listens or any_listens(mjob.job for mjob in mjobs)
         events: list[Event] = []
         for mjob, error, made in zip(mjobs, lost, changes, strict=True):
             if error is None:
                 record = mjob.record
                 for name, value in made.items():
                     setattr(record, name, value)
-                if store_listens or listens(mjob.job):
+                if some_listen and (store_listens or listens(mjob.job)):
                     events.append((record, Status.RUNNING, "completed", mjob.job))
         return events
 

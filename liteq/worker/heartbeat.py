@@ -108,10 +108,10 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def count(self, queue: str, completed: bool) -> None:
-        """A job of `queue` completed, or an attempt failed: told at the next beat."""
+    def count(self, queue: str, completed: bool, n: int = 1) -> None:
+        """`n` jobs of `queue` completed, or attempts failed: told at the next beat."""
         totals = self._completed if completed else self._failed
-        totals[queue] = totals.get(queue, 0) + 1
+        totals[queue] = totals.get(queue, 0) + n
 
     def claimed(self) -> None:
         """The worker has just claimed the jobs it holds: their leases are as good as

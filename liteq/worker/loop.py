@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -31,7 +32,7 @@ from liteq.worker.exits import (
 )
 from liteq.worker.heartbeat import Heartbeat
 from liteq.worker.identity import make_owner, parse_owner
-from liteq.worker.limits import CodeWatch, MemoryLimit
+from liteq.worker.limits import MEMORY_CHECK_EVERY, CodeWatch, MemoryLimit
 from liteq.worker.options import WorkerOptions, takes_options
 from liteq.worker.run import InFlight, Run
 from liteq.worker.schedule import Scheduler
@@ -90,6 +91,7 @@ class Worker:
         self._turn = threading.Lock()
         self._executing_since: float | None = None
         self._batch_head: ManagedJob | None = None
+        self._debug = False
         self._batch_at = 0.0  # when it was claimed (monotonic clock)
         self._recheck_after = options.lease / 2  # see _still_mine
         self._signals = Signals(options.graceful_shutdown_timeout, self._in_flight)
@@ -218,11 +220,6 @@ class Worker:
         if self._running_hook is not None:
             self._running_hook(job_id)
 
-    def _tell_in_flight(self) -> None:
-        """_tell_running of the runs in flight now (no supervisor: nothing to work out)."""
-        if self._running_hook is not None:
-            self._running_hook(self._in_flight.running())
-
     def _holding(self) -> list[ManagedJob]:
         """The jobs whose leases this worker holds (for the heartbeat)."""
         with self._lock:
@@ -240,19 +237,25 @@ class Worker:
 
     def _claim_and_run(self, owner: str, code: CodeWatch | None, began: float) -> int:
         options, signals, coroutines = self.options, self._signals, self._coroutines
+        limits_due = 0.0  # (the limits keep their own paces: asked each job, they cost calls)
         while not signals.stop_requested:
             self._record_coroutines()
-            if options.max_time is not None and time.monotonic() - began >= options.max_time:
+            now = time.monotonic()
+            if options.max_time is not None and now - began >= options.max_time:
                 log.info("max_time of %ss reached", options.max_time)
                 return EXIT_OK
-            short = self._memory.exceeded()
-            if short is not None:
-                log.warning("%s: exiting so a fresh worker can start", short)
-                return EXIT_MEMORY
-            changed = code.changed() if code is not None else None
-            if changed is not None:
-                log.info("source file %s changed: exiting to restart with the new code", changed)
-                return EXIT_CODE_CHANGED
+            if now >= limits_due:
+                limits_due = now + MEMORY_CHECK_EVERY
+                short = self._memory.exceeded()
+                if short is not None:
+                    log.warning("%s: exiting so a fresh worker can start", short)
+                    return EXIT_MEMORY
+                changed = code.changed() if code is not None else None
+                if changed is not None:
+                    log.info(
+                        "source file %s changed: exiting to restart with the new code", changed
+                    )
+                    return EXIT_CODE_CHANGED
             if self._scheduler is not None:  # (cheap until its next slot is due)
                 self._patiently("enqueuing periodic jobs", self._scheduler.run_due)
             free = options.concurrency - coroutines.count
@@ -295,10 +298,13 @@ class Worker:
                 with self._lock:
                     self._held = held
                 self._batch_head = held[0]
+                self._debug = log.isEnabledFor(logging.DEBUG)  # (once a batch, not a job)
                 self._batch_at = time.monotonic()
                 self._heartbeat.claimed()
             mjob = self._held[0]
-            if runs_alone(mjob) and coroutines.count:
+            record = mjob.record
+            crashes = record.crashes
+            if crashes >= RUNS_ALONE_AFTER and coroutines.count:
                 # It was in flight at two deaths: it runs alone (once the loop's jobs have
                 # ended), so that a death while it runs is its doing alone.
                 self._record_coroutines(wait=0.1)
@@ -310,11 +316,11 @@ class Worker:
             # (Nor on one with max_runtime: a kill past it would re-run them.)
             if self._acks and (
                 time.monotonic() - self._acks_since > ACK_DELAY
-                or mjob.record.crashes
-                or mjob.max_runtime is not None
+                or crashes
+                or record.max_runtime is not None
             ):
                 self._flush_acks()
-            if mjob.record.crashes and self._held and self._sizing is not None:
+            if crashes and self._held and self._sizing is not None:
                 self._hand_back_held()
             if not self._still_mine(mjob):
                 continue
@@ -425,7 +431,8 @@ class Worker:
         the leases were not renewed lately (the process was paused, say), and gets its real
         start time recorded when max_runtime is to count from it.
         """
-        if (mjob.id, mjob.attempts) in self._heartbeat.lost:
+        lost = self._heartbeat.lost
+        if lost and (mjob.id, mjob.attempts) in lost:
             pass  # (a renewal found its lease gone)
         elif mjob.record.started_at is not None and (
             mjob is self._batch_head
@@ -533,10 +540,12 @@ class Worker:
     def _forget_acks(self, recorded: list[ManagedJob], lost: Sequence[LeaseLost]) -> None:
         """Acknowledgements recorded: counted as completed (those lost aside, run again
         elsewhere), and no longer held."""
-        gone = {error.job_id for error in lost}
-        for mjob in recorded:
-            if mjob.id not in gone:
-                self._heartbeat.count(mjob.queue, completed=True)
+        completed = recorded
+        if lost:
+            gone = {error.job_id for error in lost}
+            completed = [mjob for mjob in recorded if mjob.id not in gone]
+        for queue, n in Counter(mjob.record.queue for mjob in completed).items():
+            self._heartbeat.count(queue, completed=True, n=n)
         # They are the first of _acks: only the worker's main thread adds to it.
         with self._lock:
             self._acks = self._acks[len(recorded) :]
@@ -601,11 +610,13 @@ class Worker:
             if runs_alone(mjob):
                 self._alone = run
         self._in_flight.add(run)
-        self._tell_in_flight()
-        if log.isEnabledFor(logging.DEBUG):
+        if self._running_hook is not None:
+            self._running_hook(self._in_flight.running())
+        if self._debug:
             log.debug("job %d (%s) started, attempt %d", mjob.id, describe(mjob), mjob.attempts)
-        if mjob.max_runtime is not None or signals.stop_requested:
-            signals.job_starts(run, mjob.max_runtime)
+        max_runtime = mjob.record.max_runtime
+        if max_runtime is not None or signals.stop_requested:
+            signals.job_starts(run, max_runtime)
         if coroutine:
             return
         try:
@@ -669,7 +680,8 @@ class Worker:
             if run is self._alone:
                 self._alone = None
             self._in_flight.discard(run)
-            self._tell_in_flight()
+            if self._running_hook is not None:
+                self._running_hook(self._in_flight.running())
             self.jobs_processed += 1
 
     def _interrupted(self, mjob: ManagedJob, stop: Interrupted) -> None:
@@ -721,7 +733,7 @@ class Worker:
             self._ack(mjob, lambda: self.store.fail(mjob, message, retry=False))
             self._heartbeat.count(mjob.queue, completed=False)
             log.error("job %d (%s): %s", mjob.id, describe(mjob), message)
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("job %d (%s) returned %r", mjob.id, describe(mjob), result)
 
     def _ack(self, mjob: ManagedJob, action: Callable[[], object]) -> Status | None:
