@@ -10,6 +10,9 @@ does, so they show a change of a few per cent that timings on a shared VM (±25 
 leave out the kernel (the WAL's writes, file locks): a ratio of counts is not a ratio of speeds.
 A worker's memory check (psutil, every 0.1 s of the clock, which valgrind slows 50 times)
 adds a few thousand instructions per job that a real run does not pay.
+prefetch-postgres counts this process alone (the server's work is not in it) and needs a
+PostgreSQL server (found as bench/postgres.py finds one); its heartbeat's renewals, on the
+clock that valgrind slows, make it repeat to within about 2 %.
 Needs valgrind (Debian: apt-get install valgrind).
 """
 
