@@ -24,12 +24,15 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import liteq
 from liteq import Status
 from liteq.stores.contract import WorkerInfo
 from liteq.stores.postgres.link import RolledBack, translate
 from tests import pg
+from tests.conftest import OWNER, Clock
 from tests.helpers import ROOT, wait_until
 from tests.jobs import Fails, Noop, Stoppable, Traced
 from tests.traces import assert_runs_never_overlap, runs_by_job
@@ -1089,3 +1092,72 @@ def test_a_failure_whose_commit_went_through_unseen_is_told_as_it_was(
     found = store.get(mjob.id)
     assert (found.status.value, found.attempts, found.error) == (status, 1, "RuntimeError: boom")
     store.close()
+
+
+@pytest.fixture
+def claimer() -> Iterator[tuple[liteq.PostgresStore, Clock, psycopg.Connection[Any]]]:
+    """A store on a schema of its own, its clock, and an application's connection to it."""
+    dsn, clock = pg.dsn_or_skip(), Clock()
+    store = liteq.PostgresStore(dsn, schema=pg.new_schema(), clock=clock)
+    conn = psycopg.connect(dsn, autocommit=True)
+    yield store, clock, conn
+    conn.close()
+    store.close()
+    pg.drop_schema(store.schema)
+
+
+# The claim is written twice: in queries.sql (a transaction's, the application's) and in the
+# function complete_and_claim (a worker's own). Both must take the same jobs, in one order.
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    jobs=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.integers(-2, 2), st.integers(-1, 3)), max_size=20
+    ),
+    queues=st.none() | st.lists(st.sampled_from("abcde"), min_size=1, max_size=3),
+    paused=st.sets(st.sampled_from("abcd"), max_size=2),
+    limit=st.integers(1, 6),
+    in_transaction=st.booleans(),
+)
+def test_a_claim_in_a_transaction_takes_what_the_workers_claim_takes(
+    claimer: tuple[liteq.PostgresStore, Clock, psycopg.Connection[Any]],
+    jobs: list[tuple[str, int, int]],
+    queues: list[str] | None,
+    paused: set[str],
+    limit: int,
+    in_transaction: bool,
+) -> None:
+    store, clock, conn = claimer
+    for mjob in list(store.jobs()):
+        mjob.delete()
+    for name in store.paused():
+        store.resume(name)
+    for name in paused:
+        store.pause(name)
+    made = [
+        store.enqueue(Noop(n), queue=queue, priority=priority, run_at=clock.now - age)
+        for n, (queue, priority, age) in enumerate(jobs)
+    ]
+    due = [
+        m
+        for m in made
+        if (queues is None or m.queue in queues)
+        and m.queue not in paused
+        and m.run_at <= m.created_at
+    ]
+    best_first = [m.id for m in sorted(due, key=lambda m: (-m.priority, m.run_at, m.id))]
+    got: list[int] = []
+    while True:
+        if in_transaction:  # (the statement of queries.sql)
+            with store._joining(conn):
+                batch = store.claim_many(OWNER, queues, limit=limit)
+        else:  # (the function's)
+            batch = store.claim_many(OWNER, queues, limit=limit)
+        if not batch:
+            break
+        assert len(batch) <= limit
+        assert all(m.status is Status.RUNNING and m.owner == OWNER for m in batch)
+        got += [m.id for m in batch]
+        store.complete_many(batch)
+    assert got == best_first
