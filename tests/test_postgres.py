@@ -1161,3 +1161,51 @@ def test_a_claim_in_a_transaction_takes_what_the_workers_claim_takes(
         got += [m.id for m in batch]
         store.complete_many(batch)
     assert got == best_first
+
+
+# The release of dependents is written twice too: in Python (transitions.release_dependents,
+# a transaction's completions) and in the function complete_and_claim (a worker's). Either
+# way, a job after some parents becomes claimable once its last parent completes, not before.
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    parents=st.integers(1, 5),
+    afters=st.lists(st.sets(st.integers(0, 4), min_size=1), min_size=1, max_size=8),
+    order=st.randoms(use_true_random=False),
+    paths=st.lists(st.booleans(), min_size=5, max_size=5),
+)
+def test_dependents_are_released_alike_by_both_completions(
+    claimer: tuple[liteq.PostgresStore, Clock, psycopg.Connection[Any]],
+    parents: int,
+    afters: list[set[int]],
+    order: Any,
+    paths: list[bool],
+) -> None:
+    store = claimer[0]
+    for mjob in list(store.jobs()):
+        mjob.delete()
+    made = [store.enqueue(Noop(i), queue="parents") for i in range(parents)]
+    kids = {
+        store.enqueue(Noop(k), queue="kids", after=[made[p] for p in sorted(ps)]).id: {
+            made[p].id for p in ps
+        }
+        for k, ps in enumerate(afters)
+        if max(ps) < parents
+    }
+    running = store.claim_many(OWNER, ["parents"], limit=parents)
+    order.shuffle(running)
+    completed: set[int] = set()
+    released: set[int] = set()
+    for step, mjob in enumerate(running):
+        if paths[step]:  # (the function's release)
+            lost, none = store.complete_and_claim([mjob], OWNER, ["nothing"], limit=1)
+            assert (lost, none) == ([], [])
+        else:  # (Python's, in a transaction)
+            assert store.complete_many([mjob]) == []
+        completed.add(mjob.id)
+        claimed = store.claim_many(OWNER, ["kids"], limit=100)
+        released |= {m.id for m in claimed}
+        store.complete_many(claimed)
+        assert released == {kid for kid, ps in kids.items() if ps <= completed}
+    assert released == set(kids)
