@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -1179,7 +1180,7 @@ def test_dependents_are_released_alike_by_both_completions(
     claimer: tuple[liteq.PostgresStore, Clock, psycopg.Connection[Any]],
     parents: int,
     afters: list[set[int]],
-    order: Any,
+    order: random.Random,
     paths: list[bool],
 ) -> None:
     store = claimer[0]
