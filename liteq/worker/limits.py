@@ -22,9 +22,9 @@ class MemoryLimit:
         self.max_rss = max_rss
         self._checked = 0.0
 
-    def exceeded(self) -> str | None:
-        """Why to exit now, or None (really checked at most every MEMORY_CHECK_EVERY)."""
-        now = time.monotonic()
+    def exceeded(self, now: float) -> str | None:
+        """Why to exit now (`now` on the monotonic clock), or None (really checked at most
+        every MEMORY_CHECK_EVERY)."""
         if now - self._checked < MEMORY_CHECK_EVERY:
             return None
         self._checked = now

@@ -246,7 +246,7 @@ class Worker:
                 return EXIT_OK
             if now >= limits_due:
                 limits_due = now + MEMORY_CHECK_EVERY
-                short = self._memory.exceeded()
+                short = self._memory.exceeded(now)
                 if short is not None:
                     log.warning("%s: exiting so a fresh worker can start", short)
                     return EXIT_MEMORY
