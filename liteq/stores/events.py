@@ -7,8 +7,8 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from types import NoneType, TracebackType
-from typing import TYPE_CHECKING, Protocol, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
 
 from liteq.codec import decode
 from liteq.errors import LiteqError, UnknownJobType
@@ -39,9 +39,7 @@ def listens(job: Job | None) -> bool:
 def any_listens(jobs: Iterable[Job | None]) -> bool:
     """Whether any of `jobs` listens, each class asked once (a batch's jobs are most
     often of a few classes)."""
-    return any(
-        cls is NoneType or listens_to(cast("type[Job]", cls)) for cls in {type(j) for j in jobs}
-    )
+    return any(map(listens, {type(job): job for job in jobs}.values()))
 
 
 def listens_to(cls: type[Job]) -> bool:

@@ -220,6 +220,11 @@ class Worker:
         if self._running_hook is not None:
             self._running_hook(job_id)
 
+    def _tell_in_flight(self) -> None:
+        """_tell_running of the runs in flight now (no supervisor: nothing to work out)."""
+        if self._running_hook is not None:
+            self._running_hook(self._in_flight.running())
+
     def _holding(self) -> list[ManagedJob]:
         """The jobs whose leases this worker holds (for the heartbeat)."""
         with self._lock:
@@ -304,7 +309,7 @@ class Worker:
             mjob = self._held[0]
             record = mjob.record
             crashes = record.crashes
-            if crashes >= RUNS_ALONE_AFTER and coroutines.count:
+            if coroutines.count and runs_alone(mjob):
                 # It was in flight at two deaths: it runs alone (once the loop's jobs have
                 # ended), so that a death while it runs is its doing alone.
                 self._record_coroutines(wait=0.1)
@@ -610,8 +615,7 @@ class Worker:
             if runs_alone(mjob):
                 self._alone = run
         self._in_flight.add(run)
-        if self._running_hook is not None:
-            self._running_hook(self._in_flight.running())
+        self._tell_in_flight()
         if self._debug:
             log.debug("job %d (%s) started, attempt %d", mjob.id, describe(mjob), mjob.attempts)
         max_runtime = mjob.record.max_runtime
@@ -680,8 +684,7 @@ class Worker:
             if run is self._alone:
                 self._alone = None
             self._in_flight.discard(run)
-            if self._running_hook is not None:
-                self._running_hook(self._in_flight.running())
+            self._tell_in_flight()
             self.jobs_processed += 1
 
     def _interrupted(self, mjob: ManagedJob, stop: Interrupted) -> None:

@@ -146,9 +146,9 @@ class PostgresStore(BaseStore):
         # Its transaction locks the parents in id order, as liteq's every write of several
         # rows does (PgTx.fenced_write_many); a writer that takes them in another order
         # (the application's, or a plan that reads a small table in its own order) can
-        # still deadlock with it, and the server then rolls one back. That one is tried again here (a worker tries
-        # again by itself), unless it is the application's transaction, the application's
-        # to retry.
+        # still deadlock with it, and the server then rolls one back. That one is tried
+        # again here (a worker tries again by itself), unless it is the application's
+        # transaction, the application's to retry.
         if getattr(self._local, "joined", None) is None:
             for attempt in range(1, ROLLED_BACK_TRIES):
                 try:
