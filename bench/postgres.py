@@ -88,11 +88,13 @@ def server(dsn: str | None) -> str:
 
 @contextmanager
 def schema(dsn: str) -> Iterator[str]:
-    """A fresh schema's name, dropped after."""
+    """A fresh schema's name, dropped after (a measure that fails too)."""
     name = f"bench_{os.getpid()}_{random.randrange(1 << 30)}"
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE".encode())
+    try:
+        yield name
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE".encode())
 
 
 def rate(n: int, fn: Callable[[], object]) -> float:
