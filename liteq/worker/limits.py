@@ -9,7 +9,8 @@ from typing import Final
 
 import psutil
 
-#: How often the memory pre-flight really reads memory figures (cheap, not free).
+#: How often a worker asks its limits between jobs (reading memory figures is cheap, not
+#: free; CodeWatch keeps a slower pace of its own).
 MEMORY_CHECK_EVERY: Final = 0.1
 
 
@@ -20,14 +21,9 @@ class MemoryLimit:
     def __init__(self, guarantee: int, max_rss: int | None) -> None:
         self.guarantee = guarantee
         self.max_rss = max_rss
-        self._checked = 0.0
 
-    def exceeded(self, now: float) -> str | None:
-        """Why to exit now (`now` on the monotonic clock), or None (really checked at most
-        every MEMORY_CHECK_EVERY)."""
-        if now - self._checked < MEMORY_CHECK_EVERY:
-            return None
-        self._checked = now
+    def exceeded(self) -> str | None:
+        """Why to exit now, or None (the worker asks every MEMORY_CHECK_EVERY seconds)."""
         available = psutil.virtual_memory().available
         if available < self.guarantee:
             return (

@@ -242,7 +242,7 @@ class Worker:
 
     def _claim_and_run(self, owner: str, code: CodeWatch | None, began: float) -> int:
         options, signals, coroutines = self.options, self._signals, self._coroutines
-        limits_due = 0.0  # (the limits keep their own paces: asked each job, they cost calls)
+        limits_due = 0.0  # (limits asked each MEMORY_CHECK_EVERY, not each job: they cost calls)
         while not signals.stop_requested:
             self._record_coroutines()
             now = time.monotonic()
@@ -251,7 +251,7 @@ class Worker:
                 return EXIT_OK
             if now >= limits_due:
                 limits_due = now + MEMORY_CHECK_EVERY
-                short = self._memory.exceeded(now)
+                short = self._memory.exceeded()
                 if short is not None:
                     log.warning("%s: exiting so a fresh worker can start", short)
                     return EXIT_MEMORY
